@@ -1,0 +1,1 @@
+"""xrouter: a learned, cost-aware LLM router served as gRPC microservices."""

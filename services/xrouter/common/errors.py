@@ -1,0 +1,93 @@
+"""The domain exceptions of every service, and their one mapping to gRPC status codes.
+
+Core code raises these; the server interceptor turns them into statuses, and the client helper
+turns a downstream status back into the same exception so it crosses services unchanged.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+
+class XRouterError(Exception):
+    """Base of all domain errors; ``code`` is the gRPC status it maps to."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(XRouterError):
+    """Bad input; the message starts with the offending field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(XRouterError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(XRouterError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(XRouterError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(XRouterError):
+    """A budget or capacity limit; ``subject`` and ``description`` go into a QuotaFailure detail."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, subject: str = "", description: str = "") -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.description = description or message
+
+
+class Unavailable(XRouterError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(XRouterError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[XRouterError]] = {
+    cls.code: cls
+    for cls in (NotFound, AlreadyExists, PermissionDenied, Unavailable, DeadlineExceeded)
+}
+
+
+def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying google.rpc rich error details for ``error``."""
+    if not isinstance(error, ResourceExhausted):
+        return ()
+    quota = error_details_pb2.QuotaFailure(
+        violations=[error_details_pb2.QuotaFailure.Violation(
+            subject=error.subject, description=error.description)])
+    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status.details.add().Pack(quota)
+    return (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> XRouterError:
+    """The domain error for a failed downstream call, so callers see one exception tree."""
+    code = error.code()
+    message = f"{service}: {error.details()}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, _, problem = (error.details() or "").partition(": ")
+        return InvalidArgument(field, problem or message)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(message)
+    if code in _BY_CODE:
+        return _BY_CODE[code](message)
+    return Unavailable(f"{message} ({code.name})")

@@ -1,0 +1,53 @@
+"""OpenTelemetry set-up in one place: resource and exporter from the standard OTEL_* variables,
+W3C propagation over gRPC metadata (the grpc instrumentation's interceptors), GenAI attributes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+# Health probes would otherwise put one trace per probe into the collector.
+_NOT_HEALTH = filters.negate(filters.health_check())
+
+
+def tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """A provider for one service. Without an explicit exporter, spans go to OTLP when the standard
+    ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` is set (and ``OTEL_TRACES_EXPORTER`` is not ``none``),
+    and nowhere otherwise."""
+    resource = Resource.create({"service.name": service_name, "service.namespace": "xrouter"})
+    if os.environ.get("OTEL_SERVICE_NAME"):  # an explicit name from the deployment wins
+        resource = Resource.create({"service.namespace": "xrouter"})
+    provider = TracerProvider(resource=resource)
+    if exporter is None and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none" and (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def server_interceptor(provider: TracerProvider) -> grpc.aio.ServerInterceptor:
+    """Opens a server span per RPC, continuing the caller's W3C trace context."""
+    return aio_server_interceptor(tracer_provider=provider, filter_=_NOT_HEALTH)
+
+
+def insecure_channel(target: str, provider: TracerProvider) -> grpc.aio.Channel:
+    """A client channel whose calls carry the current trace context downstream."""
+    return grpc.aio.insecure_channel(
+        target, interceptors=aio_client_interceptors(tracer_provider=provider, filter_=_NOT_HEALTH))
+
+
+def current_trace_id() -> str:
+    """The W3C trace id (32 hex) of the active span, or '' outside any trace."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
