@@ -1,0 +1,3 @@
+from xrouter.adapters.server import main
+
+main()

@@ -1,0 +1,22 @@
+"""Model backends. Each turns one call into text, token counts and (when it knows it) the cost."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendReply:
+    """What a backend returns for one call; ``cost_micro_usd`` None means: price it from the catalog."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    finish_reason: str
+    cost_micro_usd: int | None = None
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (about four characters a token for English) for backends that report none."""
+    return max(1, (len(text) + 3) // 4) if text else 0

@@ -1,0 +1,83 @@
+"""The adapters' gRPC face: a thin servicer over :class:`AdapterCore`, and the service entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+from xrouter.adapters.backends.replay import ReplayBackend
+from xrouter.adapters.catalog import CatalogError, load_catalog, micro_to_usd
+from xrouter.adapters.core import AdapterCore, backend_key
+from xrouter.adapters.settings import AdapterSettings
+from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
+from xrouter.common import grpc_server, settings
+from xrouter.common.grpc_server import Register
+
+SERVICE = adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
+
+
+class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
+    """proto → core → proto; errors are the interceptor's business."""
+
+    def __init__(self, core: AdapterCore) -> None:
+        self._core = core
+
+    async def Invoke(self, request: adapters_pb2.InvokeRequest,
+                     context: grpc.aio.ServicerContext) -> adapters_pb2.InvokeResponse:
+        result = await self._core.invoke(
+            request.model, [(m.role, m.content) for m in request.messages], request.temperature,
+            request.max_tokens, timeout=context.time_remaining())
+        return adapters_pb2.InvokeResponse(
+            model=result.model, text=result.text, input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
+            cost_micro_usd=result.cost_micro_usd, cost_usd=micro_to_usd(result.cost_micro_usd),
+            latency_ms=result.latency_ms, finish_reason=result.finish_reason)
+
+    async def ListModels(self, request: adapters_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> adapters_pb2.ListModelsResponse:
+        return adapters_pb2.ListModelsResponse(models=[
+            adapters_pb2.ModelInfo(
+                id=spec.id, backend=spec.backend, input_usd_per_mtok=float(spec.input_usd_per_mtok),
+                output_usd_per_mtok=float(spec.output_usd_per_mtok), context_tokens=spec.context_tokens,
+                max_output_tokens=spec.max_output_tokens, description=spec.description, tags=spec.tags)
+            for spec in self._core.catalog.values()])
+
+
+def register(core: AdapterCore) -> Register:
+    def add(server: grpc.aio.Server) -> list[str]:
+        adapters_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(core), server)
+        return [SERVICE]
+    return add
+
+
+def build_core(config: AdapterSettings) -> AdapterCore:
+    """Load the catalog and the backends its models need."""
+    catalog = load_catalog(config.catalog_path)
+    datasets = config.datasets()
+    backends = {}
+    for spec in catalog.values():
+        key = backend_key(spec)
+        if key in backends:
+            continue
+        if spec.dataset not in datasets:
+            raise CatalogError(f"model {spec.id!r}: replay dataset {spec.dataset!r} is not configured "
+                               f"in XROUTER_ADAPTERS_REPLAY_DATASETS (known: {sorted(datasets)})")
+        backends[key] = ReplayBackend(spec.dataset, datasets[spec.dataset])
+    return AdapterCore(catalog, backends)
+
+
+def main() -> None:
+    grpc_server.configure_logging()
+    try:
+        config = settings.load(AdapterSettings)
+        core = build_core(config)
+    except (settings.SettingsError, CatalogError) as error:
+        sys.exit(f"xrouter-adapters: {error}")
+
+    async def build(provider):  # type: ignore[no-untyped-def]
+        return register(core), None
+
+    asyncio.run(grpc_server.run_service("adapters", build, host=config.host, port=config.port,
+                                        grace=config.grace_s, metrics_port=config.metrics_port))

@@ -1,0 +1,39 @@
+"""Adapter service settings, read once from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from xrouter.common.outcomes import DATA_DIR, ROUTERBENCH
+from xrouter.common.settings import SettingsError, env
+
+DEFAULT_CATALOG = DATA_DIR / "catalog.routerbench.yaml"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSettings:
+    host: str = env("XROUTER_ADAPTERS_HOST", "127.0.0.1")
+    port: int = env("XROUTER_ADAPTERS_PORT", 50052)
+    catalog_path: str = env("XROUTER_ADAPTERS_CATALOG", str(DEFAULT_CATALOG),
+                            help="the path of the model catalog YAML")
+    # name=path pairs of outcome sets replay models may name; "routerbench" is bundled.
+    replay_datasets: str = env("XROUTER_ADAPTERS_REPLAY_DATASETS", f"routerbench={ROUTERBENCH}")
+    grace_s: float = env("XROUTER_ADAPTERS_GRACE_S", 5.0)
+    metrics_port: int = env("XROUTER_ADAPTERS_METRICS_PORT", 0)
+
+    def datasets(self) -> dict[str, pathlib.Path]:
+        pairs: dict[str, pathlib.Path] = {}
+        for item in filter(None, (p.strip() for p in self.replay_datasets.split(","))):
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise SettingsError(f"XROUTER_ADAPTERS_REPLAY_DATASETS: {item!r} is not name=path")
+            pairs[name] = pathlib.Path(path)
+        return pairs
+
+    def validate(self) -> None:
+        if not pathlib.Path(self.catalog_path).is_file():
+            raise SettingsError(f"XROUTER_ADAPTERS_CATALOG: no file at {self.catalog_path}")
+        for name, path in self.datasets().items():
+            if not path.is_file():
+                raise SettingsError(f"XROUTER_ADAPTERS_REPLAY_DATASETS: {name}: no file at {path}")
