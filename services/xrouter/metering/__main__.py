@@ -1,0 +1,3 @@
+from xrouter.metering.server import main
+
+main()
