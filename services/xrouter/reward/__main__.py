@@ -1,0 +1,3 @@
+from xrouter.reward.server import main
+
+main()

@@ -1,0 +1,145 @@
+"""The reward service's gRPC face: a thin servicer over :class:`Scorer`, and the entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import grpc
+
+from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
+from xrouter.common import grpc_server, settings
+from xrouter.common.errors import XRouterError
+from xrouter.common.grpc_server import Register
+from xrouter.reward.core import Reference, ScoreResult, Scorer
+from xrouter.reward.formula import RewardConfig
+from xrouter.reward.settings import RewardSettings
+from xrouter.reward.verifiers import RecordedLabels
+
+log = logging.getLogger(__name__)
+
+SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
+
+
+def _to_response(result: ScoreResult) -> reward_pb2.ScoreResponse:
+    return reward_pb2.ScoreResponse(score=result.score, reward=result.reward, detail=result.detail)
+
+
+def _score(scorer: Scorer, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+    ref = request.reference
+    reference = Reference(task_type=ref.task_type, gold=ref.gold, dataset=ref.dataset,
+                          prompt_id=ref.prompt_id)
+    return _to_response(scorer.score(request.prompt, request.response, reference,
+                                     request.cost_usd, request.cost_lambda))
+
+
+def _at_index(error: XRouterError, index: int) -> XRouterError:
+    """The same domain error (same type, so the same status) with the batch position appended;
+    appended, not prefixed, so an INVALID_ARGUMENT message still starts with its field."""
+    # Built without __init__ because subclasses take different arguments (field, problem, ...).
+    located = type(error).__new__(type(error))
+    located.__dict__.update(error.__dict__)
+    located.message = f"{error.message} (ScoreBatch request {index})"
+    located.args = (located.message,)
+    return located
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    """proto -> :class:`Scorer` -> proto; domain errors are the interceptor's business."""
+
+    def __init__(self, scorer: Scorer, max_parallel: int = 8) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+        self._scorer = scorer
+        self._max_parallel = max_parallel
+
+    async def Score(self, request: reward_pb2.ScoreRequest,
+                    context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
+        # The verifiers take microseconds; a thread hop would cost more than it saves.
+        return _score(self._scorer, request)
+
+    async def ScoreBatch(self, request_iterator: AsyncIterator[reward_pb2.ScoreRequest],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[reward_pb2.ScoreResponse]:
+        """Score up to ``max_parallel`` requests at once and answer in request order; the first
+        failing request (in request order) aborts the stream with its error and index."""
+        # At most max_parallel requests are between "read" and "answered", which bounds memory and
+        # gives the client back-pressure; the reader runs apart from the writer so a client that
+        # waits for each answer before sending the next request cannot deadlock the stream.
+        window = asyncio.Semaphore(self._max_parallel)
+        queue: asyncio.Queue[asyncio.Task[reward_pb2.ScoreResponse] | None] = asyncio.Queue()
+
+        async def item(index: int, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+            try:
+                # A thread per item so many items really overlap (and a slow one cannot stall
+                # the event loop serving other RPCs).
+                return await asyncio.to_thread(_score, self._scorer, request)
+            except XRouterError as error:
+                raise _at_index(error, index) from error
+
+        async def read() -> None:
+            try:
+                index = 0
+                async for request in request_iterator:
+                    await window.acquire()
+                    queue.put_nowait(asyncio.create_task(item(index, request)))
+                    index += 1
+            finally:
+                queue.put_nowait(None)  # wakes the writer even when reading failed
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await queue.get()) is not None:
+                response = await task
+                window.release()
+                yield response
+            await reader  # re-raises a failure to read the request stream
+        finally:
+            reader.cancel()
+            while not queue.empty():
+                if (task := queue.get_nowait()) is not None:
+                    task.cancel()
+                    # Mark a failure nobody will await as seen, so asyncio does not log it.
+                    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+def register(scorer: Scorer, max_parallel: int = 8) -> Register:
+    """How to add the reward service to a server; the callable returns its full service name."""
+    def add(server: grpc.aio.Server) -> list[str]:
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer, max_parallel),
+                                                            server)
+        return [SERVICE]
+    return add
+
+
+def load_recorded(paths: Mapping[str, Path]) -> dict[str, RecordedLabels]:
+    """Index every recorded-label dataset once, logging its size and load time."""
+    recorded = {}
+    for name, path in paths.items():
+        started = time.perf_counter()
+        recorded[name] = RecordedLabels.from_file(path, name=name)
+        log.info("recorded labels %r: %d prompts from %s in %.1fs", name, len(recorded[name]), path,
+                 time.perf_counter() - started)
+    return recorded
+
+
+def main() -> None:
+    """Entry point of ``xrouter-reward``: settings, datasets, then serve until SIGTERM."""
+    grpc_server.configure_logging()
+    try:
+        config = settings.load(RewardSettings)
+        # Loading takes seconds for the bundled set, so it happens once here, not per request.
+        recorded = load_recorded(config.datasets())
+    except (settings.SettingsError, ValueError, OSError) as error:
+        print(f"xrouter-reward: {error}", file=sys.stderr)
+        sys.exit(2)
+    scorer = Scorer(recorded, RewardConfig(k=config.k, cost_max=config.cost_max))
+
+    async def build(provider):  # type: ignore[no-untyped-def]
+        return register(scorer, config.max_parallel), None
+
+    asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
+                                        grace=config.grace_s, metrics_port=config.metrics_port))

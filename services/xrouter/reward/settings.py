@@ -1,0 +1,65 @@
+"""Reward service settings, read once from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+from xrouter.common.outcomes import ROUTERBENCH
+from xrouter.common.settings import SettingsError, env
+
+# Dataset names that need no path because the package bundles them.
+BUNDLED = {"routerbench": ROUTERBENCH}
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSettings:
+    """Where the reward service listens, its reward constants and its recorded-label datasets."""
+
+    host: str = env("XROUTER_REWARD_HOST", "127.0.0.1")
+    port: int = env("XROUTER_REWARD_PORT", 50054)
+    k: float = env("XROUTER_REWARD_K", 1.0, help="the reward of a free correct answer (> 0)")
+    cost_max: float = env("XROUTER_REWARD_COST_MAX", 0.7, help="the cap on the cost penalty (>= 0)")
+    # Comma-separated name=path pairs; a bare bundled name ("routerbench") needs no path.
+    recorded_datasets: str = env("XROUTER_REWARD_RECORDED_DATASETS", "routerbench")
+    max_parallel: int = env("XROUTER_REWARD_MAX_PARALLEL", 8)
+    grace_s: float = env("XROUTER_REWARD_GRACE_S", 5.0)
+    metrics_port: int = env("XROUTER_REWARD_METRICS_PORT", 0)
+
+    def datasets(self) -> dict[str, pathlib.Path]:
+        """The recorded-label datasets by name, bundled names resolved to their files."""
+        var = "XROUTER_REWARD_RECORDED_DATASETS"
+        pairs: dict[str, pathlib.Path] = {}
+        for item in filter(None, (p.strip() for p in self.recorded_datasets.split(","))):
+            name, sep, path = (part.strip() for part in item.partition("="))
+            if not sep and name in BUNDLED:
+                resolved = BUNDLED[name]
+            elif not sep or not name or not path:
+                raise SettingsError(f"{var}: {item!r} is not name=path (only "
+                                    f"{', '.join(sorted(BUNDLED))} may be given without a path)")
+            else:
+                resolved = pathlib.Path(path)
+            if name in pairs:
+                raise SettingsError(f"{var}: dataset {name!r} is listed twice")
+            pairs[name] = resolved
+        return pairs
+
+    def validate(self) -> None:
+        """Fail fast, naming the variable, on values the service could not run with."""
+        for var, port in (("XROUTER_REWARD_PORT", self.port),
+                          ("XROUTER_REWARD_METRICS_PORT", self.metrics_port)):
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{var} must be a port in 0..65535, got {port}")
+        if not math.isfinite(self.k) or self.k <= 0:
+            raise SettingsError(f"XROUTER_REWARD_K must be a number > 0 (e.g. 1.0), got {self.k}")
+        if not math.isfinite(self.cost_max) or self.cost_max < 0:
+            raise SettingsError(
+                f"XROUTER_REWARD_COST_MAX must be a number >= 0 (e.g. 0.7), got {self.cost_max}")
+        if self.max_parallel < 1:
+            raise SettingsError(f"XROUTER_REWARD_MAX_PARALLEL must be >= 1, got {self.max_parallel}")
+        if not math.isfinite(self.grace_s) or self.grace_s < 0:
+            raise SettingsError(f"XROUTER_REWARD_GRACE_S must be seconds >= 0, got {self.grace_s}")
+        for name, path in self.datasets().items():
+            if not path.is_file():
+                raise SettingsError(f"XROUTER_REWARD_RECORDED_DATASETS: {name}: no file at {path}")
