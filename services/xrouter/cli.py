@@ -1,0 +1,114 @@
+"""The ``xrouter`` command: ``up`` (the local stack), ``route`` (one request), ``demo`` (make run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import signal
+import sys
+
+import grpc
+
+from xrouter.adapters.catalog import load_catalog
+from xrouter.adapters.settings import DEFAULT_CATALOG
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+
+
+def _home(args: argparse.Namespace) -> pathlib.Path:
+    return pathlib.Path(args.home).resolve()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from xrouter.supervisor import running_stack
+
+    print("Starting the xrouter stack (embedded default: SQLite ledger, replay of RouterBench models)")
+    stop = {"signal": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    with running_stack(_home(args)) as info:
+        print(f"\nRouter gRPC: {info['router']}   OpenAI-compatible HTTP: {info['http']}/v1")
+        print("Try:  xrouter route \"What is the capital of France?\"  (Ctrl-C stops the stack)")
+        try:
+            while not stop["signal"]:
+                signal.pause() if hasattr(signal, "pause") else None
+        except KeyboardInterrupt:
+            pass
+        print("\nStopping (graceful drain)...")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from xrouter.supervisor import read_stack
+
+    target = args.target or read_stack(_home(args))["router"]
+    request = router_pb2.RouteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=args.prompt)],
+        allowed_models=args.models.split(",") if args.models else [], max_turns=args.max_turns,
+        tenant=args.tenant, policy=args.policy)
+    if args.cost_lambda is not None:
+        request.cost_lambda = args.cost_lambda
+    if args.max_cost is not None:
+        request.max_cost_usd = args.max_cost
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = router_pb2_grpc.RouterServiceStub(channel).Route(request, timeout=60)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    print(reply.answer.rstrip())
+    print(f"\n{'#':>2} {'turn':>4} {'model':<36} {'status':<14} {'tokens in/out':>14} {'cost $':>10}")
+    for call in reply.calls:
+        status = common_pb2.CallStatus.Name(call.status).removeprefix("CALL_STATUS_")
+        print(f"{call.index:>2} {call.turn:>4} {call.model:<36} {status:<14} "
+              f"{f'{call.input_tokens}/{call.output_tokens}':>14} {call.cost_usd:>10.6f}")
+    strategy = router_pb2.Strategy.Name(reply.strategy).removeprefix("STRATEGY_").lower()
+    print(f"\ntotal ${reply.total_cost_usd:.6f} · strategy {strategy} · turns {reply.turns_used} · "
+          f"policy {reply.policy_kind}@{reply.policy_version} · trace {reply.trace_id}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from xrouter import demo
+    from xrouter.supervisor import running_stack
+
+    models = list(load_catalog(DEFAULT_CATALOG))
+    policies = ["cheapest", "cascade", *(f"fixed:{m}" for m in models)]
+    prompts = demo.evaluation_prompts(args.prompts)
+    home = _home(args)
+    print(f"Starting the stack, then routing {len(prompts)} held-out RouterBench prompts "
+          f"through {len(policies)} policies")
+    with running_stack(home) as info:
+        results = asyncio.run(demo.evaluate(info["router"], policies, prompts))
+    demo.print_table(results)
+    demo.write_report(results, prompts, home / "demo.json")
+    print(f"\n(figures in {home / 'demo.json'}; scores are the recorded correctness of the answer returned)")
+    return 0 if all(r.failed == 0 for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xrouter", description=__doc__)
+    parser.add_argument("--home", default=os.environ.get("XROUTER_HOME", "var"),
+                        help="folder for the local stack's database, logs and addresses (default ./var)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the four services locally until Ctrl-C").set_defaults(run=cmd_up)
+    route = sub.add_parser("route", help="route one prompt through the running stack")
+    route.add_argument("prompt")
+    route.add_argument("--lambda", dest="cost_lambda", type=float, help="cost preference (>= 0)")
+    route.add_argument("--max-cost", type=float, help="hard cap on the request's model spend, USD")
+    route.add_argument("--models", help="comma-separated allowed models (default: the whole catalog)")
+    route.add_argument("--policy", default="", help="override: cheapest, cascade or fixed:<model>")
+    route.add_argument("--max-turns", type=int, default=0)
+    route.add_argument("--tenant", default="")
+    route.add_argument("--target", help="router host:port (default: the stack started by `xrouter up`)")
+    route.set_defaults(run=cmd_route)
+    demo = sub.add_parser("demo", help="start the stack, evaluate every policy on held-out prompts, stop")
+    demo.add_argument("--prompts", type=int, default=200)
+    demo.set_defaults(run=cmd_demo)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""All four services in one process, each on its own real gRPC server (port 0) and talking over
+real channels — for end-to-end tests and benchmarks. ``xrouter up`` runs them as separate
+processes instead (cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+
+from aiohttp import web
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+
+from xrouter.adapters import server as adapters_server
+from xrouter.adapters.core import AdapterCore
+from xrouter.adapters.settings import AdapterSettings
+from xrouter.common import settings
+from xrouter.common.grpc_server import GrpcServer
+from xrouter.common.outcomes import ROUTERBENCH
+from xrouter.metering import server as metering_server
+from xrouter.metering.ledger import Ledger
+from xrouter.metering.store import make_engine
+from xrouter.reward import server as reward_server
+from xrouter.reward.core import Scorer
+from xrouter.router import server as router_server
+from xrouter.router.core import RouterCore
+from xrouter.router.http_api import bound_port, start_http
+from xrouter.router.settings import RouterSettings
+
+
+@dataclasses.dataclass
+class InProcessStack:
+    """Start with :meth:`start`; ``router_target`` and ``http_url`` are then set."""
+
+    database_url: str
+    exporter: SpanExporter | None = None
+    policy: str = "cascade"
+    adapter_core: AdapterCore | None = None  # defaults to the bundled replay catalog
+
+    async def start(self) -> InProcessStack:
+        core = self.adapter_core or await asyncio.to_thread(
+            adapters_server.build_core, settings.load(AdapterSettings, {}))
+        self.ledger = Ledger(make_engine(self.database_url), reservation_ttl_s=300)
+        await asyncio.to_thread(self.ledger.create_schema)
+        scorer = Scorer(await asyncio.to_thread(reward_server.load_recorded, {"routerbench": ROUTERBENCH}))
+        self.servers: dict[str, GrpcServer] = {}
+        for name, register in (("adapters", adapters_server.register(core)),
+                               ("metering", metering_server.register(self.ledger)),
+                               ("reward", reward_server.register(scorer))):
+            self.servers[name] = GrpcServer(name, register, self._provider(name))
+            await self.servers[name].start()
+        config = settings.load(RouterSettings, {
+            "XROUTER_ROUTER_ADAPTERS_TARGET": f"127.0.0.1:{self.servers['adapters'].port}",
+            "XROUTER_ROUTER_METERING_TARGET": f"127.0.0.1:{self.servers['metering'].port}",
+            "XROUTER_ROUTER_REWARD_TARGET": f"127.0.0.1:{self.servers['reward'].port}",
+            "XROUTER_ROUTER_POLICY": self.policy})
+        provider = self._provider("router")
+        self.router_core: RouterCore
+        self.router_core, self._channels = await router_server.connect(config, provider)
+        self.servers["router"] = GrpcServer("router", router_server.register(self.router_core), provider)
+        await self.servers["router"].start()
+        self._http: web.AppRunner = await start_http(self.router_core, "127.0.0.1", 0)
+        self.router_target = f"127.0.0.1:{self.servers['router'].port}"
+        self.http_url = f"http://127.0.0.1:{bound_port(self._http)}"
+        return self
+
+    def _provider(self, name: str) -> TracerProvider:
+        provider = TracerProvider(resource=Resource.create({"service.name": f"xrouter-{name}"}))
+        if self.exporter is not None:
+            provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        return provider
+
+    async def stop(self) -> None:
+        await self._http.cleanup()
+        for name in ("router", "reward", "metering", "adapters"):
+            await self.servers[name].stop(grace=1.0)
+        for channel in self._channels:
+            await channel.close()
+
+
+def sqlite_url(folder: pathlib.Path) -> str:
+    return f"sqlite:///{folder / 'metering.db'}"

@@ -1,0 +1,3 @@
+from xrouter.router.server import main
+
+main()

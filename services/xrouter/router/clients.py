@@ -1,0 +1,86 @@
+"""gRPC clients for the adapters, metering and reward services, implementing the router's ports.
+Each call carries the remaining deadline, and a failed call comes back as a domain error."""
+
+from __future__ import annotations
+
+import grpc
+
+from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
+from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
+from xrouter.common.errors import from_rpc_error
+from xrouter.router.policy import CallOutcome, ModelOption
+from xrouter.router.ports import ModelReply, ScoringReference
+
+
+class AdaptersClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = adapters_pb2_grpc.AdapterServiceStub(channel)
+
+    async def list_models(self, timeout: float = 10.0) -> list[ModelOption]:
+        try:
+            reply = await self._stub.ListModels(adapters_pb2.ListModelsRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "adapters") from None
+        return [ModelOption(m.id, m.input_usd_per_mtok, m.output_usd_per_mtok, m.description, tuple(m.tags))
+                for m in reply.models]
+
+    async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
+                     request_id: str, call_index: int, timeout: float) -> ModelReply:
+        request = adapters_pb2.InvokeRequest(
+            model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+            temperature=temperature, max_tokens=max_tokens, request_id=request_id, call_index=call_index)
+        try:
+            reply = await self._stub.Invoke(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "adapters") from None
+        return ModelReply(reply.text, reply.input_tokens, reply.output_tokens, reply.tokens_estimated,
+                          reply.cost_micro_usd, reply.latency_ms, reply.finish_reason)
+
+
+class MeteringClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
+
+    async def _call(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
+        try:
+            return await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "metering") from None
+
+    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float) -> None:
+        await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
+            request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd), timeout)
+
+    async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
+                     trace_id: str, timeout: float) -> None:
+        await self._call(self._stub.Record, metering_pb2.RecordRequest(
+            request_id=request_id, call_index=call.index, tenant=tenant, model=call.model,
+            input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+            cost_micro_usd=call.cost_micro_usd, latency_ms=call.latency_ms,
+            status=common_pb2.CallStatus.Value(call.status.value), policy_version=policy_version,
+            trace_id=trace_id), timeout)
+
+    async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
+                     total_cost_micro_usd: int, calls: int, timeout: float) -> None:
+        await self._call(self._stub.Settle, metering_pb2.SettleRequest(
+            request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
+            total_cost_micro_usd=total_cost_micro_usd, calls=calls), timeout)
+
+
+class RewardClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = reward_pb2_grpc.RewardServiceStub(channel)
+
+    async def score(self, prompt: str, response: str, reference: ScoringReference, cost_usd: float,
+                    cost_lambda: float, timeout: float) -> tuple[float, float]:
+        request = reward_pb2.ScoreRequest(
+            prompt=prompt, response=response, cost_usd=cost_usd, cost_lambda=cost_lambda,
+            reference=reward_pb2.Reference(task_type=reference.task_type, gold=reference.gold,
+                                           dataset=reference.dataset, prompt_id=reference.prompt_id))
+        try:
+            reply = await self._stub.Score(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "reward") from None
+        return reply.score, reply.reward

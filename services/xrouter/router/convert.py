@@ -1,0 +1,60 @@
+"""Conversions between the router's protos and its domain types (used by the gRPC servicer)."""
+
+from __future__ import annotations
+
+from xrouter.adapters.catalog import micro_to_usd
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.router.v1 import router_pb2
+from xrouter.router.core import RouteRequest, RouteResult
+from xrouter.router.episode import CallEvent, Decision, Event
+from xrouter.router.policy import CallOutcome
+from xrouter.router.ports import ScoringReference
+
+
+def route_request(message: router_pb2.RouteRequest) -> RouteRequest:
+    reference = None
+    if message.HasField("reference"):
+        ref = message.reference
+        reference = ScoringReference(ref.task_type, ref.gold, ref.dataset, ref.prompt_id)
+    return RouteRequest(
+        messages=[(m.role, m.content) for m in message.messages],
+        allowed_models=list(message.allowed_models),
+        cost_lambda=message.cost_lambda if message.HasField("cost_lambda") else None,
+        max_cost_usd=message.max_cost_usd if message.HasField("max_cost_usd") else None,
+        max_turns=message.max_turns, max_tokens=message.max_tokens, tenant=message.tenant,
+        policy=message.policy, reference=reference, request_id=message.request_id)
+
+
+def model_call(call: CallOutcome) -> router_pb2.ModelCall:
+    return router_pb2.ModelCall(
+        index=call.index, turn=call.turn, model=call.model, system_prompt=call.system_prompt,
+        temperature=call.temperature, input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+        tokens_estimated=call.tokens_estimated, cost_micro_usd=call.cost_micro_usd,
+        cost_usd=micro_to_usd(call.cost_micro_usd), latency_ms=call.latency_ms,
+        status=common_pb2.CallStatus.Value(call.status.value), error=call.error, response=call.text)
+
+
+def route_response(result: RouteResult) -> router_pb2.RouteResponse:
+    response = router_pb2.RouteResponse(
+        answer=result.answer, calls=[model_call(c) for c in result.calls],
+        total_cost_usd=micro_to_usd(result.total_cost_micro_usd),
+        total_cost_micro_usd=result.total_cost_micro_usd,
+        strategy=router_pb2.Strategy.Value(result.strategy.value), turns_used=result.turns_used,
+        turn_limit_reached=result.turn_limit_reached, policy_kind=result.policy_kind,
+        policy_version=result.policy_version, request_id=result.request_id, trace_id=result.trace_id,
+        selected_call=result.selected_call)
+    if result.score is not None:
+        response.score = result.score
+    if result.reward is not None:
+        response.reward = result.reward
+    return response
+
+
+def route_event(event: Event) -> router_pb2.RouteEvent:
+    if isinstance(event, Decision):
+        return router_pb2.RouteEvent(decision=router_pb2.Decision(
+            turn=event.turn, action=event.action, models=event.models, selected_call=event.selected_call))
+    assert isinstance(event, CallEvent)
+    if event.started:
+        return router_pb2.RouteEvent(call_started=model_call(event.call))
+    return router_pb2.RouteEvent(call_finished=model_call(event.call))

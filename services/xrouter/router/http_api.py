@@ -1,0 +1,194 @@
+"""The OpenAI-compatible HTTP face: ``POST /v1/chat/completions`` (plain and SSE streaming) and
+``GET /v1/models``, over the same core as the gRPC face. ``model`` is ``xrouter`` or
+``xrouter:<lambda>``; router controls ride in an optional ``xrouter`` object of the body."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from opentelemetry import context as otel_context
+from opentelemetry.propagate import extract
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xrouter.adapters.catalog import micro_to_usd
+from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
+from xrouter.router.core import RouteRequest, RouteResult, RouterCore
+from xrouter.router.ports import ScoringReference
+
+MODEL = "xrouter"
+_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
+           "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_CONTROLS = {"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"}
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                             status=status)
+
+
+def _domain_error(error: XRouterError) -> web.Response:
+    status = _STATUS.get(error.code.name, 500)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return _error(status, error.message, kind, getattr(error, "field", None))
+
+
+def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, bool, bool]:
+    """OpenAI chat body → (route request, stream?, include usage in stream?)."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("body", "must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + ":")):
+        raise NotFound(f"model: {model!r} does not exist; use {MODEL!r} or '{MODEL}:<lambda>'")
+    cost_lambda = None
+    if model != MODEL:
+        try:
+            cost_lambda = float(model.split(":", 1)[1])
+        except ValueError:
+            raise InvalidArgument("model", f"{model!r}: the part after 'xrouter:' must be a number") from None
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise InvalidArgument("messages", "must be a list of {role, content} objects")
+    parsed = []
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise InvalidArgument(f"messages[{number}]", "must be an object with string role and content")
+        parsed.append((str(message.get("role")), message["content"]))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or 0
+    if not isinstance(max_tokens, int):
+        raise InvalidArgument("max_tokens", f"must be an integer, got {max_tokens!r}")
+    controls = body.get("xrouter") or {}
+    if not isinstance(controls, dict) or not set(controls) <= _CONTROLS:
+        raise InvalidArgument("xrouter", f"must be an object with keys among {sorted(_CONTROLS)}")
+    reference = controls.get("reference")
+    if reference is not None:
+        if not isinstance(reference, dict):
+            raise InvalidArgument("xrouter.reference", "must be an object")
+        reference = ScoringReference(**{k: str(v) for k, v in reference.items()
+                                        if k in {"task_type", "gold", "dataset", "prompt_id"}})
+    try:
+        request = RouteRequest(
+            messages=parsed, allowed_models=list(controls.get("allowed_models") or []), cost_lambda=cost_lambda,
+            max_cost_usd=None if controls.get("max_cost_usd") is None else float(controls["max_cost_usd"]),
+            max_turns=int(controls.get("max_turns") or 0), max_tokens=max_tokens,
+            tenant=str(controls.get("tenant") or tenant_header), policy=str(controls.get("policy") or ""),
+            reference=reference, request_id=str(controls.get("request_id") or ""))
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument("xrouter", f"malformed router controls: {error}") from None
+    options = body.get("stream_options") or {}
+    return request, bool(body.get("stream")), bool(options.get("include_usage"))
+
+
+def _usage(result: RouteResult) -> dict[str, int]:
+    prompt = sum(c.input_tokens for c in result.calls)
+    completion = sum(c.output_tokens for c in result.calls)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _xrouter_block(result: RouteResult) -> dict[str, Any]:
+    return {
+        "request_id": result.request_id, "trace_id": result.trace_id, "strategy": result.strategy.name.lower(),
+        "turns_used": result.turns_used, "turn_limit_reached": result.turn_limit_reached,
+        "policy": {"kind": result.policy_kind, "version": result.policy_version},
+        "total_cost_usd": micro_to_usd(result.total_cost_micro_usd), "selected_call": result.selected_call,
+        "score": result.score, "reward": result.reward,
+        "calls": [{"index": c.index, "turn": c.turn, "model": c.model, "status": c.status.name.lower(),
+                   "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+                   "tokens_estimated": c.tokens_estimated, "cost_usd": micro_to_usd(c.cost_micro_usd),
+                   "latency_ms": round(c.latency_ms, 3), "error": c.error} for c in result.calls],
+    }
+
+
+class ChatCompletions:
+    """aiohttp handlers over a :class:`RouterCore`."""
+
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        # Continue the caller's W3C trace (traceparent header), as the gRPC face does.
+        token = otel_context.attach(extract(dict(request.headers)))
+        try:
+            return await self._completions(request)
+        finally:
+            otel_context.detach(token)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
+        try:
+            route_request, stream, include_usage = parse_chat_request(body, request.headers.get("X-Tenant", ""))
+            if stream:
+                return await self._stream(request, route_request, include_usage)
+            result = await self._core.route(route_request)
+        except XRouterError as error:
+            return _domain_error(error)
+        return web.json_response({
+            "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": body["model"], "usage": _usage(result), "xrouter": _xrouter_block(result),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+                         "finish_reason": "stop", "logprobs": None}]})
+
+    async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool) -> web.StreamResponse:
+        # Route first so that a bad request still gets a plain JSON error status, not a broken stream.
+        result = await self._core.route(request)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(http)
+        base = {"id": f"chatcmpl-{result.request_id}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": MODEL}
+
+        async def send(payload: dict[str, Any]) -> None:
+            await response.write(f"data: {json.dumps({**base, **payload})}\n\n".encode())
+
+        await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        for start in range(0, len(result.answer), 64):
+            await send({"choices": [{"index": 0, "delta": {"content": result.answer[start:start + 64]},
+                                     "finish_reason": None}]})
+        await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "xrouter": _xrouter_block(result)})
+        if include_usage:
+            await send({"choices": [], "usage": _usage(result)})
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": MODEL, "object": "model", "created": 0, "owned_by": "xrouter"}]})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(core: RouterCore) -> web.Application:
+    handlers = ChatCompletions(core)
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", handlers.completions)
+    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def start_http(core: RouterCore, host: str, port: int) -> web.AppRunner:
+    """Serve the HTTP face on ``host:port`` (0: a free port; read it from the runner's addresses)."""
+    runner = web.AppRunner(make_app(core), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]
+
+
+__all__ = ["make_app", "start_http", "bound_port", "parse_chat_request"]

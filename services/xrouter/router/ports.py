@@ -1,0 +1,47 @@
+"""What the router needs from the other services, as plain-Python protocols. The gRPC clients in
+``clients.py`` implement them; tests and training may pass in-process implementations."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from xrouter.reward.core import Reference as ScoringReference
+from xrouter.router.policy import CallOutcome, ModelOption
+
+__all__ = ["Adapters", "Meter", "ModelReply", "Scorer", "ScoringReference"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReply:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    cost_micro_usd: int
+    latency_ms: float
+    finish_reason: str
+
+
+class Adapters(Protocol):
+    async def list_models(self) -> list[ModelOption]: ...
+
+    async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float,
+                     max_tokens: int, request_id: str, call_index: int, timeout: float) -> ModelReply: ...
+
+
+class Meter(Protocol):
+    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float) -> None: ...
+
+    async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
+                     trace_id: str, timeout: float) -> None: ...
+
+    async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
+                     total_cost_micro_usd: int, calls: int, timeout: float) -> None: ...
+
+
+class Scorer(Protocol):
+    async def score(self, prompt: str, response: str, reference: ScoringReference, cost_usd: float,
+                    cost_lambda: float, timeout: float) -> tuple[float, float]:
+        """Returns (score, reward)."""
+        ...

@@ -1,0 +1,141 @@
+"""The router's gRPC face, and the process that serves it beside the OpenAI-compatible HTTP face."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+
+from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.common import grpc_server, settings, telemetry
+from xrouter.common.errors import InvalidArgument, Unavailable, XRouterError
+from xrouter.common.grpc_server import Register
+from xrouter.router import convert
+from xrouter.router.baselines import make_baseline
+from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
+from xrouter.router.core import RouterCore
+from xrouter.router.episode import Event
+from xrouter.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+ANSWER_CHUNK_CHARS = 64
+_DONE = object()
+
+
+class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """proto → core → proto."""
+
+    def __init__(self, core: RouterCore) -> None:
+        self._core = core
+        self._policy_source = core.policy.kind
+
+    async def Route(self, request: router_pb2.RouteRequest,
+                    context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
+        result = await self._core.route(convert.route_request(request), context.time_remaining())
+        return convert.route_response(result)
+
+    async def RouteStream(self, request: router_pb2.RouteRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        async def on_event(event: Event) -> None:
+            await queue.put(convert.route_event(event))
+
+        async def run() -> router_pb2.RouteResponse:
+            try:
+                return convert.route_response(
+                    await self._core.route(convert.route_request(request), context.time_remaining(), on_event))
+            finally:
+                await queue.put(_DONE)
+
+        task = asyncio.create_task(run())
+        try:
+            while (item := await queue.get()) is not _DONE:
+                yield item
+            response = await task  # re-raises the routing error, if any
+        finally:
+            task.cancel()
+        for start in range(0, len(response.answer), ANSWER_CHUNK_CHARS):
+            yield router_pb2.RouteEvent(answer_chunk=response.answer[start:start + ANSWER_CHUNK_CHARS])
+        yield router_pb2.RouteEvent(done=response)
+
+    async def GetPolicy(self, request: router_pb2.GetPolicyRequest,
+                        context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
+        policy = self._core.policy
+        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._policy_source)
+
+    async def LoadPolicy(self, request: router_pb2.LoadPolicyRequest,
+                         context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
+        if not request.source:
+            raise InvalidArgument("source", "name a baseline (cheapest, cascade, fixed:<model>)")
+        # Only baselines for now: learned checkpoints arrive with the trainer.
+        policy = make_baseline(request.source, set(self._core.catalog))
+        self._core.policy, self._policy_source = policy, request.source  # one assignment: atomic swap
+        log.info("serving policy now %s@%s", policy.kind, policy.version)
+        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=request.source)
+
+
+def register(core: RouterCore) -> Register:
+    def add(server: grpc.aio.Server) -> list[str]:
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core), server)
+        return [SERVICE]
+    return add
+
+
+async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[RouterCore, list[grpc.aio.Channel]]:
+    """Open channels to the other services, fetch the catalog (waiting for the adapters to come up)
+    and build the core."""
+    channels = [telemetry.insecure_channel(config.adapters_target, provider),
+                telemetry.insecure_channel(config.metering_target, provider)]
+    adapters, meter = AdaptersClient(channels[0]), MeteringClient(channels[1])
+    scorer = None
+    if config.reward_target:
+        channels.append(telemetry.insecure_channel(config.reward_target, provider))
+        scorer = RewardClient(channels[2])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.startup_timeout_s
+    while True:
+        try:
+            catalog = await adapters.list_models(timeout=max(0.1, deadline - loop.time()))
+            break
+        except XRouterError as error:
+            if loop.time() >= deadline:
+                raise Unavailable(f"adapters at {config.adapters_target} not reachable: {error.message}") from None
+            await asyncio.sleep(0.2)
+    policy = make_baseline(config.policy, {m.id for m in catalog})
+    core = RouterCore(adapters, meter, scorer, catalog, policy, config.limits(), provider.get_tracer("xrouter.router"))
+    return core, channels
+
+
+def main() -> None:
+    grpc_server.configure_logging()
+    try:
+        config = settings.load(RouterSettings)
+    except settings.SettingsError as error:
+        sys.exit(f"xrouter-router: {error}")
+
+    async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
+        core, channels = await connect(config, provider)
+        http = None
+        if config.http_port:
+            from xrouter.router.http_api import start_http
+
+            http = await start_http(core, config.host, config.http_port)
+
+        async def close() -> None:
+            if http is not None:
+                await http.cleanup()
+            for channel in channels:
+                await channel.close()
+        return register(core), close
+
+    try:
+        asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
+                                            grace=config.grace_s, metrics_port=config.metrics_port))
+    except XRouterError as error:
+        sys.exit(f"xrouter-router: {error.message}")

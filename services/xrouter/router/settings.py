@@ -1,0 +1,48 @@
+"""Router service settings, read once from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from xrouter.common.settings import SettingsError, env
+from xrouter.router.core import Limits
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterSettings:
+    adapters_target: str = env("XROUTER_ROUTER_ADAPTERS_TARGET", help="host:port of the adapters service")
+    metering_target: str = env("XROUTER_ROUTER_METERING_TARGET", help="host:port of the metering service")
+    # Empty: no online scoring (requests that carry a reference are then refused).
+    reward_target: str = env("XROUTER_ROUTER_REWARD_TARGET", "")
+    host: str = env("XROUTER_ROUTER_HOST", "127.0.0.1")
+    port: int = env("XROUTER_ROUTER_PORT", 50051)
+    http_port: int = env("XROUTER_ROUTER_HTTP_PORT", 8080)  # OpenAI-compatible face; 0 disables
+    policy: str = env("XROUTER_ROUTER_POLICY", "cascade")
+    default_max_turns: int = env("XROUTER_ROUTER_DEFAULT_MAX_TURNS", 3)
+    max_turns: int = env("XROUTER_ROUTER_MAX_TURNS", 8)
+    max_prompt_chars: int = env("XROUTER_ROUTER_MAX_PROMPT_CHARS", 200_000)
+    default_cost_lambda: float = env("XROUTER_ROUTER_DEFAULT_COST_LAMBDA", 1.0)
+    default_tenant: str = env("XROUTER_ROUTER_DEFAULT_TENANT", "default")
+    request_timeout_s: float = env("XROUTER_ROUTER_REQUEST_TIMEOUT_S", 60.0)
+    call_timeout_s: float = env("XROUTER_ROUTER_CALL_TIMEOUT_S", 30.0)
+    startup_timeout_s: float = env("XROUTER_ROUTER_STARTUP_TIMEOUT_S", 30.0)
+    grace_s: float = env("XROUTER_ROUTER_GRACE_S", 5.0)
+    metrics_port: int = env("XROUTER_ROUTER_METRICS_PORT", 0)
+
+    def limits(self) -> Limits:
+        return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
+                      self.default_tenant, self.request_timeout_s, self.call_timeout_s)
+
+    def validate(self) -> None:
+        for name, value in (("XROUTER_ROUTER_ADAPTERS_TARGET", self.adapters_target),
+                            ("XROUTER_ROUTER_METERING_TARGET", self.metering_target)):
+            if ":" not in value:
+                raise SettingsError(f"{name} must be host:port, got {value!r}")
+        if not 1 <= self.default_max_turns <= self.max_turns:
+            raise SettingsError("XROUTER_ROUTER_DEFAULT_MAX_TURNS must be within [1, XROUTER_ROUTER_MAX_TURNS]")
+        for name, value in (("XROUTER_ROUTER_REQUEST_TIMEOUT_S", self.request_timeout_s),
+                            ("XROUTER_ROUTER_CALL_TIMEOUT_S", self.call_timeout_s)):
+            if value <= 0:
+                raise SettingsError(f"{name} must be > 0, got {value}")
+        if self.default_cost_lambda < 0:
+            raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")

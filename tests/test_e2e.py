@@ -1,0 +1,196 @@
+"""One routed request end to end through the four services on real gRPC servers and channels:
+the answer, the ledger rows, the spans of one trace, and bad input refused with named fields."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+
+import grpc
+import pytest
+import pytest_asyncio
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.reward.v1 import reward_pb2
+from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
+from xrouter.local_stack import InProcessStack, sqlite_url
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, dict[str, str]]:
+    """prompt_id → {model: recorded response}, plus the prompt text under key ''."""
+    rows: dict[str, dict[str, str]] = {}
+    for row in read_outcomes(ROUTERBENCH):
+        entry = rows.setdefault(row.prompt_id, {"": row.prompt})
+        entry[row.model] = row.response or ""
+    return rows
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory, exporter):  # type: ignore[no-untyped-def]
+    running = await InProcessStack(sqlite_url(tmp_path_factory.mktemp("e2e")), exporter).start()
+    yield running
+    await running.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def router(stack):  # type: ignore[no-untyped-def]
+    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+def request(prompt: str, **fields) -> router_pb2.RouteRequest:  # type: ignore[no-untyped-def]
+    return router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=prompt)],
+                                   tenant=fields.pop("tenant", f"t-{uuid.uuid4().hex[:8]}"), **fields)
+
+
+ARC = "arc-challenge.test.1/test"
+
+
+async def test_a_request_flows_through_all_four_services(stack, router, recorded, exporter) -> None:  # type: ignore[no-untyped-def]
+    exporter.clear()
+    reference = reward_pb2.Reference(task_type="recorded_label", dataset="routerbench", prompt_id=ARC)
+    reply = await router.Route(request(recorded[ARC][""], tenant="acme", policy="cascade", reference=reference))
+
+    ok_calls = [c for c in reply.calls if c.status == common_pb2.CALL_STATUS_OK]
+    assert ok_calls and reply.answer == recorded[ARC][reply.calls[reply.selected_call].model]
+    assert reply.total_cost_micro_usd == sum(c.cost_micro_usd for c in reply.calls) > 0
+    assert reply.policy_kind == "cascade" and reply.strategy == router_pb2.STRATEGY_SELECT
+    assert reply.HasField("score") and reply.score in (0.0, 1.0) and reply.HasField("reward")
+
+    usage = stack.ledger.usage("acme")
+    assert usage.total_cost_micro_usd == reply.total_cost_micro_usd
+    assert sum(m.calls for m in usage.models) == len(reply.calls)
+    assert {m.model for m in usage.models} == {c.model for c in reply.calls}
+
+    spans = exporter.get_finished_spans()
+    trace_ids = {format(s.context.trace_id, "032x") for s in spans}
+    assert trace_ids == {reply.trace_id}, "every span of the request belongs to its one trace"
+    services = {s.resource.attributes["service.name"] for s in spans}
+    assert services == {"xrouter-router", "xrouter-adapters", "xrouter-metering", "xrouter-reward"}
+    by_name = [s.name for s in spans]
+    assert by_name.count("xrouter.decide") == reply.turns_used
+    chat = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chat) == len(reply.calls)
+    for span in chat:
+        assert span.attributes["gen_ai.request.model"] in {c.model for c in reply.calls}
+        assert span.attributes["gen_ai.usage.input_tokens"] > 0 and "xrouter.cost_usd" in span.attributes
+    server_records = [s for s in spans if s.name.endswith("MeteringService/Record")
+                      and s.resource.attributes["service.name"] == "xrouter-metering"]
+    assert len(server_records) == len(reply.calls)
+
+
+async def test_the_request_controls_are_honoured(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
+    pool = ["mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"]
+    reply = await router.Route(request(recorded[ARC][""], allowed_models=pool, policy="cascade"))
+    assert {c.model for c in reply.calls} <= set(pool)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(request(recorded[ARC][""], policy="fixed:gpt-4-1106-preview", max_cost_usd=0.0001))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.value.details().startswith("max_cost_usd: ")
+    # A cap the cheap model fits under but gpt-4 does not: the cascade answers without escalating.
+    cheap = await router.Route(request(recorded[ARC][""], policy="cascade", max_cost_usd=0.0015))
+    assert "gpt-4-1106-preview" not in {c.model for c in cheap.calls if c.status == common_pb2.CALL_STATUS_OK}
+    assert cheap.total_cost_usd <= 0.0015
+
+
+async def test_route_stream_reports_decisions_calls_chunks_and_done(router, recorded) -> None:  # type: ignore[no-untyped-def]
+    events = [e async for e in router.RouteStream(request(recorded[ARC][""], policy="fixed:claude-v1"))]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[:4] == ["decision", "call_started", "call_finished", "decision"]
+    assert kinds[-1] == "done" and "answer_chunk" in kinds
+    answer = "".join(e.answer_chunk for e in events if e.WhichOneof("event") == "answer_chunk")
+    assert answer == events[-1].done.answer == recorded[ARC]["claude-v1"]
+
+
+async def test_failed_calls_are_still_recorded(stack, router) -> None:  # type: ignore[no-untyped-def]
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(request("a prompt nobody recorded", tenant=tenant, policy="cheapest"))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE and "no recording" in error.value.details()
+    usage = stack.ledger.usage(tenant)
+    assert sum(m.calls for m in usage.models) == 2 and usage.total_cost_micro_usd == 0  # two turns tried
+
+
+@pytest.mark.parametrize(("fields", "code", "field"), [
+    ({"messages": []}, grpc.StatusCode.INVALID_ARGUMENT, "messages"),
+    ({"messages": [common_pb2.ChatMessage(role="robot", content="hi")]}, grpc.StatusCode.INVALID_ARGUMENT,
+     "messages[0].role"),
+    ({"allowed_models": ["gpt-9"]}, grpc.StatusCode.NOT_FOUND, "allowed_models"),
+    ({"cost_lambda": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "cost_lambda"),
+    ({"max_cost_usd": -0.5}, grpc.StatusCode.INVALID_ARGUMENT, "max_cost_usd"),
+    ({"max_turns": 99}, grpc.StatusCode.INVALID_ARGUMENT, "max_turns"),
+    ({"policy": "smartest"}, grpc.StatusCode.INVALID_ARGUMENT, "policy"),
+    ({"request_id": "bad id with spaces"}, grpc.StatusCode.INVALID_ARGUMENT, "request_id"),
+    ({"messages": [common_pb2.ChatMessage(role="user", content="x" * 200_001)]},
+     grpc.StatusCode.INVALID_ARGUMENT, "messages"),
+])
+async def test_bad_input_names_the_field_and_records_nothing(stack, router, fields, code, field) -> None:  # type: ignore[no-untyped-def]
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    message = router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")], tenant=tenant)
+    if "messages" in fields:
+        del message.messages[:]
+    message.MergeFrom(router_pb2.RouteRequest(**fields))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(message)
+    assert error.value.code() == code
+    assert error.value.details().startswith(f"{field}: ")
+    assert not stack.ledger.usage(tenant).models
+
+
+async def test_unknown_reference_type_is_refused_after_billing_the_calls(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(request(recorded[ARC][""], tenant=tenant, policy="cheapest",
+                                   reference=reward_pb2.Reference(task_type="vibes")))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("reference.task_type: ")
+    assert sum(m.calls for m in stack.ledger.usage(tenant).models) == 1  # the call made is not lost
+
+
+async def test_load_policy_swaps_the_serving_policy(router, recorded) -> None:  # type: ignore[no-untyped-def]
+    before = await router.GetPolicy(router_pb2.GetPolicyRequest())
+    info = await router.LoadPolicy(router_pb2.LoadPolicyRequest(source="fixed:gpt-3.5-turbo-1106"))
+    try:
+        reply = await router.Route(request(recorded[ARC][""]))
+        assert info.kind == reply.policy_kind == "fixed:gpt-3.5-turbo-1106"
+        assert [c.model for c in reply.calls] == ["gpt-3.5-turbo-1106"]
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await router.LoadPolicy(router_pb2.LoadPolicyRequest(source="fixed:nope"))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (await router.GetPolicy(router_pb2.GetPolicyRequest())).kind == "fixed:gpt-3.5-turbo-1106"
+    finally:
+        await router.LoadPolicy(router_pb2.LoadPolicyRequest(source=before.source))
+
+
+async def test_deadline_exceeded_when_the_caller_gives_no_time(router, recorded) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(request(recorded[ARC][""]), timeout=0.0001)
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl not installed")
+async def test_reflection_and_health_answer_grpcurl(stack) -> None:  # type: ignore[no-untyped-def]
+    async def grpcurl(*args: str) -> str:
+        # The servers share this event loop: the tool must run without blocking it.
+        process = await asyncio.create_subprocess_exec("grpcurl", "-plaintext", *args,
+                                                       stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    for name, server in stack.servers.items():
+        target = f"127.0.0.1:{server.port}"
+        listed = await grpcurl(target, "list")
+        assert f"xrouter.{name}.v1" in listed and "grpc.health.v1.Health" in listed
+        assert '"SERVING"' in await grpcurl(target, "grpc.health.v1.Health/Check")
