@@ -35,10 +35,28 @@ def _domain_error(error: XRouterError) -> web.Response:
     return _error(status, error.message, kind, getattr(error, "field", None))
 
 
+def _typed(value: Any, kind: type | tuple[type, ...], field: str, what: str) -> Any:
+    # bool is an int in Python; JSON true is never a number here.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise InvalidArgument(field, f"must be {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise InvalidArgument(field, f"must be {what}, got {value!r}")
+    return value
+
+
+def _reference(value: Any) -> ScoringReference | None:
+    if value is None:
+        return None
+    _typed(value, dict, "xrouter.reference", "an object")
+    fields = {"task_type", "gold", "dataset", "prompt_id"}
+    if not set(value) <= fields or not isinstance(value.get("task_type"), str):
+        raise InvalidArgument("xrouter.reference", f"needs a string task_type and keys among {sorted(fields)}")
+    return ScoringReference(**{k: _typed(v, str, f"xrouter.reference.{k}", "a string") for k, v in value.items()})
+
+
 def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, bool, bool]:
-    """OpenAI chat body → (route request, stream?, include usage in stream?)."""
-    if not isinstance(body, dict):
-        raise InvalidArgument("body", "must be a JSON object")
+    """OpenAI chat body → (route request, stream?, include usage in stream?); strict about types."""
+    _typed(body, dict, "body", "a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + ":")):
         raise NotFound(f"model: {model!r} does not exist; use {MODEL!r} or '{MODEL}:<lambda>'")
@@ -48,37 +66,33 @@ def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, boo
             cost_lambda = float(model.split(":", 1)[1])
         except ValueError:
             raise InvalidArgument("model", f"{model!r}: the part after 'xrouter:' must be a number") from None
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        raise InvalidArgument("messages", "must be a list of {role, content} objects")
+    messages = _typed(body.get("messages"), list, "messages", "a list of {role, content} objects")
     parsed = []
     for number, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
             raise InvalidArgument(f"messages[{number}]", "must be an object with string role and content")
         parsed.append((str(message.get("role")), message["content"]))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or 0
-    if not isinstance(max_tokens, int):
-        raise InvalidArgument("max_tokens", f"must be an integer, got {max_tokens!r}")
-    controls = body.get("xrouter") or {}
-    if not isinstance(controls, dict) or not set(controls) <= _CONTROLS:
-        raise InvalidArgument("xrouter", f"must be an object with keys among {sorted(_CONTROLS)}")
-    reference = controls.get("reference")
-    if reference is not None:
-        if not isinstance(reference, dict):
-            raise InvalidArgument("xrouter.reference", "must be an object")
-        reference = ScoringReference(**{k: str(v) for k, v in reference.items()
-                                        if k in {"task_type", "gold", "dataset", "prompt_id"}})
-    try:
-        request = RouteRequest(
-            messages=parsed, allowed_models=list(controls.get("allowed_models") or []), cost_lambda=cost_lambda,
-            max_cost_usd=None if controls.get("max_cost_usd") is None else float(controls["max_cost_usd"]),
-            max_turns=int(controls.get("max_turns") or 0), max_tokens=max_tokens,
-            tenant=str(controls.get("tenant") or tenant_header), policy=str(controls.get("policy") or ""),
-            reference=reference, request_id=str(controls.get("request_id") or ""))
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument("xrouter", f"malformed router controls: {error}") from None
-    options = body.get("stream_options") or {}
-    return request, bool(body.get("stream")), bool(options.get("include_usage"))
+    max_tokens = _typed(body.get("max_completion_tokens", body.get("max_tokens")) or 0, int, "max_tokens",
+                        "an integer")
+    controls = _typed(body.get("xrouter") or {}, dict, "xrouter", "an object")
+    if not set(controls) <= _CONTROLS:
+        raise InvalidArgument("xrouter", f"unknown keys {sorted(set(controls) - _CONTROLS)}; known: {sorted(_CONTROLS)}")
+    allowed = _typed(controls.get("allowed_models") or [], list, "xrouter.allowed_models", "a list of model ids")
+    max_cost = controls.get("max_cost_usd")
+    request = RouteRequest(
+        messages=parsed, cost_lambda=cost_lambda, max_tokens=max_tokens,
+        allowed_models=[_typed(m, str, "xrouter.allowed_models", "a list of model ids") for m in allowed],
+        max_cost_usd=None if max_cost is None else float(_typed(max_cost, (int, float), "xrouter.max_cost_usd",
+                                                               "a number")),
+        max_turns=_typed(controls.get("max_turns") or 0, int, "xrouter.max_turns", "an integer"),
+        tenant=_typed(controls.get("tenant") or tenant_header, str, "xrouter.tenant", "a string"),
+        policy=_typed(controls.get("policy") or "", str, "xrouter.policy", "a string"),
+        reference=_reference(controls.get("reference")),
+        request_id=_typed(controls.get("request_id") or "", str, "xrouter.request_id", "a string"))
+    stream = _typed(body.get("stream", False), bool, "stream", "true or false")
+    options = _typed(body.get("stream_options") or {}, dict, "stream_options", "an object")
+    include_usage = _typed(options.get("include_usage", False), bool, "stream_options.include_usage", "true or false")
+    return request, stream, include_usage
 
 
 def _usage(result: RouteResult) -> dict[str, int]:
@@ -109,7 +123,8 @@ class ChatCompletions:
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         # Continue the caller's W3C trace (traceparent header), as the gRPC face does.
-        token = otel_context.attach(extract(dict(request.headers)))
+        # Header names are case-insensitive: hand the propagator lower-cased keys.
+        token = otel_context.attach(extract({k.lower(): v for k, v in request.headers.items()}))
         try:
             return await self._completions(request)
         finally:
@@ -118,12 +133,12 @@ class ChatCompletions:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
         try:
             route_request, stream, include_usage = parse_chat_request(body, request.headers.get("X-Tenant", ""))
             if stream:
-                return await self._stream(request, route_request, include_usage)
+                return await self._stream(request, route_request, include_usage, body["model"])
             result = await self._core.route(route_request)
         except XRouterError as error:
             return _domain_error(error)
@@ -133,13 +148,14 @@ class ChatCompletions:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
                          "finish_reason": "stop", "logprobs": None}]})
 
-    async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool) -> web.StreamResponse:
+    async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool,
+                      model: str) -> web.StreamResponse:
         # Route first so that a bad request still gets a plain JSON error status, not a broken stream.
         result = await self._core.route(request)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(http)
         base = {"id": f"chatcmpl-{result.request_id}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": MODEL}
+                "created": int(time.time()), "model": model}
 
         async def send(payload: dict[str, Any]) -> None:
             await response.write(f"data: {json.dumps({**base, **payload})}\n\n".encode())
