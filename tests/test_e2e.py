@@ -194,3 +194,31 @@ async def test_reflection_and_health_answer_grpcurl(stack) -> None:  # type: ign
         listed = await grpcurl(target, "list")
         assert f"xrouter.{name}.v1" in listed and "grpc.health.v1.Health" in listed
         assert '"SERVING"' in await grpcurl(target, "grpc.health.v1.Health/Check")
+
+
+async def test_prometheus_metrics_count_requests_cost_and_overhead(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    async def scrape() -> str:
+        async with aiohttp.ClientSession() as http, http.get(stack.http_url + "/metrics") as response:
+            assert response.status == 200
+            return await response.text()
+
+    def value(text: str, prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+    before = await scrape()
+    reply = await router.Route(request(recorded[ARC][""], tenant="metrics-tenant", policy="fixed:claude-v1"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await router.Route(request("unrecorded prompt", policy="fixed:claude-v1"))
+    after = await scrape()
+    ok = 'xrouter_rpc_requests_total{code="OK",method="Route",service="router"}'
+    assert value(after, ok) == value(before, ok) + 1
+    unavailable = 'xrouter_rpc_requests_total{code="UNAVAILABLE",method="Route",service="router"}'
+    assert value(after, unavailable) == value(before, unavailable) + 1
+    cost = 'xrouter_cost_usd_total{model="claude-v1",tenant="metrics-tenant"}'
+    assert value(after, cost) - value(before, cost) == pytest.approx(reply.total_cost_usd)
+    errors = 'xrouter_model_call_errors_total{model="claude-v1",status="ERROR"}'
+    assert value(after, errors) == value(before, errors) + 2  # two turns tried the unrecorded prompt
+    count = "xrouter_routing_overhead_seconds_count"
+    assert value(after, count) >= value(before, count) + 1
