@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common import grpc_server, settings, telemetry
-from xrouter.common.errors import InvalidArgument, Unavailable, XRouterError
+from xrouter.common.errors import Unavailable, XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.router import convert
-from xrouter.router.baselines import make_baseline
+from xrouter.router.policy_store import PolicyStore, build_policy
 from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
 from xrouter.router.core import RouterCore
 from xrouter.router.episode import Event
@@ -30,9 +30,9 @@ _DONE = object()
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """proto → core → proto."""
 
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: RouterCore, store: PolicyStore) -> None:
         self._core = core
-        self._policy_source = core.policy.kind
+        self._store = store
 
     async def Route(self, request: router_pb2.RouteRequest,
                     context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
@@ -67,22 +67,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def GetPolicy(self, request: router_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
         policy = self._core.policy
-        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._policy_source)
+        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._store.source)
 
     async def LoadPolicy(self, request: router_pb2.LoadPolicyRequest,
                          context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
-        if not request.source:
-            raise InvalidArgument("source", "name a baseline (cheapest, cascade, fixed:<model>)")
-        # Only baselines for now: learned checkpoints arrive with the trainer.
-        policy = make_baseline(request.source, set(self._core.catalog))
-        self._core.policy, self._policy_source = policy, request.source  # one assignment: atomic swap
-        log.info("serving policy now %s@%s", policy.kind, policy.version)
-        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=request.source)
+        policy = await self._store.load(request.source)
+        return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._store.source)
 
 
-def register(core: RouterCore) -> Register:
+def register(core: RouterCore, store: PolicyStore | None = None) -> Register:
+    store = store or PolicyStore(core, core.policy.kind)
+
     def add(server: grpc.aio.Server) -> list[str]:
-        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core), server)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core, store), server)
         return [SERVICE]
     return add
 
@@ -92,7 +89,7 @@ async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[Rou
     and build the core."""
     channels = [telemetry.insecure_channel(config.adapters_target, provider),
                 telemetry.insecure_channel(config.metering_target, provider)]
-    adapters, meter = AdaptersClient(channels[0]), MeteringClient(channels[1])
+    adapters, meter = AdaptersClient(channels[0]), MeteringClient(channels[1], config.metering_api_key)
     scorer = None
     if config.reward_target:
         channels.append(telemetry.insecure_channel(config.reward_target, provider))
@@ -107,7 +104,7 @@ async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[Rou
             if loop.time() >= deadline:
                 raise Unavailable(f"adapters at {config.adapters_target} not reachable: {error.message}") from None
             await asyncio.sleep(0.2)
-    policy = make_baseline(config.policy, {m.id for m in catalog})
+    policy = await build_policy(config.policy, catalog)
     core = RouterCore(adapters, meter, scorer, catalog, policy, config.limits(), provider.get_tracer("xrouter.router"))
     return core, channels
 
@@ -121,6 +118,10 @@ def main() -> None:
 
     async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
         core, channels = await connect(config, provider)
+        store = PolicyStore(core, config.policy)
+        from xrouter.router.policy_watch import start_policy_watch  # the kubernetes client only when used
+
+        watcher = start_policy_watch(config, store)
         http = None
         if config.http_port:
             from xrouter.router.http_api import start_http
@@ -128,14 +129,18 @@ def main() -> None:
             http = await start_http(core, config.host, config.http_port)
 
         async def close() -> None:
+            if watcher is not None:
+                await watcher.stop()
             if http is not None:
                 await http.cleanup()
             for channel in channels:
                 await channel.close()
-        return register(core), close
+        return register(core, store), close
 
     try:
         asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
                                             grace=config.grace_s, metrics_port=config.metrics_port))
     except XRouterError as error:
         sys.exit(f"xrouter-router: {error.message}")
+    except settings.SettingsError as error:  # e.g. a policy pointer to watch but no Kubernetes credentials
+        sys.exit(f"xrouter-router: {error}")

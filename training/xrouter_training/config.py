@@ -1,0 +1,85 @@
+"""Training configuration: a dataclass that rejects bad combinations with the fix in the message."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data: str = "routerbench"  # "routerbench" (bundled) or the path of an outcome set
+    catalog: str = ""  # empty: the bundled RouterBench catalog
+    seed: int = 0
+    steps: int = 120
+    prompts_per_step: int = 32
+    group_size: int = 8  # G episodes per prompt (GRPO)
+    lambda_min: float = 0.0
+    lambda_max: float = 1000.0  # reward per dollar; a gpt-4 call costs ~$0.005 in RouterBench
+    pool_min: int = 2
+    pool_max: int = 0  # 0: the whole catalog
+    max_turns: int = 3
+    learning_rate: float = 3e-4
+    update_epochs: int = 2
+    clip_low: float = 0.2  # DAPO clip-higher: asymmetric ratio clipping
+    clip_high: float = 0.28
+    kl_coef: float = 0.0  # no reference-policy KL by default (DAPO)
+    entropy_coef: float = 0.0
+    dynamic_sampling: bool = True  # drop groups whose rewards do not vary (no learning signal)
+    reward_k: float = 1.0
+    reward_cost_max: float = 0.7
+    hidden: int = 64
+    eval_lambdas: tuple[float, ...] = (0, 1, 3, 10, 30, 100, 300, 1000)
+    limit_prompts: int = 0  # >0: only the first N train and N validation prompts (smoke runs, tests)
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError(f"group_size={self.group_size}: GRPO needs at least 2 episodes per prompt to "
+                              "normalise advantages; set group_size >= 2 (8 is the usual choice)")
+        if not 0 < self.clip_low < 1 or self.clip_high < self.clip_low:
+            raise ConfigError(f"clip_low={self.clip_low}, clip_high={self.clip_high}: need 0 < clip_low < 1 and "
+                              "clip_high >= clip_low (DAPO uses 0.2 / 0.28)")
+        if not 0 <= self.lambda_min <= self.lambda_max:
+            raise ConfigError(f"lambda range [{self.lambda_min}, {self.lambda_max}]: need 0 <= lambda_min <= lambda_max")
+        if self.pool_min < 1 or (self.pool_max and self.pool_max < self.pool_min):
+            raise ConfigError(f"pool sizes [{self.pool_min}, {self.pool_max}]: need pool_min >= 1 and pool_max "
+                              "either 0 (whole catalog) or >= pool_min")
+        if self.max_turns < 2:
+            raise ConfigError(f"max_turns={self.max_turns}: the compact policy needs 2 turns (call, then select)")
+        if self.kl_coef != 0:
+            raise ConfigError("kl_coef: a reference-policy KL term is not implemented; set kl_coef: 0 (DAPO drops it)")
+        for name in ("steps", "prompts_per_step", "update_epochs", "hidden"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
+
+    @classmethod
+    def from_file(cls, path: pathlib.Path | str) -> TrainConfig:
+        try:
+            raw: Any = yaml.safe_load(pathlib.Path(path).read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read the config ({error})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        if "eval_lambdas" in raw:
+            raw["eval_lambdas"] = tuple(float(x) for x in raw["eval_lambdas"])
+        try:
+            return cls(**raw)
+        except TypeError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)

@@ -1,0 +1,99 @@
+"""Episodes on recorded outcomes: the adapters' replay core answers the calls (real recorded answers
+and costs) and the reward service's recorded-label verifier scores the answer. The episode itself is
+the router's own loop (``run_episode``), so training and evaluation see exactly what serving does."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+
+from xrouter.adapters.backends.replay import ReplayBackend
+from xrouter.adapters.catalog import ModelSpec, load_catalog
+from xrouter.adapters.core import AdapterCore, backend_key
+from xrouter.adapters.settings import DEFAULT_CATALOG
+from xrouter.common.errors import NotFound, XRouterError
+from xrouter.common.outcomes import ROUTERBENCH, read_outcomes, split_of
+from xrouter.reward.formula import RewardConfig, cost_aware_reward
+from xrouter.reward.verifiers import RecordedLabels
+from xrouter.router.episode import EpisodeResult, run_episode
+from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, ToolCall
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    task: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One played episode and its outcome (``result`` is None when it ended without an answer)."""
+
+    prompt: Prompt
+    cost_lambda: float
+    pool: tuple[str, ...]
+    result: EpisodeResult | None
+    calls: list[CallOutcome]
+    score: float
+    cost_usd: float
+    reward: float
+
+
+def option_of(spec: ModelSpec) -> ModelOption:
+    return ModelOption(spec.id, float(spec.input_usd_per_mtok), float(spec.output_usd_per_mtok),
+                       spec.description, spec.tags)
+
+
+class ReplayEnvironment:
+    """An outcome set as an environment: prompts by split, the catalog as the pool, replayed calls."""
+
+    def __init__(self, data: pathlib.Path | str = ROUTERBENCH, catalog: pathlib.Path | str = DEFAULT_CATALOG,
+                 reward: RewardConfig = RewardConfig()) -> None:
+        specs = load_catalog(catalog)
+        dataset = {spec.dataset for spec in specs.values()}
+        backend = ReplayBackend(",".join(sorted(dataset)), data)
+        self.adapters = AdapterCore(specs, {backend_key(spec): backend for spec in specs.values()})
+        self.options = {spec.id: option_of(spec) for spec in specs.values()}
+        self.labels = RecordedLabels.from_file(data)
+        self.reward_config = reward
+        self.prompts: dict[str, Prompt] = {}
+        self.answered: dict[str, set[str]] = {}  # prompt id → models with a recorded answer
+        for row in read_outcomes(data):
+            self.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
+            if row.response is not None and row.model in self.options:
+                self.answered.setdefault(row.prompt_id, set()).add(row.model)
+
+    def split(self, name: str) -> list[Prompt]:
+        """Prompts of one split ('train', 'validation' or 'all'), in a stable order."""
+        return [p for key, p in sorted(self.prompts.items()) if name == "all" or split_of(key) == name]
+
+    async def invoke(self, call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int) -> CallOutcome:
+        outcome = CallOutcome(index, turn, call.model, call.system_prompt, call.temperature, CallStatus.OK,
+                              attempted=True)
+        try:
+            reply = await self.adapters.invoke(call.model, messages, call.temperature)
+        except XRouterError as error:
+            outcome.status, outcome.error = CallStatus.ERROR, error.message
+            return outcome
+        outcome.text, outcome.cost_micro_usd = reply.text, reply.cost_micro_usd
+        outcome.input_tokens, outcome.output_tokens = reply.input_tokens, reply.output_tokens
+        outcome.tokens_estimated, outcome.finish_reason = reply.tokens_estimated, reply.finish_reason
+        return outcome
+
+    async def play(self, policy: Policy, prompt: Prompt, pool: Sequence[str], cost_lambda: float,
+                   max_turns: int = 3) -> Episode:
+        """Run one episode; unfinished episodes and unscorable answers score 0 (as the paper)."""
+        state = EpisodeState([("user", prompt.text)], [self.options[m] for m in pool], cost_lambda, None,
+                             max_turns, 0)
+        result: EpisodeResult | None = None
+        score = 0.0
+        try:
+            result = await run_episode(policy, state, self.invoke)
+            score = self.labels.verdict(prompt.prompt_id, result.answer).score
+        except (NotFound, XRouterError):
+            pass
+        cost = sum(c.cost_micro_usd for c in state.calls) / 1e6
+        reward = cost_aware_reward(score, cost, cost_lambda, self.reward_config)
+        return Episode(prompt, cost_lambda, tuple(pool), result, state.calls, score, cost, reward)

@@ -1,0 +1,65 @@
+"""GRPO/DAPO pieces as pure functions: group-normalised advantages, dynamic sampling, the
+clip-higher surrogate with a token-mean (here: decision-mean) loss, and turn batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xrouter.router.compact.distribution import Actions, Masks
+from xrouter.router.compact.features import MODEL_FEATURES
+from xrouter.router.compact.policy import Turn
+
+
+def group_advantages(rewards: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """rewards [groups, G] → advantages [groups, G]: (r − mean) / (std + eps) within each group."""
+    mean = rewards.mean(axis=1, keepdims=True)
+    std = rewards.std(axis=1, keepdims=True)
+    return (rewards - mean) / (std + eps)
+
+
+def informative_groups(rewards: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
+    """Dynamic sampling: groups whose rewards all agree carry no gradient and are dropped."""
+    return rewards.std(axis=1) > tolerance
+
+
+def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                 clip_low: float, clip_high: float) -> torch.Tensor:
+    """−mean over decisions of min(ρA, clip(ρ, 1−ε_low, 1+ε_high)A)."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
+    return -torch.minimum(unclipped, clipped).mean()
+
+
+def batch_turns(turns: list[Turn], n_tags: int) -> dict[str, object]:
+    """Pad a list of recorded turns (pools of different sizes) into one batch."""
+    size = max(len(t.arrays.models) for t in turns)
+    count = len(turns)
+    width = MODEL_FEATURES + n_tags
+    model_x = np.zeros((count, size, width), dtype=np.float32)
+    model_ids = np.zeros((count, size), dtype=np.int64)
+    present = np.zeros((count, size), dtype=bool)
+    callable_ = np.zeros((count, size), dtype=bool)
+    selectable = np.zeros((count, size), dtype=bool)
+    for row, turn in enumerate(turns):
+        m = len(turn.arrays.models)
+        model_x[row, :m] = turn.arrays.model_x
+        model_ids[row, :m] = turn.arrays.model_ids
+        present[row, :m] = True
+        callable_[row, :m] = turn.arrays.callable_
+        selectable[row, :m] = turn.arrays.selectable
+
+    def stack(name: str) -> torch.Tensor:
+        return torch.cat([getattr(t.actions, name) for t in turns])
+
+    return {
+        "query": torch.from_numpy(np.stack([t.query for t in turns])),
+        "global_x": torch.from_numpy(np.stack([t.arrays.global_x for t in turns])),
+        "model_ids": torch.from_numpy(model_ids), "model_x": torch.from_numpy(model_x),
+        "present": torch.from_numpy(present),
+        "masks": Masks(torch.from_numpy(callable_), torch.from_numpy(selectable),
+                       torch.tensor([t.final for t in turns])),
+        "actions": Actions(stack("stop"), stack("first"), stack("more"), stack("second"), stack("select")),
+        "old_log_prob": torch.tensor([t.log_prob for t in turns]),
+    }
