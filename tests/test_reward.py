@@ -19,9 +19,9 @@ from xrouter.common.outcomes import ROUTERBENCH, Outcome, read_outcomes
 from xrouter.common.settings import SettingsError, load
 from xrouter.reward.core import Reference, Scorer
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
-from xrouter.reward.server import register
+from xrouter.reward.server import build_sandbox, register
 from xrouter.reward.settings import RewardSettings
-from xrouter.reward.verifiers import (RecordedLabels, exact_match, extract_choice,
+from xrouter.reward.verifiers import (CodeTests, RecordedLabels, exact_match, extract_choice,
                                       multiple_choice, normalize_answer)
 
 
@@ -52,6 +52,25 @@ def test_reward_formula() -> None:
     assert cost_aware_reward(1.0, 100.0, 0.0, config) == 1.0  # lambda 0: cost ignored
     assert cost_aware_reward(0.0, 0.1, 2.0, config) == 0.0
     assert cost_aware_reward(1.0, 0.0, 1.0, RewardConfig(k=2.0)) == 2.0
+
+
+def test_reward_formula_edges() -> None:
+    config = RewardConfig(k=1.0, cost_max=0.7)
+    assert cost_aware_reward(1.0, 0.35, 2.0, config) == pytest.approx(0.3)  # exactly at the cap
+    assert cost_aware_reward(1.0, 0.3499, 2.0, config) == pytest.approx(1 - 0.6998)  # just under it
+    assert cost_aware_reward(0.25, 1e9, 3.0, config) == pytest.approx(0.25 * 0.3)  # partial, capped
+    assert cost_aware_reward(1.0, 0.0, 0.0, config) == 1.0
+    assert cost_aware_reward(1.0, 5.0, 1.0, RewardConfig(cost_max=0.0)) == 1.0  # no penalty at all
+    # A cap above K lets an expensive correct answer score below a wrong one (0): allowed, visible.
+    assert cost_aware_reward(1.0, 10.0, 1.0, RewardConfig(k=0.5, cost_max=0.7)) == pytest.approx(-0.2)
+    # Failed episodes earn nothing, whatever the answer and cost.
+    assert cost_aware_reward(1.0, 0.0, 1.0, config, failure="format error") == 0.0
+    assert cost_aware_reward(1.0, 0.0, 1.0, config, failure="   ") == 1.0  # blank is not a reason
+    # The router's own cost joins the models' cost (by default) and shares the cap.
+    assert cost_aware_reward(1.0, 0.1, 1.0, config, router_cost_usd=0.02) == pytest.approx(0.88)
+    assert cost_aware_reward(1.0, 0.1, 1.0, config, router_cost_usd=5.0) == pytest.approx(0.3)
+    paper = RewardConfig(charge_router_cost=False)
+    assert cost_aware_reward(1.0, 0.1, 1.0, paper, router_cost_usd=0.02) == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize(("args", "field"), [
@@ -182,36 +201,68 @@ def scorer() -> Scorer:
     return Scorer({"hand": labels}, RewardConfig(k=1.0, cost_max=0.7))
 
 
-def test_scorer_dispatches(scorer: Scorer) -> None:
-    result = scorer.score("q", "The answer is B", Reference("multiple_choice", gold="B"), 0.1, 2.0)
+async def test_scorer_dispatches(scorer: Scorer) -> None:
+    result = await scorer.score("q", "The answer is B", Reference("multiple_choice", gold="B"), 0.1, 2.0)
     assert (result.score, result.reward, result.detail) == (1.0, pytest.approx(0.8), "extracted B, gold B")
-    assert scorer.score("q", "paris", Reference("exact_match", gold="Paris"), 0.0, 1.0).reward == 1.0
-    recorded = scorer.score("q", "C", Reference("recorded_label", dataset="hand", prompt_id="p1"), 0, 1)
+    assert (await scorer.score("q", "paris", Reference("exact_match", gold="Paris"), 0.0, 1.0)).reward == 1.0
+    recorded = await scorer.score("q", "C", Reference("recorded_label", dataset="hand", prompt_id="p1"), 0, 1)
     assert (recorded.score, recorded.reward) == (0.0, 0.0)
+    winogrande = await scorer.score("q", "B", Reference("multiple_choice", gold="B", options="AB"), 0, 1)
+    assert winogrande.score == 1.0
+    assert (await scorer.score("q", "C", Reference("multiple_choice", gold="B", options="AB"), 0, 1)).score == 0.0
+    f1 = await scorer.score("q", "the Eiffel tower in Paris", Reference("token_f1", gold="Eiffel Tower"), 0, 1)
+    assert f1.score == pytest.approx(2 * (2 / 4) * 1 / (2 / 4 + 1))
+    aliased = await scorer.score("q", "NYC", Reference("exact_match", gold="New York", aliases=("nyc",)), 0, 1)
+    assert aliased.score == 1.0
+    math_ok = await scorer.score("q", "so \\boxed{\\frac{1}{2}}", Reference("math", gold="0.5"), 0.0, 1.0)
+    assert (math_ok.score, math_ok.reward) == (1.0, 1.0)
+
+
+async def test_scorer_failed_episode_and_router_cost(scorer: Scorer) -> None:
+    reference = Reference("multiple_choice", gold="B")
+    failed = await scorer.score("q", "B", reference, 0.1, 1.0, failure="turn limit reached")
+    assert (failed.score, failed.reward) == (1.0, 0.0)
+    assert failed.detail.endswith("episode failed (turn limit reached): reward 0")
+    charged = await scorer.score("q", "B", reference, 0.1, 1.0, router_cost_usd=0.05)
+    assert charged.reward == pytest.approx(1.0 - 0.15)
+    paper = Scorer({}, RewardConfig(charge_router_cost=False))
+    assert (await paper.score("q", "B", reference, 0.1, 1.0, router_cost_usd=0.05)).reward == pytest.approx(0.9)
+    with pytest.raises(InvalidArgument, match="^router_cost_usd: "):
+        await scorer.score("q", "B", reference, 0.1, 1.0, router_cost_usd=-1.0)
 
 
 @pytest.mark.parametrize(("reference", "field", "mentions"), [
-    (Reference("essay"), "reference.task_type", "multiple_choice, exact_match, recorded_label"),
+    (Reference("essay"), "reference.task_type", "multiple_choice, exact_match, token_f1, math, code"),
     (Reference("multiple_choice"), "reference.gold", "required"),
     (Reference("exact_match", gold="  "), "reference.gold", "required"),
+    (Reference("token_f1"), "reference.gold", "required"),
+    (Reference("math"), "reference.gold", "the final answer"),
     (Reference("multiple_choice", gold="7"), "reference.gold", "option letter"),
+    (Reference("multiple_choice", gold="B", options="A,B"), "reference.options", "letters"),
     (Reference("recorded_label", dataset="other", prompt_id="p1"), "reference.dataset", "hand"),
     (Reference("recorded_label", dataset="hand"), "reference.prompt_id", "required"),
+    (Reference("code"), "reference.code", "asserts"),
+    (Reference("code", code=CodeTests()), "reference.code", "nothing to test"),
+    (Reference("code", code=CodeTests(check="def check(c): pass")), "reference.code.entry_point", "check()"),
+    (Reference("code", code=CodeTests(asserts=("assert f()", " "))), "reference.code.asserts[1]", "empty"),
+    # A well-formed code reference on a scorer without a sandbox: refused, naming why.
+    (Reference("code", code=CodeTests(asserts=("assert f()",))), "reference.task_type", "not enabled"),
+    (Reference("judge"), "reference.task_type", "XROUTER_REWARD_JUDGE_MODEL"),
 ])
-def test_scorer_errors_name_the_field(scorer: Scorer, reference: Reference, field: str,
-                                      mentions: str) -> None:
+async def test_scorer_errors_name_the_field(scorer: Scorer, reference: Reference, field: str,
+                                            mentions: str) -> None:
     with pytest.raises(InvalidArgument) as error:
-        scorer.score("q", "B", reference, 0.0, 1.0)
+        await scorer.score("q", "B", reference, 0.0, 1.0)
     assert error.value.field == field and str(error.value).startswith(f"{field}: ")
     assert mentions in str(error.value)
 
 
-def test_scorer_checks_cost_before_the_verdict(scorer: Scorer) -> None:
+async def test_scorer_checks_cost_before_the_verdict(scorer: Scorer) -> None:
     reference = Reference("recorded_label", dataset="hand", prompt_id="unknown")
     with pytest.raises(InvalidArgument, match="^cost_usd: "):
-        scorer.score("q", "B", reference, -1.0, 1.0)
+        await scorer.score("q", "B", reference, -1.0, 1.0)
     with pytest.raises(NotFound):
-        scorer.score("q", "B", reference, 0.0, 1.0)
+        await scorer.score("q", "B", reference, 0.0, 1.0)
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -233,10 +284,23 @@ def test_settings_defaults_and_pairs(tmp_path) -> None:  # type: ignore[no-untyp
     ({"XROUTER_REWARD_MAX_PARALLEL": "0"}, "XROUTER_REWARD_MAX_PARALLEL"),
     ({"XROUTER_REWARD_RECORDED_DATASETS": "x=/nonexistent.gz"}, "XROUTER_REWARD_RECORDED_DATASETS"),
     ({"XROUTER_REWARD_RECORDED_DATASETS": "mine"}, "XROUTER_REWARD_RECORDED_DATASETS"),
+    ({"XROUTER_REWARD_CHARGE_ROUTER_COST": "maybe"}, "XROUTER_REWARD_CHARGE_ROUTER_COST"),
+    ({"XROUTER_REWARD_SANDBOX_CPU_S": "0"}, "XROUTER_REWARD_SANDBOX_CPU_S"),
+    ({"XROUTER_REWARD_SANDBOX_WALL_S": "-1"}, "XROUTER_REWARD_SANDBOX_WALL_S"),
+    ({"XROUTER_REWARD_MATH_WORKERS": "0"}, "XROUTER_REWARD_MATH_WORKERS"),
+    ({"XROUTER_REWARD_JUDGE_MODEL": "m"}, "XROUTER_REWARD_JUDGE_MODEL"),
+    ({"XROUTER_REWARD_ADAPTERS_TARGET": "127.0.0.1:1"}, "XROUTER_REWARD_JUDGE_MODEL"),
 ])
 def test_settings_errors_name_the_variable(environ: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=f"^{variable}"):
         load(RewardSettings, environ)
+
+
+def test_settings_for_the_new_verifiers() -> None:
+    config = load(RewardSettings, {"XROUTER_REWARD_SANDBOX_MEMORY_MB": "256",
+                                   "XROUTER_REWARD_CHARGE_ROUTER_COST": "false"})
+    assert config.sandbox_limits().memory_bytes == 256 * 2**20 and not config.charge_router_cost
+    assert build_sandbox(load(RewardSettings, {"XROUTER_REWARD_SANDBOX": "off"})) is None
 
 
 def test_main_exits_2_on_bad_settings() -> None:

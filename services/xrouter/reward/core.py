@@ -1,17 +1,25 @@
 """The reward service's domain core: pick the verifier a reference asks for, then apply the
-cost-aware reward. No gRPC here; the servicer only converts protos to these types and back."""
+cost-aware reward. No gRPC here; the servicer only converts protos to these types and back.
+
+The cheap verifiers (letters, exact match, F1, recorded labels) run inline; the ones that wait or
+burn CPU run off the event loop: math in killable worker processes (or a thread when no pool is
+given), code in the sandbox from a thread, the judge as a gRPC call to the adapters.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 
-from xrouter.common.errors import InvalidArgument
-from xrouter.reward import verifiers
+from xrouter.common.errors import InvalidArgument, Unavailable
 from xrouter.reward.formula import RewardConfig, check_cost, cost_aware_reward
-from xrouter.reward.verifiers import RecordedLabels, Verdict
+from xrouter.reward.sandbox import Sandbox, SandboxUnavailable
+from xrouter.reward.verifiers import (CodeTests, MathVerifier, RecordedLabels, Verdict, exact_match,
+                                      multiple_choice, token_f1, verify_code, verify_math)
+from xrouter.reward.verifiers.judge import Judge
 
-TASK_TYPES = ("multiple_choice", "exact_match", "recorded_label")
+TASK_TYPES = ("multiple_choice", "exact_match", "token_f1", "math", "code", "judge", "recorded_label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,60 +30,109 @@ class Reference:
     gold: str = ""
     dataset: str = ""
     prompt_id: str = ""
+    aliases: tuple[str, ...] = ()
+    code: CodeTests | None = None
+    rubric: str = ""
+    options: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreResult:
-    """Correctness in [0, 1], the cost-aware reward, and the verifier's reason."""
+    """Correctness in [0, 1], the cost-aware reward, the verifier's reason, and whether the score
+    is only a placeholder (``flagged``: no verdict could be reached)."""
 
     score: float
     reward: float
     detail: str
+    flagged: bool = False
 
 
 class Scorer:
-    """Scores answers against references with the verifiers and the configured reward."""
+    """Scores answers against references with the verifiers and the configured reward.
 
-    def __init__(self, recorded: Mapping[str, RecordedLabels],
-                 config: RewardConfig = RewardConfig()) -> None:
+    ``sandbox`` enables ``code``, ``judge`` enables ``judge``; ``math`` runs math in worker
+    processes (without it, math runs in a thread, unbounded: fine for trusted answers only).
+    """
+
+    def __init__(self, recorded: Mapping[str, RecordedLabels], config: RewardConfig = RewardConfig(),
+                 *, sandbox: Sandbox | None = None, math: MathVerifier | None = None,
+                 judge: Judge | None = None) -> None:
         self._recorded = dict(recorded)
         self.config = config
+        self._sandbox = sandbox
+        self._math = math
+        self._judge = judge
 
     @property
     def datasets(self) -> list[str]:
         """Names of the recorded-label datasets this scorer knows."""
         return sorted(self._recorded)
 
-    def score(self, prompt: str, response: str, reference: Reference, cost_usd: float,
-              cost_lambda: float) -> ScoreResult:
+    async def score(self, prompt: str, response: str, reference: Reference, cost_usd: float,
+                    cost_lambda: float, *, router_cost_usd: float = 0.0,
+                    failure: str = "") -> ScoreResult:
         """Verify ``response`` against ``reference`` and turn the verdict into the reward.
 
-        ``prompt`` is not needed by today's verifiers (the reference pins the question) but is part
-        of the contract so that verifiers which read it (e.g. code tests) fit the same call.
+        ``failure`` (why the episode did not end properly) makes the reward 0; the verdict is still
+        computed and reported. A flagged verdict's reward is 0 as well.
         """
         # Cost inputs are checked first so a malformed request fails the same way whatever its
         # answer, instead of a NOT_FOUND from a recorded label hiding the bad cost.
-        check_cost(cost_usd, cost_lambda)
-        verdict = self._verify(response, reference)
-        reward = cost_aware_reward(verdict.score, cost_usd, cost_lambda, self.config)
-        return ScoreResult(score=verdict.score, reward=reward, detail=verdict.detail)
+        check_cost(cost_usd, cost_lambda, router_cost_usd)
+        verdict = await self._verify(prompt, response, reference)
+        reward = cost_aware_reward(verdict.score, cost_usd, cost_lambda, self.config,
+                                   router_cost_usd=router_cost_usd,
+                                   failure=failure or ("flagged" if verdict.flagged else ""))
+        detail = f"{verdict.detail}; episode failed ({failure.strip()}): reward 0" \
+            if failure.strip() else verdict.detail
+        return ScoreResult(score=verdict.score, reward=reward, detail=detail, flagged=verdict.flagged)
 
-    def _verify(self, response: str, reference: Reference) -> Verdict:
+    async def _verify(self, prompt: str, response: str, reference: Reference) -> Verdict:
         task = reference.task_type
         if task == "multiple_choice":
-            return verifiers.multiple_choice(response, self._gold(reference, task))
+            return multiple_choice(response, self._gold(reference), reference.options or "ABCDE")
         if task == "exact_match":
-            return verifiers.exact_match(response, self._gold(reference, task))
+            return exact_match(response, self._gold(reference), reference.aliases)
+        if task == "token_f1":
+            return token_f1(response, self._gold(reference), reference.aliases)
+        if task == "math":
+            gold = self._gold(reference)
+            if self._math is not None:
+                return await asyncio.to_thread(self._math.verify, response, gold)
+            return await asyncio.to_thread(verify_math, response, gold)
+        if task == "code":
+            return await self._code(response, reference)
+        if task == "judge":
+            if self._judge is None:
+                raise InvalidArgument("reference.task_type", "'judge' is not enabled on this reward "
+                                      "service: it needs XROUTER_REWARD_JUDGE_MODEL and "
+                                      "XROUTER_REWARD_ADAPTERS_TARGET")
+            return await self._judge.judge(prompt, response, reference.rubric, reference.gold)
         if task == "recorded_label":
             return self._recorded_label(response, reference)
         raise InvalidArgument("reference.task_type",
                               f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
 
+    async def _code(self, response: str, reference: Reference) -> Verdict:
+        if reference.code is None:
+            raise InvalidArgument("reference.code", "is required for code: set asserts (MBPP style) "
+                                  "or check and entry_point (HumanEval style)")
+        reference.code.validate()  # before waiting for a sandbox slot
+        if self._sandbox is None:
+            raise InvalidArgument("reference.task_type", "'code' is not enabled on this reward "
+                                  "service: its sandbox is off or this host cannot build it "
+                                  "(see the service's start-up log)")
+        try:
+            return await asyncio.to_thread(verify_code, response, reference.code, self._sandbox)
+        except SandboxUnavailable as error:  # the host failed before the answer ran: not a score
+            raise Unavailable(f"code sandbox: {error}") from None
+
     @staticmethod
-    def _gold(reference: Reference, task: str) -> str:
+    def _gold(reference: Reference) -> str:
         if not reference.gold.strip():
-            what = "the correct option letter" if task == "multiple_choice" else "the gold answer"
-            raise InvalidArgument("reference.gold", f"is required for {task}: set it to {what}")
+            what = {"multiple_choice": "the correct option letter", "math": "the final answer"}
+            raise InvalidArgument("reference.gold", f"is required for {reference.task_type}: set it "
+                                  f"to {what.get(reference.task_type, 'the gold answer')}")
         return reference.gold
 
     def _recorded_label(self, response: str, reference: Reference) -> Verdict:

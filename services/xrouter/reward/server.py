@@ -17,24 +17,36 @@ from xrouter.common.errors import XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.reward.core import Reference, ScoreResult, Scorer
 from xrouter.reward.formula import RewardConfig
+from xrouter.reward.sandbox import Sandbox, SandboxUnavailable
 from xrouter.reward.settings import RewardSettings
-from xrouter.reward.verifiers import RecordedLabels
+from xrouter.reward.verifiers import CodeTests, MathVerifier, RecordedLabels
+from xrouter.reward.verifiers.judge import Judge
 
 log = logging.getLogger(__name__)
 
 SERVICE = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 
 
+def to_reference(ref: reward_pb2.Reference) -> Reference:
+    """The domain reference of a proto one (an unset ``code`` stays None)."""
+    code = None
+    if ref.HasField("code"):
+        code = CodeTests(asserts=tuple(ref.code.asserts), setup=ref.code.setup, check=ref.code.check,
+                         entry_point=ref.code.entry_point, prefix=ref.code.prefix)
+    return Reference(task_type=ref.task_type, gold=ref.gold, dataset=ref.dataset,
+                     prompt_id=ref.prompt_id, aliases=tuple(ref.aliases), code=code,
+                     rubric=ref.rubric, options=ref.options)
+
+
 def _to_response(result: ScoreResult) -> reward_pb2.ScoreResponse:
-    return reward_pb2.ScoreResponse(score=result.score, reward=result.reward, detail=result.detail)
+    return reward_pb2.ScoreResponse(score=result.score, reward=result.reward, detail=result.detail,
+                                    flagged=result.flagged)
 
 
-def _score(scorer: Scorer, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
-    ref = request.reference
-    reference = Reference(task_type=ref.task_type, gold=ref.gold, dataset=ref.dataset,
-                          prompt_id=ref.prompt_id)
-    return _to_response(scorer.score(request.prompt, request.response, reference,
-                                     request.cost_usd, request.cost_lambda))
+async def _score(scorer: Scorer, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+    return _to_response(await scorer.score(
+        request.prompt, request.response, to_reference(request.reference), request.cost_usd,
+        request.cost_lambda, router_cost_usd=request.router_cost_usd, failure=request.failure))
 
 
 def _at_index(error: XRouterError, index: int) -> XRouterError:
@@ -59,8 +71,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
     async def Score(self, request: reward_pb2.ScoreRequest,
                     context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
-        # The verifiers take microseconds; a thread hop would cost more than it saves.
-        return _score(self._scorer, request)
+        # The scorer keeps the event loop free: slow verifiers run in threads or processes.
+        return await _score(self._scorer, request)
 
     async def ScoreBatch(self, request_iterator: AsyncIterator[reward_pb2.ScoreRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[reward_pb2.ScoreResponse]:
@@ -74,9 +86,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
         async def item(index: int, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
             try:
-                # A thread per item so many items really overlap (and a slow one cannot stall
-                # the event loop serving other RPCs).
-                return await asyncio.to_thread(_score, self._scorer, request)
+                return await _score(self._scorer, request)
             except XRouterError as error:
                 raise _at_index(error, index) from error
 
@@ -126,6 +136,22 @@ def load_recorded(paths: Mapping[str, Path]) -> dict[str, RecordedLabels]:
     return recorded
 
 
+def build_sandbox(config: RewardSettings) -> Sandbox | None:
+    """The code sandbox, checked by running a trivial program; None (code scoring refused, with
+    the cause logged) when it is switched off or this host cannot build it."""
+    if not config.sandbox:
+        log.info("code sandbox off (XROUTER_REWARD_SANDBOX=false): code answers are refused")
+        return None
+    try:
+        sandbox = Sandbox(config.sandbox_limits(), max_parallel=config.sandbox_parallel)
+        sandbox.probe()
+    except SandboxUnavailable as error:
+        log.error("code sandbox unavailable, code answers will be refused: %s", error)
+        return None
+    log.info("code sandbox ready: %s", sandbox.describe())
+    return sandbox
+
+
 def main() -> None:
     """Entry point of ``xrouter-reward``: settings, datasets, then serve until SIGTERM."""
     grpc_server.configure_logging()
@@ -136,10 +162,22 @@ def main() -> None:
     except (settings.SettingsError, ValueError, OSError) as error:
         print(f"xrouter-reward: {error}", file=sys.stderr)
         sys.exit(2)
-    scorer = Scorer(recorded, RewardConfig(k=config.k, cost_max=config.cost_max))
+    reward = RewardConfig(k=config.k, cost_max=config.cost_max,
+                          charge_router_cost=config.charge_router_cost)
+    sandbox = build_sandbox(config)
 
     async def build(provider):  # type: ignore[no-untyped-def]
-        return register(scorer, config.max_parallel), None
+        math = MathVerifier(config.math_workers, config.math_deadline_s)
+        await asyncio.to_thread(math.start)
+        channel = grpc.aio.insecure_channel(config.adapters_target) if config.judge_model else None
+        judge = Judge(channel, config.judge_model, config.judge_timeout_s) if channel else None
+        scorer = Scorer(recorded, reward, sandbox=sandbox, math=math, judge=judge)
+
+        async def close() -> None:
+            math.close()
+            if channel is not None:
+                await channel.close()
+        return register(scorer, config.max_parallel), close
 
     asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
                                         grace=config.grace_s, metrics_port=config.metrics_port))

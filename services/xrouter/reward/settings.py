@@ -8,6 +8,7 @@ import pathlib
 
 from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.common.settings import SettingsError, env
+from xrouter.reward.sandbox import SandboxLimits
 
 # Dataset names that need no path because the package bundles them.
 BUNDLED = {"routerbench": ROUTERBENCH}
@@ -26,6 +27,25 @@ class RewardSettings:
     max_parallel: int = env("XROUTER_REWARD_MAX_PARALLEL", 8)
     grace_s: float = env("XROUTER_REWARD_GRACE_S", 5.0)
     metrics_port: int = env("XROUTER_REWARD_METRICS_PORT", 0)
+    charge_router_cost: bool = env("XROUTER_REWARD_CHARGE_ROUTER_COST", True,
+                                   help="add the router's own cost to the cost penalty")
+    # Code answers run in the sandbox; off, or on a host without namespaces, `code` is refused.
+    sandbox: bool = env("XROUTER_REWARD_SANDBOX", True)
+    sandbox_wall_s: float = env("XROUTER_REWARD_SANDBOX_WALL_S", 30.0)
+    sandbox_cpu_s: int = env("XROUTER_REWARD_SANDBOX_CPU_S", 10)
+    sandbox_memory_mb: int = env("XROUTER_REWARD_SANDBOX_MEMORY_MB", 512)
+    sandbox_parallel: int = env("XROUTER_REWARD_SANDBOX_PARALLEL", 2)
+    math_workers: int = env("XROUTER_REWARD_MATH_WORKERS", 2)
+    math_deadline_s: float = env("XROUTER_REWARD_MATH_DEADLINE_S", 10.0)
+    # The judge: a model of the adapters' catalog, reached at this gRPC target. Both or neither.
+    adapters_target: str = env("XROUTER_REWARD_ADAPTERS_TARGET", "")
+    judge_model: str = env("XROUTER_REWARD_JUDGE_MODEL", "")
+    judge_timeout_s: float = env("XROUTER_REWARD_JUDGE_TIMEOUT_S", 60.0)
+
+    def sandbox_limits(self) -> SandboxLimits:
+        """The per-run limits of the code sandbox."""
+        return SandboxLimits(wall_s=self.sandbox_wall_s, cpu_s=self.sandbox_cpu_s,
+                             memory_bytes=self.sandbox_memory_mb * 2**20)
 
     def datasets(self) -> dict[str, pathlib.Path]:
         """The recorded-label datasets by name, bundled names resolved to their files."""
@@ -60,6 +80,18 @@ class RewardSettings:
             raise SettingsError(f"XROUTER_REWARD_MAX_PARALLEL must be >= 1, got {self.max_parallel}")
         if not math.isfinite(self.grace_s) or self.grace_s < 0:
             raise SettingsError(f"XROUTER_REWARD_GRACE_S must be seconds >= 0, got {self.grace_s}")
+        for var, value in (("XROUTER_REWARD_SANDBOX_WALL_S", self.sandbox_wall_s),
+                           ("XROUTER_REWARD_SANDBOX_CPU_S", self.sandbox_cpu_s),
+                           ("XROUTER_REWARD_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
+                           ("XROUTER_REWARD_SANDBOX_PARALLEL", self.sandbox_parallel),
+                           ("XROUTER_REWARD_MATH_WORKERS", self.math_workers),
+                           ("XROUTER_REWARD_MATH_DEADLINE_S", self.math_deadline_s),
+                           ("XROUTER_REWARD_JUDGE_TIMEOUT_S", self.judge_timeout_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise SettingsError(f"{var} must be a number > 0, got {value}")
+        if bool(self.adapters_target) != bool(self.judge_model):
+            raise SettingsError("XROUTER_REWARD_JUDGE_MODEL and XROUTER_REWARD_ADAPTERS_TARGET go "
+                                "together: set both to enable the judge, or neither")
         for name, path in self.datasets().items():
             if not path.is_file():
                 raise SettingsError(f"XROUTER_REWARD_RECORDED_DATASETS: {name}: no file at {path}")

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class RewardServiceStub:
     """Scores answers with domain verifiers and turns scores into the cost-aware
-    reward r = score * (K - min(lambda * cost_usd, cost_max)).
+    reward r = score * (K - min(lambda * cost, cost_max)).
     """
 
     def __init__(self, channel):
@@ -50,19 +50,23 @@ class RewardServiceStub:
 
 class RewardServiceServicer:
     """Scores answers with domain verifiers and turns scores into the cost-aware
-    reward r = score * (K - min(lambda * cost_usd, cost_max)).
+    reward r = score * (K - min(lambda * cost, cost_max)).
     """
 
     def Score(self, request, context):
-        """INVALID_ARGUMENT for an unknown task type or a malformed reference;
-        NOT_FOUND when a recorded-label reference has no recording of the answer.
+        """INVALID_ARGUMENT for an unknown task type or a malformed reference (the
+        message starts with the field, e.g. "reference.code.entry_point: ...");
+        NOT_FOUND when a recorded-label reference has no recording of the answer;
+        UNAVAILABLE when the judge model cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScoreBatch(self, request_iterator, context):
-        """Many requests on one stream; responses come back in request order.
+        """Many requests on one stream, scored up to the service's parallelism bound at
+        once; responses come back in request order. The first failing request ends
+        the stream with its error and its index in the stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,7 +95,7 @@ def add_RewardServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RewardService:
     """Scores answers with domain verifiers and turns scores into the cost-aware
-    reward r = score * (K - min(lambda * cost_usd, cost_max)).
+    reward r = score * (K - min(lambda * cost, cost_max)).
     """
 
     @staticmethod

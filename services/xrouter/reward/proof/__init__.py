@@ -1,0 +1,1 @@
+"""Proof of the verifiers on real benchmark data (``python -m xrouter.reward.proof``)."""

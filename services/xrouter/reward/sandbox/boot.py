@@ -1,0 +1,266 @@
+"""The sandbox's first process: it runs as PID 1 of fresh PID, network and mount namespaces (made by
+``unshare``), locks the file system down, then forks the untrusted program with its privileges
+dropped and its limits set, and reports the program's fate to the host on a pipe it inherits.
+
+Standard library only, and never imports xrouter: it runs under ``python -I -S`` inside the sandbox.
+The host (``sandbox/host.py``) sends one JSON object on stdin: ``program`` (source), ``nonce``,
+``report_fd`` (the pipe to the host), ``uid`` (drop to this uid when real root, else 0),
+``limits`` (see ``SandboxLimits``).
+
+Why PID 1 is a separate, trusted process: when it exits the kernel kills every process left in the
+namespace (however they daemonised), and it outlives the program to report how it died (a signal
+from a resource limit, an exit before the tests finished). The program cannot signal it: PID 1 of
+a namespace ignores signals from inside it, and it runs under another uid or with more capabilities.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+
+WORKDIR = "/tmp"  # inside the new root
+NEW_ROOT = "/tmp"  # where the new root is built, over the host's /tmp (hidden from then on)
+PROGRAM = WORKDIR + "/main.py"
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 0x20, 0x400, 0x800, 0x1000
+MS_RELATIME, MS_STRICTATIME = 1 << 21, 1 << 24
+# Flags a remount must repeat: in a user namespace the kernel refuses to clear locked ones.
+_KEPT = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+         "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 24, 28, 38
+# noroot, no_setuid_fixup, keep_caps and no_cap_ambient_raise, each with its lock bit.
+SECUREBITS_LOCKED_DOWN = 0xFF
+CAPABILITY_VERSION_3 = 0x20080522
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SetupError(Exception):
+    """The sandbox could not be locked down; nothing untrusted has run yet."""
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(error)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    encode = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(_libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags),
+                       encode(data)), f"mount {target}")
+
+
+def _mount_points() -> list[tuple[str, list[str]]]:
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            # Paths are octal-escaped (a space is \040).
+            target = fields[4].encode().decode("unicode_escape").encode("latin-1").decode()
+            points.append((target, fields[5].split(",")))
+    return points
+
+
+def lock_file_system() -> None:
+    """Every mount of the inherited tree read-only: a second wall behind the new root, in case a
+    way out of it is ever found."""
+    for target, options in _mount_points():
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        for option in options:
+            flags |= _KEPT.get(option, 0)
+        try:
+            _mount(None, target, None, flags, None)
+        except SetupError:
+            # A mount hidden under a later one cannot be reached by path and so cannot be written
+            # either; anything reachable that stays writable is a failure.
+            if os.path.ismount(target) and os.access(target, os.W_OK) and not _read_only(target):
+                raise
+
+
+def _read_only(path: str) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _bind_read_only(source: str, target: str, devices: bool = False) -> None:
+    _mount(source, target, None, MS_BIND, None)
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (0 if devices else MS_NODEV)
+    _mount(None, target, None, flags, None)
+
+
+def build_root(tmp_bytes: int, uid: int) -> None:
+    """Change root to a fresh tmpfs holding only what a Python program needs, read-only: the
+    system's /usr and /lib*, the interpreter's library directories (at their own paths), four
+    devices, a new /proc, and a size-capped /tmp owned by the program. The host's /etc, /home,
+    /root, /run (and the sockets there), /var, /sys and the service's own files are not in it."""
+    new = NEW_ROOT
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    exposed = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    exposed += [p for p in sys.path if os.path.isdir(p) and not p.startswith("/usr/")]
+    for path in exposed:
+        if os.path.islink(path):  # usrmerge: /bin -> usr/bin
+            os.makedirs(os.path.dirname(new + path), exist_ok=True)
+            os.symlink(os.readlink(path), new + path)
+        elif os.path.isdir(path):
+            os.makedirs(new + path, mode=0o755, exist_ok=True)
+            _bind_read_only(path, new + path)
+    os.makedirs(new + "/dev", mode=0o755)
+    for device in ("null", "zero", "random", "urandom"):
+        open(f"{new}/dev/{device}", "w").close()
+        _bind_read_only(f"/dev/{device}", f"{new}/dev/{device}", devices=True)
+    os.makedirs(new + "/proc", mode=0o555)
+    _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.makedirs(new + WORKDIR)
+    _mount("tmpfs", new + WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={tmp_bytes},mode=0700,uid={uid},gid={uid}")
+    os.chroot(new)
+    os.chdir("/")
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges(uid: int) -> None:
+    """Lose every capability for good: switch to ``uid`` (real root on the host), or, inside a user
+    namespace where only root is mapped, clear the capability sets and lock root's special rules."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # EINVAL: no such cap
+            _check(-1, f"drop capability {cap} from the bounding set")
+    if uid:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # clears all capabilities
+    else:
+        _check(_libc.prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_DOWN, 0, 0, 0), "set securebits")
+        empty = (_CapData * 2)()
+        _check(_libc.capset(ctypes.byref(_CapHeader(CAPABILITY_VERSION_3, 0)), empty), "capset")
+    # No setuid binary can give any of it back.
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+
+
+def set_limits(limits: dict[str, int]) -> None:
+    """Hard limits (equal to the soft ones but for CPU), so the program cannot raise them."""
+    cpu = limits["cpu_s"]
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU, then SIGKILL a second later
+    for name, key in (("RLIMIT_AS", "memory_bytes"), ("RLIMIT_NPROC", "processes"),
+                      ("RLIMIT_FSIZE", "file_bytes"), ("RLIMIT_NOFILE", "open_files")):
+        resource.setrlimit(getattr(resource, name), (limits[key], limits[key]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _failure_summary(error: BaseException) -> dict[str, object]:
+    """The exception and the program line it came from (the assert that failed, usually)."""
+    line = None
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if frame.filename == PROGRAM:
+            line = {"number": frame.lineno, "source": (frame.line or "")[:300]}
+            break
+    text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    return {"error": text[:1000], "line": line}
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run_program(source: str, nonce: str, report: int) -> None:
+    """Run the program in this process; write the nonce only once it has run to its end."""
+    with open(PROGRAM, "w", encoding="utf-8") as file:
+        file.write(source)
+    sys.argv = [PROGRAM]
+    sys.path.insert(0, WORKDIR)
+    namespace = {"__name__": "__main__", "__file__": PROGRAM, "__builtins__": __builtins__}
+    program_pid = os.getpid()
+    try:
+        exec(compile(source, PROGRAM, "exec"), namespace)  # noqa: S102 - the sandbox's purpose
+    except BaseException as error:  # SystemExit too: leaving before the end is not passing
+        _flush()
+        # Only the program's own process reports; processes it forked just end.
+        if os.getpid() == program_pid:
+            os.write(report, json.dumps(_failure_summary(error)).encode())
+        os._exit(1)
+    _flush()
+    if os.getpid() == program_pid:
+        os.write(report, json.dumps({"done": nonce}).encode())
+    os._exit(0)
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def main() -> None:
+    """PID 1: set up, fork the program, wait for it, report to the host."""
+    config = json.loads(sys.stdin.buffer.read())
+    report_fd = config["report_fd"]
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    try:
+        lock_file_system()
+        build_root(config["limits"]["tmp_bytes"], config["uid"])
+    except (SetupError, OSError) as error:
+        os.write(report_fd, json.dumps({"setup_error": str(error)}).encode())
+        os._exit(70)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os.close(report_fd)
+        try:
+            set_limits(config["limits"])
+            drop_privileges(config["uid"])
+            os.chdir(WORKDIR)
+            os.environ["HOME"] = WORKDIR
+        except (SetupError, OSError, ValueError) as error:
+            os.write(write_end, json.dumps({"setup_error": f"{type(error).__name__}: {error}"}).encode())
+            os._exit(70)
+        # Default signal dispositions, as for any fresh process (Python set SIGPIPE etc. to ignore).
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        run_program(config["program"], config["nonce"], write_end)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record = {"status": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime,
+              "max_rss_kib": usage.ru_maxrss}
+    # The program's descendants may still hold the pipe open: take what is there now, no waiting.
+    raw = _read_all(read_end)
+    try:
+        record["program"] = json.loads(raw) if raw else None
+    except ValueError:
+        record["program"] = {"garbled": raw[:200].decode("utf-8", "replace")}
+    os.write(report_fd, json.dumps(record).encode())
+    # Exiting kills whatever the program left behind in the namespace.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
