@@ -1,0 +1,150 @@
+"""From decision records (the lines of decisions.jsonl) to report.json: per-run figures (overall and
+per task), the frontier metrics of every router against the strongest single model, and the
+issue's targets for the policy under test."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping, Sequence
+
+from xrouter_training.metrics import CurvePoint, GapMetrics, Reference, best_within, cheapest_reaching
+
+# The issue's targets, as shares of the strongest single model's cost per query.
+BEAT_STRONG_COST_SHARE = 0.30
+NEAR_STRONG_ACCURACY_SHARE, NEAR_STRONG_COST_SHARE = 0.95, 0.10
+
+
+def summarize(records: Sequence[Mapping]) -> dict:
+    """Accuracy (mean score), mean cost per query, attempted calls per query, failed episodes."""
+    n = len(records)
+    summary = {"prompts": n, "accuracy": sum(r["score"] for r in records) / n,
+               "cost_usd": sum(r["cost_usd"] for r in records) / n,
+               "calls_per_query": sum(len(r["calls"]) for r in records) / n,
+               "failed": sum(r["failed"] for r in records)}
+    if records[0]["lambda"] is not None:
+        summary["reward"] = sum(r["reward"] for r in records) / n
+    return summary
+
+
+def run_summaries(records: Iterable[Mapping], groups: Mapping[str, str]) -> list[dict]:
+    """One entry per (policy, λ), in the order first played, with a per-task breakdown."""
+    by_run: dict[tuple[str, float | None], list[Mapping]] = collections.defaultdict(list)
+    for record in records:
+        by_run[(record["policy"], record["lambda"])].append(record)
+    runs = []
+    for (name, cost_lambda), rows in by_run.items():
+        tasks: dict[str, list[Mapping]] = collections.defaultdict(list)
+        for row in rows:
+            tasks[row["task"]].append(row)
+        runs.append({"policy": name, "group": groups[name], "lambda": cost_lambda, **summarize(rows),
+                     "per_task": {task: summarize(part) for task, part in sorted(tasks.items())}})
+    return runs
+
+
+def _point(point: CurvePoint | None, strong: Reference) -> dict | None:
+    if point is None:
+        return None
+    return {"lambda": point.cost_lambda, "cost_usd": point.cost_usd, "accuracy": point.accuracy,
+            "share_of_strong_cost": point.cost_usd / strong.cost_usd}
+
+
+def curve_metrics(points: Sequence[CurvePoint], strong: Reference, gap: GapMetrics | None) -> dict:
+    """RouteLLM's APGR/CPT (when a gap exists) and where the router matches the strongest model."""
+    metrics = gap.summary(points) if gap else {}
+    metrics["matches_strong_accuracy"] = _point(cheapest_reaching(points, strong.accuracy), strong)
+    metrics["beats_strong_accuracy"] = _point(cheapest_reaching(points, strong.accuracy, strictly=True), strong)
+    metrics["reaches_95pct_strong_accuracy"] = _point(
+        cheapest_reaching(points, NEAR_STRONG_ACCURACY_SHARE * strong.accuracy), strong)
+    return metrics
+
+
+def above_at_every_cost(subject: Sequence[CurvePoint], others: Mapping[str, Sequence[CurvePoint]]) -> dict:
+    """At each cost level any of the curves reaches (from the subject's cheapest point up), is the
+    subject's best accuracy within that cost strictly above every other curve's?"""
+    floor = min(p.cost_usd for p in subject)
+    levels = sorted({p.cost_usd for curve in (subject, *others.values()) for p in curve if p.cost_usd >= floor})
+    rows = []
+    for level in levels:
+        own = best_within(subject, level)
+        rivals = {name: best_within(curve, level) for name, curve in others.items()}
+        rival_accuracy = {name: p.accuracy for name, p in rivals.items() if p is not None}
+        rows.append({"cost_usd": level, "accuracy": own.accuracy, "rivals": rival_accuracy,
+                     "above": all(own.accuracy > a for a in rival_accuracy.values())})
+    if not others:
+        return {"passed": None, "levels": [], "note": "no kNN or cascade run to compare with"}
+    return {"passed": all(r["above"] for r in rows), "levels": rows,
+            "note": "below the subject's cheapest point it has no accuracy to compare"}
+
+
+def targets(subject: Sequence[CurvePoint], strong: Reference, others: Mapping[str, Sequence[CurvePoint]]) -> dict:
+    """The issue's targets for the policy under test (True/False with the witnessing point)."""
+    beat = cheapest_reaching(subject, strong.accuracy, strictly=True)
+    near = cheapest_reaching(subject, NEAR_STRONG_ACCURACY_SHARE * strong.accuracy)
+    return {
+        "beat_strong_accuracy_at_30pct_cost": {
+            "passed": beat is not None and beat.cost_usd <= BEAT_STRONG_COST_SHARE * strong.cost_usd,
+            "cheapest_point": _point(beat, strong)},
+        "reach_95pct_strong_accuracy_at_10pct_cost": {
+            "passed": near is not None and near.cost_usd <= NEAR_STRONG_COST_SHARE * strong.cost_usd,
+            "cheapest_point": _point(near, strong)},
+        "above_knn_and_cascade": above_at_every_cost(subject, others),
+    }
+
+
+def build_report(meta: Mapping, records: Sequence[Mapping], groups: Mapping[str, str]) -> dict:
+    """report.json: the run's metadata, every run's figures, references, metrics and targets."""
+    runs = run_summaries(records, groups)
+    singles = [r for r in runs if r["group"] == "single"]
+    strong_run = max(singles, key=lambda r: (r["accuracy"], -r["cost_usd"]))
+    weak_run = min(singles, key=lambda r: (r["cost_usd"], -r["accuracy"]))
+    strong = Reference(strong_run["policy"].removeprefix("fixed:"), strong_run["accuracy"], strong_run["cost_usd"])
+    weak = Reference(weak_run["policy"].removeprefix("fixed:"), weak_run["accuracy"], weak_run["cost_usd"])
+    try:
+        gap: GapMetrics | None = GapMetrics(weak, strong)
+        gap_problem = None
+    except ValueError as error:
+        gap, gap_problem = None, str(error)
+    curves: dict[str, list[CurvePoint]] = collections.defaultdict(list)
+    for run in runs:
+        if run["group"] != "single":
+            curves[run["policy"]].append(CurvePoint(run["cost_usd"], run["accuracy"], run["lambda"]))
+    subject = meta["subject"]
+    subject_curve = curves.get(subject) or [CurvePoint(r["cost_usd"], r["accuracy"], r["lambda"])
+                                            for r in runs if r["policy"] == subject]
+    rivals = {name: curves[name] for name in ("knn", "cascade") if name in curves and name != subject}
+    return {
+        **meta,
+        "references": {"strong": vars(strong), "weak": vars(weak),
+                       "metrics_unavailable": gap_problem,
+                       "cost_axis": "normalised cost c = (cost - weak cost) / (strong cost - weak cost)"},
+        "metrics": {name: curve_metrics(points, strong, gap) for name, points in curves.items()},
+        "targets": targets(subject_curve, strong, rivals),
+        "runs": runs,
+    }
+
+
+def format_table(report: Mapping) -> str:
+    """The runs as a plain-text table, then the subject's metrics and targets."""
+    lines = [f"{report['prompts']} prompts of {report['data']} ({report['split']} split); "
+             f"strongest single model {report['references']['strong']['model']}",
+             f"{'policy':<44} {'λ':>6} {'accuracy':>9} {'$/query':>10} {'calls':>6} {'failed':>6}"]
+    for run in report["runs"]:
+        cost_lambda = "" if run["lambda"] is None else f"{run['lambda']:g}"
+        lines.append(f"{run['policy']:<44} {cost_lambda:>6} {run['accuracy']:>9.4f} {run['cost_usd']:>10.6f} "
+                     f"{run['calls_per_query']:>6.2f} {run['failed']:>6}")
+    lines.append("")
+    if report["references"]["metrics_unavailable"]:
+        lines.append(f"no APGR/CPT: {report['references']['metrics_unavailable']}")
+    for name, metrics in report["metrics"].items():
+        cpt = metrics.get("cpt", {})
+        shares = " ".join(f"CPT({k})=" + ("-" if v is None else f"{v['share_of_strong_cost']:.1%}")
+                          for k, v in cpt.items())
+        match = metrics["matches_strong_accuracy"]
+        matched = "never" if match is None else f"{match['share_of_strong_cost']:.1%} of its cost"
+        apgr = f"APGR={metrics['apgr']:.3f} " if "apgr" in metrics else ""
+        lines.append(f"{name:<44} {apgr}{shares} matches strongest at {matched}")
+    lines.append("")
+    for name, target in report["targets"].items():
+        verdict = {True: "PASSED", False: "missed", None: "not measured"}[target["passed"]]
+        lines.append(f"target {name}: {verdict}")
+    return "\n".join(lines)
