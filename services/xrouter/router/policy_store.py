@@ -51,7 +51,8 @@ class PolicyStore:
                 policy, source = self._previous
             else:
                 policy = await build_policy(source, list(self._core.catalog.values()))
-            self._previous = (self._core.policy, self.source)
+            if source != self.source:  # reloading what serves (a publish seen twice) keeps the rollback target
+                self._previous = (self._core.policy, self.source)
             self._core.policy, self.source = policy, source
             log.info("serving policy now %s@%s from %s", policy.kind, policy.version, source)
             return policy

@@ -83,8 +83,11 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
 
 def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greedy: bool = True) -> CompactPolicy:
     """Verify and load a checkpoint for a catalog; raises InvalidArgument naming what is wrong."""
+    import torch
     from safetensors.torch import load_file
 
+    # Decisions are tiny forwards: extra intra-op threads only contend with the server's own work.
+    torch.set_num_threads(1)
     directory = pathlib.Path(directory)
     manifest = read_manifest(directory)
     vocabulary = Vocabulary(tuple(manifest["vocabulary"]["models"]), tuple(manifest["vocabulary"]["tags"]))
