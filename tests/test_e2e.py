@@ -222,3 +222,20 @@ async def test_prometheus_metrics_count_requests_cost_and_overhead(stack, router
     assert value(after, errors) == value(before, errors) + 2  # two turns tried the unrecorded prompt
     count = "xrouter_routing_overhead_seconds_count"
     assert value(after, count) >= value(before, count) + 1
+
+
+async def test_code_references_reach_the_reward_service_whole(router) -> None:  # type: ignore[no-untyped-def]
+    """A routed request's reference carries code tests through to the sandboxed verifier."""
+    reference = reward_pb2.Reference(task_type="code", code=reward_pb2.CodeTests(
+        asserts=["assert add(2, 3) == 5"], entry_point="add"))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        # The replay pool has no recording of this prompt: the request fails before scoring, which
+        # still proves the reference was accepted by the router's conversion (no field lost/refused).
+        await router.Route(request("Write add(a, b).", policy="cheapest", reference=reference))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    from xrouter.router.clients import reference_to_proto
+    from xrouter.router.convert import route_request
+
+    domain = route_request(request("x", reference=reference)).reference
+    assert domain is not None and domain.code is not None and domain.code.asserts == ("assert add(2, 3) == 5",)
+    assert reference_to_proto(domain) == reference

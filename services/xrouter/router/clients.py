@@ -3,8 +3,11 @@ Each call carries the remaining deadline, and a failed call comes back as a doma
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
+from xrouter.adapters.status import failed_call_from_rpc_error
 from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
@@ -34,24 +37,36 @@ class AdaptersClient:
         try:
             reply = await self._stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, "adapters") from None
+            failure = from_rpc_error(error, "adapters")
+            # What the failed call consumed (tokens, cost), so that it is still recorded and billed.
+            failure.failed_call = failed_call_from_rpc_error(error)  # type: ignore[attr-defined]
+            raise failure from None
         return ModelReply(reply.text, reply.input_tokens, reply.output_tokens, reply.tokens_estimated,
                           reply.cost_micro_usd, reply.latency_ms, reply.finish_reason)
 
 
 class MeteringClient:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    """The router's side of the metering service. ``api_key`` is the router's service key, sent as
+    ``authorization: Bearer <key>`` on every call (needed when metering runs with
+    XROUTER_METERING_AUTH=required; empty sends none)."""
+
+    def __init__(self, channel: grpc.aio.Channel, api_key: str = "") -> None:
         self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
 
     async def _call(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
         try:
-            return await method(request, timeout=timeout)
+            return await method(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "metering") from None
 
-    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float) -> None:
+    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
+                        models: Sequence[str] = ()) -> None:
+        """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
+        budgets apply (empty: all of them)."""
         await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
-            request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd), timeout)
+            request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models)),
+            timeout)
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None:
@@ -63,10 +78,34 @@ class MeteringClient:
             trace_id=trace_id), timeout)
 
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
-                     total_cost_micro_usd: int, calls: int, timeout: float) -> None:
+                     total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
+                     trace_id: str = "", cost_lambda: float | None = None, dataset: str = "", prompt_id: str = "",
+                     messages: Sequence[tuple[str, str]] = ()) -> None:
+        """Close the request. The keyword fields feed the training export (metering/EXPORT.md);
+        ``messages`` only when conversations may be kept."""
         await self._call(self._stub.Settle, metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
-            total_cost_micro_usd=total_cost_micro_usd, calls=calls), timeout)
+            total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
+            trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
+            messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]), timeout)
+
+    async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
+                           timeout: float) -> None:
+        """Attach the verifier's score and the reward to the request (training export)."""
+        await self._call(self._stub.RecordScore, metering_pb2.RecordScoreRequest(
+            request_id=request_id, tenant=tenant, score=score, reward=reward), timeout)
+
+
+def reference_to_proto(reference: ScoringReference) -> reward_pb2.Reference:
+    """Every field of the domain reference (code tests, rubric, aliases included)."""
+    message = reward_pb2.Reference(task_type=reference.task_type, gold=reference.gold, dataset=reference.dataset,
+                                   prompt_id=reference.prompt_id, aliases=list(reference.aliases),
+                                   rubric=reference.rubric, options=reference.options)
+    if reference.code is not None:
+        code = reference.code
+        message.code.CopyFrom(reward_pb2.CodeTests(asserts=list(code.asserts), setup=code.setup, check=code.check,
+                                                   entry_point=code.entry_point, prefix=code.prefix))
+    return message
 
 
 class RewardClient:
@@ -77,8 +116,7 @@ class RewardClient:
                     cost_lambda: float, timeout: float) -> tuple[float, float]:
         request = reward_pb2.ScoreRequest(
             prompt=prompt, response=response, cost_usd=cost_usd, cost_lambda=cost_lambda,
-            reference=reward_pb2.Reference(task_type=reference.task_type, gold=reference.gold,
-                                           dataset=reference.dataset, prompt_id=reference.prompt_id))
+            reference=reference_to_proto(reference))
         try:
             reply = await self._stub.Score(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:

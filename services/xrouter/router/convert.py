@@ -8,14 +8,11 @@ from xrouter.api.router.v1 import router_pb2
 from xrouter.router.core import RouteRequest, RouteResult
 from xrouter.router.episode import CallEvent, Decision, Event
 from xrouter.router.policy import CallOutcome
-from xrouter.router.ports import ScoringReference
+from xrouter.reward.server import to_reference
 
 
 def route_request(message: router_pb2.RouteRequest) -> RouteRequest:
-    reference = None
-    if message.HasField("reference"):
-        ref = message.reference
-        reference = ScoringReference(ref.task_type, ref.gold, ref.dataset, ref.prompt_id)
+    reference = to_reference(message.reference) if message.HasField("reference") else None
     return RouteRequest(
         messages=[(m.role, m.content) for m in message.messages],
         allowed_models=list(message.allowed_models),
