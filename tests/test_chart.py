@@ -130,10 +130,12 @@ def _resolve(env: dict[str, Any], tmp_path: pathlib.Path, catalog: str) -> dict[
     service_key = "k" * 48
     stand_ins = {"XROUTER_METERING_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
                  "XROUTER_METERING_SERVICE_KEY_SHA256": hashlib.sha256(service_key.encode()).hexdigest(),
+                 "XROUTER_ROUTER_METERING_API_KEY": service_key,
+                 "XROUTER_ROUTER_POLICY_NAMESPACE": chart_check.NAMESPACE,
                  "XROUTER_METERING_ADMIN_KEY_SHA256": "", "OPENAI_API_KEY": "sk-test"}
     resolved = {}
     for name, value in env.items():
-        if isinstance(value, dict):  # valueFrom: a Secret the cluster fills
+        if isinstance(value, dict):  # valueFrom: a Secret or the downward API, which the cluster fills
             resolved[name] = stand_ins[name]
         elif value.startswith("/etc/xrouter/catalog/"):
             path = tmp_path / "catalog.yaml"
@@ -319,14 +321,29 @@ def test_training_job_asks_for_gpus_and_writes_to_its_claim() -> None:
     docs = render("full")
     (job,) = [j for j in find(docs, "Job") if component(j) == "training"]
     pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    (container,) = pod["initContainers"]  # train first; publish runs only once it succeeded
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert container["command"][:2] == ["torchrun", "--standalone"] and "--no-python" in container["command"]
     assert container["command"][-2:] == ["--out", "/checkpoints/2026-01-15"]
+    (publish,) = pod["containers"]
+    assert publish["command"] == ["xrouter", "publish", "/checkpoints/2026-01-15/checkpoint",
+                                  "--store", "/checkpoints/store"]
+    assert {e["name"]: e.get("value", e.get("valueFrom")) for e in publish["env"]} == {
+        "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        "XROUTER_TRAIN_POLICY_CONFIGMAP": "xrouter-policy", "XROUTER_TRAIN_POLICY_KEY": "checkpoint"}
+    assert "nvidia.com/gpu" not in publish["resources"].get("limits", {})
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     (claim,) = find(docs, "PersistentVolumeClaim")
     assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
+    # The routers read the store at the same path the Job publishes to, so the pointer's paths resolve.
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # one writer, many readers on many nodes
+    (router,) = [d for d in find(docs, "Deployment") if component(d) == "router"]
+    router_pod = router["spec"]["template"]["spec"]
+    assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"],
+                                                             "readOnly": True}} in router_pod["volumes"]
+    assert {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True} in \
+        router_pod["containers"][0]["volumeMounts"]
     (policy_isvc,) = find(docs, "InferenceService", "router-policy")
     assert "--tool-call-parser=hermes" in policy_isvc["spec"]["predictor"]["model"]["args"]
 

@@ -147,3 +147,23 @@ imagePullPolicy: {{ $img.pullPolicy }}
       key: admin-key-sha256
       optional: true
 {{- end }}
+
+{{/* The router's service key for metering: the raw key from the same Secret metering hashes. */}}
+{{- define "xrouter.meteringApiKeyEnv" -}}
+- name: XROUTER_ROUTER_METERING_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "xrouter.meteringAuthSecret" . }}
+      key: service-key
+{{- end }}
+
+{{/* The checkpoint store's PVC ("" when there is none): the training Job writes to it, the routers
+read it. It exists when training is enabled (the chart makes it) or when existingClaim names one. */}}
+{{- define "xrouter.checkpointClaim" -}}
+{{- $c := .Values.training.checkpoints -}}
+{{- if $c.existingClaim -}}
+{{ $c.existingClaim }}
+{{- else if .Values.training.enabled -}}
+{{ include "xrouter.componentName" (dict "root" . "component" "training") }}-checkpoints
+{{- end -}}
+{{- end }}
