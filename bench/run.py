@@ -12,7 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-BENCHMARKS = ("bench.routing_overhead",)
+BENCHMARKS = (
+    "bench.routing_overhead",
+    "bench.metering_record",
+    "bench.reward_verifiers",
+    "bench.policy_latency",
+    "bench.adapters_overhead",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

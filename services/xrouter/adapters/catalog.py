@@ -10,8 +10,14 @@ from typing import Any
 
 import yaml
 
+from xrouter.adapters.resilience import CallPolicy
+
 # Backends this build can call; the catalog refuses any other kind instead of failing per call.
-BACKENDS = frozenset({"replay"})
+#   replay: recorded outcomes · openai: OpenAI-compatible chat completions over HTTP (OpenAI, vLLM,
+#   KServe's OpenAI route) · kserve: Open Inference Protocol v2 (REST or gRPC) · local: a transformers
+#   model whose weights a Python package ships.
+BACKENDS = frozenset({"replay", "openai", "kserve", "local"})
+KSERVE_PROTOCOLS = frozenset({"rest", "grpc"})
 MICRO = Decimal(1_000_000)
 
 
@@ -34,6 +40,16 @@ class ModelSpec:
     dataset: str = ""  # replay backend: which recorded outcome set answers
     endpoint: str = ""
     credentials_env: str = ""  # name of the variable holding the key, never the key itself
+    backend_model: str = ""  # the name the backend knows the model by (default: id)
+    protocol: str = ""  # kserve: "rest" or "grpc"
+    weights_package: str = ""  # local: the Python package that ships the weights
+    weights_file: str = ""  # local: the GGUF file inside that package
+    policy: CallPolicy = CallPolicy()  # deadline, retries, breaker, concurrency
+
+    @property
+    def served_name(self) -> str:
+        """The model name to send to the backend."""
+        return self.backend_model or self.id
 
     def cost_micro_usd(self, input_tokens: int, output_tokens: int) -> int:
         """Exact cost in micro-dollars (USD per 1M tokens is numerically micro-dollars per token)."""
@@ -100,12 +116,57 @@ def parse_catalog(document: Any, source: str = "catalog") -> dict[str, ModelSpec
             tags=tuple(tags), dataset=_field(entry, where, "dataset", str, ""),
             endpoint=_field(entry, where, "endpoint", str, ""),
             credentials_env=_field(entry, where, "credentials_env", str, ""))
-        if backend == "replay" and not spec.dataset:
-            raise CatalogError(f"{where}.dataset: a replay model needs the outcome set it replays")
+        spec = dataclasses.replace(
+            spec, backend_model=_field(entry, where, "backend_model", str, ""),
+            protocol=_field(entry, where, "protocol", str, "rest" if backend == "kserve" else ""),
+            weights_package=_field(entry, where, "weights_package", str, ""),
+            weights_file=_field(entry, where, "weights_file", str, ""),
+            policy=_policy(entry.get("resilience", {}), f"{where}.resilience"))
+        _check_backend_fields(spec, where)
         models[model_id] = spec
     if not models:
         raise CatalogError(f"{source}: the catalog lists no models")
     return models
+
+
+def _check_backend_fields(spec: ModelSpec, where: str) -> None:
+    if spec.backend == "replay" and not spec.dataset:
+        raise CatalogError(f"{where}.dataset: a replay model needs the outcome set it replays")
+    if spec.backend == "kserve" and spec.protocol not in KSERVE_PROTOCOLS:
+        raise CatalogError(f"{where}.protocol: {spec.protocol!r} is not one of {sorted(KSERVE_PROTOCOLS)}")
+    if spec.backend in {"openai", "kserve"}:
+        grpc = spec.backend == "kserve" and spec.protocol == "grpc"
+        wanted = "grpc://host:port" if grpc else "http(s)://host:port/..."
+        if not spec.endpoint.startswith(("grpc://",) if grpc else ("http://", "https://")):
+            raise CatalogError(f"{where}.endpoint: {spec.backend} model{' (gRPC)' if grpc else ''} needs its URL "
+                               f"as {wanted}, got {spec.endpoint!r}")
+    if spec.backend == "local" and not (spec.weights_package and spec.weights_file):
+        raise CatalogError(f"{where}.weights_package: a local model needs weights_package and weights_file "
+                           "(the Python package that ships its GGUF weights, and the file in it)")
+    if spec.credentials_env and not spec.credentials_env.replace("_", "").isalnum():
+        raise CatalogError(f"{where}.credentials_env: must be an environment variable name, "
+                           f"not the credential itself")
+
+
+def _policy(section: Any, where: str) -> CallPolicy:
+    """The ``resilience`` mapping: any CallPolicy field; integers where the default is one."""
+    if not isinstance(section, dict):
+        raise CatalogError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(CallPolicy))}")
+    defaults = CallPolicy()
+    values: dict[str, Any] = {}
+    for name, value in section.items():
+        default = getattr(defaults, str(name), None)
+        if default is None:
+            raise CatalogError(f"{where}.{name}: unknown setting (known: "
+                               f"{sorted(f.name for f in dataclasses.fields(CallPolicy))})")
+        number_types = (int,) if isinstance(default, int) else (int, float)
+        floor = 0 if name == "max_queue" else 1e-9  # a zero queue is allowed: refuse at once when busy
+        if isinstance(value, bool) or not isinstance(value, number_types) or value < floor:
+            kind = "integer" if isinstance(default, int) else "number"
+            raise CatalogError(f"{where}.{name}: must be a {'non-negative' if floor == 0 else 'positive'} "
+                               f"{kind}, got {value!r}")
+        values[name] = float(value) if isinstance(default, float) else value
+    return CallPolicy(**values)
 
 
 def load_catalog(path: pathlib.Path | str) -> dict[str, ModelSpec]:

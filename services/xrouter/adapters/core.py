@@ -1,29 +1,44 @@
-"""The adapters' core: validate a call, run it on the model's backend within its deadline, and
-account for it (tokens, exact cost, latency). Plain Python; the gRPC servicer only converts."""
+"""The adapters' core: validate a call, run it on the model's backend within its deadline (retries,
+circuit breaker and concurrency limit per model), and account for it — tokens, exact cost, latency —
+whether it succeeds or fails. Plain Python; the gRPC servicer only converts."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
-from xrouter.adapters.backends import BackendReply
+from xrouter.adapters import metrics
+from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
-from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound
+from xrouter.adapters.resilience import Attempts, BackendError, ModelGuard
+from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, XRouterError
+
+__all__ = ["AdapterCore", "Backend", "Invocation", "StreamingBackend", "backend_key", "failed_call"]
 
 ROLES = frozenset({"system", "user", "assistant"})
+Messages = Sequence[tuple[str, str]]
 
 
 class Backend(Protocol):
-    async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+    """Answers one call on a catalog model (raising :class:`BackendError` for a failed attempt)."""
+
+    async def invoke(self, spec: ModelSpec, messages: Messages, temperature: float,
                      max_tokens: int) -> BackendReply: ...
+
+
+class StreamingBackend(Protocol):
+    """A backend that can also stream: text deltas, then the complete :class:`BackendReply`."""
+
+    def stream(self, spec: ModelSpec, messages: Messages, temperature: float,
+               max_tokens: int) -> AsyncIterator[str | BackendReply]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class Invocation:
-    """The accounted result of one model call."""
+    """The accounted result of one model call; a failed call has one too (see :func:`failed_call`)."""
 
     model: str
     text: str
@@ -33,44 +48,148 @@ class Invocation:
     cost_micro_usd: int
     latency_ms: float
     finish_reason: str
+    status: str = "OK"  # a common.v1.CallStatus name without its prefix: OK, ERROR, TIMEOUT
+    attempts: int = 1
+
+
+def failed_call(error: BaseException) -> Invocation | None:
+    """What a failed call consumed (status, latency, tokens and cost billed), if it reached a backend."""
+    return getattr(error, "invocation", None)
 
 
 class AdapterCore:
-    """Calls catalog models on their backends (``backends`` maps a model's backend/dataset key)."""
+    """Calls catalog models on their backends (``backends`` maps :func:`backend_key` to a backend)."""
 
-    def __init__(self, catalog: Mapping[str, ModelSpec], backends: Mapping[str, Backend]) -> None:
+    def __init__(self, catalog: Mapping[str, ModelSpec], backends: Mapping[str, Backend],
+                 on_call: Callable[[Invocation], None] = metrics.observe_call) -> None:
         self.catalog = dict(catalog)
         self._backends = dict(backends)
         for spec in self.catalog.values():
             if backend_key(spec) not in self._backends:
                 raise ValueError(f"model {spec.id!r}: no backend {backend_key(spec)!r} configured")
+        self.guards = {spec.id: ModelGuard(spec.id, spec.policy) for spec in self.catalog.values()}
+        # Looked up once: a runtime Protocol check per call costs more than the rest of the call.
+        self._streaming = {key for key, backend in self._backends.items() if callable(getattr(backend, "stream", None))}
+        self._on_call = on_call
 
-    async def invoke(self, model: str, messages: Sequence[tuple[str, str]], temperature: float = 0.0,
+    async def invoke(self, model: str, messages: Messages, temperature: float = 0.0,
                      max_tokens: int = 0, timeout: float | None = None) -> Invocation:
+        """One call, answered whole. ``timeout`` is the caller's (the model's own may be shorter)."""
+        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout)
+        backend = self._backends[backend_key(spec)]
+        attempts, started = Attempts(), time.perf_counter()
+        try:
+            reply = await self.guards[model].run(
+                lambda: backend.invoke(spec, messages, temperature, max_tokens), deadline, attempts)
+        except (XRouterError, asyncio.CancelledError) as error:
+            raise self._failed(spec, error, attempts, started) from None
+        return self._succeeded(spec, reply, attempts, started)
+
+    async def invoke_stream(self, model: str, messages: Messages, temperature: float = 0.0,
+                            max_tokens: int = 0, timeout: float | None = None) -> AsyncIterator[str | Invocation]:
+        """One call, streamed: text deltas, then the accounted :class:`Invocation`. Retries happen only
+        before the first delta; a backend without streaming sends its whole text as one delta."""
+        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout)
+        backend = self._backends[backend_key(spec)]
+        streaming = backend_key(spec) in self._streaming
+        attempts, started = Attempts(), time.perf_counter()
+        queue: asyncio.Queue[str | BackendReply | BaseException] = asyncio.Queue()
+        sent = [False]
+
+        async def attempt() -> BackendReply:
+            if not streaming:
+                return await backend.invoke(spec, messages, temperature, max_tokens)
+            async for item in backend.stream(spec, messages, temperature, max_tokens):  # type: ignore[attr-defined]
+                if isinstance(item, BackendReply):
+                    return item
+                sent[0] = True
+                queue.put_nowait(item)
+            raise BackendError(Unavailable(f"model {spec.id!r}: stream ended without a final reply"))
+
+        async def produce() -> None:
+            try:
+                reply = await self.guards[model].run(attempt, deadline, attempts, may_retry=lambda: not sent[0])
+            except BaseException as error:  # handed to the consumer, which raises it  # noqa: BLE001
+                queue.put_nowait(error)
+            else:
+                if not streaming and reply.text:
+                    queue.put_nowait(reply.text)
+                queue.put_nowait(reply)
+
+        producer = asyncio.create_task(produce())
+        streamed: list[str] = []
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, BackendReply):
+                    break
+                streamed.append(item)
+                yield item
+        except (XRouterError, asyncio.CancelledError, GeneratorExit) as error:
+            producer.cancel()
+            if streamed and not attempts.output_tokens:
+                # Cut off (deadline, caller gone) mid-stream: what was generated is consumed all the same.
+                attempts.input_tokens = sum(estimate_tokens(content) for _, content in messages)
+                attempts.output_tokens, attempts.tokens_estimated = estimate_tokens("".join(streamed)), True
+            if isinstance(error, GeneratorExit):  # the consumer stopped reading: account, then close
+                self._failed(spec, asyncio.CancelledError(), attempts, started)
+                raise
+            raise self._failed(spec, error, attempts, started) from None
+        yield self._succeeded(spec, item, attempts, started)
+
+    def _prepare(self, model: str, messages: Messages, temperature: float, max_tokens: int,
+                 timeout: float | None) -> tuple[ModelSpec, float]:
         spec = self.catalog.get(model)
         if spec is None:
             raise NotFound(f"model: {model!r} is not in the catalog")
         _validate(spec, messages, temperature, max_tokens)
-        started = time.perf_counter()
-        try:
-            reply = await asyncio.wait_for(
-                self._backends[backend_key(spec)].invoke(spec, messages, temperature, max_tokens), timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"model {model!r} did not answer within {timeout:.3f}s") from None
-        latency_ms = (time.perf_counter() - started) * 1000
+        budget = spec.policy.timeout_s if timeout is None else min(timeout, spec.policy.timeout_s)
+        return spec, asyncio.get_running_loop().time() + max(0.0, budget)
+
+    def _succeeded(self, spec: ModelSpec, reply: BackendReply, attempts: Attempts, started: float) -> Invocation:
         cost = reply.cost_micro_usd
         if cost is None:
             cost = spec.cost_micro_usd(reply.input_tokens, reply.output_tokens)
-        return Invocation(model, reply.text, reply.input_tokens, reply.output_tokens,
-                          reply.tokens_estimated, cost, latency_ms, reply.finish_reason)
+        if attempts.input_tokens or attempts.output_tokens:  # earlier failed attempts consumed tokens too
+            cost += spec.cost_micro_usd(attempts.input_tokens, attempts.output_tokens)
+        invocation = Invocation(
+            spec.id, reply.text, reply.input_tokens + attempts.input_tokens,
+            reply.output_tokens + attempts.output_tokens, reply.tokens_estimated or attempts.tokens_estimated,
+            cost, (time.perf_counter() - started) * 1000, reply.finish_reason, "OK", attempts.count)
+        self._on_call(invocation)
+        return invocation
+
+    def _failed(self, spec: ModelSpec, error: BaseException, attempts: Attempts, started: float) -> BaseException:
+        """Account a failed call and attach the account to the error the caller gets."""
+        status = "TIMEOUT" if isinstance(error, (DeadlineExceeded, asyncio.CancelledError)) else "ERROR"
+        invocation = Invocation(
+            spec.id, "", attempts.input_tokens, attempts.output_tokens, attempts.tokens_estimated,
+            spec.cost_micro_usd(attempts.input_tokens, attempts.output_tokens),
+            (time.perf_counter() - started) * 1000, "", status, attempts.count)
+        self._on_call(invocation)
+        error.invocation = invocation  # type: ignore[attr-defined]
+        return error
+
+    async def aclose(self) -> None:
+        """Close the backends' connections."""
+        for backend in self._backends.values():
+            close = getattr(backend, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def backend_key(spec: ModelSpec) -> str:
-    return f"replay:{spec.dataset}" if spec.backend == "replay" else spec.backend
+    """Which backend instance serves ``spec`` (replay and local ones are per data set / weights)."""
+    if spec.backend == "replay":
+        return f"replay:{spec.dataset}"
+    if spec.backend == "local":
+        return f"local:{spec.weights_package}/{spec.weights_file}"
+    return spec.backend
 
 
-def _validate(spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-              max_tokens: int) -> None:
+def _validate(spec: ModelSpec, messages: Messages, temperature: float, max_tokens: int) -> None:
     if not messages:
         raise InvalidArgument("messages", "at least one message is required")
     for number, (role, content) in enumerate(messages):

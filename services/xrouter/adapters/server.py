@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 
 from xrouter.adapters.backends.replay import ReplayBackend
 from xrouter.adapters.catalog import CatalogError, load_catalog, micro_to_usd
-from xrouter.adapters.core import AdapterCore, backend_key
+from xrouter.adapters.core import AdapterCore, Backend, Invocation, backend_key, failed_call
 from xrouter.adapters.settings import AdapterSettings
+from xrouter.adapters.status import failed_call_status
 from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.common import grpc_server, settings
+from xrouter.common.errors import XRouterError
 from xrouter.common.grpc_server import Register
 
 SERVICE = adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
@@ -26,14 +29,27 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     async def Invoke(self, request: adapters_pb2.InvokeRequest,
                      context: grpc.aio.ServicerContext) -> adapters_pb2.InvokeResponse:
-        result = await self._core.invoke(
+        try:
+            result = await self._core.invoke(
+                request.model, [(m.role, m.content) for m in request.messages], request.temperature,
+                request.max_tokens, timeout=_time_left(context))
+        except XRouterError as error:
+            await _abort_with_account(context, error)
+        return invocation_to_proto(result)
+
+    async def InvokeStream(self, request: adapters_pb2.InvokeRequest,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[adapters_pb2.InvokeChunk]:
+        stream = self._core.invoke_stream(
             request.model, [(m.role, m.content) for m in request.messages], request.temperature,
-            request.max_tokens, timeout=context.time_remaining())
-        return adapters_pb2.InvokeResponse(
-            model=result.model, text=result.text, input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
-            cost_micro_usd=result.cost_micro_usd, cost_usd=micro_to_usd(result.cost_micro_usd),
-            latency_ms=result.latency_ms, finish_reason=result.finish_reason)
+            request.max_tokens, timeout=_time_left(context))
+        try:
+            async for item in stream:
+                if isinstance(item, Invocation):
+                    yield adapters_pb2.InvokeChunk(done=invocation_to_proto(item))
+                else:
+                    yield adapters_pb2.InvokeChunk(delta=item)
+        except XRouterError as error:
+            await _abort_with_account(context, error)
 
     async def ListModels(self, request: adapters_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> adapters_pb2.ListModelsResponse:
@@ -45,6 +61,29 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
             for spec in self._core.catalog.values()])
 
 
+def invocation_to_proto(result: Invocation) -> adapters_pb2.InvokeResponse:
+    return adapters_pb2.InvokeResponse(
+        model=result.model, text=result.text, input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
+        cost_micro_usd=result.cost_micro_usd, cost_usd=micro_to_usd(result.cost_micro_usd),
+        latency_ms=result.latency_ms, finish_reason=result.finish_reason, attempts=result.attempts)
+
+
+def _time_left(context: grpc.aio.ServicerContext) -> float | None:
+    """The caller's deadline, less a margin so that our status (with its accounting) reaches the
+    caller before its own timer fires."""
+    left = context.time_remaining()
+    return None if left is None else max(0.0, left - min(0.05, left * 0.05))
+
+
+async def _abort_with_account(context: grpc.aio.ServicerContext, error: XRouterError) -> None:
+    """Abort with the error's status; the rich details carry a FailedCall when the call was accounted."""
+    invocation = failed_call(error)
+    if invocation is None:
+        raise error  # the interceptor maps it
+    await context.abort(error.code, error.message, trailing_metadata=failed_call_status(error, invocation))
+
+
 def register(core: AdapterCore) -> Register:
     def add(server: grpc.aio.Server) -> list[str]:
         adapters_pb2_grpc.add_AdapterServiceServicer_to_server(AdapterServicer(core), server)
@@ -52,19 +91,33 @@ def register(core: AdapterCore) -> Register:
     return add
 
 
-def build_core(config: AdapterSettings) -> AdapterCore:
-    """Load the catalog and the backends its models need."""
+def build_core(config: AdapterSettings, environ: Mapping[str, str] | None = None) -> AdapterCore:
+    """Load the catalog and the backends its models need (credentials read once, from ``environ``)."""
     catalog = load_catalog(config.catalog_path)
     datasets = config.datasets()
-    backends = {}
+    backends: dict[str, Backend] = {}
     for spec in catalog.values():
         key = backend_key(spec)
         if key in backends:
             continue
-        if spec.dataset not in datasets:
-            raise CatalogError(f"model {spec.id!r}: replay dataset {spec.dataset!r} is not configured "
-                               f"in XROUTER_ADAPTERS_REPLAY_DATASETS (known: {sorted(datasets)})")
-        backends[key] = ReplayBackend(spec.dataset, datasets[spec.dataset])
+        if spec.backend == "replay":
+            if spec.dataset not in datasets:
+                raise CatalogError(f"model {spec.id!r}: replay dataset {spec.dataset!r} is not configured "
+                                   f"in XROUTER_ADAPTERS_REPLAY_DATASETS (known: {sorted(datasets)})")
+            backends[key] = ReplayBackend(spec.dataset, datasets[spec.dataset])
+        elif spec.backend == "openai":
+            from xrouter.adapters.backends.openai_http import OpenAIBackend
+            try:
+                backends[key] = OpenAIBackend.from_environment(
+                    [s for s in catalog.values() if s.backend == "openai"], environ)
+            except ValueError as error:
+                raise CatalogError(str(error)) from None
+        elif spec.backend == "kserve":  # heavy imports only for the backends the catalog uses
+            from xrouter.adapters.backends.kserve_oip import KServeBackend
+            backends[key] = KServeBackend()
+        elif spec.backend == "local":
+            from xrouter.adapters.backends.local_hf import LocalModelBackend
+            backends[key] = LocalModelBackend(spec.weights_package, spec.weights_file, config.model_cache())
     return AdapterCore(catalog, backends)
 
 
@@ -77,7 +130,7 @@ def main() -> None:
         sys.exit(f"xrouter-adapters: {error}")
 
     async def build(provider):  # type: ignore[no-untyped-def]
-        return register(core), None
+        return register(core), core.aclose
 
     asyncio.run(grpc_server.run_service("adapters", build, host=config.host, port=config.port,
                                         grace=config.grace_s, metrics_port=config.metrics_port))

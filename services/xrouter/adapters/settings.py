@@ -19,6 +19,10 @@ class AdapterSettings:
                             help="the path of the model catalog YAML")
     # name=path pairs of outcome sets replay models may name; "routerbench" is bundled.
     replay_datasets: str = env("XROUTER_ADAPTERS_REPLAY_DATASETS", f"routerbench={ROUTERBENCH}")
+    # Local models are converted once (GGUF → safetensors) into this folder; later starts load from it.
+    # Empty: ~/.cache/xrouter (resolved at start-up, not import).
+    model_cache_dir: str = env("XROUTER_ADAPTERS_MODEL_CACHE", "",
+                               help="a writable folder for converted local model weights")
     grace_s: float = env("XROUTER_ADAPTERS_GRACE_S", 5.0)
     metrics_port: int = env("XROUTER_ADAPTERS_METRICS_PORT", 0)
 
@@ -30,6 +34,9 @@ class AdapterSettings:
                 raise SettingsError(f"XROUTER_ADAPTERS_REPLAY_DATASETS: {item!r} is not name=path")
             pairs[name] = pathlib.Path(path)
         return pairs
+
+    def model_cache(self) -> pathlib.Path:
+        return pathlib.Path(self.model_cache_dir or pathlib.Path.home() / ".cache" / "xrouter")
 
     def validate(self) -> None:
         if not pathlib.Path(self.catalog_path).is_file():

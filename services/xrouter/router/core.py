@@ -86,6 +86,7 @@ class RouterCore:
         deadline = time.monotonic() + min(timeout or math.inf, self.limits.request_timeout_s)
         started = time.perf_counter()
         policy, state, tenant = self._prepare(request)
+        metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
         request_id = request.request_id or uuid.uuid4().hex
         with self._tracer.start_as_current_span("xrouter.route") as span:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
@@ -177,6 +178,10 @@ class RouterCore:
                 except XRouterError as error:
                     outcome.status = CallStatus.TIMEOUT if isinstance(error, DeadlineExceeded) else CallStatus.ERROR
                     outcome.error = error.message
+                    billed = getattr(error, "failed_call", None)  # the adapters' account of a failed call
+                    if billed is not None:
+                        outcome.input_tokens, outcome.output_tokens = billed.input_tokens, billed.output_tokens
+                        outcome.tokens_estimated, outcome.cost_micro_usd = billed.tokens_estimated, billed.cost_micro_usd
                     span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                     metrics.MODEL_CALL_ERRORS.labels(call.model, outcome.status.name).inc()
                 else:
@@ -188,6 +193,7 @@ class RouterCore:
                                          "gen_ai.usage.output_tokens": reply.output_tokens,
                                          "gen_ai.response.finish_reasons": [reply.finish_reason],
                                          "xrouter.cost_usd": reply.cost_micro_usd / 1e6})
+            metrics.MODEL_CALLS.labels(call.model, outcome.status.name).inc()
             wall = time.perf_counter() - started
             outcome.latency_ms = wall * 1000
             # Calls of one turn overlap: the turn costs its slowest call in wall time.

@@ -24,7 +24,7 @@ class InvokeRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., temperature: _Optional[float] = ..., max_tokens: _Optional[int] = ..., request_id: _Optional[str] = ..., call_index: _Optional[int] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
-    __slots__ = ("model", "text", "input_tokens", "output_tokens", "tokens_estimated", "cost_micro_usd", "cost_usd", "latency_ms", "finish_reason")
+    __slots__ = ("model", "text", "input_tokens", "output_tokens", "tokens_estimated", "cost_micro_usd", "cost_usd", "latency_ms", "finish_reason", "attempts")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class InvokeResponse(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     text: str
     input_tokens: int
@@ -43,7 +44,36 @@ class InvokeResponse(_message.Message):
     cost_usd: float
     latency_ms: float
     finish_reason: str
-    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    attempts: int
+    def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., finish_reason: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class InvokeChunk(_message.Message):
+    __slots__ = ("delta", "done")
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    delta: str
+    done: InvokeResponse
+    def __init__(self, delta: _Optional[str] = ..., done: _Optional[_Union[InvokeResponse, _Mapping]] = ...) -> None: ...
+
+class FailedCall(_message.Message):
+    __slots__ = ("model", "status", "input_tokens", "output_tokens", "tokens_estimated", "cost_micro_usd", "latency_ms", "attempts")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    COST_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    status: _common_pb2.CallStatus
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    cost_micro_usd: int
+    latency_ms: float
+    attempts: int
+    def __init__(self, model: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., latency_ms: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

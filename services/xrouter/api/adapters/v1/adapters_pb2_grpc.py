@@ -41,6 +41,11 @@ class AdapterServiceStub:
                 request_serializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.SerializeToString,
                 response_deserializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeResponse.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.unary_stream(
+                '/xrouter.adapters.v1.AdapterService/InvokeStream',
+                request_serializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeChunk.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/xrouter.adapters.v1.AdapterService/ListModels',
                 request_serializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.ListModelsRequest.SerializeToString,
@@ -55,7 +60,21 @@ class AdapterServiceServicer:
 
     def Invoke(self, request, context):
         """Calls one model. NOT_FOUND for a model outside the catalog (or, for a replay
-        backend, a prompt it has no recording of); UNAVAILABLE when the backend fails.
+        backend, a prompt it has no recording of); UNAVAILABLE when the backend fails
+        or its circuit is open; RESOURCE_EXHAUSTED when the backend rate-limits or the
+        model's concurrency queue is full; DEADLINE_EXCEEDED when the caller's or the
+        model's deadline passes; INVALID_ARGUMENT when the backend refuses the input.
+        A failed call that reached a backend carries a FailedCall in its status details
+        (grpc-status-details-bin), so it can still be recorded and billed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeStream(self, request, context):
+        """Calls one model and streams its answer: text deltas as the backend produces
+        them, then one final chunk with the accounted totals. Same errors as Invoke;
+        retries happen only before the first delta.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +94,11 @@ def add_AdapterServiceServicer_to_server(servicer, server):
                     servicer.Invoke,
                     request_deserializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.FromString,
                     response_serializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeResponse.SerializeToString,
+            ),
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.FromString,
+                    response_serializer=xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeChunk.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -111,6 +135,33 @@ class AdapterService:
             '/xrouter.adapters.v1.AdapterService/Invoke',
             xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.SerializeToString,
             xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xrouter.adapters.v1.AdapterService/InvokeStream',
+            xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeRequest.SerializeToString,
+            xrouter_dot_adapters_dot_v1_dot_adapters__pb2.InvokeChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,137 @@
+"""KServe Open Inference Protocol (v2) over REST or gRPC, with the ``kserve`` SDK's own clients.
+
+OIP carries tensors, not chats, so text generation follows one convention (Triton's text-generation
+names, which KServe runtimes share):
+
+- request: input ``text_input`` (BYTES, shape [1]) holding the chat as JSON
+  (``[{"role": ..., "content": ...}, ...]``); request parameters ``temperature`` (a number over REST,
+  a decimal string over gRPC, whose InferParameter has no float) and ``max_tokens``.
+- response: output ``text_output`` (BYTES, [1]); optional ``input_tokens`` and ``output_tokens``
+  (INT64, [1]) and ``finish_reason`` (BYTES, [1]). Without token outputs the counts are estimated.
+
+The SDK clients' own retries are switched off: the model's guard (resilience.py) retries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import httpx
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig
+from kserve.errors import InvalidInput
+
+from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends.openai_http import http_error
+from xrouter.adapters.catalog import ModelSpec
+from xrouter.adapters.resilience import BackendError
+from xrouter.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, XRouterError
+
+__all__ = ["KServeBackend", "chat_request", "reply_from_response"]
+
+# gRPC codes a retry may cure (the equivalents of HTTP 429/500/502/503/504 and a dropped connection).
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+def chat_request(spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+                 max_tokens: int) -> InferRequest:
+    """The OIP request for one chat call (see the module docstring for the tensor names)."""
+    chat = json.dumps([{"role": role, "content": content} for role, content in messages])
+    text = InferInput("text_input", [1], "BYTES", [chat])
+    # KServe's v2 gRPC InferParameter has no floating-point field (bool, int64, string only), so the
+    # temperature travels as a decimal string there; REST carries a JSON number.
+    parameters: dict[str, Any] = {"temperature": repr(float(temperature)) if spec.protocol == "grpc"
+                                  else float(temperature)}
+    if max_tokens:
+        parameters["max_tokens"] = int(max_tokens)
+    return InferRequest(model_name=spec.served_name, infer_inputs=[text], parameters=parameters)
+
+
+def reply_from_response(spec: ModelSpec, messages: Sequence[tuple[str, str]], response: InferResponse) -> BackendReply:
+    """Read ``text_output`` and the optional token counts; a response without text is a backend fault."""
+    outputs = {output.name: output for output in response.outputs}
+    if "text_output" not in outputs:
+        raise BackendError(Unavailable(f"model {spec.id!r}: the KServe response has no text_output "
+                                       f"(outputs: {sorted(outputs)})"))
+    text = _first(outputs["text_output"])
+    finish = _first(outputs["finish_reason"]) if "finish_reason" in outputs else "stop"
+    if "input_tokens" in outputs and "output_tokens" in outputs:
+        return BackendReply(text, int(_first(outputs["input_tokens"])), int(_first(outputs["output_tokens"])),
+                            False, finish)
+    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish)
+
+
+def _first(output: Any) -> Any:
+    value = output.data[0] if output.data is not None else output.as_numpy().reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class KServeBackend:
+    """One SDK client per endpoint, made on first use (the clients belong to the running loop)."""
+
+    def __init__(self) -> None:
+        self._rest: InferenceRESTClient | None = None
+        self._grpc: dict[str, InferenceGRPCClient] = {}
+
+    async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+                     max_tokens: int) -> BackendReply:
+        try:
+            request = chat_request(spec, messages, temperature, max_tokens)
+        except InvalidInput as error:
+            raise BackendError(InvalidArgument("messages", f"model {spec.id!r}: {error}")) from None
+        if spec.protocol == "grpc":
+            response = await self._infer_grpc(spec, request)
+        else:
+            response = await self._infer_rest(spec, request)
+        return reply_from_response(spec, messages, response)
+
+    async def _infer_rest(self, spec: ModelSpec, request: InferRequest) -> InferResponse:
+        if self._rest is None:
+            self._rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=None))
+        try:
+            response = await self._rest.infer(spec.endpoint, request, model_name=spec.served_name)
+        except httpx.HTTPStatusError as error:
+            raise http_error(spec, error.response.status_code, error.response.content, error.response.headers) from None
+        except httpx.TransportError as error:
+            raise BackendError(Unavailable(f"model {spec.id!r}: cannot reach {spec.endpoint}: "
+                                           f"{type(error).__name__}: {error}"), retryable=True) from None
+        except (ValueError, KeyError, TypeError) as error:  # the SDK could not parse the body
+            raise BackendError(Unavailable(f"model {spec.id!r}: malformed OIP response: {error}")) from None
+        if not isinstance(response, InferResponse):
+            raise BackendError(Unavailable(f"model {spec.id!r}: unexpected OIP response {type(response).__name__}"))
+        return response
+
+    async def _infer_grpc(self, spec: ModelSpec, request: InferRequest) -> InferResponse:
+        target = spec.endpoint.removeprefix("grpc://")
+        client = self._grpc.get(target)
+        if client is None:
+            client = self._grpc[target] = InferenceGRPCClient(
+                target, channel_args=[("grpc.enable_retries", 0)], timeout=None, retries=0)
+        try:
+            return await client.infer(request)
+        except grpc.aio.AioRpcError as error:
+            raise _grpc_error(spec, error) from None
+
+    async def aclose(self) -> None:
+        if self._rest is not None:
+            await self._rest.close()
+        for client in self._grpc.values():
+            await client.close()
+
+
+def _grpc_error(spec: ModelSpec, error: grpc.aio.AioRpcError) -> BackendError:
+    code = error.code()
+    said = f"model {spec.id!r}: KServe gRPC {code.name}: {error.details()}"
+    domain: XRouterError
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        domain = InvalidArgument("messages", said)
+    elif code == grpc.StatusCode.NOT_FOUND:
+        domain = NotFound(said)
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        domain = ResourceExhausted(said, subject=f"model:{spec.id}", description="rate limited by the backend")
+    else:
+        domain = Unavailable(said)
+    return BackendError(domain, retryable=code in RETRYABLE_CODES)

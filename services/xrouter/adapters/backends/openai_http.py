@@ -1,0 +1,263 @@
+"""OpenAI-compatible chat completions over HTTP (OpenAI, Together, vLLM's server, KServe's OpenAI
+route), plain and streamed (server-sent events), with aiohttp.
+
+Usage comes from the response; only when the backend reports none are the counts estimated (and
+marked so). HTTP error bodies become domain errors: 429 and 500/502/503/504 and connection errors
+are retryable (with the backend's Retry-After), the rest are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.catalog import ModelSpec
+from xrouter.adapters.resilience import BackendError
+from xrouter.common.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    XRouterError,
+)
+
+__all__ = ["OpenAIBackend", "parse_retry_after"]
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class OpenAIBackend:
+    """Calls ``{spec.endpoint}/chat/completions``; one connection pool for every model it serves.
+
+    ``api_keys`` maps a catalog ``credentials_env`` name to its value (read once at start-up)."""
+
+    def __init__(self, api_keys: Mapping[str, str] | None = None, read_timeout_s: float | None = None) -> None:
+        self._api_keys = dict(api_keys or {})
+        # A silent backend is caught by the call's deadline; this optional idle limit catches one earlier.
+        self._read_timeout_s = read_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_environment(cls, specs: Sequence[ModelSpec], environ: Mapping[str, str] | None = None) -> OpenAIBackend:
+        """Read each model's key from the variable its catalog entry names; a missing one stops start-up."""
+        source = os.environ if environ is None else environ
+        keys = {}
+        for spec in specs:
+            if spec.credentials_env:
+                if spec.credentials_env not in source:
+                    raise ValueError(f"model {spec.id!r}: credentials_env {spec.credentials_env} is not set")
+                keys[spec.credentials_env] = source[spec.credentials_env]
+        return cls(keys)
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use: a session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=self._read_timeout_s),
+                connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _request(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+                 max_tokens: int, stream: bool) -> tuple[str, dict[str, Any], dict[str, str]]:
+        body: dict[str, Any] = {"model": spec.served_name, "temperature": temperature,
+                                "messages": [{"role": role, "content": content} for role, content in messages]}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        headers = {"Content-Type": "application/json"}
+        if spec.credentials_env:
+            headers["Authorization"] = f"Bearer {self._api_keys[spec.credentials_env]}"
+        return spec.endpoint.rstrip("/") + "/chat/completions", body, headers
+
+    async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+                     max_tokens: int) -> BackendReply:
+        """One non-streamed chat completion."""
+        url, body, headers = self._request(spec, messages, temperature, max_tokens, stream=False)
+        async with _connect(spec, self._client().post(url, json=body, headers=headers)) as response:
+            raw = await _read(spec, response)
+            if response.status >= 400:
+                raise http_error(spec, response.status, raw, response.headers)
+        document = _json(spec, raw, response.status)
+        try:
+            choice = document["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or "stop"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(Unavailable(f"model {spec.id!r}: reply has no choices[0].message: "
+                                           f"{raw[:200]!r}")) from None
+        return _reply(spec, messages, text, finish, document.get("usage"))
+
+    async def stream(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
+                     max_tokens: int) -> AsyncIterator[str | BackendReply]:
+        """A streamed chat completion: text deltas as they arrive, then the complete reply.
+
+        A stream that ends before ``data: [DONE]`` is truncated: it fails, and the text it carried is
+        counted (estimated) as consumed."""
+        url, body, headers = self._request(spec, messages, temperature, max_tokens, stream=True)
+        parts: list[str] = []
+        finish, usage, done = "", None, False
+        async with _connect(spec, self._client().post(url, json=body, headers=headers)) as response:
+            if response.status >= 400:
+                raise http_error(spec, response.status, await _read(spec, response), response.headers)
+            try:
+                async for data in _events(response):
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    event = _json(spec, data.encode(), response.status, partial=parts, messages=messages)
+                    if "error" in event:
+                        raise _error_from_body(spec, 200, event, {}, partial=parts, messages=messages)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or ():
+                        delta = (choice.get("delta") or {}).get("content")
+                        if delta:
+                            parts.append(delta)
+                            yield delta
+                        finish = choice.get("finish_reason") or finish
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as error:
+                raise _truncated(spec, messages, parts, f"{type(error).__name__}: {error}") from None
+        if not done:
+            raise _truncated(spec, messages, parts, "the connection closed before data: [DONE]")
+        yield _reply(spec, messages, "".join(parts), finish or "stop", usage)
+
+
+def _connect(spec: ModelSpec, request: Any) -> Any:
+    """Wrap the request's context manager so that connection failures become retryable errors."""
+    return _Connection(spec, request)
+
+
+class _Connection:
+    def __init__(self, spec: ModelSpec, request: Any) -> None:
+        self._spec, self._request = spec, request
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            self._response: aiohttp.ClientResponse = await self._request.__aenter__()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
+            raise BackendError(Unavailable(f"model {self._spec.id!r}: cannot reach {self._spec.endpoint}: "
+                                           f"{type(error).__name__}: {error}"), retryable=True) from None
+        return self._response
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._request.__aexit__(*exc_info)
+
+
+async def _read(spec: ModelSpec, response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
+        raise BackendError(Unavailable(f"model {spec.id!r}: reply cut off (HTTP {response.status}): "
+                                       f"{type(error).__name__}: {error}"), retryable=response.status >= 500) from None
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent event stream (multi-line data joined with newlines)."""
+    lines: list[str] = []
+    async for raw_line in response.content:
+        line = raw_line.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+def _json(spec: ModelSpec, raw: bytes, status: int, partial: list[str] | None = None,
+          messages: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        document = error
+    if not isinstance(document, dict):
+        consumed = _consumed(messages, partial) if partial else {}
+        raise BackendError(Unavailable(f"model {spec.id!r}: malformed JSON from the backend (HTTP {status}): "
+                                       f"{raw[:200]!r}"), **consumed)
+    return document
+
+
+def _consumed(messages: Sequence[tuple[str, str]], parts: list[str]) -> dict[str, Any]:
+    """Estimated tokens of a call that failed after the backend had started generating."""
+    return {"input_tokens": sum(estimate_tokens(content) for _, content in messages),
+            "output_tokens": estimate_tokens("".join(parts)), "tokens_estimated": True}
+
+
+def _truncated(spec: ModelSpec, messages: Sequence[tuple[str, str]], parts: list[str], why: str) -> BackendError:
+    return BackendError(Unavailable(f"model {spec.id!r}: stream truncated after {len(parts)} chunk(s): {why}"),
+                        **_consumed(messages, parts))
+
+
+def _reply(spec: ModelSpec, messages: Sequence[tuple[str, str]], text: str, finish: str,
+           usage: Any) -> BackendReply:
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
+            and isinstance(usage.get("completion_tokens"), int):
+        return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish)
+    return BackendReply(text, sum(estimate_tokens(content) for _, content in messages),
+                        estimate_tokens(text), True, finish)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def http_error(spec: ModelSpec, status: int, raw: bytes, headers: Mapping[str, str]) -> BackendError:
+    """The domain error for an HTTP error reply, from its OpenAI-style body when it has one."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        body = {"error": {"message": raw[:200].decode("utf-8", "replace") or "(empty body)"}}
+    return _error_from_body(spec, status, body, headers)
+
+
+def _error_from_body(spec: ModelSpec, status: int, body: dict[str, Any], headers: Mapping[str, str],
+                     partial: list[str] | None = None, messages: Sequence[tuple[str, str]] = ()) -> BackendError:
+    error = body.get("error")
+    if not isinstance(error, dict):
+        error = {"message": str(error if error is not None else body)[:200]}
+    detail = str(error.get("message") or "(no message)")
+    kind = error.get("type") or error.get("code")
+    said = f"model {spec.id!r}: backend said HTTP {status}" + (f" {kind}" if kind else "") + f": {detail}"
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    consumed = _consumed(messages, partial) if partial else {}
+    domain: XRouterError
+    if status == 429:
+        domain = ResourceExhausted(said, subject=f"model:{spec.id}", description="rate limited by the backend")
+    elif status in {400, 413, 422}:
+        domain = InvalidArgument(str(error.get("param") or "messages"), said)
+    elif status in {401, 403}:
+        domain = PermissionDenied(f"{said} (check the key in {spec.credentials_env or 'credentials_env'})")
+    elif status == 404:
+        domain = NotFound(said)
+    else:
+        domain = Unavailable(said)
+    return BackendError(domain, retryable=status in RETRYABLE_STATUS, retry_after=retry_after, **consumed)

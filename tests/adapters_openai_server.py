@@ -1,0 +1,140 @@
+"""A local HTTP server that speaks the OpenAI chat-completions protocol (plain and server-sent
+events), for testing the adapters' OpenAI backend without a paid API.
+
+It answers deterministically ("echo: <last user message>", usage counted in whitespace words so that
+it differs from the adapters' own estimate), and each model name can be scripted with the faults a
+real provider shows: HTTP errors with OpenAI error bodies and Retry-After, slowness, malformed JSON,
+truncated streams, a slow trickle. The official ``openai`` client is tested against it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclasses.dataclass
+class Fault:
+    """One scripted reply. ``kind``: ok, status, sleep, malformed, truncate, trickle."""
+
+    kind: str = "ok"
+    status: int = 200
+    retry_after: str | None = None
+    seconds: float = 0.0  # sleep: before answering; trickle: between chunks
+    chunks: int = 2  # truncate: chunks sent before the connection is cut
+    usage: bool = True  # report usage (else the client must estimate)
+    body: dict[str, Any] | None = None  # status: the error body (default: an OpenAI-style one)
+
+
+class OpenAIProtocolServer:
+    """``script[model]`` is a list of faults consumed one per request (the last one repeats)."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, list[Fault]] = {}
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.bodies: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.disconnects: list[float] = []  # when a client went away mid-stream (time.monotonic)
+        self.url = ""
+
+    async def start(self) -> OpenAIProtocolServer:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    def _next(self, model: str) -> Fault:
+        steps = self.script.get(model) or [Fault()]
+        return steps.pop(0) if len(steps) > 1 else steps[0]
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return _error(400, "could not parse the JSON body", "invalid_request_error")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "'messages' is a required property", "invalid_request_error", "messages")
+        model = str(body.get("model", ""))
+        self.requests[model] += 1
+        self.bodies.append(body)
+        self.headers.append(dict(request.headers))
+        fault = self._next(model)
+        if fault.kind == "status":
+            return _error(fault.status, f"scripted {fault.status}", "server_error" if fault.status >= 500
+                          else "rate_limit_exceeded" if fault.status == 429 else "invalid_request_error",
+                          retry_after=fault.retry_after, body=fault.body)
+        if fault.kind == "sleep":
+            await asyncio.sleep(fault.seconds)
+        if fault.kind == "malformed":
+            return web.Response(status=200, text='{"id": "x", "choices": [', content_type="application/json")
+        prompt = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
+        words = f"echo: {prompt}".split(" ")
+        if body.get("max_tokens"):
+            words = words[: body["max_tokens"]]
+        usage = {"prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
+                 "completion_tokens": len(words)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if not body.get("stream"):
+            reply = {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                                  "finish_reason": "stop"}]}
+            if fault.usage:
+                reply["usage"] = usage
+            return web.json_response(reply)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._stream(request, model, words, usage if fault.usage and wants_usage else None, fault)
+
+    async def _stream(self, request: web.Request, model: str, words: list[str], usage: dict[str, int] | None,
+                      fault: Fault) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            event = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return f"data: {json.dumps(event)}\n\n".encode()
+
+        try:
+            await response.write(chunk({"role": "assistant", "content": ""}))
+            pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
+            if fault.kind == "trickle":
+                pieces = [" tick"] * 10_000
+            for number, piece in enumerate(pieces):
+                if fault.kind == "truncate" and number == fault.chunks:
+                    assert request.transport is not None
+                    request.transport.close()  # cut mid-stream: no final chunk, no [DONE]
+                    return response
+                await response.write(chunk({"content": piece}))
+                if fault.kind == "trickle":
+                    await asyncio.sleep(fault.seconds)
+            await response.write(chunk({}, "stop"))
+            if usage is not None:
+                last = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                await response.write(f"data: {json.dumps(last)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects.append(time.monotonic())
+            raise
+        return response
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None, retry_after: str | None = None,
+           body: dict[str, Any] | None = None) -> web.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    payload = body or {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return web.json_response(payload, status=status, headers=headers)
