@@ -48,7 +48,7 @@ class CompactPolicy:
         # The query is encoded once per episode, not once per turn.
         if text not in self._queries:
             self._queries[text] = self._embed(text)
-            if len(self._queries) > 256:
+            if len(self._queries) > 4096:  # bounded memory (~6 MiB of vectors)
                 self._queries.popitem(last=False)
         return self._queries[text]
 
