@@ -15,8 +15,10 @@ import numpy as np
 from xrouter.router.baselines import answer_key
 from xrouter.router.policy import EpisodeState
 
-MODEL_FEATURES = 9  # see model_rows
-GLOBAL_FEATURES = 5  # see global_row
+MODEL_FEATURES = 10  # see encode_state
+GLOBAL_FEATURES = 6
+# The reward's cost cap (cost_max): a penalty feature saturates where the reward does.
+PENALTY_CAP = 0.7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +64,16 @@ def encode_state(state: EpisodeState, vocabulary: Vocabulary) -> StateArrays:
             math.log10(option.input_usd_per_mtok + 1e-3) / 2, math.log10(option.output_usd_per_mtok + 1e-3) / 2,
             call is not None, ok, math.log1p(len(call.text)) / 8 if ok else 0.0,
             ok and len(keys[option.id]) == 1, agreement, ok and bool(others) and agreement == 1.0,
-            ok and "def " in call.text)
+            ok and "def " in call.text,
+            # What calling this model would cost in reward at this λ: the quantity the policy trades
+            # against accuracy, given directly rather than left to be learned from λ and prices.
+            min(state.cost_lambda * state.estimate_call_usd(option), PENALTY_CAP) / PENALTY_CAP)
         for tag in option.tags:
             if tag in vocabulary.tags:
                 model_x[row, MODEL_FEATURES + vocabulary.tags.index(tag)] = 1.0
     global_x = np.array([lambda_feature(state.cost_lambda), state.turn / 4, state.final_turn,
-                         math.log1p(state.spent_usd() * 1000), len(keys) / 3], dtype=np.float32)
+                         math.log1p(state.spent_usd() * 1000), len(keys) / 3,
+                         min(state.cost_lambda * state.spent_usd(), PENALTY_CAP) / PENALTY_CAP], dtype=np.float32)
     called = {c.model for c in state.calls}
     return StateArrays(
         models, np.array([vocabulary.model_index(m) for m in models], dtype=np.int64), model_x, global_x,
