@@ -21,7 +21,7 @@ from xrouter.common.errors import AlreadyExists, InvalidArgument, ResourceExhaus
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.common.settings import SettingsError, load
 from xrouter.metering import server as metering_server
-from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, usd
+from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, Settlement, usd
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.store import make_engine
 
@@ -119,7 +119,7 @@ def test_budget_counts_spend_and_reservations_and_settle_releases(ledger: Ledger
     assert caught.value.subject == "tenant:acme"
     assert count(ledger, Reservation) == 1  # a refusal reserves nothing
     # Settling releases the 0.50 reservation, so 1.00 now fits exactly.
-    ledger.settle("req-1", "acme", "cascade", "ok", 0, 0)
+    ledger.settle(Settlement("req-1", "acme", "cascade", "ok", 0, 0))
     assert ledger.authorize("req-2", "acme", 1_000_000).remaining_micro_usd == 0
     # Repeating a granted Authorize returns the reservation even though the budget is full.
     assert ledger.authorize("req-2", "acme", 1_000_000).remaining_micro_usd == 0
@@ -147,7 +147,7 @@ def test_budget_periods_are_utc_calendar_day_and_month(ledger: Ledger, clock: Cl
     clock.now = NOON
     ledger.set_budget("acme", "day", 1_000_000)
     assert ledger.authorize("a", "acme", 1_000_000).remaining_micro_usd == 0  # yesterday not counted
-    ledger.settle("a", "acme", "s", "ok", 0, 0)
+    ledger.settle(Settlement("a", "acme", "s", "ok", 0, 0))
     ledger.set_budget("acme", "month", 1_000_000)  # both budgets apply; the month counts yesterday
     with pytest.raises(ResourceExhausted, match="monthly budget exceeded.*spent \\$0.60"):
         ledger.authorize("b", "acme", 500_000)
@@ -173,9 +173,9 @@ def test_concurrent_authorizations_never_overspend(ledger: Ledger) -> None:
 
 def test_settle_twice_is_harmless(ledger: Ledger) -> None:
     ledger.authorize("req-1", "acme", 100)
-    ledger.settle("req-1", "acme", "cascade", "ok", 1_000, 1)
-    ledger.settle("req-1", "acme", "cascade", "ok", 1_000, 1)
-    ledger.settle("never-authorized", "acme", "single", "error:UNAVAILABLE", 0, 0)
+    ledger.settle(Settlement("req-1", "acme", "cascade", "ok", 1_000, 1))
+    ledger.settle(Settlement("req-1", "acme", "cascade", "ok", 1_000, 1))
+    ledger.settle(Settlement("never-authorized", "acme", "single", "error:UNAVAILABLE", 0, 0))
     with ledger._engine.connect() as connection:
         rows = connection.execute(sa.text(
             "select request_id, total_cost_micro_usd, calls from request_summaries order by request_id")).all()
@@ -214,7 +214,7 @@ def test_usage_sums_by_model_and_time_range(ledger: Ledger, clock: Clock) -> Non
     (lambda l: l.authorize("r", "acme", -1), "estimate_micro_usd"),
     (lambda l: l.set_budget("acme", "week", 1), "period"),
     (lambda l: l.set_budget("acme", "day", -1), "limit_micro_usd"),
-    (lambda l: l.settle("r", "acme", "s", "ok", -1, 0), "total_cost_micro_usd"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", -1, 0)), "total_cost_micro_usd"),
     (lambda l: l.usage("acme", NOON, NOON - dt.timedelta(seconds=1)), "end"),
 ])
 def test_validation_errors_name_the_field(sqlite_ledger: Ledger, action, field: str) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,6 @@
-"""The ``xrouter`` command: ``up`` (the local stack), ``route`` (one request), ``demo`` (make run)."""
+"""The ``xrouter`` command: ``up`` (the local stack), ``route`` (one request), ``demo`` (make run),
+``db`` (ledger migrations), ``export-episodes`` (training data), ``eval`` (policies on recorded outcomes),
+``train`` and ``publish`` (a checkpoint into the store, routers pointed at it)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(r.failed == 0 for r in results) else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from xrouter_training.evaluate import run_cli  # the training package: imported only when used
+
+    return run_cli(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from xrouter_training.config import ConfigError
+    from xrouter_training.train import main as train  # the training package: imported only when used
+
+    try:
+        return train(args.config, args.out)
+    except ConfigError as error:
+        print(f"xrouter train: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from xrouter_training.publish import run_cli  # the training package: imported only when used
+
+    return run_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xrouter", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("XROUTER_HOME", "var"),
@@ -106,6 +131,46 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start the stack, evaluate every policy on held-out prompts, stop")
     demo.add_argument("--prompts", type=int, default=200)
     demo.set_defaults(run=cmd_demo)
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint or baseline on recorded outcomes "
+                              "against every baseline: report.json, frontier.png, decisions.jsonl")
+    evaluate.add_argument("--data", required=True, help="outcome set (gzipped JSONL, ../shared/data format)")
+    evaluate.add_argument("--policy", required=True,
+                          help="checkpoint directory, or cheapest | cascade | fixed:<model> | random | oracle | knn")
+    evaluate.add_argument("--out", required=True, help="folder for report.json, frontier.png, decisions.jsonl")
+    evaluate.add_argument("--split", default="validation", help="train | validation | all (default validation)")
+    evaluate.add_argument("--lambdas", nargs="+", help="cost preferences to sweep (space or comma separated; "
+                          "default 0 1 3 10 30 100 300 1000)")
+    evaluate.add_argument("--max-turns", type=int, default=3)
+    evaluate.add_argument("--catalog", default=str(DEFAULT_CATALOG),
+                          help="model catalog YAML with a replay entry and prices for each data model")
+    evaluate.add_argument("--models", default="", help="comma-separated pool (default: every catalog model recorded)")
+    evaluate.add_argument("--limit", type=int, help="only the first N prompts of the split (smoke runs)")
+    evaluate.add_argument("--no-knn", action="store_true", help="skip the kNN baseline (it needs the query encoder)")
+    evaluate.add_argument("--knn-k", type=int, help="neighbours of the kNN baseline (default: chosen by "
+                          "leave-one-out on the train split)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    evaluate.set_defaults(run=cmd_eval)
+    train = sub.add_parser("train", help="train the compact policy with GRPO (CPU here; GPU Job; torchrun)")
+    train.add_argument("--config", required=True, help="training config YAML (see training/configs/)")
+    train.add_argument("--out", required=True, help="folder for metrics.jsonl and the checkpoint/")
+    train.set_defaults(run=cmd_train)
+    publish = sub.add_parser("publish", help="copy a checkpoint into the checkpoint store (atomically, verified) "
+                             "and point the routers at it (policy-pointer ConfigMap and/or LoadPolicy)")
+    publish.add_argument("checkpoint", help="checkpoint directory (e.g. OUT/checkpoint from `xrouter train`)")
+    publish.add_argument("--store", required=True, help="checkpoint store folder (a path the routers mount too)")
+    publish.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""),
+                         help="policy-pointer ConfigMap to patch (default $XROUTER_TRAIN_POLICY_CONFIGMAP; "
+                         "empty: none)")
+    publish.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""),
+                         help="the ConfigMap's namespace (default $POD_NAMESPACE, else the pod's or kubeconfig's)")
+    publish.add_argument("--key", default=os.environ.get("XROUTER_TRAIN_POLICY_KEY", "checkpoint"),
+                         help="the ConfigMap key the routers read (default checkpoint)")
+    publish.add_argument("--router", action="append", default=[], metavar="HOST:PORT",
+                         help="also push it with RouterService.LoadPolicy to this router (repeatable)")
+    publish.set_defaults(run=cmd_publish)
+    from xrouter.metering.commands import add_parsers as add_metering_parsers
+
+    add_metering_parsers(sub)  # `db upgrade|check`, `export-episodes`
     args = parser.parse_args(argv)
     return args.run(args)
 

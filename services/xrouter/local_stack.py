@@ -27,6 +27,7 @@ from xrouter.reward.core import Scorer
 from xrouter.router import server as router_server
 from xrouter.router.core import RouterCore
 from xrouter.router.http_api import bound_port, start_http
+from xrouter.router.policy_store import PolicyStore
 from xrouter.router.settings import RouterSettings
 
 
@@ -59,7 +60,9 @@ class InProcessStack:
         provider = self._provider("router")
         self.router_core: RouterCore
         self.router_core, self._channels = await router_server.connect(config, provider)
-        self.servers["router"] = GrpcServer("router", router_server.register(self.router_core), provider)
+        self.policy_store = PolicyStore(self.router_core, self.policy)  # LoadPolicy's, for watchers in tests
+        self.servers["router"] = GrpcServer("router", router_server.register(self.router_core, self.policy_store),
+                                            provider)
         await self.servers["router"].start()
         self._http: web.AppRunner = await start_http(self.router_core, "127.0.0.1", 0)
         self.router_target = f"127.0.0.1:{self.servers['router'].port}"

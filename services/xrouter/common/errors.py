@@ -43,14 +43,26 @@ class PermissionDenied(XRouterError):
 
 
 class ResourceExhausted(XRouterError):
-    """A budget or capacity limit; ``subject`` and ``description`` go into a QuotaFailure detail."""
+    """A budget or capacity limit; ``subject`` and ``description`` go into a QuotaFailure detail,
+    ``reason`` and ``metadata`` (machine-readable figures) into an ErrorInfo, ``retry_after_s``
+    (when the limit resets) into a RetryInfo."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, subject: str = "", description: str = "") -> None:
+    def __init__(self, message: str, subject: str = "", description: str = "", *, reason: str = "",
+                 metadata: dict[str, str] | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.subject = subject
         self.description = description or message
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(XRouterError):
+    """The caller sent no credentials, or unknown ones."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class Unavailable(XRouterError):
@@ -63,7 +75,7 @@ class DeadlineExceeded(XRouterError):
 
 _BY_CODE: dict[grpc.StatusCode, type[XRouterError]] = {
     cls.code: cls
-    for cls in (NotFound, AlreadyExists, PermissionDenied, Unavailable, DeadlineExceeded)
+    for cls in (NotFound, AlreadyExists, PermissionDenied, Unavailable, DeadlineExceeded, Unauthenticated)
 }
 
 
@@ -76,6 +88,13 @@ def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
             subject=error.subject, description=error.description)])
     status = status_pb2.Status(code=error.code.value[0], message=error.message)
     status.details.add().Pack(quota)
+    if error.reason:
+        status.details.add().Pack(error_details_pb2.ErrorInfo(
+            reason=error.reason, domain="xrouter", metadata=error.metadata))
+    if error.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(max(0, round(error.retry_after_s * 1e9)))
+        status.details.add().Pack(retry)
     return (("grpc-status-details-bin", status.SerializeToString()),)
 
 

@@ -16,3 +16,10 @@ ROUTING_OVERHEAD = Histogram(
 COST = Counter("xrouter_cost_usd", "Dollar cost of model calls, by model and tenant", ["model", "tenant"])
 MODEL_CALL_ERRORS = Counter(
     "xrouter_model_call_errors", "Model calls that did not succeed, by model and status", ["model", "status"])
+# Every model call with its outcome (OK included): the denominator of the per-model error rate.
+MODEL_CALLS = Counter(
+    "xrouter_model_calls", "Model calls made by the router, by model and status", ["model", "status"])
+# Which policy served each request: shows a hot swap (and a rollback) on the dashboard.
+POLICY_REQUESTS = Counter(
+    "xrouter_policy_requests", "Routed requests, by the kind and version of the policy that served them",
+    ["kind", "version"])

@@ -1,118 +1,42 @@
-"""The cost ledger: schema and domain operations in plain synchronous SQLAlchemy (no gRPC here).
+"""The cost ledger's domain operations in plain synchronous SQLAlchemy (no gRPC here).
 
-Money is integer micro-dollars everywhere; timestamps are timezone-aware UTC.
+Each public method of :class:`Ledger` is one transaction (two when a concurrent insert of the same
+key wins a race). Schema in ``schema.py``, budget rules in ``budgets.py``, queries in ``usage.py``,
+keys in ``auth.py``. Money is integer micro-dollars; timestamps are timezone-aware UTC.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+import json
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from xrouter.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from xrouter.common.errors import AlreadyExists, InvalidArgument
+from xrouter.metering import auth, budgets, calls, migrate, usage
+from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
+from xrouter.metering.schema import UTC, LedgerCall, RequestSummary, Reservation
 from xrouter.metering.store import session_factory, session_scope
+from xrouter.metering.usage import BUCKETS, ModelUsage, Usage, UsageBucket
 
-UTC = dt.timezone.utc
-PERIODS = ("day", "month")
+__all__ = ["Authorization", "CallRecord", "Ledger", "LedgerCall", "ModelUsage", "PERIODS", "Reservation",
+           "Settlement", "Usage", "UsageBucket", "period_start", "usd", "utc_now"]
+
 CALL_STATUSES = frozenset(
     {"CALL_STATUS_OK", "CALL_STATUS_ERROR", "CALL_STATUS_TIMEOUT", "CALL_STATUS_SKIPPED_BUDGET"})
+MAX_MESSAGES_CHARS = 1_000_000  # a kept conversation larger than this is refused, not truncated
 T = TypeVar("T")
 
 
 def utc_now() -> dt.datetime:
     """The default clock: now, timezone-aware UTC."""
     return dt.datetime.now(UTC)
-
-
-class UTCDateTime(sa.TypeDecorator[dt.datetime]):
-    """Stored as UTC, read back aware (SQLite drops the zone); naive inputs are taken as UTC."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the ledger tables."""
-
-    type_annotation_map = {dt.datetime: UTCDateTime}
-
-
-class LedgerCall(Base):
-    """One model call, the ground truth of spend."""
-
-    __tablename__ = "ledger_calls"
-    __table_args__ = (sa.UniqueConstraint("request_id", "call_index", name="uq_ledger_calls_request_call"),
-                      sa.Index("ix_ledger_calls_tenant_created", "tenant", "created_at"))
-
-    # SQLite only auto-increments an INTEGER primary key.
-    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
-    request_id: Mapped[str]
-    call_index: Mapped[int] = mapped_column(sa.Integer)
-    tenant: Mapped[str]
-    model: Mapped[str]
-    input_tokens: Mapped[int] = mapped_column(sa.BigInteger)
-    output_tokens: Mapped[int] = mapped_column(sa.BigInteger)
-    cost_micro_usd: Mapped[int] = mapped_column(sa.BigInteger)
-    latency_ms: Mapped[float] = mapped_column(sa.Double)
-    status: Mapped[str]
-    policy_version: Mapped[str]
-    trace_id: Mapped[str]
-    created_at: Mapped[dt.datetime]
-
-
-class RequestSummary(Base):
-    """What a settled request did in total."""
-
-    __tablename__ = "request_summaries"
-
-    request_id: Mapped[str] = mapped_column(primary_key=True)
-    tenant: Mapped[str] = mapped_column(index=True)
-    strategy: Mapped[str]
-    outcome: Mapped[str]
-    total_cost_micro_usd: Mapped[int] = mapped_column(sa.BigInteger)
-    calls: Mapped[int] = mapped_column(sa.Integer)
-    settled_at: Mapped[dt.datetime]
-
-
-class Reservation(Base):
-    """Budget held for a request between Authorize and Settle (or until it expires)."""
-
-    __tablename__ = "reservations"
-
-    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
-    request_id: Mapped[str] = mapped_column(unique=True)
-    tenant: Mapped[str] = mapped_column(index=True)
-    estimate_micro_usd: Mapped[int] = mapped_column(sa.BigInteger)
-    created_at: Mapped[dt.datetime]
-    expires_at: Mapped[dt.datetime]
-    released: Mapped[bool] = mapped_column(default=False)
-
-
-class Budget(Base):
-    """A tenant's hard spend limit per calendar period (UTC)."""
-
-    __tablename__ = "budgets"
-
-    tenant: Mapped[str] = mapped_column(primary_key=True)
-    period: Mapped[str] = mapped_column(primary_key=True)
-    limit_micro_usd: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,51 +55,55 @@ class CallRecord:
     policy_version: str = ""
     trace_id: str = ""
 
-
-# The fields a retried Record must repeat exactly (the key fields match by construction).
-_CONTENT_FIELDS = [f.name for f in dataclasses.fields(CallRecord) if f.name not in ("request_id", "call_index")]
-
-
-@dataclasses.dataclass(frozen=True)
-class Authorization:
-    """A reservation and the budget left after it (-1: the tenant has no limit)."""
-
-    reservation_id: str
-    remaining_micro_usd: int
+    def validate(self) -> None:
+        """Raise InvalidArgument naming the first bad field."""
+        for field in ("request_id", "tenant", "model"):
+            _require(getattr(self, field), field)
+        for field in ("call_index", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms"):
+            _non_negative(getattr(self, field), field)
+        if self.status not in CALL_STATUSES:
+            raise InvalidArgument("status", f"must be one of {', '.join(sorted(CALL_STATUSES))}, got {self.status!r}")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelUsage:
-    """One model's share of a tenant's usage."""
+class Settlement:
+    """How a request ended (Settle): the summary the ledger keeps, the header of an episode."""
 
-    model: str
-    calls: int
-    input_tokens: int
-    output_tokens: int
-    cost_micro_usd: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """A tenant's spend over a time range, by model (sorted by model name)."""
-
+    request_id: str
     tenant: str
-    models: tuple[ModelUsage, ...]
+    strategy: str
+    outcome: str
     total_cost_micro_usd: int
-    requests: int
+    calls: int
+    policy_version: str = ""
+    trace_id: str = ""
+    cost_lambda: float | None = None
+    dataset: str = ""
+    prompt_id: str = ""
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content), only when the router keeps them
+
+    def validate(self) -> None:
+        """Raise InvalidArgument naming the first bad field."""
+        _require(self.request_id, "request_id")
+        _require(self.tenant, "tenant")
+        _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
+        _non_negative(self.calls, "calls")
+        size = sum(len(role) + len(content) for role, content in self.messages)
+        if size > MAX_MESSAGES_CHARS:
+            raise InvalidArgument("messages", f"{size} characters; at most {MAX_MESSAGES_CHARS} are kept")
 
 
-def usd(micro: int) -> str:
-    """Micro-dollars as dollars for messages: 1_500_000 -> '$1.50', 1_234 -> '$0.001234'."""
-    sign = "-" if micro < 0 else ""
-    dollars, fraction = divmod(abs(micro), 1_000_000)
-    return f"{sign}${dollars}.{f'{fraction:06d}'.rstrip('0').ljust(2, '0')}"
+def is_transient(error: sa.exc.DBAPIError) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the transaction may simply be retried."""
+    return str(getattr(error.orig, "sqlstate", "") or "").startswith("40")
 
 
-def period_start(period: str, now: dt.datetime) -> dt.datetime:
-    """Start (UTC) of the calendar ``period`` ("day" or "month") containing ``now``."""
-    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if period == "day" else day.replace(day=1)
+def validate_score(request_id: str, tenant: str, score: float) -> None:
+    """Raise InvalidArgument naming the first bad field of a RecordScore."""
+    _require(request_id, "request_id")
+    _require(tenant, "tenant")
+    if not 0.0 <= score <= 1.0:
+        raise InvalidArgument("score", f"must be within [0, 1], got {score}")
 
 
 def _require(value: str, field: str) -> None:
@@ -188,20 +116,8 @@ def _non_negative(value: float, field: str) -> None:
         raise InvalidArgument(field, f"must not be negative, got {value}")
 
 
-def _validate_call(call: CallRecord) -> None:
-    for field in ("request_id", "tenant", "model"):
-        _require(getattr(call, field), field)
-    for field in ("call_index", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms"):
-        _non_negative(getattr(call, field), field)
-    if call.status not in CALL_STATUSES:
-        raise InvalidArgument("status", f"must be one of {', '.join(sorted(CALL_STATUSES))}, got {call.status!r}")
-
-
 class Ledger:
-    """The ledger on one database; every method is one (or, on a write race, two) transactions.
-
-    Blocking: the gRPC layer runs these methods in worker threads.
-    """
+    """The ledger on one database. Blocking: the gRPC layer runs these methods in worker threads."""
 
     def __init__(self, engine: Engine, reservation_ttl_s: float,
                  clock: Callable[[], dt.datetime] = utc_now) -> None:
@@ -210,149 +126,156 @@ class Ledger:
         self._engine = engine
         self._sessions = session_factory(engine)
         self._ttl = dt.timedelta(seconds=reservation_ttl_s)
-        self._clock = clock
+        self.now = clock
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine (health checks, exports)."""
+        return self._engine
 
     def create_schema(self) -> None:
-        """Create missing tables (a stand-in until migrations exist)."""
-        Base.metadata.create_all(self._engine)
+        """Bring the database to the newest migration (tests and the embedded default; production
+        runs ``xrouter db upgrade`` instead)."""
+        migrate.upgrade(self._engine)
 
-    def _retry_on_conflict(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in a transaction; if a concurrent insert of the same key wins, run it once
-        more, when it will see that row (read-then-insert upserts race only that way)."""
-        try:
-            with session_scope(self._sessions) as session:
-                return work(session)
-        except IntegrityError:
-            with session_scope(self._sessions) as session:
-                return work(session)
+    def ping(self) -> None:
+        """One round trip to the database; raises what the driver raises when it is down."""
+        with self._engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
 
-    def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int) -> Authorization:
-        """Reserve ``estimate_micro_usd`` for a request, or raise ResourceExhausted when any of the
-        tenant's budgets cannot cover spend so far + active reservations + this estimate.
-        Authorizing the same request again returns its existing reservation."""
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a transaction, again (twice at most) when it may succeed on a second try:
+        a concurrent insert of the same key won (the retry sees that row: read-then-insert upserts
+        race only that way), the database aborted a deadlock or serialization failure, or the
+        connection was one the server had dropped (a restart; the pool is fresh now). Every
+        operation here is idempotent, so a retry never counts anything twice."""
+        for attempt in range(3):
+            try:
+                with session_scope(self._sessions) as session:
+                    return work(session)
+            except IntegrityError:
+                if attempt:
+                    raise
+            except sa.exc.DBAPIError as error:
+                if attempt == 2 or not (is_transient(error) or error.connection_invalidated):
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- budgets --------------------------------------------------------------------------------
+
+    def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int,
+                  models: Sequence[str] = ()) -> Authorization:
+        """Reserve ``estimate_micro_usd`` for a request that may call ``models`` (empty: any), or
+        raise ResourceExhausted naming the hard budget it would pass (see budgets.py)."""
         _require(request_id, "request_id")
         _require(tenant, "tenant")
         _non_negative(estimate_micro_usd, "estimate_micro_usd")
-        return self._retry_on_conflict(lambda s: self._authorize(s, request_id, tenant, estimate_micro_usd))
+        if any(not model for model in models):
+            raise InvalidArgument("models", "must not contain an empty model name")
+        return self._transaction(lambda s: budgets.authorize(
+            s, request_id, tenant, estimate_micro_usd, models, self.now(), self._ttl))
 
-    def _authorize(self, session: Session, request_id: str, tenant: str, estimate: int) -> Authorization:
-        now = self._clock()
-        # Locking the budget rows first serialises concurrent authorizations of one tenant on
-        # PostgreSQL, so two requests cannot both fit into the same remaining budget.
-        budgets = session.scalars(sa.select(Budget).where(Budget.tenant == tenant)
-                                  .order_by(Budget.period).with_for_update()).all()
-        existing = session.scalar(sa.select(Reservation).where(Reservation.request_id == request_id))
-        if existing is not None and existing.tenant != tenant:
-            raise AlreadyExists(f"request {request_id} is already authorized for another tenant")
-        if existing is not None:
-            estimate = 0  # already counted among the active reservations (while it is active)
-        reserved = session.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(Reservation.estimate_micro_usd), 0)).where(
-                Reservation.tenant == tenant, Reservation.released.is_(False), Reservation.expires_at > now))
-        reserved = int(reserved or 0)
-        remaining: int | None = None  # the tightest budget's room; None: no budget at all
-        for budget in budgets:
-            spent = self._spent(session, tenant, period_start(budget.period, now))
-            left = budget.limit_micro_usd - spent - reserved - estimate
-            if left < 0 and existing is None:  # a repeated Authorize keeps what it was granted
-                word = "daily" if budget.period == "day" else "monthly"
-                numbers = (f"limit {usd(budget.limit_micro_usd)}, spent {usd(spent)}, "
-                           f"reserved {usd(reserved)}, requested {usd(estimate)}")
-                raise ResourceExhausted(
-                    f"tenant {tenant}: {word} budget exceeded: {numbers}, "
-                    f"available {usd(max(0, budget.limit_micro_usd - spent - reserved))}",
-                    subject=f"tenant:{tenant}", description=f"{word} budget: {numbers}")
-            remaining = left if remaining is None else min(remaining, left)
-        if existing is not None:
-            return Authorization(existing.id, -1 if remaining is None else max(0, remaining))
-        reservation = Reservation(id=str(uuid.uuid4()), request_id=request_id, tenant=tenant,
-                                  estimate_micro_usd=estimate, created_at=now, expires_at=now + self._ttl,
-                                  released=False)
-        session.add(reservation)
-        session.flush()  # surface a concurrent duplicate request_id here, inside the retry
-        return Authorization(reservation.id, -1 if remaining is None else remaining)
-
-    def _spent(self, session: Session, tenant: str, since: dt.datetime) -> int:
-        total = session.scalar(sa.select(sa.func.coalesce(sa.func.sum(LedgerCall.cost_micro_usd), 0))
-                               .where(LedgerCall.tenant == tenant, LedgerCall.created_at >= since))
-        return int(total or 0)  # PostgreSQL sums bigint as numeric
-
-    def record(self, call: CallRecord) -> bool:
-        """Store one model call; True when it was already recorded with the same content.
-        A changed duplicate raises AlreadyExists naming the differing fields."""
-        _validate_call(call)
-        try:
-            with session_scope(self._sessions) as session:
-                session.add(LedgerCall(**dataclasses.asdict(call), created_at=self._clock()))
-            return False
-        except IntegrityError as error:
-            conflict = error  # the failed transaction is gone; compare in a fresh one
-        with session_scope(self._sessions) as session:
-            row = session.scalar(sa.select(LedgerCall).where(
-                LedgerCall.request_id == call.request_id, LedgerCall.call_index == call.call_index))
-        if row is None:
-            raise conflict  # not the idempotency key: a genuine integrity problem
-        differing = [name for name in _CONTENT_FIELDS if getattr(row, name) != getattr(call, name)]
-        if differing:
-            raise AlreadyExists(f"call {call.call_index} of request {call.request_id} was already recorded "
-                                f"with different {', '.join(differing)}")
-        return True
-
-    def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
-               total_cost_micro_usd: int, calls: int) -> None:
-        """Release the request's reservation and store (or overwrite) its summary; repeatable."""
-        _require(request_id, "request_id")
+    def set_budget(self, tenant: str, period: str, limit_micro_usd: int | None,
+                   soft_limit_micro_usd: int | None = None, model: str = "") -> None:
+        """Set a tenant's hard and soft limits for "day" or "month", for all models ("") or one;
+        None is no limit, and a budget with neither is removed."""
         _require(tenant, "tenant")
-        _non_negative(total_cost_micro_usd, "total_cost_micro_usd")
-        _non_negative(calls, "calls")
-        values = dict(tenant=tenant, strategy=strategy, outcome=outcome,
-                      total_cost_micro_usd=total_cost_micro_usd, calls=calls, settled_at=self._clock())
+        self._transaction(lambda s: budgets.set_budget(
+            s, tenant, period, limit_micro_usd, soft_limit_micro_usd, model, self.now()))
+
+    # --- writes from the router -----------------------------------------------------------------
+
+    def record(self, call: CallRecord, at: dt.datetime | None = None) -> bool:
+        """Store one model call made at ``at`` (default now) and consume it from the request's
+        reservation; True when it was already recorded with the same content. A changed duplicate
+        raises AlreadyExists naming the differing fields."""
+        outcome = self.record_many([call], at)[0]
+        if isinstance(outcome, AlreadyExists):
+            raise outcome
+        return outcome
+
+    def record_many(self, records: Sequence[CallRecord],
+                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[bool | AlreadyExists]:
+        """Store many calls in one transaction (group commit), made at ``at`` (one time for all,
+        one per call, or now): per call False (new), True (a duplicate with the same content) or
+        the AlreadyExists refusal of a changed duplicate."""
+        for call in records:
+            call.validate()
+        if at is None or isinstance(at, dt.datetime):
+            times: Sequence[dt.datetime] = [at or self.now()] * len(records)
+        else:
+            times = at
+        return self._transaction(lambda s: calls.insert_many(s, records, times))
+
+    def settle(self, summary: Settlement, at: dt.datetime | None = None) -> None:
+        """Release the request's reservation and store (or overwrite) its summary; repeatable.
+        A score already recorded for the request is kept."""
+        summary.validate()
+        values = dict(
+            tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
+            total_cost_micro_usd=summary.total_cost_micro_usd, calls=summary.calls, settled_at=at or self.now(),
+            policy_version=summary.policy_version, trace_id=summary.trace_id, cost_lambda=summary.cost_lambda,
+            dataset=summary.dataset, prompt_id=summary.prompt_id,
+            messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
+            if summary.messages else None)
 
         def work(session: Session) -> None:
-            session.execute(sa.update(Reservation).where(Reservation.request_id == request_id)
-                            .values(released=True))
-            summary = session.get(RequestSummary, request_id)
-            if summary is None:
-                session.add(RequestSummary(request_id=request_id, **values))
+            budgets.release(session, summary.request_id)
+            row = session.get(RequestSummary, summary.request_id)
+            if row is None:
+                session.add(RequestSummary(request_id=summary.request_id, **values))
                 session.flush()
             else:
                 for name, value in values.items():
-                    setattr(summary, name, value)
+                    setattr(row, name, value)
 
-        self._retry_on_conflict(work)
+        self._transaction(work)
 
-    def usage(self, tenant: str, start: dt.datetime | None = None, end: dt.datetime | None = None) -> Usage:
-        """Spend of ``tenant`` by model over calls made in [start, end); an unset bound is open."""
+    def record_score(self, request_id: str, tenant: str, score: float, reward: float,
+                     at: dt.datetime | None = None) -> None:
+        """Attach the verifier's score and reward to a request's summary (created if the request
+        has not settled yet); the last score wins."""
+        validate_score(request_id, tenant, score)
+        when = at or self.now()
+
+        def work(session: Session) -> None:
+            row = session.get(RequestSummary, request_id)
+            if row is not None and row.tenant != tenant:
+                raise AlreadyExists(f"request {request_id} belongs to another tenant")
+            if row is None:
+                row = RequestSummary(request_id=request_id, tenant=tenant, strategy="", outcome="",
+                                     total_cost_micro_usd=0, calls=0, settled_at=when)
+                session.add(row)
+            row.score, row.reward, row.scored_at = score, reward, when
+            session.flush()
+
+        self._transaction(work)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def usage(self, tenant: str, start: dt.datetime | None = None, end: dt.datetime | None = None,
+              model: str = "", bucket: str | None = None) -> Usage:
+        """Spend of ``tenant`` by model over calls made in [start, end) (an unset bound is open),
+        only ``model`` when set, and per UTC ``bucket`` ("hour", "day", "month") when asked."""
         _require(tenant, "tenant")
         if start is not None and end is not None and end < start:
             raise InvalidArgument("end", "must not be before start")
-        where = [LedgerCall.tenant == tenant]
-        if start is not None:
-            where.append(LedgerCall.created_at >= start)
-        if end is not None:
-            where.append(LedgerCall.created_at < end)
+        if bucket is not None and bucket not in BUCKETS:
+            raise InvalidArgument("bucket", f"must be one of {', '.join(BUCKETS)}, got {bucket!r}")
         with session_scope(self._sessions) as session:
-            rows = session.execute(
-                sa.select(LedgerCall.model, sa.func.count(), sa.func.sum(LedgerCall.input_tokens),
-                          sa.func.sum(LedgerCall.output_tokens), sa.func.sum(LedgerCall.cost_micro_usd))
-                .where(*where).group_by(LedgerCall.model).order_by(LedgerCall.model)).all()
-            requests = session.scalar(sa.select(sa.func.count(sa.distinct(LedgerCall.request_id))).where(*where))
-        models = tuple(ModelUsage(model, int(n), int(inp), int(out), int(cost)) for model, n, inp, out, cost in rows)
-        return Usage(tenant, models, sum(m.cost_micro_usd for m in models), int(requests or 0))
+            return usage.query(session, tenant, start, end, model, bucket)
 
-    def set_budget(self, tenant: str, period: str, limit_micro_usd: int) -> None:
-        """Set (or replace) the tenant's hard limit for "day" or "month"."""
-        _require(tenant, "tenant")
-        if period not in PERIODS:
-            raise InvalidArgument("period", f"must be one of {', '.join(PERIODS)}, got {period!r}")
-        _non_negative(limit_micro_usd, "limit_micro_usd")
+    # --- API keys -------------------------------------------------------------------------------
 
-        def work(session: Session) -> None:
-            budget = session.get(Budget, (tenant, period))
-            if budget is None:
-                session.add(Budget(tenant=tenant, period=period, limit_micro_usd=limit_micro_usd))
-                session.flush()
-            else:
-                budget.limit_micro_usd = limit_micro_usd
+    def find_tenant_key(self, digest: str) -> auth.Identity | None:
+        """The tenant identity of an unrevoked key with SHA-256 ``digest``."""
+        with session_scope(self._sessions) as session:
+            return auth.find_tenant_key(session, digest)
 
-        self._retry_on_conflict(work)
+    def create_api_key(self, tenant: str, label: str = "") -> tuple[str, str]:
+        """Issue a key for ``tenant``: (key id, secret). The secret is not stored."""
+        return self._transaction(lambda s: auth.create_key(s, tenant, label, self.now()))
+
+    def revoke_api_key(self, key_id: str) -> None:
+        """Revoke a key by id."""
+        self._transaction(lambda s: auth.revoke_key(s, key_id, self.now()))

@@ -1,26 +1,39 @@
-"""The metering service's gRPC face: a thin servicer over :class:`Ledger`, and the entry point."""
+"""The metering service's gRPC face: a thin servicer over :class:`StoreGuard` (the ledger, kept
+durable across database outages), every call authenticated first; and the entry point."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import pathlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import TypeVar
 
 import grpc
-from opentelemetry.sdk.trace import TracerProvider
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
-from xrouter.common import grpc_server, settings
+from xrouter.common import grpc_server, settings, telemetry
 from xrouter.common.errors import InvalidArgument
-from xrouter.common.grpc_server import Build, Register
-from xrouter.metering.ledger import CallRecord, Ledger
+from xrouter.common.grpc_server import GrpcServer, Register
+from xrouter.metering import metrics, migrate
+from xrouter.metering.auth import Authenticator, Identity, Permission
+from xrouter.metering.batching import RecordBatcher
+from xrouter.metering.durability import StoreGuard, is_store_down
+from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.settings import MeteringSettings
+from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine
 
+log = logging.getLogger(__name__)
 SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 _PERIODS = {metering_pb2.BUDGET_PERIOD_DAY: "day", metering_pb2.BUDGET_PERIOD_MONTH: "month"}
+_BUCKETS = {metering_pb2.TIME_BUCKET_HOUR: "hour", metering_pb2.TIME_BUCKET_DAY: "day",
+            metering_pb2.TIME_BUCKET_MONTH: "month"}
+T = TypeVar("T")
 
 
 def _status_name(value: int) -> str:
@@ -31,88 +44,197 @@ def _status_name(value: int) -> str:
         return str(value)
 
 
-class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    """proto → ledger → proto. Ledger calls block on the database, so they run in worker threads;
-    domain errors propagate to the DomainErrorInterceptor."""
+def _timestamp(value: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
 
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
+
+def _model_usage(usage) -> metering_pb2.ModelUsage:  # type: ignore[no-untyped-def]
+    return metering_pb2.ModelUsage(model=usage.model, calls=usage.calls, input_tokens=usage.input_tokens,
+                                   output_tokens=usage.output_tokens, cost_micro_usd=usage.cost_micro_usd)
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
+    """Authenticate, authorize, then proto → ledger → proto. Ledger calls block on the database, so
+    they run in worker threads; domain errors propagate to the DomainErrorInterceptor."""
+
+    def __init__(self, guard: StoreGuard, authenticator: Authenticator) -> None:
+        self._guard = guard
+        self._ledger = guard.ledger
+        self._auth = authenticator
+        self._records = RecordBatcher(guard)
+
+    async def _caller(self, context: grpc.aio.ServicerContext, permission: Permission | None) -> Identity:
+        metadata = context.invocation_metadata() or ()
+        identity = self._auth.identify_without_lookup(metadata)
+        if identity is None:  # a tenant key: look it up in the ledger
+            identity = await asyncio.to_thread(self._auth.identify, metadata)
+        if permission is not None:
+            identity.require(permission)
+        return identity
+
+    async def _db(self, method: Callable[..., T], *args: object) -> T:
+        return await asyncio.to_thread(self._guard.call, method, *args)
 
     async def Authorize(self, request: metering_pb2.AuthorizeRequest,
                         context: grpc.aio.ServicerContext) -> metering_pb2.AuthorizeResponse:
-        granted = await asyncio.to_thread(
-            self._ledger.authorize, request.request_id, request.tenant, request.estimate_micro_usd)
-        return metering_pb2.AuthorizeResponse(reservation_id=granted.reservation_id,
-                                              remaining_micro_usd=granted.remaining_micro_usd)
+        await self._caller(context, Permission.WRITE_LEDGER)
+        granted = await self._db(self._ledger.authorize, request.request_id, request.tenant,
+                                   request.estimate_micro_usd, list(request.models))
+        if granted.soft_limit_exceeded:
+            metrics.SOFT_LIMIT_EXCEEDED.labels(request.tenant).inc()
+        return metering_pb2.AuthorizeResponse(
+            reservation_id=granted.reservation_id, remaining_micro_usd=granted.remaining_micro_usd,
+            soft_limit_exceeded=granted.soft_limit_exceeded, warnings=list(granted.warnings),
+            expires_at=_timestamp(granted.expires_at))
 
     async def Record(self, request: metering_pb2.RecordRequest,
                      context: grpc.aio.ServicerContext) -> metering_pb2.RecordResponse:
+        await self._caller(context, Permission.WRITE_LEDGER)
         call = CallRecord(
             request_id=request.request_id, call_index=request.call_index, tenant=request.tenant,
             model=request.model, input_tokens=request.input_tokens, output_tokens=request.output_tokens,
             cost_micro_usd=request.cost_micro_usd, latency_ms=request.latency_ms,
             status=_status_name(request.status), policy_version=request.policy_version,
             trace_id=request.trace_id)
-        duplicate = await asyncio.to_thread(self._ledger.record, call)
-        return metering_pb2.RecordResponse(duplicate=duplicate)
+        duplicate, spooled = await self._records.record(call)
+        return metering_pb2.RecordResponse(duplicate=duplicate, spooled=spooled)
 
     async def Settle(self, request: metering_pb2.SettleRequest,
                      context: grpc.aio.ServicerContext) -> metering_pb2.SettleResponse:
-        await asyncio.to_thread(
-            self._ledger.settle, request.request_id, request.tenant, request.strategy, request.outcome,
-            request.total_cost_micro_usd, request.calls)
-        return metering_pb2.SettleResponse()
+        await self._caller(context, Permission.WRITE_LEDGER)
+        summary = Settlement(
+            request_id=request.request_id, tenant=request.tenant, strategy=request.strategy,
+            outcome=request.outcome, total_cost_micro_usd=request.total_cost_micro_usd, calls=request.calls,
+            policy_version=request.policy_version, trace_id=request.trace_id,
+            cost_lambda=request.cost_lambda if request.HasField("cost_lambda") else None,
+            dataset=request.dataset, prompt_id=request.prompt_id,
+            messages=tuple((m.role, m.content) for m in request.messages))
+        spooled = await asyncio.to_thread(self._guard.settle, summary)
+        return metering_pb2.SettleResponse(spooled=spooled)
+
+    async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
+                          context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:
+        await self._caller(context, Permission.WRITE_LEDGER)
+        await asyncio.to_thread(self._guard.record_score, request.request_id, request.tenant,
+                                request.score, request.reward)
+        return metering_pb2.RecordScoreResponse()
 
     async def GetUsage(self, request: metering_pb2.GetUsageRequest,
                        context: grpc.aio.ServicerContext) -> metering_pb2.GetUsageResponse:
+        tenant = (await self._caller(context, None)).usage_tenant(request.tenant)
         start = request.start.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("start") else None
         end = request.end.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("end") else None
-        usage = await asyncio.to_thread(self._ledger.usage, request.tenant, start, end)
+        if request.bucket not in _BUCKETS and request.bucket != metering_pb2.TIME_BUCKET_UNSPECIFIED:
+            raise InvalidArgument("bucket", f"unknown TimeBucket {request.bucket}")
+        usage = await self._db(self._ledger.usage, tenant, start, end, request.model,
+                                 _BUCKETS.get(request.bucket))
         return metering_pb2.GetUsageResponse(
             tenant=usage.tenant, total_cost_micro_usd=usage.total_cost_micro_usd, requests=usage.requests,
-            models=[metering_pb2.ModelUsage(
-                model=m.model, calls=m.calls, input_tokens=m.input_tokens, output_tokens=m.output_tokens,
-                cost_micro_usd=m.cost_micro_usd) for m in usage.models])
+            models=[_model_usage(m) for m in usage.models],
+            buckets=[metering_pb2.UsageBucket(start=_timestamp(b.start), usage=_model_usage(b.usage))
+                     for b in usage.buckets])
 
     async def SetBudget(self, request: metering_pb2.SetBudgetRequest,
                         context: grpc.aio.ServicerContext) -> metering_pb2.SetBudgetResponse:
+        await self._caller(context, Permission.SET_BUDGETS)
         period = _PERIODS.get(request.period)
         if period is None:
             raise InvalidArgument("period", "must be BUDGET_PERIOD_DAY or BUDGET_PERIOD_MONTH")
-        await asyncio.to_thread(self._ledger.set_budget, request.tenant, period, request.limit_micro_usd)
+        if request.limit_micro_usd < -1:
+            raise InvalidArgument("limit_micro_usd", f"must be >= 0, or -1 for no hard limit, got "
+                                  f"{request.limit_micro_usd}")
+        hard = None if request.limit_micro_usd == -1 else request.limit_micro_usd
+        soft = request.soft_limit_micro_usd if request.HasField("soft_limit_micro_usd") else None
+        await self._db(self._ledger.set_budget, request.tenant, period, hard, soft, request.model)
         return metering_pb2.SetBudgetResponse()
 
+    async def CreateApiKey(self, request: metering_pb2.CreateApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> metering_pb2.CreateApiKeyResponse:
+        await self._caller(context, Permission.MANAGE_KEYS)
+        key_id, secret = await self._db(self._ledger.create_api_key, request.tenant, request.label)
+        log.info("API key %s issued for tenant %s", key_id, request.tenant)
+        return metering_pb2.CreateApiKeyResponse(key_id=key_id, api_key=secret)
 
-def register(ledger: Ledger) -> Register:
-    """How to add the metering servicer to a server; the callback returns the service names."""
+    async def RevokeApiKey(self, request: metering_pb2.RevokeApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> metering_pb2.RevokeApiKeyResponse:
+        await self._caller(context, Permission.MANAGE_KEYS)
+        await self._db(self._ledger.revoke_api_key, request.key_id)
+        log.info("API key %s revoked", request.key_id)
+        return metering_pb2.RevokeApiKeyResponse()
+
+
+def register(ledger: Ledger, authenticator: Authenticator | None = None,
+             guard: StoreGuard | None = None) -> Register:
+    """How to add the metering servicer to a server; the callback returns the service names.
+    Defaults: no authentication (loopback embedded use) and no spool."""
+    guard = guard or StoreGuard(ledger, None)
+    authenticator = authenticator or Authenticator.off()
+
     def add(server: grpc.aio.Server) -> list[str]:
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(ledger), server)
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(guard, authenticator), server)
         return [SERVICE]
     return add
 
 
-def build(config: MeteringSettings) -> Build:
-    """The service's :data:`Build`: open the database, create missing tables, close on shutdown."""
-    async def build_service(provider: TracerProvider) -> tuple[Register, Callable[[], Awaitable[None]]]:
-        engine = make_engine(config.database_url)
-        ledger = Ledger(engine, config.reservation_ttl_s)
-        await asyncio.to_thread(ledger.create_schema)
+def authenticator_for(config: MeteringSettings, guard: StoreGuard) -> Authenticator:
+    """The settings' authenticator; tenant keys are looked up through ``guard`` (fails closed)."""
+    service, admin = config.key_hashes()
+    return Authenticator(config.auth == "required", service, admin,
+                         lambda digest: guard.call(guard.ledger.find_tenant_key, digest))
 
-        async def close() -> None:
-            engine.dispose()
 
-        return register(ledger), close
-    return build_service
+async def serve(config: MeteringSettings) -> None:
+    """Run the service until SIGTERM/SIGINT, then drain for ``grace_s`` seconds and close.
+    Raises :class:`migrate.SchemaError` when the database is not at this version's schema."""
+    engine = make_engine(config.database_url)
+    ledger = Ledger(engine, config.reservation_ttl_s)
+    spool = Spool(pathlib.Path(config.spool_dir), config.spool_max_entries) if config.spool_dir else None
+    try:
+        await asyncio.to_thread(migrate.prepare, engine)
+        guard = StoreGuard(ledger, spool)
+        serving = await asyncio.to_thread(guard.check)  # replays what a previous run left in the spool
+        provider = telemetry.tracer_provider("xrouter-metering")
+        server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard), provider,
+                            host=config.host, port=config.port)
+        if config.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(config.metrics_port, addr=config.host)
+        await server.start()
+        if not serving:
+            await server.set_serving(False)
+        watch = asyncio.create_task(guard.watch(server.set_serving, config.health_interval_s))
+        sig = await grpc_server.wait_for_shutdown_signal()
+        log.info("metering: %s received, draining for up to %.1fs", sig.name, config.grace_s)
+        watch.cancel()
+        await server.stop(config.grace_s)
+        provider.shutdown()
+    finally:
+        if spool is not None:
+            spool.close()
+        engine.dispose()
 
 
 def main() -> None:
-    """``xrouter-metering``: run the service until SIGTERM; bad settings exit with status 2."""
+    """``xrouter-metering``: run the service until SIGTERM; bad settings or schema exit with status 2,
+    an unreachable database at start-up with status 1."""
     grpc_server.configure_logging()
     try:
         config = settings.load(MeteringSettings)
     except settings.SettingsError as error:
         print(f"xrouter-metering: {error}", file=sys.stderr)
         sys.exit(2)
-    asyncio.run(grpc_server.run_service(
-        "metering", build(config), host=config.host, port=config.port, grace=config.grace_s,
-        metrics_port=config.metrics_port))
+    try:
+        asyncio.run(serve(config))
+    except migrate.SchemaError as error:
+        print(f"xrouter-metering: {error}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as error:
+        if not is_store_down(error):
+            raise
+        # At start-up there is no spool replay to wait for: exit, and let the supervisor retry.
+        print(f"xrouter-metering: cannot reach the ledger database ({type(error).__name__}): "
+              f"{str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)

@@ -8,8 +8,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from xrouter.common.settings import SettingsError, env
+from xrouter.metering.auth import parse_key_hashes
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+AUTH_MODES = ("off", "required")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,17 @@ class MeteringSettings:
     reservation_ttl_s: float = env("XROUTER_METERING_RESERVATION_TTL_S", 300.0)
     grace_s: float = env("XROUTER_METERING_GRACE_S", 5.0)
     metrics_port: int = env("XROUTER_METERING_METRICS_PORT", 0)
+    # "required": every call carries an API key (see auth.py). "off" trusts every caller, and is
+    # allowed only on a loopback address (the single-machine embedded default).
+    auth: str = env("XROUTER_METERING_AUTH", "off")
+    # SHA-256 hex digests (comma-separated, for rotation) of the router's and the admins' keys.
+    service_key_sha256: str = env("XROUTER_METERING_SERVICE_KEY_SHA256", "")
+    admin_key_sha256: str = env("XROUTER_METERING_ADMIN_KEY_SHA256", "")
+    # Where Record/Settle go while the database is down; empty: they fail with UNAVAILABLE instead.
+    spool_dir: str = env("XROUTER_METERING_SPOOL_DIR", "")
+    spool_max_entries: int = env("XROUTER_METERING_SPOOL_MAX_ENTRIES", 100_000)
+    # How often the database is pinged (health, spool replay).
+    health_interval_s: float = env("XROUTER_METERING_HEALTH_INTERVAL_S", 1.0)
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` naming the variable of the first bad value."""
@@ -49,3 +63,27 @@ class MeteringSettings:
                 f"XROUTER_METERING_RESERVATION_TTL_S must be positive, got {self.reservation_ttl_s}")
         if not self.grace_s >= 0:
             raise SettingsError(f"XROUTER_METERING_GRACE_S must not be negative, got {self.grace_s}")
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(f"XROUTER_METERING_AUTH must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if self.auth == "off" and self.host not in LOOPBACK:
+            raise SettingsError(
+                f"XROUTER_METERING_AUTH=off is allowed only on a loopback address, but XROUTER_METERING_HOST is "
+                f"{self.host!r}: set XROUTER_METERING_AUTH=required and XROUTER_METERING_SERVICE_KEY_SHA256")
+        service, _ = self.key_hashes()
+        if self.auth == "required" and not service:
+            raise SettingsError("XROUTER_METERING_AUTH=required needs XROUTER_METERING_SERVICE_KEY_SHA256 "
+                                "(the SHA-256 of the key the router sends) or the router cannot write the ledger")
+        if self.spool_max_entries <= 0:
+            raise SettingsError(
+                f"XROUTER_METERING_SPOOL_MAX_ENTRIES must be positive, got {self.spool_max_entries}")
+        if not self.health_interval_s > 0:
+            raise SettingsError(
+                f"XROUTER_METERING_HEALTH_INTERVAL_S must be positive, got {self.health_interval_s}")
+
+    def key_hashes(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(service key hashes, admin key hashes); SettingsError names a malformed variable."""
+        try:
+            return (parse_key_hashes(self.service_key_sha256, "XROUTER_METERING_SERVICE_KEY_SHA256"),
+                    parse_key_hashes(self.admin_key_sha256, "XROUTER_METERING_ADMIN_KEY_SHA256"))
+        except ValueError as error:
+            raise SettingsError(str(error)) from None

@@ -11,7 +11,11 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+# Writers queue on the database lock; the busy handler is not fair, so allow a long wait under load.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Seconds to wait for a PostgreSQL connection: an unreachable host must not hang a request (or the
+# health check) for the operating system's TCP timeout. A URL's own connect_timeout wins.
+POSTGRES_CONNECT_TIMEOUT_S = 5
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -20,11 +24,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     SQLite: WAL (readers do not block the writer), a busy timeout, and every transaction opened
     with ``BEGIN IMMEDIATE`` so read-check-write sequences (budget checks) serialise, as
     ``SELECT ... FOR UPDATE`` makes them do on PostgreSQL. The database's folder is created.
-    PostgreSQL: ``pool_pre_ping`` so connections dropped by the server are replaced transparently.
+    PostgreSQL: a connect timeout. No ``pool_pre_ping``: it costs a round trip on every
+    transaction; instead a connection the server dropped (a restart) fails its first statement,
+    SQLAlchemy then discards the pool, and :class:`~xrouter.metering.ledger.Ledger` retries the
+    transaction once on a fresh connection (every ledger write is idempotent).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, **kwargs)
+        connect_args = kwargs.pop("connect_args", {})
+        if "connect_timeout" not in parsed.query:
+            connect_args.setdefault("connect_timeout", POSTGRES_CONNECT_TIMEOUT_S)
+        return create_engine(parsed, connect_args=connect_args, **kwargs)
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         pathlib.Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, **kwargs)

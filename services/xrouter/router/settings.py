@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from xrouter.common.settings import SettingsError, env
 from xrouter.router.core import Limits
@@ -12,6 +13,9 @@ from xrouter.router.core import Limits
 class RouterSettings:
     adapters_target: str = env("XROUTER_ROUTER_ADAPTERS_TARGET", help="host:port of the adapters service")
     metering_target: str = env("XROUTER_ROUTER_METERING_TARGET", help="host:port of the metering service")
+    # The router's service key for metering (a secret; metering keeps only its SHA-256). Empty: none
+    # sent, which a metering service running with XROUTER_METERING_AUTH=required refuses.
+    metering_api_key: str = env("XROUTER_ROUTER_METERING_API_KEY", "")
     # Empty: no online scoring (requests that carry a reference are then refused).
     reward_target: str = env("XROUTER_ROUTER_REWARD_TARGET", "")
     host: str = env("XROUTER_ROUTER_HOST", "127.0.0.1")
@@ -28,6 +32,11 @@ class RouterSettings:
     startup_timeout_s: float = env("XROUTER_ROUTER_STARTUP_TIMEOUT_S", 30.0)
     grace_s: float = env("XROUTER_ROUTER_GRACE_S", 5.0)
     metrics_port: int = env("XROUTER_ROUTER_METRICS_PORT", 0)
+    # The policy pointer: a ConfigMap whose `policy_key` names the checkpoint to serve (the training
+    # Job patches it, `xrouter publish` too). Empty name: no watch (LoadPolicy still works).
+    policy_configmap: str = env("XROUTER_ROUTER_POLICY_CONFIGMAP", "")
+    policy_namespace: str = env("XROUTER_ROUTER_POLICY_NAMESPACE", "")  # empty: the pod's own namespace
+    policy_key: str = env("XROUTER_ROUTER_POLICY_KEY", "checkpoint")
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
@@ -46,3 +55,15 @@ class RouterSettings:
                 raise SettingsError(f"{name} must be > 0, got {value}")
         if self.default_cost_lambda < 0:
             raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")
+        for name, value in (("XROUTER_ROUTER_POLICY_CONFIGMAP", self.policy_configmap),
+                            ("XROUTER_ROUTER_POLICY_NAMESPACE", self.policy_namespace)):
+            if value and not _DNS_NAME.fullmatch(value):
+                raise SettingsError(f"{name} must be a Kubernetes object name (lowercase letters, digits, '-', "
+                                    f"'.'), got {value!r}")
+        if self.policy_configmap and not _CONFIGMAP_KEY.fullmatch(self.policy_key):
+            raise SettingsError(f"XROUTER_ROUTER_POLICY_KEY must be a ConfigMap key (letters, digits, '-', '_', "
+                                f"'.'), got {self.policy_key!r}")
+
+
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")

@@ -11,32 +11,51 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TimeBucket(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_BUCKET_UNSPECIFIED: _ClassVar[TimeBucket]
+    TIME_BUCKET_HOUR: _ClassVar[TimeBucket]
+    TIME_BUCKET_DAY: _ClassVar[TimeBucket]
+    TIME_BUCKET_MONTH: _ClassVar[TimeBucket]
+
 class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+TIME_BUCKET_UNSPECIFIED: TimeBucket
+TIME_BUCKET_HOUR: TimeBucket
+TIME_BUCKET_DAY: TimeBucket
+TIME_BUCKET_MONTH: TimeBucket
 BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
 BUDGET_PERIOD_DAY: BudgetPeriod
 BUDGET_PERIOD_MONTH: BudgetPeriod
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "estimate_micro_usd")
+    __slots__ = ("request_id", "tenant", "estimate_micro_usd", "models")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     estimate_micro_usd: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., estimate_micro_usd: _Optional[int] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., estimate_micro_usd: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("reservation_id", "remaining_micro_usd")
+    __slots__ = ("reservation_id", "remaining_micro_usd", "soft_limit_exceeded", "warnings", "expires_at")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    SOFT_LIMIT_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     remaining_micro_usd: int
-    def __init__(self, reservation_id: _Optional[str] = ..., remaining_micro_usd: _Optional[int] = ...) -> None: ...
+    soft_limit_exceeded: bool
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, reservation_id: _Optional[str] = ..., remaining_micro_usd: _Optional[int] = ..., soft_limit_exceeded: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
     __slots__ = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms", "status", "policy_version", "trace_id")
@@ -65,40 +84,60 @@ class RecordRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., call_index: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_micro_usd: _Optional[int] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
-    __slots__ = ("duplicate",)
+    __slots__ = ("duplicate", "spooled")
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_FIELD_NUMBER: _ClassVar[int]
     duplicate: bool
-    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+    spooled: bool
+    def __init__(self, duplicate: _Optional[bool] = ..., spooled: _Optional[bool] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls")
+    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_COST_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    COST_LAMBDA_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     strategy: str
     outcome: str
     total_cost_micro_usd: int
     calls: int
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ...) -> None: ...
+    policy_version: str
+    trace_id: str
+    cost_lambda: float
+    dataset: str
+    prompt_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("spooled",)
+    SPOOLED_FIELD_NUMBER: _ClassVar[int]
+    spooled: bool
+    def __init__(self, spooled: _Optional[bool] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
-    __slots__ = ("tenant", "start", "end")
+    __slots__ = ("tenant", "start", "end", "model", "bucket")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
-    def __init__(self, tenant: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    model: str
+    bucket: TimeBucket
+    def __init__(self, tenant: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., bucket: _Optional[_Union[TimeBucket, str]] = ...) -> None: ...
 
 class ModelUsage(_message.Message):
     __slots__ = ("model", "calls", "input_tokens", "output_tokens", "cost_micro_usd")
@@ -114,28 +153,84 @@ class ModelUsage(_message.Message):
     cost_micro_usd: int
     def __init__(self, model: _Optional[str] = ..., calls: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_micro_usd: _Optional[int] = ...) -> None: ...
 
+class UsageBucket(_message.Message):
+    __slots__ = ("start", "usage")
+    START_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    usage: ModelUsage
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., usage: _Optional[_Union[ModelUsage, _Mapping]] = ...) -> None: ...
+
 class GetUsageResponse(_message.Message):
-    __slots__ = ("tenant", "models", "total_cost_micro_usd", "requests")
+    __slots__ = ("tenant", "models", "total_cost_micro_usd", "requests", "buckets")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_COST_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     models: _containers.RepeatedCompositeFieldContainer[ModelUsage]
     total_cost_micro_usd: int
     requests: int
-    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., total_cost_micro_usd: _Optional[int] = ..., requests: _Optional[int] = ...) -> None: ...
+    buckets: _containers.RepeatedCompositeFieldContainer[UsageBucket]
+    def __init__(self, tenant: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., total_cost_micro_usd: _Optional[int] = ..., requests: _Optional[int] = ..., buckets: _Optional[_Iterable[_Union[UsageBucket, _Mapping]]] = ...) -> None: ...
 
 class SetBudgetRequest(_message.Message):
-    __slots__ = ("tenant", "period", "limit_micro_usd")
+    __slots__ = ("tenant", "period", "limit_micro_usd", "model", "soft_limit_micro_usd")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     LIMIT_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SOFT_LIMIT_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     period: BudgetPeriod
     limit_micro_usd: int
-    def __init__(self, tenant: _Optional[str] = ..., period: _Optional[_Union[BudgetPeriod, str]] = ..., limit_micro_usd: _Optional[int] = ...) -> None: ...
+    model: str
+    soft_limit_micro_usd: int
+    def __init__(self, tenant: _Optional[str] = ..., period: _Optional[_Union[BudgetPeriod, str]] = ..., limit_micro_usd: _Optional[int] = ..., model: _Optional[str] = ..., soft_limit_micro_usd: _Optional[int] = ...) -> None: ...
 
 class SetBudgetResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RecordScoreRequest(_message.Message):
+    __slots__ = ("request_id", "tenant", "score", "reward")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tenant: str
+    score: float
+    reward: float
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., score: _Optional[float] = ..., reward: _Optional[float] = ...) -> None: ...
+
+class RecordScoreResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("tenant", "label")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    label: str
+    def __init__(self, tenant: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("key_id", "api_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    api_key: str
+    def __init__(self, key_id: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -28,6 +28,16 @@ if _version_not_supported:
 class MeteringServiceStub:
     """The cost ledger: reservations before a request, one record per model call,
     budgets and usage queries.
+
+    Callers identify themselves with an API key in the `authorization` metadata
+    ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
+    - the service identity (the router) may Authorize, Record, Settle and
+    RecordScore for any tenant;
+    - an admin identity may also SetBudget, read any tenant's usage and manage
+    API keys;
+    - a tenant key may only read its own usage (GetUsage).
+    A missing or unknown key is UNAUTHENTICATED; a known key used outside its
+    rights is PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -61,16 +71,43 @@ class MeteringServiceStub:
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetRequest.SerializeToString,
                 response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetResponse.FromString,
                 _registered_method=True)
+        self.RecordScore = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/RecordScore',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/CreateApiKey',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/RevokeApiKey',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
     """The cost ledger: reservations before a request, one record per model call,
     budgets and usage queries.
+
+    Callers identify themselves with an API key in the `authorization` metadata
+    ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
+    - the service identity (the router) may Authorize, Record, Settle and
+    RecordScore for any tenant;
+    - an admin identity may also SetBudget, read any tenant's usage and manage
+    API keys;
+    - a tenant key may only read its own usage (GetUsage).
+    A missing or unknown key is UNAUTHENTICATED; a known key used outside its
+    rights is PERMISSION_DENIED.
     """
 
     def Authorize(self, request, context):
-        """Reserves an estimated spend for a request. RESOURCE_EXHAUSTED (with a
-        QuotaFailure detail) when the tenant's budget cannot cover it.
+        """Reserves an estimated spend for a request. RESOURCE_EXHAUSTED (with
+        QuotaFailure, ErrorInfo and RetryInfo details) when a hard budget cannot
+        cover it; a passed soft limit is allowed and flagged in the response.
+        UNAVAILABLE while the ledger's database is down (budgets fail closed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,7 +116,9 @@ class MeteringServiceServicer:
     def Record(self, request, context):
         """Records one model call. Idempotent on (request_id, call_index): a retry with
         the same content is acknowledged as a duplicate; a changed duplicate is
-        ALREADY_EXISTS.
+        ALREADY_EXISTS. While the database is down the record goes to a bounded
+        on-disk spool (spooled = true) and is written, in order, once it is back;
+        without a spool, or with the spool full, it is UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,20 +126,45 @@ class MeteringServiceServicer:
 
     def Settle(self, request, context):
         """Closes a request: releases its reservation and stores its summary.
+        Repeatable; spooled like Record while the database is down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """Spend by tenant and model over a time range.
+        """Spend by tenant and model over a time range, optionally per time bucket.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetBudget(self, request, context):
-        """Sets a tenant's spend limit for a period.
+        """Sets (or removes) a tenant's hard and soft spend limits for a period,
+        for all models or for one model. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordScore(self, request, context):
+        """Stores the verifier's score and reward of a request (for the training
+        export). Repeatable; the last score wins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Issues an API key for a tenant. The key is returned once; the ledger keeps
+        only its SHA-256. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revokes an API key by its id. Admin only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +198,21 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetRequest.FromString,
                     response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetResponse.SerializeToString,
             ),
+            'RecordScore': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordScore,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'xrouter.metering.v1.MeteringService', rpc_method_handlers)
@@ -145,6 +224,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
 class MeteringService:
     """The cost ledger: reservations before a request, one record per model call,
     budgets and usage queries.
+
+    Callers identify themselves with an API key in the `authorization` metadata
+    ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
+    - the service identity (the router) may Authorize, Record, Settle and
+    RecordScore for any tenant;
+    - an admin identity may also SetBudget, read any tenant's usage and manage
+    API keys;
+    - a tenant key may only read its own usage (GetUsage).
+    A missing or unknown key is UNAUTHENTICATED; a known key used outside its
+    rights is PERMISSION_DENIED.
     """
 
     @staticmethod
@@ -272,6 +361,87 @@ class MeteringService:
             '/xrouter.metering.v1.MeteringService/SetBudget',
             xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetRequest.SerializeToString,
             xrouter_dot_metering_dot_v1_dot_metering__pb2.SetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordScore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/RecordScore',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/CreateApiKey',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/RevokeApiKey',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,231 @@
+"""What the service does when the ledger's database goes away.
+
+:class:`StoreGuard` sits between the servicer and the :class:`Ledger`:
+
+- Writes from the router (Record, Settle, RecordScore) go straight to the database while it is up
+  and the spool is empty. When the database is unreachable they go to the on-disk :class:`Spool`
+  (``spooled`` in the reply) and are replayed in order once it is back; without a spool, or with
+  the spool full, they fail with UNAVAILABLE. Never dropped silently. A write whose commit was
+  lost in a crash is spooled too: the ledger's idempotency makes the replay count it once.
+- Budget decisions (Authorize) and reads fail closed with UNAVAILABLE while the database is down
+  or spooled writes are not replayed yet: a budget is checked only against a complete ledger.
+- :meth:`StoreGuard.watch` pings the database, replays the spool when it is back, and reports
+  health: SERVING exactly when the database answers and the spool is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import sqlalchemy.exc as sa_exc
+
+from xrouter.common.errors import Unavailable, XRouterError
+from xrouter.metering import metrics
+from xrouter.metering.ledger import CallRecord, Ledger, Settlement, is_transient, validate_score
+from xrouter.metering.spool import Entry, Spool
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def is_store_down(error: BaseException) -> bool:
+    """Whether ``error`` means the database could not be reached (as opposed to refusing a write,
+    or aborting a transaction in a deadlock, which drivers also report as operational errors)."""
+    if isinstance(error, sa_exc.DBAPIError) and is_transient(error):
+        return False
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+class StoreGuard:
+    """Routes ledger calls around database outages (see the module docstring). Thread-safe; the
+    blocking methods run in worker threads."""
+
+    def __init__(self, ledger: Ledger, spool: Spool | None) -> None:
+        self.ledger = ledger
+        self.spool = spool
+        self._up = True
+        metrics.STORE_UP.set(1)
+        metrics.SPOOL_ENTRIES.set(self.pending)
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting in the spool."""
+        return len(self.spool) if self.spool is not None else 0
+
+    @property
+    def serving(self) -> bool:
+        """The database answered last time, and nothing waits in the spool."""
+        return self._up and not self.pending
+
+    def _mark_down(self, error: BaseException) -> None:
+        if self._up:
+            log.error("ledger database unreachable (%s: %s); %s", type(error).__name__, str(error).strip()[:200],
+                      "ledger writes go to the spool" if self.spool else "ledger writes FAIL (no spool configured)")
+        self._up = False
+        metrics.STORE_UP.set(0)
+
+    def _mark_up(self) -> None:
+        if not self._up:
+            log.info("ledger database reachable again")
+            self._up = True
+            metrics.STORE_UP.set(1)
+
+    # --- reads and budget decisions: fail closed ------------------------------------------------
+
+    def call(self, method: Callable[..., T], *args: Any) -> T:
+        """Run a ledger read or budget decision; Unavailable while the database is down or the
+        spool not yet replayed."""
+        if self.pending:
+            raise Unavailable(f"metering: {self.pending} ledger writes made while the database was down are "
+                              "being replayed; budgets and usage are answered only from a complete ledger: "
+                              "retry shortly")
+        try:
+            return method(*args)
+        except Exception as error:
+            if not is_store_down(error):
+                raise
+            self._mark_down(error)
+            raise Unavailable(f"metering: the ledger database is unreachable ({type(error).__name__}); "
+                              "retry shortly") from None
+
+    # --- writes: direct, or spooled -------------------------------------------------------------
+
+    def _write(self, entries: Callable[[], list[Entry]], direct: Callable[[], T]) -> tuple[T | None, bool]:
+        """(result of ``direct``, False), or (None, True) when the writes were spooled. With a spool,
+        writes go to it while the database is known down (the health watch replays them in order);
+        without one, every write tries the database, so nothing waits on the watch to recover."""
+        if not self.pending and (self._up or self.spool is None):
+            try:
+                result = direct()
+            except Exception as error:
+                if not is_store_down(error):
+                    raise
+                self._mark_down(error)
+            else:
+                self._mark_up()
+                return result, False
+        if self.spool is None:
+            raise Unavailable("metering: the ledger database is unreachable and no spool is configured "
+                              "(XROUTER_METERING_SPOOL_DIR): this write was NOT stored; retry")
+        spooled = entries()  # built only now: most writes never need them
+        self.spool.append_many(spooled)
+        metrics.SPOOLED.labels(spooled[0]["op"]).inc(len(spooled))
+        metrics.SPOOL_ENTRIES.set(self.pending)
+        return None, True
+
+    def record(self, call: CallRecord) -> tuple[bool, bool]:
+        """Record a call: (duplicate, spooled)."""
+        outcome = self.record_many([call])[0]
+        if isinstance(outcome, XRouterError):
+            raise outcome
+        return outcome
+
+    def record_many(self, records: list[CallRecord]) -> list[tuple[bool, bool] | XRouterError]:
+        """Record calls in one transaction (or one spool fsync): per call (duplicate, spooled), or
+        the refusal of a changed duplicate."""
+        for call in records:
+            call.validate()  # bad input is refused now, not discovered on replay
+        at = self.ledger.now()
+        outcomes, spooled = self._write(
+            lambda: [{"op": "record", "at": at.isoformat(), "call": dataclasses.asdict(c)} for c in records],
+            lambda: self.ledger.record_many(records, at=at))
+        if spooled or outcomes is None:
+            return [(False, True)] * len(records)
+        return [o if isinstance(o, XRouterError) else (o, False) for o in outcomes]
+
+    def settle(self, summary: Settlement) -> bool:
+        """Settle a request; True when spooled."""
+        summary.validate()
+        at = self.ledger.now()
+        return self._write(lambda: [{"op": "settle", "at": at.isoformat(), "summary": dataclasses.asdict(summary)}],
+                           lambda: self.ledger.settle(summary, at=at))[1]
+
+    def record_score(self, request_id: str, tenant: str, score: float, reward: float) -> bool:
+        """Attach a score to a request; True when spooled."""
+        at = self.ledger.now()
+        validate_score(request_id, tenant, score)  # refused now, not discovered on replay
+        entry = {"op": "score", "at": at.isoformat(), "request_id": request_id, "tenant": tenant,
+                 "score": score, "reward": reward}
+        return self._write(lambda: [entry],
+                           lambda: self.ledger.record_score(request_id, tenant, score, reward, at=at))[1]
+
+    def _apply(self, entries: list[Entry]) -> list[str | None]:
+        """Replay spooled writes in order, at the times they were received, runs of records in one
+        transaction each; per entry None, or why the ledger refused it."""
+        refusals: list[str | None] = []
+        start = 0
+        while start < len(entries):
+            end = start + 1
+            while end < len(entries) and entries[start]["op"] == entries[end]["op"] == "record":
+                end += 1
+            run = entries[start:end]
+            if entries[start]["op"] == "record" and len(run) > 1:
+                try:
+                    outcomes = self.ledger.record_many([CallRecord(**e["call"]) for e in run],
+                                                       at=[dt.datetime.fromisoformat(e["at"]) for e in run])
+                    refusals += [o.message if isinstance(o, XRouterError) else None for o in outcomes]
+                except XRouterError:  # one bad entry: replay them one by one to find it
+                    refusals += [self._apply_one(entry) for entry in run]
+            else:
+                refusals += [self._apply_one(entry) for entry in run]
+            start = end
+        return refusals
+
+    def _apply_one(self, entry: Entry) -> str | None:
+        at = dt.datetime.fromisoformat(entry["at"])
+        try:
+            if entry["op"] == "record":
+                self.ledger.record(CallRecord(**entry["call"]), at=at)
+            elif entry["op"] == "settle":
+                fields = dict(entry["summary"], messages=tuple(tuple(m) for m in entry["summary"]["messages"]))
+                self.ledger.settle(Settlement(**fields), at=at)
+            elif entry["op"] == "score":
+                self.ledger.record_score(entry["request_id"], entry["tenant"], entry["score"], entry["reward"], at=at)
+            else:
+                return f"unknown spooled operation {entry['op']!r}"
+        except XRouterError as refusal:
+            return refusal.message
+        return None
+
+    # --- health ---------------------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """One health round (blocking): ping the database, replay the spool if it is back.
+        Returns whether the service is serving now."""
+        try:
+            self.ledger.ping()
+            if self.spool is not None and len(self.spool):
+                replayed = self.spool.drain(self._apply)
+                log.info("replayed %d spooled ledger writes", replayed)
+        except Exception as error:
+            if not is_store_down(error):
+                raise
+            self._mark_down(error)
+            return False
+        finally:
+            metrics.SPOOL_ENTRIES.set(self.pending)
+        self._mark_up()
+        return self.serving
+
+    async def watch(self, set_serving: Callable[[bool], Awaitable[None]], interval_s: float) -> None:
+        """Run :meth:`check` every ``interval_s`` seconds and report changes through ``set_serving``,
+        until cancelled."""
+        serving: bool | None = None
+        while True:
+            try:
+                now_serving = await asyncio.to_thread(self.check)
+            except Exception:  # noqa: BLE001 - a bug in the check must not end health reporting
+                log.exception("metering health check failed")
+                now_serving = False
+            if now_serving != serving:
+                log.info("metering health: %s", "SERVING" if now_serving else "NOT_SERVING")
+                await set_serving(now_serving)
+                serving = now_serving
+            await asyncio.sleep(interval_s)
