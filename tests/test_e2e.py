@@ -89,6 +89,14 @@ async def test_a_request_flows_through_all_four_services(stack, router, recorded
                       and s.resource.attributes["service.name"] == "xrouter-metering"]
     assert len(server_records) == len(reply.calls)
 
+    # The scored request is a training episode in metering's export.
+    from xrouter.metering.export import episodes
+
+    exported = [e for e in episodes(stack.ledger.engine, tenant="acme") if e["request_id"] == reply.request_id]
+    assert len(exported) == 1 and exported[0]["score"] == reply.score and exported[0]["trace_id"] == reply.trace_id
+    assert exported[0]["prompt"] == {"dataset": "routerbench", "prompt_id": ARC}
+    assert exported[0]["cost_micro_usd"] == reply.total_cost_micro_usd
+
 
 async def test_the_request_controls_are_honoured(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
     pool = ["mistralai/mistral-7b-chat", "gpt-3.5-turbo-1106"]

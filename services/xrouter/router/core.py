@@ -94,7 +94,9 @@ class RouterCore:
                                  "xrouter.cost_lambda": state.cost_lambda})
             trace_id = current_trace_id()
             model_seconds = [0.0]
-            await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline))
+            # Only the per-model budgets of models this request may call apply to it.
+            await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
+                                        models=[option.id for option in state.pool])
             outcome, result = "ok", None
             try:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds)
@@ -103,7 +105,7 @@ class RouterCore:
                 outcome = f"error:{error.code.name}"
                 raise
             finally:  # calls made are billed whatever happened to the episode
-                await self._account(request_id, tenant, policy, trace_id, state.calls, deadline,
+                await self._account(request_id, tenant, policy, trace_id, state, request.reference, deadline,
                                     result.strategy.value if result else "", outcome)
             total = sum(c.cost_micro_usd for c in state.calls)
             span.set_attributes({"xrouter.strategy": result.strategy.value, "xrouter.cost_usd": total / 1e6,
@@ -112,6 +114,8 @@ class RouterCore:
             if request.reference is not None and self._scorer is not None:
                 score, reward = await self._scorer.score(
                     state.prompt, result.answer, request.reference, total / 1e6, state.cost_lambda, _left(deadline))
+                # The scored episode becomes training data (metering's export).
+                await self._meter.record_score(request_id, tenant, score, reward, _left(deadline, floor=5.0))
         metrics.ROUTING_OVERHEAD.observe(max(0.0, time.perf_counter() - started - model_seconds[0]))
         return RouteResult(result.answer, state.calls, total, result.strategy, result.turns_used,
                            result.turn_limit_reached, result.selected_call, policy.kind, policy.version,
@@ -202,16 +206,20 @@ class RouterCore:
             return outcome
         return invoke
 
-    async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str,
-                       calls: list[CallOutcome], deadline: float, strategy: str, outcome: str) -> None:
-        """Record every attempted call (failed ones too: they may be billed), then settle."""
-        attempted = [c for c in calls if c.attempted]
+    async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str, state: EpisodeState,
+                       reference: ScoringReference | None, deadline: float, strategy: str, outcome: str) -> None:
+        """Record every attempted call (failed ones too: they may be billed), then settle with what the
+        training export needs (the conversation itself is not kept)."""
+        attempted = [c for c in state.calls if c.attempted]
         for call in attempted:
             if call.ok:
                 metrics.COST.labels(call.model, tenant).inc(call.cost_micro_usd / 1e6)
             await self._meter.record(request_id, tenant, call, policy.version, trace_id, _left(deadline, floor=5.0))
-        await self._meter.settle(request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted),
-                                 len(attempted), _left(deadline, floor=5.0))
+        await self._meter.settle(
+            request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),
+            _left(deadline, floor=5.0), policy_version=f"{policy.kind}@{policy.version}", trace_id=trace_id,
+            cost_lambda=state.cost_lambda, dataset=reference.dataset if reference else "",
+            prompt_id=reference.prompt_id if reference else "")
 
 
 class _Traced:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Protocol
 
 from xrouter.reward.core import Reference as ScoringReference
@@ -31,13 +32,19 @@ class Adapters(Protocol):
 
 
 class Meter(Protocol):
-    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float) -> None: ...
+    async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
+                        models: Sequence[str] = ()) -> None: ...
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None: ...
 
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
-                     total_cost_micro_usd: int, calls: int, timeout: float) -> None: ...
+                     total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
+                     trace_id: str = "", cost_lambda: float | None = None, dataset: str = "",
+                     prompt_id: str = "") -> None: ...
+
+    async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
+                           timeout: float) -> None: ...
 
 
 class Scorer(Protocol):
