@@ -25,19 +25,8 @@ from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation,
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.store import make_engine
 
-UTC = dt.timezone.utc
-NOON = dt.datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
+from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 TTL_S = 60.0
-
-
-class Clock:
-    """A settable clock so expiry and calendar periods are tested without sleeping."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture()

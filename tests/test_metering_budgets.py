@@ -26,20 +26,9 @@ from xrouter.metering.budgets import _outstanding, _spent
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.store import make_engine
 
-UTC = dt.timezone.utc
-NOON = dt.datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
+from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 LIMIT = 10_000_000
 ESTIMATE = 100_000
-
-
-class Clock:
-    """A settable clock so expiry and calendar periods are tested without sleeping."""
-
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
 
 
 @pytest.fixture()

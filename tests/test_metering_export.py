@@ -20,16 +20,7 @@ from xrouter.metering import server as metering_server
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.store import make_engine
 
-UTC = dt.timezone.utc
-NOON = dt.datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
+from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 
 
 @pytest.fixture()
