@@ -21,10 +21,19 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "training" / "configs
 
 def test_group_advantages_are_normalised_within_each_group() -> None:
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
-    advantages = grpo.group_advantages(rewards)
+    advantages = grpo.group_advantages(rewards, scale="group")
     assert np.allclose(advantages[0], [1, -1, -1, 1], atol=1e-5)
     assert np.allclose(advantages[1], 0)
     assert grpo.informative_groups(rewards).tolist() == [True, False]
+
+
+def test_batch_scale_keeps_cost_only_differences_small() -> None:
+    # Group 0: everyone right, rewards differ only by cost. Group 1: right vs wrong.
+    rewards = np.array([[0.99, 0.96, 0.99, 0.96], [1.0, 0.0, 1.0, 0.0]])
+    per_group = grpo.group_advantages(rewards, scale="group")
+    assert np.allclose(np.abs(per_group[0]), np.abs(per_group[1]), atol=1e-3)  # the published bias
+    batch = grpo.group_advantages(rewards, scale="batch")
+    assert np.abs(batch[0]).max() < 0.1 * np.abs(batch[1]).max()
 
 
 def test_clip_higher_is_asymmetric() -> None:

@@ -34,6 +34,7 @@ class TrainConfig:
     kl_coef: float = 0.0  # no reference-policy KL by default (DAPO)
     entropy_coef: float = 0.0
     dynamic_sampling: bool = True  # drop groups whose rewards do not vary (no learning signal)
+    advantage_scale: str = "batch"  # "batch" or "group" (GRPO as published): see grpo.group_advantages
     reward_k: float = 1.0
     reward_cost_max: float = 0.7
     hidden: int = 64
@@ -59,6 +60,8 @@ class TrainConfig:
         for name in ("steps", "prompts_per_step", "update_epochs", "hidden"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.advantage_scale not in ("batch", "group"):
+            raise ConfigError(f"advantage_scale={self.advantage_scale!r}: use 'batch' or 'group'")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
 

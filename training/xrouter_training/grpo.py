@@ -11,11 +11,21 @@ from xrouter.router.compact.features import MODEL_FEATURES
 from xrouter.router.compact.policy import Turn
 
 
-def group_advantages(rewards: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """rewards [groups, G] → advantages [groups, G]: (r − mean) / (std + eps) within each group."""
-    mean = rewards.mean(axis=1, keepdims=True)
-    std = rewards.std(axis=1, keepdims=True)
-    return (rewards - mean) / (std + eps)
+def group_advantages(rewards: np.ndarray, eps: float = 1e-6, scale: str = "batch") -> np.ndarray:
+    """rewards [groups, G] → advantages [groups, G]: r minus its group's mean, divided by the std of
+    the group ("group", GRPO as published) or of the whole batch ("batch").
+
+    Why "batch" is the default here: on a prompt every model answers correctly, rewards differ only
+    by cost (0.99 vs 0.96); dividing by that group's tiny std blows a cost-only difference up to the
+    same ±1 as a right/wrong difference, and the policy learns "cheapest model" (seen: every run
+    collapsed onto mistral-7b). A batch-wide scale keeps each group's signal proportional to what is
+    really at stake in it (the Dr. GRPO remedy for the same bias)."""
+    centred = rewards - rewards.mean(axis=1, keepdims=True)
+    if scale == "group":
+        return centred / (rewards.std(axis=1, keepdims=True) + eps)
+    if scale == "batch":
+        return centred / (rewards.std() + eps)
+    raise ValueError(f"scale={scale!r}: use 'group' or 'batch'")
 
 
 def informative_groups(rewards: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:

@@ -92,7 +92,7 @@ class Trainer:
     def update(self, groups: list[list[Episode]], turns: list[list[list[Turn]]]) -> dict[str, float]:
         rewards = np.array([[e.reward for e in group] for group in groups])
         keep = grpo.informative_groups(rewards) if self.config.dynamic_sampling else np.ones(len(groups), bool)
-        advantages = grpo.group_advantages(rewards)
+        advantages = grpo.group_advantages(rewards, scale=self.config.advantage_scale)
         batch_turns, batch_adv = [], []
         for g in np.flatnonzero(keep):
             for e, episode_turns in enumerate(turns[g]):
