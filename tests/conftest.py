@@ -9,6 +9,8 @@ import warnings
 import pytest
 import sqlalchemy
 
+from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
@@ -55,3 +57,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: igno
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'metering.db'}"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(scope="session")
+def recorded() -> dict[str, dict[str, str]]:
+    """The bundled RouterBench set: prompt_id → {model: recorded response}, the prompt text under ''."""
+    rows: dict[str, dict[str, str]] = {}
+    for row in read_outcomes(ROUTERBENCH):
+        entry = rows.setdefault(row.prompt_id, {"": row.prompt})
+        entry[row.model] = row.response or ""
+    return rows

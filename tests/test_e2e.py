@@ -15,20 +15,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.reward.v1 import reward_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
-from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 from xrouter.local_stack import InProcessStack, sqlite_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest.fixture(scope="module")
-def recorded() -> dict[str, dict[str, str]]:
-    """prompt_id → {model: recorded response}, plus the prompt text under key ''."""
-    rows: dict[str, dict[str, str]] = {}
-    for row in read_outcomes(ROUTERBENCH):
-        entry = rows.setdefault(row.prompt_id, {"": row.prompt})
-        entry[row.model] = row.response or ""
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import openai
 import pytest
 import pytest_asyncio
 
-from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 from xrouter.local_stack import InProcessStack, sqlite_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 ARC = "arc-challenge.test.1/test"
 GPT4 = "gpt-4-1106-preview"
 UNRECORDED = "a prompt nobody ever recorded, so every replayed call fails"
-
-
-@pytest.fixture(scope="module")
-def recorded() -> dict[str, dict[str, str]]:
-    """prompt_id → {model: recorded response}, plus the prompt text under key ''."""
-    rows: dict[str, dict[str, str]] = {}
-    for row in read_outcomes(ROUTERBENCH):
-        entry = rows.setdefault(row.prompt_id, {"": row.prompt})
-        entry[row.model] = row.response or ""
-    return rows
 
 
 @pytest.fixture(scope="module")
