@@ -33,11 +33,25 @@ class TrainConfig:
     clip_high: float = 0.28
     kl_coef: float = 0.0  # no reference-policy KL by default (DAPO)
     entropy_coef: float = 0.0
+    # Supervised correctness head (see router/compact/network.py): its loss weight, and how many
+    # first steps train only it (on rollouts of the prior policy) before the GRPO surrogate joins.
+    correctness_coef: float = 1.0
+    cost_coef: float = 0.1  # weight of the cost head's squared error (log micro-dollars) against the BCE
+    warm_start_steps: int = 0
+    # Supervised warm start over the whole train split before any rollout (training/.../warm_start.py):
+    # epochs (0: off), states per prompt, its learning rate, and the share of prompts held out to
+    # pick the epoch.
+    warm_start_epochs: int = 0
+    warm_start_states_per_prompt: int = 4
+    warm_start_lr: float = 1e-3
+    warm_start_weight_decay: float = 0.01
+    warm_start_held_out: float = 0.1
     dynamic_sampling: bool = True  # drop groups whose rewards do not vary (no learning signal)
     advantage_scale: str = "batch"  # "batch" or "group" (GRPO as published): see grpo.group_advantages
     reward_k: float = 1.0
     reward_cost_max: float = 0.7
     hidden: int = 64
+    dropout: float = 0.0  # on the query encoding, in the supervised warm start only
     eval_lambdas: tuple[float, ...] = (0, 1, 3, 10, 30, 100, 300, 1000)
     limit_prompts: int = 0  # >0: only the first N train and N validation prompts (smoke runs, tests)
 
@@ -62,6 +76,20 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.advantage_scale not in ("batch", "group"):
             raise ConfigError(f"advantage_scale={self.advantage_scale!r}: use 'batch' or 'group'")
+        if self.warm_start_steps < 0 or self.warm_start_steps >= self.steps:
+            raise ConfigError(f"warm_start_steps={self.warm_start_steps}: need 0 <= warm_start_steps < steps "
+                              f"({self.steps}), or no GRPO step would run")
+        if self.warm_start_epochs < 0 or self.warm_start_states_per_prompt < 1:
+            raise ConfigError(f"warm_start_epochs={self.warm_start_epochs}, warm_start_states_per_prompt="
+                              f"{self.warm_start_states_per_prompt}: need epochs >= 0 (0: off) and states >= 1")
+        if not 0 < self.warm_start_held_out < 1 or self.warm_start_lr <= 0:
+            raise ConfigError(f"warm_start_held_out={self.warm_start_held_out}, warm_start_lr={self.warm_start_lr}: "
+                              "need a held-out share strictly between 0 and 1 and a learning rate > 0")
+        if not 0 <= self.dropout < 1 or self.warm_start_weight_decay < 0:
+            raise ConfigError(f"dropout={self.dropout}, warm_start_weight_decay={self.warm_start_weight_decay}: "
+                              "need 0 <= dropout < 1 and a weight decay >= 0")
+        if self.correctness_coef < 0:
+            raise ConfigError(f"correctness_coef={self.correctness_coef}: must be >= 0 (0 turns the head's loss off)")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
 

@@ -60,10 +60,14 @@ class ReplayEnvironment:
         self.reward_config = reward
         self.prompts: dict[str, Prompt] = {}
         self.answered: dict[str, set[str]] = {}  # prompt id → models with a recorded answer
+        self.scores: dict[str, dict[str, float]] = {}  # prompt id → model → recorded score
+        self.costs: dict[str, dict[str, float]] = {}  # prompt id → model → recorded cost (USD)
         for row in read_outcomes(data):
             self.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
             if row.response is not None and row.model in self.options:
                 self.answered.setdefault(row.prompt_id, set()).add(row.model)
+                self.scores.setdefault(row.prompt_id, {})[row.model] = float(row.score)
+                self.costs.setdefault(row.prompt_id, {})[row.model] = float(row.cost_usd or 0.0)
 
     def split(self, name: str) -> list[Prompt]:
         """Prompts of one split ('train', 'validation' or 'all'), in a stable order."""

@@ -3,6 +3,9 @@ clip-higher surrogate with a token-mean (here: decision-mean) loss, and turn bat
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import torch
 
@@ -73,3 +76,34 @@ def batch_turns(turns: list[Turn], n_tags: int) -> dict[str, object]:
         "actions": Actions(stack("stop"), stack("first"), stack("more"), stack("second"), stack("select")),
         "old_log_prob": torch.tensor([t.log_prob for t in turns]),
     }
+
+
+@dataclasses.dataclass
+class OutcomeLabels:
+    """Targets of the supervised heads for a batch of turns, [B, width] each: every pool model's
+    recorded score and log micro-dollar cost on the turn's prompt, and which entries have one
+    (padding and unrecorded models do not)."""
+
+    score: torch.Tensor
+    log_cost: torch.Tensor
+    known: torch.Tensor
+
+    def loss(self, out: dict[str, torch.Tensor], cost_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(binary cross-entropy of ``correct``, squared error of ``log_cost``) over known entries."""
+        known = self.known
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out["correct"][known], self.score[known])
+        mse = torch.nn.functional.mse_loss(out["log_cost"][known], self.log_cost[known])
+        return bce, cost_coef * mse
+
+
+def outcome_labels(turns: list[Turn], scores: list[dict[str, float]], costs: list[dict[str, float]],
+                   width: int) -> OutcomeLabels:
+    labels = OutcomeLabels(torch.zeros((len(turns), width)), torch.zeros((len(turns), width)),
+                           torch.zeros((len(turns), width), dtype=torch.bool))
+    for row, (turn, prompt_scores, prompt_costs) in enumerate(zip(turns, scores, costs, strict=True)):
+        for column, model in enumerate(turn.arrays.models):
+            if model in prompt_scores:
+                labels.score[row, column] = prompt_scores[model]
+                labels.log_cost[row, column] = math.log(prompt_costs.get(model, 0.0) * 1e6 + 1.0)
+                labels.known[row, column] = True
+    return labels

@@ -32,9 +32,12 @@ class Vocabulary:
         return self.models.index(model) + 1 if model in self.models else 0
 
 
+LAMBDA_SCALE = 6.0
+
+
 def lambda_feature(cost_lambda: float) -> float:
     # λ spans orders of magnitude (reward per dollar): log scale, about [0, 1.2] for λ ≤ 1000.
-    return math.log1p(cost_lambda) / 6.0
+    return math.log1p(cost_lambda) / LAMBDA_SCALE
 
 
 @dataclasses.dataclass

@@ -62,7 +62,7 @@ class CompactPolicy:
         with torch.inference_mode():
             out = self.network(torch.from_numpy(query)[None], torch.from_numpy(arrays.global_x)[None],
                                torch.from_numpy(arrays.model_ids)[None], torch.from_numpy(arrays.model_x)[None],
-                               torch.ones((1, len(arrays.models)), dtype=torch.bool))
+                               torch.ones((1, len(arrays.models)), dtype=torch.bool), masks.selectable)
             actions = choose(out, masks, self.greedy, self._generator)
             if self.recorder is not None:
                 logp, _ = log_prob(out, masks, actions)

@@ -1,0 +1,101 @@
+"""Supervised warm start of the correctness and cost heads (router/compact/network.py) on recorded outcomes.
+
+Rollouts visit each training prompt a couple of times per run, far too little to learn from the
+query which models answer it correctly; but the recorded outcomes label every model on every prompt.
+So before GRPO, the head is fitted on decision states built from the whole train split: for each
+prompt, a random pool and λ, and either nothing called yet or one or two random models already
+answered (their recorded replies, through the same replay adapters and feature encoding the
+episodes use), each pool model labelled with its recorded score. Epochs run over a fixed set of such
+states, with a progress bar."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from xrouter.router.baselines import SYSTEM_PROMPT
+from xrouter.router.compact.distribution import Actions
+from xrouter.router.compact.features import Vocabulary, encode_state
+from xrouter.router.compact.network import CompactRouter
+from xrouter.router.compact.policy import Turn
+from xrouter.router.policy import EpisodeState, ToolCall
+from xrouter_training import grpo
+from xrouter_training.environment import Prompt, ReplayEnvironment
+
+# The supervised loss reads no action; batch_turns still stacks one per state.
+_NO_ACTION = Actions(torch.tensor([True]), torch.tensor([0]), torch.tensor([-1]), torch.tensor([-1]),
+                     torch.tensor([-1]))
+
+
+async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: Callable[[str], np.ndarray],
+                             vocabulary: Vocabulary, pools: Callable[[Prompt], list[str]],
+                             lambdas: Callable[[], float], rng: random.Random, per_prompt: int,
+                             max_turns: int) -> tuple[list[Turn], list[str]]:
+    """``per_prompt`` states for each prompt, and the prompt id of each (whose recorded outcomes
+    label it)."""
+    turns, prompt_ids = [], []
+    for prompt in tqdm(prompts, desc="warm-start states", unit="prompt", leave=False):
+        query = embed(prompt.text)
+        for _ in range(per_prompt):
+            pool = pools(prompt)
+            state = EpisodeState([("user", prompt.text)], [env.options[m] for m in pool], lambdas(), None,
+                                 max_turns, 0)
+            answered = rng.sample(pool, rng.choice([0, 1, 2]) if len(pool) > 2 else rng.choice([0, 1]))
+            for index, model in enumerate(answered):
+                state.calls.append(await env.invoke(ToolCall(model, SYSTEM_PROMPT), state.messages, index, 1))
+            if answered:
+                state.turn = 2
+            arrays = encode_state(state, vocabulary)
+            turns.append(Turn(query, arrays, state.final_turn, _NO_ACTION, 0.0))
+            prompt_ids.append(prompt.prompt_id)
+    return turns, prompt_ids
+
+
+def _losses(network: CompactRouter, env: ReplayEnvironment, turns: list[Turn], prompt_ids: list[str],
+            n_tags: int, cost_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = grpo.batch_turns(turns, n_tags)
+    labels = grpo.outcome_labels(turns, [env.scores[p] for p in prompt_ids], [env.costs[p] for p in prompt_ids],
+                                 batch["present"].shape[1])
+    out = network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"], batch["present"],
+                  batch["masks"].selectable)
+    return labels.loss(out, cost_coef)
+
+
+def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[list[Turn], list[str]],
+                 held_out: tuple[list[Turn], list[str]], n_tags: int, epochs: int, learning_rate: float,
+                 weight_decay: float, cost_coef: float, batch_size: int, rng: random.Random,
+                 progress: bool = True) -> dict[str, float]:
+    """Fit the correctness and cost heads (binary cross-entropy + cost_coef × squared error),
+    keeping the weights of the epoch with the lowest loss on ``held_out`` (states of training
+    prompts set aside: the heads memorise ~2,000 prompts within a few epochs, and it is the
+    held-out loss that says when)."""
+    turns, prompt_ids = states
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    order = list(range(len(turns)))
+    best: dict = {"held_out_loss": float("inf")}
+    bar = tqdm(range(1, epochs + 1), desc="warm start (outcome heads)", unit="epoch", disable=not progress)
+    for epoch in bar:
+        network.train()
+        rng.shuffle(order)
+        for begin in range(0, len(order), batch_size):
+            chosen = order[begin:begin + batch_size]
+            bce, cost = _losses(network, env, [turns[i] for i in chosen], [prompt_ids[i] for i in chosen],
+                                n_tags, cost_coef)
+            optimizer.zero_grad()
+            (bce + cost).backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            bce, cost = _losses(network, env, *held_out, n_tags, cost_coef)
+        if float(bce + cost) < best["held_out_loss"]:
+            best = {"held_out_loss": float(bce + cost), "held_out_bce": float(bce),
+                    "held_out_cost_mse": float(cost) / cost_coef if cost_coef else 0.0, "best_epoch": epoch,
+                    "weights": {k: v.clone() for k, v in network.state_dict().items()}}
+        bar.set_postfix(held_out_bce=f"{float(bce):.4f}", held_out_cost=f"{float(cost):.4f}", best_epoch=best["best_epoch"])
+    network.load_state_dict(best.pop("weights"))
+    network.eval()
+    return best
