@@ -24,7 +24,7 @@ from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir, e
 from xrouter.router.compact.features import Vocabulary
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy, Turn
-from xrouter_training import grpo
+from xrouter_training import grpo, warm_start
 from xrouter_training.config import TrainConfig
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 
@@ -59,17 +59,22 @@ class Trainer:
         options = list(self.env.options.values())
         self.vocabulary = Vocabulary(tuple(o.id for o in options), tuple(sorted({t for o in options for t in o.tags})))
         self.encoder_path = cache_dir() / ONNX_NAME
-        if embed is None:
-            self.encoder = QueryEncoder.load()
         limit = config.limit_prompts or None
         self.train_prompts = self.env.split("train")[:limit]
         self.validation = self.env.split("validation")[:limit]
         if embed is None:
-            vectors = embed_prompts(self.encoder, [(p.prompt_id, p.text) for p in self.train_prompts + self.validation],
-                                    progress=self.rank == 0)
-            by_text = {p.text: vectors[p.prompt_id] for p in self.train_prompts + self.validation}
-            embed = by_text.__getitem__
-        self.network = CompactRouter(len(self.vocabulary.models), len(self.vocabulary.tags), hidden=config.hidden)
+            # Rank 0 exports the encoder and embeds the prompts into the cache; the others wait for it
+            # and read the cache (concurrent writers would race on the same files).
+            if self.world > 1 and self.rank != 0:
+                torch.distributed.barrier()
+            encoder = QueryEncoder.load()
+            prompts = self.train_prompts + self.validation
+            vectors = embed_prompts(encoder, [(p.prompt_id, p.text) for p in prompts], progress=self.rank == 0)
+            if self.world > 1 and self.rank == 0:
+                torch.distributed.barrier()
+            embed = {p.text: vectors[p.prompt_id] for p in prompts}.__getitem__
+        self.network = CompactRouter(len(self.vocabulary.models), len(self.vocabulary.tags), hidden=config.hidden,
+                                     reward_k=config.reward_k, dropout=config.dropout)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate)
         self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False,
                                     seed=config.seed * 1000 + self.rank)
@@ -89,38 +94,72 @@ class Trainer:
         self.policy.recorder = None
         return groups, turns
 
-    def update(self, groups: list[list[Episode]], turns: list[list[list[Turn]]]) -> dict[str, float]:
+    def update(self, groups: list[list[Episode]], turns: list[list[list[Turn]]], warm: bool = False
+               ) -> dict[str, float]:
+        """One optimisation round on a step's rollouts: the GRPO surrogate on the decisions of
+        informative groups (none while ``warm``) plus the supervised correctness loss on every
+        decision (each model in the pool is labelled with its recorded score on the prompt)."""
         rewards = np.array([[e.reward for e in group] for group in groups])
         keep = grpo.informative_groups(rewards) if self.config.dynamic_sampling else np.ones(len(groups), bool)
         advantages = grpo.group_advantages(rewards, scale=self.config.advantage_scale)
-        batch_turns, batch_adv = [], []
-        for g in np.flatnonzero(keep):
-            for e, episode_turns in enumerate(turns[g]):
-                batch_turns += episode_turns
-                batch_adv += [advantages[g, e]] * len(episode_turns)
-        stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0}
-        if not batch_turns:
+        all_turns, prompt_ids, batch_adv, in_loss = [], [], [], []
+        for g, group_turns in enumerate(turns):
+            for e, episode_turns in enumerate(group_turns):
+                all_turns += episode_turns
+                prompt_ids += [groups[g][e].prompt.prompt_id] * len(episode_turns)
+                batch_adv += [float(advantages[g, e])] * len(episode_turns)
+                in_loss += [bool(keep[g]) and not warm] * len(episode_turns)
+        stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0, "correct_bce": 0.0, "cost_mse": 0.0}
+        if not all_turns:
             return stats
-        batch = grpo.batch_turns(batch_turns, len(self.vocabulary.tags))
+        batch = grpo.batch_turns(all_turns, len(self.vocabulary.tags))
+        labels = grpo.outcome_labels(all_turns, [self.env.scores[p] for p in prompt_ids],
+                                     [self.env.costs[p] for p in prompt_ids], batch["present"].shape[1])
         adv = torch.tensor(batch_adv, dtype=torch.float32)
-        self.network.train()
+        pg = torch.tensor(in_loss)
+        self.network.eval()  # no dropout: the ratios compare against log-probs sampled in eval mode
         for _ in range(self.config.update_epochs):
-            out = self.network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"], batch["present"])
+            out = self.network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"],
+                               batch["present"], batch["masks"].selectable)
             logp, entropy = log_prob(out, batch["masks"], batch["actions"])
-            loss = grpo.clipped_loss(logp, batch["old_log_prob"], adv, self.config.clip_low, self.config.clip_high)
-            loss = loss - self.config.entropy_coef * entropy.mean()
+            bce, cost_mse = labels.loss(out, self.config.cost_coef)
+            loss = self.config.correctness_coef * (bce + cost_mse)
+            if pg.any():
+                loss = loss + grpo.clipped_loss(logp[pg], batch["old_log_prob"][pg], adv[pg],
+                                                self.config.clip_low, self.config.clip_high)
+                loss = loss - self.config.entropy_coef * entropy[pg].mean()
             self.optimizer.zero_grad()
             loss.backward()
             if self.world > 1:
-                for parameter in self.network.parameters():
-                    if parameter.grad is not None:
-                        torch.distributed.all_reduce(parameter.grad)
-                        parameter.grad /= self.world
+                self._average_gradients()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
             self.optimizer.step()
         self.network.eval()
-        stats.update(loss=float(loss.detach()), entropy=float(entropy.detach().mean()))
+        stats.update(loss=float(loss.detach()), entropy=float(entropy.detach().mean()), correct_bce=float(bce.detach()),
+                     cost_mse=float(cost_mse.detach()))
         return stats
+
+    def _average_gradients(self) -> None:
+        """Mean of every gradient over the processes. A parameter with no gradient here may have one
+        on another rank (its groups were all dropped here, not there): it joins with zeros, or the
+        collective calls would not line up."""
+        for parameter in self.network.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= self.world
+
+    def _check_replicas_agree(self) -> None:
+        """Data-parallel replicas must end with the same weights (same start, same averaged steps)."""
+        flat = torch.cat([t.detach().flatten().double() for t in self.network.state_dict().values()])
+        gathered = [torch.zeros_like(flat) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, flat)
+        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
+        if spread > 1e-6:
+            raise RuntimeError(f"the {self.world} training processes ended with different weights "
+                               f"(max difference {spread:.3g}): gradients were not averaged the same way")
+        if self.rank == 0:
+            print(f"weights identical on all {self.world} processes", flush=True)
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
         """Greedy policy, whole catalog, for each λ of the grid."""
@@ -135,9 +174,34 @@ class Trainer:
         self.policy.greedy = False
         return rows
 
+    async def warm_start(self) -> dict[str, float]:
+        """Fit the correctness and cost heads on recorded outcomes of the train split (a slice held out)."""
+        config = self.config
+        rng = random.Random(config.seed)
+        prompts = list(self.train_prompts)
+        rng.shuffle(prompts)
+        cut = max(1, int(len(prompts) * config.warm_start_held_out))
+        states = {}
+        for name, part in (("held_out", prompts[:cut]), ("fit", prompts[cut:])):
+            states[name] = await warm_start.outcome_states(
+                self.env, part, self.policy._query, self.vocabulary,
+                lambda p: sample_pool(self.env, p, config, rng), lambda: sample_lambda(config, rng), rng,
+                config.warm_start_states_per_prompt, config.max_turns)
+        return warm_start.fit_outcomes(
+            self.network, self.env, states["fit"], states["held_out"], len(self.vocabulary.tags),
+            config.warm_start_epochs, config.warm_start_lr, config.warm_start_weight_decay, config.cost_coef, 256, rng,
+            progress=self.rank == 0)
+
     async def run(self) -> pathlib.Path:
         config, started = self.config, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        warm = await self.warm_start() if config.warm_start_epochs else {}
+        if self.world > 1:  # every rank warm-starts identically (same seed); rank 0's copy is authoritative
+            for tensor in self.network.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        if warm and self.rank == 0:
+            print(f"warm start: held-out correctness BCE {warm['held_out_bce']:.4f}, cost MSE "
+                  f"{warm['held_out_cost_mse']:.4f} (epoch {warm['best_epoch']}/{config.warm_start_epochs})", flush=True)
         log_path = self.out / "metrics.jsonl"
         log = open(log_path, "w") if self.rank == 0 else None  # noqa: SIM115
         order = list(self.train_prompts)
@@ -150,7 +214,7 @@ class Trainer:
             prompts = order[begin:begin + config.prompts_per_step]
             cursor += config.prompts_per_step * self.world
             groups, turns = await self.rollout(prompts)
-            stats = self.update(groups, turns)
+            stats = self.update(groups, turns, warm=step <= config.warm_start_steps)
             episodes = [e for group in groups for e in group]
             row = {"step": step, "reward": float(np.mean([e.reward for e in episodes])),
                    "accuracy": float(np.mean([e.score for e in episodes])),
@@ -162,8 +226,10 @@ class Trainer:
                 log.flush()
                 print(f"\rstep {step:>4}/{config.steps}  reward {row['reward']:.3f}  acc {row['accuracy']:.3f}  "
                       f"cost ${row['cost_usd']:.5f}  calls {row['calls_per_query']:.2f}  "
-                      f"entropy {row['entropy']:.3f}  kept {row['kept_groups']:.2f}  {row['seconds']:.0f}s",
+                      f"entropy {row['entropy']:.3f}  bce {row['correct_bce']:.3f}  kept {row['kept_groups']:.2f}  {row['seconds']:.0f}s",
                       end="\n" if step % 10 == 0 or step == config.steps else "", flush=True)
+        if self.world > 1:
+            self._check_replicas_agree()
         if self.rank != 0:
             return self.out
         print("evaluating on the validation split...", flush=True)
@@ -177,7 +243,7 @@ class Trainer:
             "data": {"file": config.data, "train_prompts": len(self.train_prompts),
                      "split": "train (xrouter.common.outcomes.split_of)"},
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
-            "config": dataclasses.asdict(config), "eval": {"split": "validation", "lambdas": evaluation},
+            "config": dataclasses.asdict(config), "warm_start": warm, "eval": {"split": "validation", "lambdas": evaluation},
             "train_seconds": time.perf_counter() - started})
         print(f"checkpoint {version} written to {self.out / 'checkpoint'} "
               f"({time.perf_counter() - started:.0f}s)")
@@ -186,5 +252,9 @@ class Trainer:
 
 def main(config_path: str, out: str) -> int:
     config = TrainConfig.from_file(config_path)
-    asyncio.run(Trainer(config, pathlib.Path(out)).run())
+    try:
+        asyncio.run(Trainer(config, pathlib.Path(out)).run())
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
