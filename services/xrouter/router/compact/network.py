@@ -41,6 +41,11 @@ class CompactRouter(nn.Module):
         self.model_embedding = nn.Embedding(n_models + 1, model_embedding)  # row 0: unknown model
         width = hidden + GLOBAL_FEATURES + model_embedding + MODEL_FEATURES + n_tags
         self.trunk = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        # Correctness and cost: a per-model readout of the query (a multi-label classifier over the
+        # catalog, the form that matched a kNN router on held-out prompts) plus a term from the trunk,
+        # which sees what the episode learned (answers, agreement).
+        self.correct_readout = nn.Linear(hidden, n_models + 1)
+        self.cost_readout = nn.Linear(hidden, n_models + 1)
         self.correct_head = nn.Linear(hidden, 1)
         self.cost_head = nn.Linear(hidden, 1)
         self.call_head = nn.Linear(hidden, 1)
@@ -65,8 +70,8 @@ class CompactRouter(nn.Module):
         weights = present.float()[..., None]
         pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         stop_more = self.stop_head(torch.cat([q, pooled, global_x], dim=-1))
-        correct = self.correct_head(h).squeeze(-1)
-        log_cost = self.cost_head(h).squeeze(-1)
+        correct = self.correct_readout(q).gather(1, model_ids) + self.correct_head(h).squeeze(-1)
+        log_cost = self.cost_readout(q).gather(1, model_ids) + self.cost_head(h).squeeze(-1)
         prior = self._prior(torch.sigmoid(correct), log_cost, global_x, selectable)
         return {"call": prior["call"] + self.call_head(h).squeeze(-1),
                 "select": prior["select"] + self.select_head(h).squeeze(-1),
