@@ -5,6 +5,7 @@ previous policy is kept for rollback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import pathlib
 
@@ -22,11 +23,27 @@ async def build_policy(source: str, catalog: list[ModelOption]) -> Policy:
         raise InvalidArgument("source", "name a baseline (cheapest, cascade, fixed:<model>) or a checkpoint directory")
     if not pathlib.Path(source).is_dir():
         return make_baseline(source, {o.id for o in catalog})
+    if checkpoint_kind(pathlib.Path(source)) == "lm":
+        from xrouter.router.lm import checkpoint as lm  # transformers only when needed
+
+        lm_policy = await asyncio.to_thread(lm.load_policy, source, catalog)
+        await lm.smoke_episode(lm_policy, catalog)
+        return lm_policy
     from xrouter.router.compact.checkpoint import load_policy, smoke_episode  # torch only when needed
 
     policy = await asyncio.to_thread(load_policy, source, catalog)
     await smoke_episode(policy, catalog)
     return policy
+
+
+def checkpoint_kind(directory: pathlib.Path) -> str:
+    """The manifest's ``kind``; "" when there is no readable manifest (the compact loader, which
+    handles every other case, then names the problem)."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    return str(manifest.get("kind", "")) if isinstance(manifest, dict) else ""
 
 
 class PolicyStore:

@@ -1,0 +1,120 @@
+"""Checkpoints of the LM policy: a directory with the model's ``save_pretrained`` output (safetensors
+weights, config) and its tokenizer (chat template included), plus a manifest (kind "lm", version,
+catalog snapshot hash, data, λ range, generation settings, eval metrics, the sha256 of every file).
+Loading verifies all of it — no file unlisted, none changed — before a policy is handed out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+from xrouter.common.errors import InvalidArgument
+from xrouter.router.compact.checkpoint import manifest_digest, sha256
+from xrouter.router.lm.policy import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_RESPONSE_CHARS, LMPolicy
+from xrouter.router.policy import CallModels, EpisodeState, ModelOption
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+KIND = "lm"
+
+
+def save(directory: pathlib.Path, model: Any, tokenizer: Any, manifest: dict[str, Any]) -> pathlib.Path:
+    """Write a checkpoint (the manifest last, so a half-written directory never verifies)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    full = {**manifest, "kind": KIND, "sha256": {str(p.relative_to(directory)): sha256(p) for p in files}}
+    full = json.loads(json.dumps(full))  # the digest covers exactly what a reader will parse
+    full["manifest_sha256"] = manifest_digest(full)
+    (directory / MANIFEST).write_text(json.dumps(full, indent=2))
+    return directory
+
+
+def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
+    """The verified manifest; InvalidArgument naming the file when anything does not match."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise InvalidArgument("source", f"{directory} is not a checkpoint: no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidArgument("source", f"{path}: unreadable manifest ({error})") from None
+    if manifest.get("kind") != KIND:
+        raise InvalidArgument("source", f"{path}: kind {manifest.get('kind')!r} is not an LM policy")
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise InvalidArgument("source", f"{path}: the manifest was edited after it was written "
+                              "(its manifest_sha256 does not match its content)")
+    missing = sorted({"version", "sha256"} - set(manifest))
+    if missing:
+        raise InvalidArgument("source", f"{path}: the manifest lacks {missing}")
+    listed: dict[str, str] = manifest["sha256"]
+    if not any(name.endswith(".safetensors") for name in listed):
+        raise InvalidArgument("source", f"{path}: the manifest lists no .safetensors weights")
+    for name, digest in listed.items():
+        if not (directory / name).is_file() or sha256(directory / name) != digest:
+            raise InvalidArgument("source", f"{directory / name}: missing or its sha256 does not match the manifest")
+    for extra in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        if str(extra.relative_to(directory)) not in listed:
+            # from_pretrained could pick up an unlisted file (another weights format, a config).
+            raise InvalidArgument("source", f"{extra}: not listed in the manifest (remove it or re-publish)")
+    return manifest
+
+
+def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], generation_url: str = "",
+                served_model: str = "") -> LMPolicy:
+    """Verify and load an LM checkpoint. Tokens come from transformers in this process, or from the
+    OpenAI-compatible server at ``generation_url`` (vLLM serving this same directory as ``served_model``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xrouter.router.compact.checkpoint import catalog_hash
+
+    directory = pathlib.Path(directory)
+    manifest = read_manifest(directory)
+    if manifest.get("catalog_hash") and manifest["catalog_hash"] != catalog_hash(catalog):
+        # Not refused: the LM reads each model's description and prices from its tool list, so it
+        # routes over pools it was not trained on — but say so, the numbers were learned elsewhere.
+        log.warning("LM policy %s was trained on another catalog (hash %s, serving %s)", manifest["version"],
+                    manifest["catalog_hash"], catalog_hash(catalog))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise InvalidArgument("source", f"{directory}: the tokenizer does not load ({error})") from None
+    if not tokenizer.chat_template:
+        raise InvalidArgument("source", f"{directory}: the tokenizer has no chat template")
+    generation = manifest.get("generation", {})
+    if generation_url:
+        from xrouter.router.lm.http_generation import CompletionsBackend
+
+        backend: Any = CompletionsBackend(generation_url, served_model or str(directory), tokenizer)
+    else:
+        from xrouter.router.lm.generation import TransformersBackend
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise InvalidArgument("source", f"{directory}: the model does not load ({error})") from None
+        backend = TransformersBackend(model.eval(), tokenizer)
+    policy = LMPolicy(tokenizer, backend, version=str(manifest["version"]), temperature=0.0,
+                      max_new_tokens=int(generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+                      max_response_chars=int(generation.get("max_response_chars", DEFAULT_MAX_RESPONSE_CHARS)))
+    policy.manifest = manifest  # type: ignore[attr-defined]
+    return policy
+
+
+async def smoke_episode(policy: LMPolicy, catalog: list[ModelOption]) -> None:
+    """A first decision on a synthetic request must generate and yield an action on the pool (an
+    untrained LM may answer directly; a broken template, tokenizer or model fails here)."""
+    state = EpisodeState([("user", "Which is heavier? A) a feather B) a brick")], list(catalog), 1.0, None, 3, 0)
+    try:
+        action = await policy.decide(state)
+    except Exception as error:  # noqa: BLE001 - whatever breaks, the checkpoint is refused with the reason
+        raise InvalidArgument("source", f"smoke episode failed: {type(error).__name__}: {error}") from None
+    if isinstance(action, CallModels) and not all(state.option(c.model) for c in action.calls):
+        raise InvalidArgument("source", f"smoke episode failed: first action {action!r} calls outside the pool")
+    transcript = policy.transcript_of(state)
+    if transcript is None or not any(transcript.generated):
+        raise InvalidArgument("source", "smoke episode failed: the model generated nothing")
