@@ -152,6 +152,21 @@ async def test_cascade_with_two_turns_cannot_escalate_and_says_so_by_selecting()
     assert [m for m, _ in seen] == ["small", "medium"] and result.answer == "A"
 
 
+async def test_a_named_cascade_calls_its_pair_and_escalates_to_its_target() -> None:
+    pool = [*POOL, ModelOption("huge", 20.0, 60.0)]
+    policy = make_baseline("cascade:medium,small,large", {o.id for o in pool})
+    invoke, seen = replies({"small": "A", "medium": "B", "large": "B) brick", "huge": "A"})
+    result = await run_episode(policy, state(pool=pool), invoke)
+    assert [m for m, _ in seen] == ["medium", "small", "large"] and result.answer == "B) brick"
+    invoke, seen = replies({"small": "B", "medium": "B", "large": "A", "huge": "A"})
+    result = await run_episode(policy, state(pool=pool), invoke)
+    assert [m for m, _ in seen] == ["medium", "small"] and result.selected_call == 0  # agreed: the first's answer
+    with pytest.raises(InvalidArgument, match="not in the catalog: \\['gpt-9'\\]"):
+        make_baseline("cascade:small,gpt-9", {"small"})
+    with pytest.raises(InvalidArgument, match="cascade:A,B"):
+        make_baseline("cascade:small", {"small"})
+
+
 def test_users_system_prompt_comes_first_and_is_kept() -> None:
     conversation = [("system", "Answer in French."), ("user", "Hi")]
     assert messages_for_call(conversation, "Be brief.") == [("system", "Answer in French.\n\nBe brief."), ("user", "Hi")]

@@ -256,6 +256,18 @@ def test_cli_writes_report_plot_and_decisions(subset: pathlib.Path, tmp_path: pa
     assert "cascade" in capsys.readouterr().out
 
 
+def test_a_named_cascade_is_evaluated_as_the_subject(subset: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    spec = "cascade:zero-one-ai/Yi-34B-Chat,mistralai/mixtral-8x7b-chat,gpt-4-1106-preview"
+    report = run_evaluation(EvalConfig(subset, spec, tmp_path / "out", limit=5, knn=False, progress=False))
+    assert report["policy"] == spec and report["metrics"][spec]["apgr"] is not None
+    lines = [json.loads(x) for x in (tmp_path / "out" / "decisions.jsonl").open()]
+    calls = [[c["model"] for c in line["calls"]] for line in lines if line["policy"] == spec]
+    assert len(calls) == 5 and all(c[:2] == ["zero-one-ai/Yi-34B-Chat", "mistralai/mixtral-8x7b-chat"] for c in calls)
+    assert all(c[2:] in ([], ["gpt-4-1106-preview"]) for c in calls)
+    with pytest.raises(EvalError, match="not in the catalog"):
+        run_evaluation(EvalConfig(subset, "cascade:a,b", tmp_path / "bad", limit=2, knn=False, progress=False))
+
+
 def test_missing_costs_are_priced_from_the_catalog(subset: pathlib.Path, tmp_path: pathlib.Path) -> None:
     with gzip.open(subset, "rt", encoding="utf-8") as handle:
         rows = [{**json.loads(line), "cost_usd": None} for line in handle]

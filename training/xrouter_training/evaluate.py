@@ -34,7 +34,7 @@ from xrouter_training.report import build_report, format_table
 # λ is in reward per dollar; a gpt-4-1106 call on RouterBench costs about $0.005, so λ from 0 to
 # about 1000 spans "cost is irrelevant" to "one call costs as much as a correct answer is worth".
 DEFAULT_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
-BASELINES = ("cheapest", "cascade", "fixed:<model>", "random", "oracle", "knn")
+BASELINES = ("cheapest", "cascade", "cascade:<cheap>,<cheap>[,<strong>]", "fixed:<model>", "random", "oracle", "knn")
 LAMBDA_AWARE = ("knn", "oracle")
 SPLITS = ("train", "validation", "all")
 
@@ -75,7 +75,7 @@ class EvalConfig:
         for flag, path in (("--data", self.data), ("--catalog", self.catalog)):
             if not pathlib.Path(path).is_file():
                 raise EvalError(f"{flag}: no file at {path}")
-        if not self.is_checkpoint and not self.policy.startswith("fixed:") and self.policy not in BASELINES:
+        if not self.is_checkpoint and not self.policy.startswith(("fixed:", "cascade:")) and self.policy not in BASELINES:
             raise EvalError(f"--policy: {self.policy!r} is neither a checkpoint directory nor a baseline "
                             f"({', '.join(BASELINES)})")
         if self.policy == "knn" and not self.knn:
@@ -195,6 +195,11 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
     if config.is_checkpoint:
         policy = load_checkpoint_policy(pathlib.Path(config.policy), list(env.options.values()))
         runs.append(Run(f"checkpoint:{pathlib.Path(config.policy).name}", "subject", policy, sweep))
+    elif config.policy.startswith("cascade:"):  # a named cascade is the subject, beside the default one
+        try:
+            runs.append(Run(config.policy, "subject", make_baseline(config.policy, set(pool)), once))
+        except InvalidArgument as error:
+            raise EvalError(f"--policy: {error.message}") from None
     elif config.policy not in {r.name for r in runs}:
         raise EvalError(f"--policy: {config.policy!r} is not in the evaluated pool {list(pool)}")
     return runs

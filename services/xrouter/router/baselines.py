@@ -52,31 +52,41 @@ def answer_key(text: str) -> str:
 
 
 class CascadePolicy:
-    """The two cheapest models first, in parallel; if they agree (same option letter or the same
-    normalised text) return the cheaper one's answer, otherwise escalate to the most expensive model
-    in the pool and return its answer. The rule: two cheap models disagreeing marks a hard query."""
+    """Two cheap models first, in parallel; if they agree (same option letter or the same normalised
+    text) return the first one's answer, otherwise escalate to a strong model and return its answer.
+    The rule: two cheap models disagreeing marks a hard query. By default the pair is the two
+    cheapest models of the pool and the escalation target the dearest; ``cascade:A,B[,C]`` names them."""
 
     kind = "cascade"
     version = "1"
     min_turns = 2
 
+    def __init__(self, pair: tuple[str, str] | None = None, escalate: str | None = None) -> None:
+        self.pair, self.escalate = pair, escalate
+
+    def _plan(self, state: EpisodeState) -> tuple[list[str], str]:
+        ranked = [o.id for o in _by_price(state)]
+        pair = [m for m in self.pair if state.option(m)] if self.pair else ranked[:2]
+        escalate = self.escalate if self.escalate and state.option(self.escalate) else ranked[-1]
+        return pair or ranked[:2], escalate
+
     async def decide(self, state: EpisodeState) -> Action:
-        ranked = _by_price(state)
+        pair, escalate = self._plan(state)
         ok = [c for c in state.calls if c.ok]
         if not state.calls:
-            return CallModels(tuple(ToolCall(o.id, SYSTEM_PROMPT) for o in ranked[:2]))
-        escalated = [c for c in ok if c.model == ranked[-1].id and c.turn > 1]
+            return CallModels(tuple(ToolCall(m, SYSTEM_PROMPT) for m in pair))
+        escalated = [c for c in ok if c.model == escalate and c.turn > 1]
         if escalated:
             return SelectResponse(escalated[-1].index)
         first_round = [c for c in ok if c.turn == 1]
         agree = len(first_round) == 2 and answer_key(first_round[0].text) == answer_key(first_round[1].text)
-        if agree or len(ranked) <= 2 or state.final_turn:
+        if agree or escalate in pair or state.final_turn:
             best = first_round[0].index if first_round else _last_ok(state)
             return SelectResponse(-1 if best is None else best)
-        return CallModels((ToolCall(ranked[-1].id, SYSTEM_PROMPT),))
+        return CallModels((ToolCall(escalate, SYSTEM_PROMPT),))
 
 
-BASELINES = ("cheapest", "cascade", "fixed:<model>")
+BASELINES = ("cheapest", "cascade", "cascade:<cheap>,<cheap>[,<strong>]", "fixed:<model>")
 
 
 def make_baseline(spec: str, catalog: set[str]) -> Policy:
@@ -85,6 +95,13 @@ def make_baseline(spec: str, catalog: set[str]) -> Policy:
         return SingleModelPolicy("cheapest")
     if spec == "cascade":
         return CascadePolicy()
+    if spec.startswith("cascade:"):
+        models = [m.strip() for m in spec.removeprefix("cascade:").split(",")]
+        unknown = [m for m in models if m not in catalog]
+        if len(models) not in (2, 3) or unknown:
+            raise InvalidArgument("policy", f"{spec!r}: name two cheap catalog models and optionally the one to "
+                                  f"escalate to (cascade:A,B[,C]); not in the catalog: {unknown}")
+        return CascadePolicy((models[0], models[1]), models[2] if len(models) == 3 else None)
     if spec.startswith("fixed:"):
         model = spec.removeprefix("fixed:")
         if model not in catalog:
