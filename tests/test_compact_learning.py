@@ -100,3 +100,16 @@ def test_the_warm_start_lowers_the_held_out_loss_and_keeps_the_best_epoch(traine
 def test_bad_warm_start_settings_say_how_to_fix_them(change, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**change)
+
+
+def test_a_seeded_run_reproduces_its_checkpoint_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Warm start (with dropout) and GRPO from the same config give the same weights, bit for bit."""
+    from test_training import CONFIGS
+    from xrouter.cli import main
+    from xrouter.router.compact.checkpoint import read_manifest
+
+    digests = []
+    for run in ("a", "b"):
+        assert main(["train", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / run)]) == 0
+        digests.append(read_manifest(tmp_path / run / "checkpoint")["sha256"]["policy.safetensors"])
+    assert digests[0] == digests[1]
