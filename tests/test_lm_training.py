@@ -67,7 +67,9 @@ def test_masked_tokens_get_no_gradient() -> None:
 
 @pytest.fixture(scope="module")
 def trainer(env: ReplayEnvironment, tmp_path_factory: pytest.TempPathFactory) -> LMTrainer:
-    config = dataclasses.replace(TrainConfig.from_file(CONFIGS / "lm-tiny.yaml"), learning_rate=1e-3)
+    # Short replies: these tests exercise the update, not the format (a random model never stops early).
+    config = dataclasses.replace(TrainConfig.from_file(CONFIGS / "lm-tiny.yaml"), learning_rate=1e-3,
+                                 max_new_tokens=16)
     return LMTrainer(config, tmp_path_factory.mktemp("lm"), env=env)
 
 
@@ -111,7 +113,11 @@ async def test_xrouter_train_with_policy_lm_writes_a_checkpoint_the_router_serve
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
-    assert manifest["kind"] == "lm" and manifest["generation"]["max_new_tokens"] == 16
+    assert manifest["kind"] == "lm" and manifest["generation"]["max_new_tokens"] == 128
+    # The warm start ran first: teacher episodes kept, fitted, probed before and after.
+    sft = json.loads((out / "sft.json").read_text())
+    assert manifest["sft"] == sft and sft["teacher"] == "cheapest" and sft["kept"] >= 1
+    assert len(sft["epochs"]) == 1 and math.isfinite(sft["epochs"][0]["nll"]) and sft["probe_after"]["decisions"] > 0
     assert manifest["eval"]["lambdas"][0]["lambda"] == 100
     policy = await build_policy(str(out / "checkpoint"), list(env.options.values()))
     assert isinstance(policy, LMPolicy) and policy.version == manifest["version"]

@@ -10,6 +10,11 @@ from typing import Any
 import yaml
 
 
+# Teachers of the LM policy's supervised warm start besides fixed:<model>, cascade:A,B[,C] and
+# checkpoint directories (knn and oracle are evaluation's baselines; the oracle reads the labels).
+SFT_TEACHERS = ("cascade", "cheapest", "knn", "oracle")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot train; the message says what to change."""
 
@@ -62,7 +67,20 @@ class TrainConfig:
     lm_model: str = ""
     max_new_tokens: int = 256
     rollout_temperature: float = 1.0
-    lm_micro_batch: int = 4
+    lm_micro_batch: int = 4  # also the episodes per optimizer step of the supervised warm start
+    # Supervised warm start of the LM policy before GRPO (lm_sft.py). A teacher — "" (off), a
+    # baseline or checkpoint as the router names them (cascade, cheapest, fixed:<model>, a
+    # directory), or "knn" / "oracle" from evaluation — plays sft_episodes train episodes with
+    # random pools and λ; those that end properly with reward > sft_reward_above become the LM's
+    # tool-call transcripts, fitted for sft_epochs (token-mean NLL on the LM's own tokens, lr
+    # sft_lr). The LM's agreement with the teacher is probed on sft_probe_prompts validation
+    # prompts before and after. With a teacher, steps: 0 trains the warm start alone.
+    sft_teacher: str = ""
+    sft_episodes: int = 256
+    sft_epochs: int = 2
+    sft_lr: float = 1e-4
+    sft_reward_above: float = 0.0  # 0: only episodes the teacher answered correctly
+    sft_probe_prompts: int = 16
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -81,11 +99,12 @@ class TrainConfig:
         if self.kl_coef != 0:
             raise ConfigError("kl_coef: a reference-policy KL term is not implemented; set kl_coef: 0 (DAPO drops it)")
         for name in ("steps", "prompts_per_step", "update_epochs", "hidden"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+            if getattr(self, name) < (0 if name == "steps" and self.sft_teacher else 1):
+                alone = " (0 only with policy: lm and an sft_teacher: the warm start alone)" if name == "steps" else ""
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1{alone}")
         if self.advantage_scale not in ("batch", "group"):
             raise ConfigError(f"advantage_scale={self.advantage_scale!r}: use 'batch' or 'group'")
-        if self.warm_start_steps < 0 or self.warm_start_steps >= self.steps:
+        if self.warm_start_steps < 0 or (self.warm_start_steps and self.warm_start_steps >= self.steps):
             raise ConfigError(f"warm_start_steps={self.warm_start_steps}: need 0 <= warm_start_steps < steps "
                               f"({self.steps}), or no GRPO step would run")
         if self.warm_start_epochs < 0 or self.warm_start_states_per_prompt < 1:
@@ -107,8 +126,10 @@ class TrainConfig:
         if self.policy not in ("compact", "lm"):
             raise ConfigError(f"policy={self.policy!r}: use 'compact' or 'lm'")
         if self.policy == "compact":
-            if self.lm_model:
-                raise ConfigError(f"lm_model={self.lm_model!r} is only read with policy: lm; remove it or set policy: lm")
+            if self.lm_model or self.sft_teacher:
+                raise ConfigError(f"lm_model={self.lm_model!r}, sft_teacher={self.sft_teacher!r} are only read with "
+                                  "policy: lm; remove them or set policy: lm (the compact policy's warm start is "
+                                  "warm_start_epochs)")
             return
         if not self.lm_model:
             raise ConfigError("policy: lm needs lm_model: tiny (random tiny Llama), smollm2 (SmolLM2-135M-Instruct "
@@ -124,6 +145,27 @@ class TrainConfig:
         if not 0 < self.rollout_temperature <= 2:
             raise ConfigError(f"rollout_temperature={self.rollout_temperature}: GRPO needs sampled rollouts (greedy "
                               "ones make every episode of a group the same); use a value in (0, 2], usually 1.0")
+        self._check_sft()
+
+    def _check_sft(self) -> None:
+        teacher = self.sft_teacher
+        if not teacher:
+            return
+        if teacher not in SFT_TEACHERS and not teacher.startswith(("fixed:", "cascade:")) \
+                and not pathlib.Path(teacher).is_dir():
+            raise ConfigError(f"sft_teacher={teacher!r}: name a baseline ({', '.join(SFT_TEACHERS)}, fixed:<model>, "
+                              "cascade:A,B[,C]), a checkpoint directory, or \"\" for no warm start")
+        for name in ("sft_episodes", "sft_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1 with sft_teacher set "
+                                  "(set sft_teacher: \"\" to skip the warm start)")
+        if self.sft_lr <= 0 or self.sft_probe_prompts < 0:
+            raise ConfigError(f"sft_lr={self.sft_lr}, sft_probe_prompts={self.sft_probe_prompts}: need a learning "
+                              "rate > 0 and probe prompts >= 0 (0: no probe)")
+        if self.sft_reward_above >= self.reward_k:
+            raise ConfigError(f"sft_reward_above={self.sft_reward_above}: no episode earns more than reward_k="
+                              f"{self.reward_k}, so none would be kept; use 0 (correct episodes only) or a value "
+                              "below reward_k")
 
     @classmethod
     def from_file(cls, path: pathlib.Path | str) -> TrainConfig:

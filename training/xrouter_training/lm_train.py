@@ -49,6 +49,18 @@ class Rollout:
     failure: str = ""
 
 
+def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript) -> Rollout:
+    """The episode's cost-aware reward; 0, with the reason, when a reply was malformed or truncated
+    or the loop's fallback ended it (what the LM's tokens did not earn must not be rewarded)."""
+    failure = transcript.failure
+    if not failure and episode.result is not None and episode.result.strategy is Strategy.FALLBACK:
+        failure = "the episode loop's fallback ended it (a call on the last turn, or a selected call that " \
+                  "does not exist or failed)"
+    reward = cost_aware_reward(episode.score, episode.cost_usd, episode.cost_lambda, env.reward_config,
+                               failure=failure)
+    return Rollout(episode, transcript, reward, failure)
+
+
 class LMTrainer:
     """GRPO for the LM policy; ``env`` replaces the environment the config names (tests)."""
 
@@ -82,13 +94,7 @@ class LMTrainer:
         episode = await self.env.play(self.policy, prompt, pool, cost_lambda, self.config.max_turns)
         (transcript,) = self.policy.recorder
         self.policy.recorder = None
-        failure = transcript.failure
-        if not failure and episode.result is not None and episode.result.strategy is Strategy.FALLBACK:
-            failure = "the episode loop's fallback ended it (a call on the last turn, or a selected call that " \
-                      "does not exist or failed)"
-        reward = cost_aware_reward(episode.score, episode.cost_usd, cost_lambda, self.env.reward_config,
-                                   failure=failure)
-        return Rollout(episode, transcript, reward, failure)
+        return judge(self.env, episode, transcript)
 
     async def rollout(self, prompts: list[Prompt]) -> list[list[Rollout]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
@@ -152,6 +158,13 @@ class LMTrainer:
     async def run(self) -> pathlib.Path:
         config, started = self.config, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        sft = None
+        if config.sft_teacher:
+            from xrouter_training.lm_sft import SupervisedWarmStart  # it builds on this module
+
+            warm = SupervisedWarmStart(config, self.env, self.model, self.tokenizer)
+            sft = await warm.run(self.train_prompts, self.validation[:config.sft_probe_prompts], self.rng, self.out)
+            self.backend.clear_caches()  # contexts cached before the warm start hold the old weights
         order, cursor = list(self.train_prompts), len(self.train_prompts)
         with open(self.out / "metrics.jsonl", "w") as log:
             for step in range(1, config.steps + 1):
@@ -186,7 +199,7 @@ class LMTrainer:
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "generation": {"max_new_tokens": config.max_new_tokens,
                            "max_response_chars": self.policy.max_response_chars},
-            "config": dataclasses.asdict(config), "eval": {"split": "validation", "lambdas": evaluation},
+            "config": dataclasses.asdict(config), "sft": sft, "eval": {"split": "validation", "lambdas": evaluation},
             "train_seconds": time.perf_counter() - started})
         self.model.to(self.device)
         print(f"checkpoint {version} written to {self.out / 'checkpoint'} ({time.perf_counter() - started:.0f}s)")
