@@ -311,3 +311,24 @@ def test_unusable_inputs_fail_with_the_fix(subset: pathlib.Path, tmp_path: pathl
         EvalConfig(subset, "cheapest", tmp_path / "e", lambdas=(-1.0,))
     assert cli.main(["eval", "--data", str(subset), "--policy", "cheapest", "--lambdas", "x", "--out",
                      str(tmp_path / "f")]) == 2
+
+
+def test_an_lm_checkpoint_is_evaluated_as_the_subject(subset: pathlib.Path, tmp_path: pathlib.Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`xrouter eval --policy DIR` loads the LM policy from its manifest's kind, like the router."""
+    from xrouter.router.lm import checkpoint as lm_checkpoint
+    from xrouter_training.lm_models import tiny_llama
+
+    model, tokenizer = tiny_llama(seed=0)
+    directory = lm_checkpoint.save(tmp_path / "lm-ckpt", model, tokenizer, {
+        "version": "lm-eval-1", "generation": {"max_new_tokens": 8}})
+    out = tmp_path / "out"
+    code = cli.main(["eval", "--data", str(subset), "--policy", str(directory), "--no-knn", "--limit", "5",
+                     "--lambdas", "0,100", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["subject"] == "checkpoint:lm-ckpt" and report["prompts"] == 5
+    rows = [r for r in report["runs"] if r["policy"] == "checkpoint:lm-ckpt"]
+    assert [(r["group"], r["lambda"]) for r in rows] == [("subject", 0.0), ("subject", 100.0)]
+    lines = [json.loads(x) for x in (out / "decisions.jsonl").open() if '"checkpoint:lm-ckpt"' in x]
+    assert len(lines) == 10 and report["metrics"]["checkpoint:lm-ckpt"] is not None

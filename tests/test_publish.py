@@ -187,6 +187,25 @@ def test_without_kubernetes_credentials_publishing_stops_with_what_to_set(checkp
     assert (tmp_path / "store" / "20260102030405-s1").is_dir(), "the copy is kept: publishing again points it"
 
 
+def test_lm_checkpoints_are_published_verified_and_refused_when_damaged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from xrouter.router.lm import checkpoint as lm_checkpoint
+    from xrouter.router.policy_store import read_checkpoint_manifest
+    from xrouter_training.lm_models import tiny_llama
+
+    model, tokenizer = tiny_llama(seed=0)
+    source = lm_checkpoint.save(tmp_path / "lm", model, tokenizer, {"version": "20260102030405-lm-s0"})
+    published = copy_to_store(source, tmp_path / "store")
+    manifest = read_checkpoint_manifest(published.path)
+    assert published.copied and manifest["kind"] == "lm" and published.version == "20260102030405-lm-s0"
+    assert sorted(p.name for p in published.path.iterdir()) == sorted([*manifest["sha256"], MANIFEST])
+    assert copy_to_store(source, tmp_path / "store").copied is False  # the same version again: a no-op
+    template = source / "tokenizer_config.json"
+    template.write_text(template.read_text().replace("}", ', "model_max_length": 5}', 1))
+    with pytest.raises(PublishError, match=r"tokenizer_config.json: missing or its sha256 does not match"):
+        copy_to_store(source, tmp_path / "other-store")
+    assert _store_entries(tmp_path / "other-store") == []
+
+
 def test_router_pointer_settings_are_checked_at_start_up() -> None:
     targets = {"XROUTER_ROUTER_ADAPTERS_TARGET": "a:1", "XROUTER_ROUTER_METERING_TARGET": "m:1"}
     config = load(RouterSettings, {**targets, "XROUTER_ROUTER_POLICY_CONFIGMAP": POINTER})

@@ -24,6 +24,7 @@ from xrouter.common.outcomes import read_outcomes
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.policy import ModelOption, Policy
+from xrouter.router.policy_store import load_checkpoint
 
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.eval_baselines import (
@@ -97,14 +98,10 @@ class Run:
 
 
 def load_checkpoint_policy(path: pathlib.Path, catalog: Sequence[ModelOption]) -> Policy:
-    """The learned policy of a checkpoint directory (its ``decide`` reads ``state.cost_lambda``)."""
+    """The learned policy of a checkpoint directory, compact or LM (its manifest's ``kind`` says
+    which; its ``decide`` reads ``state.cost_lambda``), its hashes and catalog verified as the router does."""
     try:
-        from xrouter.router.compact.checkpoint import load_policy
-    except ImportError as error:
-        raise EvalError(f"--policy {path}: loading checkpoints needs xrouter.router.compact.checkpoint "
-                        f"({error})") from None
-    try:
-        return load_policy(path, list(catalog))
+        return load_checkpoint(path, list(catalog))
     except InvalidArgument as error:
         raise EvalError(f"--policy {path}: not a usable checkpoint: {error.message}") from None
 

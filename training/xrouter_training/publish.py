@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from xrouter.common.errors import InvalidArgument
-from xrouter.router.compact.checkpoint import MANIFEST, read_manifest
+from xrouter.router.policy_store import MANIFEST, read_checkpoint_manifest
 
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -45,7 +45,7 @@ class Published:
 
 def _verified(directory: pathlib.Path, what: str) -> dict[str, Any]:
     try:
-        return read_manifest(directory)
+        return read_checkpoint_manifest(directory)
     except InvalidArgument as error:
         raise PublishError(f"{what} {directory} does not verify: {error.message.removeprefix('source: ')}") from None
 
@@ -75,6 +75,7 @@ def copy_to_store(checkpoint: pathlib.Path | str, store: pathlib.Path | str) -> 
         staging.mkdir(parents=True)
         # The manifest names every file of a checkpoint; nothing else in the folder is copied.
         for name in [*manifest["sha256"], MANIFEST]:
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)  # an LM checkpoint may nest files
             shutil.copyfile(checkpoint / name, staging / name)
             _fsync(staging / name)
         _fsync(staging)
