@@ -6,7 +6,8 @@ backend without vLLM, which cannot be installed beside our pins.
 Replies are the model's own greedy or sampled generation, or — when ``script`` holds texts — those
 texts, one per request, with the model's real log-probabilities for their tokens (teacher-forced).
 ``fail_with`` makes the next request fail with that HTTP status and an OpenAI-style error body;
-``text_only`` answers without logprobs, as a server without vLLM's extensions would."""
+``text_only`` answers without logprobs, as a server without vLLM's extensions would; with
+``served_models`` set, a request for any other model gets vLLM's 404 ("The model ... does not exist")."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class CompletionsServer:
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: int | None = None
         self.text_only = False
+        self.served_models: set[str] | None = None
         self.url = ""
 
     async def start(self) -> CompletionsServer:
@@ -47,6 +49,9 @@ class CompletionsServer:
             status, self.fail_with = self.fail_with, None
             return web.json_response({"error": {"message": f"scripted failure {status}", "type": "server_error",
                                                 "code": status}}, status=status)
+        if self.served_models is not None and body.get("model") not in self.served_models:
+            return web.json_response({"object": "error", "message": f"The model `{body.get('model')}` does not exist.",
+                                      "type": "NotFoundError", "param": None, "code": 404}, status=404)
         prompt = body.get("prompt")
         if not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
             return web.json_response({"error": {"message": "this test server takes prompts as token ids",

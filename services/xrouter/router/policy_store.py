@@ -5,9 +5,11 @@ previous policy is kept for rollback."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import pathlib
+from typing import Any
 
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
@@ -15,32 +17,77 @@ from xrouter.router.policy import ModelOption, Policy
 
 log = logging.getLogger(__name__)
 ROLLBACK = "rollback"
+MANIFEST = "manifest.json"  # where checkpoints of every kind keep their manifest
 
 
-async def build_policy(source: str, catalog: list[ModelOption]) -> Policy:
+@dataclasses.dataclass(frozen=True)
+class LMGeneration:
+    """Where an LM checkpoint's tokens come from: ``url`` empty → transformers in this process;
+    otherwise the OpenAI-compatible completions server there (vLLM serving the checkpoint).
+    ``served_model`` is the name the server knows it by; empty → the checkpoint directory itself,
+    which is vLLM's name for ``--model DIR``, so a router can only ever use the weights it verified
+    (a server serving another checkpoint answers 404 and the smoke episode refuses the swap).
+    ``{version}`` in it becomes the manifest's version (for ``--served-model-name VERSION``)."""
+
+    url: str = ""
+    served_model: str = ""
+
+
+async def build_policy(source: str, catalog: list[ModelOption], lm_generation: LMGeneration = LMGeneration()) -> Policy:
     """A verified policy for ``source`` (raises InvalidArgument naming the problem)."""
     if not source:
         raise InvalidArgument("source", "name a baseline (cheapest, cascade, fixed:<model>) or a checkpoint directory")
     if not pathlib.Path(source).is_dir():
         return make_baseline(source, {o.id for o in catalog})
-    if checkpoint_kind(pathlib.Path(source)) == "lm":
+    policy = await asyncio.to_thread(load_checkpoint, pathlib.Path(source), catalog, lm_generation)
+    if policy.kind == "lm":
+        from xrouter.router.lm.checkpoint import smoke_episode as lm_smoke
+
+        try:
+            await lm_smoke(policy, catalog)  # type: ignore[arg-type]
+        except BaseException:
+            await policy.backend.aclose()  # type: ignore[attr-defined]  # a refused policy keeps no session or thread
+            raise
+    else:
+        from xrouter.router.compact.checkpoint import smoke_episode
+
+        await smoke_episode(policy, catalog)  # type: ignore[arg-type]
+    return policy
+
+
+def load_checkpoint(directory: pathlib.Path, catalog: list[ModelOption],
+                    lm_generation: LMGeneration = LMGeneration()) -> Policy:
+    """The policy of a checkpoint directory of either kind, verified (hashes, catalog) but not yet
+    smoke-tested; InvalidArgument naming the problem. Blocking: it reads and hashes the weights."""
+    if checkpoint_kind(directory) == "lm":
         from xrouter.router.lm import checkpoint as lm  # transformers only when needed
 
-        lm_policy = await asyncio.to_thread(lm.load_policy, source, catalog)
-        await lm.smoke_episode(lm_policy, catalog)
-        return lm_policy
-    from xrouter.router.compact.checkpoint import load_policy, smoke_episode  # torch only when needed
+        served = lm_generation.served_model
+        if lm_generation.url and "{version}" in served:
+            served = served.replace("{version}", str(lm.read_manifest(directory)["version"]))
+        return lm.load_policy(directory, catalog, lm_generation.url, served)
+    from xrouter.router.compact.checkpoint import load_policy  # torch only when needed
 
-    policy = await asyncio.to_thread(load_policy, source, catalog)
-    await smoke_episode(policy, catalog)
-    return policy
+    return load_policy(directory, catalog)
+
+
+def read_checkpoint_manifest(directory: pathlib.Path) -> dict[str, Any]:
+    """The verified manifest of a checkpoint of either kind (every file's sha256 checked); raises
+    InvalidArgument naming the problem."""
+    if checkpoint_kind(directory) == "lm":
+        from xrouter.router.lm.checkpoint import read_manifest as read_lm
+
+        return read_lm(directory)
+    from xrouter.router.compact.checkpoint import read_manifest
+
+    return read_manifest(directory)
 
 
 def checkpoint_kind(directory: pathlib.Path) -> str:
     """The manifest's ``kind``; "" when there is no readable manifest (the compact loader, which
     handles every other case, then names the problem)."""
     try:
-        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return ""
     return str(manifest.get("kind", "")) if isinstance(manifest, dict) else ""
@@ -49,9 +96,10 @@ def checkpoint_kind(directory: pathlib.Path) -> str:
 class PolicyStore:
     """Holds what serves; ``core.policy`` is read per request, so one assignment swaps it."""
 
-    def __init__(self, core, source: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, core, source: str, lm_generation: LMGeneration = LMGeneration()) -> None:  # type: ignore[no-untyped-def]
         self._core = core
         self.source = source
+        self.lm_generation = lm_generation
         self._previous: tuple[Policy, str] | None = None
         self._lock = asyncio.Lock()
 
@@ -67,7 +115,7 @@ class PolicyStore:
                     raise InvalidArgument("source", "no previous policy to roll back to")
                 policy, source = self._previous
             else:
-                policy = await build_policy(source, list(self._core.catalog.values()))
+                policy = await build_policy(source, list(self._core.catalog.values()), self.lm_generation)
             if source != self.source:  # reloading what serves (a publish seen twice) keeps the rollback target
                 self._previous = (self._core.policy, self.source)
             self._core.policy, self.source = policy, source

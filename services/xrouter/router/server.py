@@ -104,7 +104,7 @@ async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[Rou
             if loop.time() >= deadline:
                 raise Unavailable(f"adapters at {config.adapters_target} not reachable: {error.message}") from None
             await asyncio.sleep(0.2)
-    policy = await build_policy(config.policy, catalog)
+    policy = await build_policy(config.policy, catalog, config.lm_generation())
     core = RouterCore(adapters, meter, scorer, catalog, policy, config.limits(), provider.get_tracer("xrouter.router"))
     return core, channels
 
@@ -118,7 +118,7 @@ def main() -> None:
 
     async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
         core, channels = await connect(config, provider)
-        store = PolicyStore(core, config.policy)
+        store = PolicyStore(core, config.policy, config.lm_generation())
         from xrouter.router.policy_watch import start_policy_watch  # the kubernetes client only when used
 
         watcher = start_policy_watch(config, store)

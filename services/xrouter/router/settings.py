@@ -7,6 +7,7 @@ import re
 
 from xrouter.common.settings import SettingsError, env
 from xrouter.router.core import Limits
+from xrouter.router.policy_store import LMGeneration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +38,20 @@ class RouterSettings:
     policy_configmap: str = env("XROUTER_ROUTER_POLICY_CONFIGMAP", "")
     policy_namespace: str = env("XROUTER_ROUTER_POLICY_NAMESPACE", "")  # empty: the pod's own namespace
     policy_key: str = env("XROUTER_ROUTER_POLICY_KEY", "checkpoint")
+    # An LM checkpoint's tokens from an OpenAI-compatible completions server (vLLM on a GPU,
+    # http(s)://host:port/v1) instead of transformers in the router process; empty: in process.
+    # The name the server serves it under; empty: the checkpoint's path (vLLM's name for
+    # `--model DIR`, so a server holding other weights is refused); "{version}" is replaced by the
+    # checkpoint's version (for `--served-model-name VERSION`).
+    lm_generation_url: str = env("XROUTER_ROUTER_LM_GENERATION_URL", "")
+    lm_served_model: str = env("XROUTER_ROUTER_LM_SERVED_MODEL", "")
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
                       self.default_tenant, self.request_timeout_s, self.call_timeout_s)
+
+    def lm_generation(self) -> LMGeneration:
+        return LMGeneration(self.lm_generation_url, self.lm_served_model)
 
     def validate(self) -> None:
         for name, value in (("XROUTER_ROUTER_ADAPTERS_TARGET", self.adapters_target),
@@ -63,7 +74,16 @@ class RouterSettings:
         if self.policy_configmap and not _CONFIGMAP_KEY.fullmatch(self.policy_key):
             raise SettingsError(f"XROUTER_ROUTER_POLICY_KEY must be a ConfigMap key (letters, digits, '-', '_', "
                                 f"'.'), got {self.policy_key!r}")
+        if self.lm_generation_url and not _BASE_URL.fullmatch(self.lm_generation_url):
+            raise SettingsError("XROUTER_ROUTER_LM_GENERATION_URL must be the base URL of an OpenAI-compatible "
+                                f"server, http(s)://host[:port]/v1 (vLLM's), got {self.lm_generation_url!r}")
+        if self.lm_served_model and not self.lm_generation_url:
+            raise SettingsError("XROUTER_ROUTER_LM_SERVED_MODEL names the model on the generation server; set "
+                                "XROUTER_ROUTER_LM_GENERATION_URL too, or leave it empty")
+        if self.lm_served_model != self.lm_served_model.strip():
+            raise SettingsError(f"XROUTER_ROUTER_LM_SERVED_MODEL has leading or trailing spaces: {self.lm_served_model!r}")
 
 
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+_BASE_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
