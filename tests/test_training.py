@@ -124,3 +124,17 @@ def test_train_cli_writes_a_verified_checkpoint(tmp_path, env) -> None:  # type:
     assert manifest["kind"] == "compact" and manifest["eval"]["lambdas"]
     policy = load_policy(tmp_path / "checkpoint", list(env.options.values()))
     assert policy.version == manifest["version"]
+
+
+def test_config_files_read_numbers_by_type(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 3e-4\nsteps: 5\ndynamic_sampling: false\n")  # YAML 1.1 reads 3e-4 as text
+    config = TrainConfig.from_file(path)
+    assert config.learning_rate == 3e-4 and config.steps == 5 and config.dynamic_sampling is False
+    for bad, message in (("learning_rate: fast\n", "learning_rate='fast' is not a float"),
+                         ("steps: 2.5\n", "steps=2.5 is not a int"),
+                         ("dynamic_sampling: 3\n", "dynamic_sampling=3 is not a bool"),
+                         ("eval_lambdas: [1, x]\n", "eval_lambdas")):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_file(path)

@@ -19,6 +19,23 @@ class ConfigError(ValueError):
     """A configuration that cannot train; the message says what to change."""
 
 
+def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
+    """A setting as its field's type. YAML 1.1 reads ``3e-4`` (no dot) as text, so numbers are
+    converted here; a value that is not of the field's type is refused naming the setting."""
+    try:
+        if name == "eval_lambdas":
+            return tuple(float(x) for x in value)
+        if kind == "float" and not isinstance(value, bool):
+            return float(value)
+        if (kind == "int" and (isinstance(value, bool) or not isinstance(value, int))) or (
+                kind == "bool" and not isinstance(value, bool)):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        expected = "list of numbers" if name == "eval_lambdas" else kind
+        raise ConfigError(f"{path}: {name}={value!r} is not a {expected}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     data: str = "routerbench"  # "routerbench" (bundled) or the path of an outcome set
@@ -179,8 +196,8 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
-        if "eval_lambdas" in raw:
-            raw["eval_lambdas"] = tuple(float(x) for x in raw["eval_lambdas"])
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        raw = {name: _typed(path, name, value, types[name]) for name, value in raw.items()}
         try:
             return cls(**raw)
         except TypeError as error:
