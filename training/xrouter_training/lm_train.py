@@ -25,7 +25,7 @@ import torch
 
 from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
-from xrouter.router.compact.checkpoint import catalog_hash
+from xrouter.router.checkpoint_manifest import catalog_hash
 from xrouter.router.lm import checkpoint
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy

@@ -14,10 +14,10 @@ from typing import Any
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.policy import ModelOption, Policy
+from xrouter.router.checkpoint_manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 ROLLBACK = "rollback"
-MANIFEST = "manifest.json"  # where checkpoints of every kind keep their manifest
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,18 +5,16 @@ Loading verifies all of it — no file unlisted, none changed — before a polic
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 from typing import Any
 
 from xrouter.common.errors import InvalidArgument
-from xrouter.router.compact.checkpoint import manifest_digest, sha256
+from xrouter.router.checkpoint_manifest import MANIFEST, catalog_hash, read_verified, sha256, write_manifest
 from xrouter.router.lm.policy import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_RESPONSE_CHARS, LMPolicy
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 KIND = "lm"
 
 
@@ -27,36 +25,18 @@ def save(directory: pathlib.Path, model: Any, tokenizer: Any, manifest: dict[str
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    full = {**manifest, "kind": KIND, "sha256": {str(p.relative_to(directory)): sha256(p) for p in files}}
-    full = json.loads(json.dumps(full))  # the digest covers exactly what a reader will parse
-    full["manifest_sha256"] = manifest_digest(full)
-    (directory / MANIFEST).write_text(json.dumps(full, indent=2))
+    write_manifest(directory, {**manifest, "kind": KIND,
+                               "sha256": {str(p.relative_to(directory)): sha256(p) for p in files}})
     return directory
 
 
 def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     """The verified manifest; InvalidArgument naming the file when anything does not match."""
     path = directory / MANIFEST
-    if not path.is_file():
-        raise InvalidArgument("source", f"{directory} is not a checkpoint: no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidArgument("source", f"{path}: unreadable manifest ({error})") from None
-    if manifest.get("kind") != KIND:
-        raise InvalidArgument("source", f"{path}: kind {manifest.get('kind')!r} is not an LM policy")
-    if manifest.get("manifest_sha256") != manifest_digest(manifest):
-        raise InvalidArgument("source", f"{path}: the manifest was edited after it was written "
-                              "(its manifest_sha256 does not match its content)")
-    missing = sorted({"version", "sha256"} - set(manifest))
-    if missing:
-        raise InvalidArgument("source", f"{path}: the manifest lacks {missing}")
+    manifest = read_verified(directory, KIND, "an LM policy", ())
     listed: dict[str, str] = manifest["sha256"]
     if not any(name.endswith(".safetensors") for name in listed):
         raise InvalidArgument("source", f"{path}: the manifest lists no .safetensors weights")
-    for name, digest in listed.items():
-        if not (directory / name).is_file() or sha256(directory / name) != digest:
-            raise InvalidArgument("source", f"{directory / name}: missing or its sha256 does not match the manifest")
     for extra in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         if str(extra.relative_to(directory)) not in listed:
             # from_pretrained could pick up an unlisted file (another weights format, a config).
@@ -69,8 +49,6 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
     """Verify and load an LM checkpoint. Tokens come from transformers in this process, or from the
     OpenAI-compatible server at ``generation_url`` (vLLM serving this same directory as ``served_model``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from xrouter.router.compact.checkpoint import catalog_hash
 
     directory = pathlib.Path(directory)
     manifest = read_manifest(directory)
