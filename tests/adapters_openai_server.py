@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from local_http import LocalHttpServer
+
 
 @dataclasses.dataclass
 class Fault:
@@ -32,7 +34,7 @@ class Fault:
     body: dict[str, Any] | None = None  # status: the error body (default: an OpenAI-style one)
 
 
-class OpenAIProtocolServer:
+class OpenAIProtocolServer(LocalHttpServer):
     """``script[model]`` is a list of faults consumed one per request (the last one repeats)."""
 
     def __init__(self) -> None:
@@ -41,21 +43,9 @@ class OpenAIProtocolServer:
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.disconnects: list[float] = []  # when a client went away mid-stream (time.monotonic)
-        self.url = ""
 
-    async def start(self) -> OpenAIProtocolServer:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        self.url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
     def _next(self, model: str) -> Fault:
         steps = self.script.get(model) or [Fault()]

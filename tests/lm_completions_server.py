@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from aiohttp import web
 
+from local_http import LocalHttpServer
 
-class CompletionsServer:
+
+class CompletionsServer(LocalHttpServer):
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.script: list[str] = []
@@ -26,21 +28,9 @@ class CompletionsServer:
         self.fail_with: int | None = None
         self.text_only = False
         self.served_models: set[str] | None = None
-        self.url = ""
 
-    async def start(self) -> CompletionsServer:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/completions", self._completions)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-        self.url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await request.json()
