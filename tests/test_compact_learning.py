@@ -91,7 +91,6 @@ def test_the_warm_start_lowers_the_held_out_loss_and_keeps_the_best_epoch(traine
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"warm_start_steps": 5, "steps": 5}, "warm_start_steps=5"),
     ({"warm_start_epochs": -1}, "warm_start_epochs=-1"),
     ({"warm_start_held_out": 1.0}, "held-out share"),
     ({"dropout": 1.0}, "dropout=1.0"),

