@@ -32,9 +32,9 @@ _NO_ACTION = Actions(torch.tensor([True]), torch.tensor([0]), torch.tensor([-1])
 
 
 async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: Callable[[str], np.ndarray],
-                             vocabulary: Vocabulary, pools: Callable[[Prompt], list[str]],
-                             lambdas: Callable[[], float], rng: random.Random, per_prompt: int,
-                             max_turns: int) -> tuple[list[Turn], list[str]]:
+                         vocabulary: Vocabulary, pools: Callable[[Prompt], list[str]],
+                         lambdas: Callable[[], float], rng: random.Random, per_prompt: int,
+                         max_turns: int) -> tuple[list[Turn], list[str]]:
     """``per_prompt`` states for each prompt, and the prompt id of each (whose recorded outcomes
     label it)."""
     turns, prompt_ids = [], []
