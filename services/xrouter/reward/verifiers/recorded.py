@@ -7,7 +7,7 @@ import pathlib
 from collections.abc import Iterable
 
 from xrouter.common.errors import NotFound
-from xrouter.common.outcomes import Outcome, read_outcomes
+from xrouter.common.outcomes import Outcome, placeholder_text, read_outcomes
 from xrouter.reward.verifiers.base import Verdict
 
 
@@ -22,6 +22,8 @@ class RecordedLabels:
 
     Indexes prompt_id -> {normalised answer text -> recorded scores}; answering with a recorded
     text returns its recorded label, so replayed answers are graded exactly as the publisher did.
+    A row with a score but no recorded text is indexed under its
+    :func:`~xrouter.common.outcomes.placeholder_text`, the answer the replay backend gives for it.
     """
 
     def __init__(self, rows: Iterable[Outcome], name: str = "") -> None:
@@ -29,8 +31,8 @@ class RecordedLabels:
         self._labels: dict[str, dict[str, list[float]]] = collections.defaultdict(
             lambda: collections.defaultdict(list))
         for row in rows:
-            if row.response is not None:
-                self._labels[row.prompt_id][_response_key(row.response)].append(float(row.score))
+            text = row.response if row.response is not None else placeholder_text(row.prompt_id, row.model)
+            self._labels[row.prompt_id][_response_key(text)].append(float(row.score))
         self._labels = {pid: dict(answers) for pid, answers in self._labels.items()}
 
     @classmethod
