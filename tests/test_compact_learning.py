@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from test_training import fake_embed
-from xrouter.router.compact.features import lambda_feature
+from xrouter.router.compact.distribution import Masks, first_logits
+from xrouter.router.compact.features import GLOBAL_FEATURES, LAMBDA_COLUMN, MODEL_FEATURES, lambda_feature
 from xrouter.router.compact.network import INITIAL_SHARPNESS, CompactRouter
 from xrouter_training import grpo, warm_start
 from xrouter_training.config import ConfigError, TrainConfig
@@ -40,27 +41,67 @@ def test_outcome_labels_are_the_recorded_score_and_cost_of_each_pool_model(train
         assert not labels.known[row, len(turn.arrays.models):].any()  # padding is never a target
 
 
-def _prior(network: CompactRouter, cost_lambda: float, spent_penalty: float = 0.0,
-           answered: tuple[bool, bool] = (False, False)) -> dict[str, torch.Tensor]:
+def _prior(network: CompactRouter, cost_lambda: float, answered: tuple[bool, bool] = (False, False)
+           ) -> dict[str, torch.Tensor]:
     p = torch.tensor([[0.9, 0.8]])  # a premium model and a cheaper, slightly worse one
     log_cost = torch.log(torch.tensor([[5000.0, 300.0]]) + 1)  # micro-dollars per call
-    global_x = torch.zeros((1, 6))
-    global_x[0, 0] = lambda_feature(cost_lambda)
-    global_x[0, 5] = spent_penalty / 0.7
+    global_x = torch.zeros((1, GLOBAL_FEATURES))
+    global_x[0, LAMBDA_COLUMN] = lambda_feature(cost_lambda)
     return network._prior(p, log_cost, global_x, torch.tensor([answered]))
 
 
-def test_the_prior_is_the_expected_reward_and_shifts_to_cheaper_models_as_lambda_grows() -> None:
+def test_the_prior_is_the_expected_utility_and_shifts_to_cheaper_models_as_lambda_grows() -> None:
     network = CompactRouter(n_models=2, n_tags=0)
     free = _prior(network, 0.0)["call"] / INITIAL_SHARPNESS
     assert free[0].tolist() == pytest.approx([0.9, 0.8], rel=1e-5)  # cost does not matter at λ=0
     dear = _prior(network, 100.0)["call"] / INITIAL_SHARPNESS
-    # 0.9 × (1 − 100 × $0.005) vs 0.8 × (1 − 100 × $0.0003)
-    assert dear[0].tolist() == pytest.approx([0.45, 0.776], rel=1e-4)
+    # 0.9 − 100 × $0.005 vs 0.8 − 100 × $0.0003: the cost is paid whether the answer is right or not.
+    assert dear[0].tolist() == pytest.approx([0.4, 0.77], rel=1e-4)
     assert dear[0, 1] > dear[0, 0]
-    stopped = _prior(network, 100.0, spent_penalty=0.2, answered=(False, True))
-    # Stopping returns the best answered model: 0.8 × (1 − 0.2 already spent).
-    assert (stopped["stop"] / INITIAL_SHARPNESS).item() == pytest.approx(0.64, rel=1e-4)
+    stopped = _prior(network, 100.0, answered=(False, True))
+    assert (stopped["stop"] / INITIAL_SHARPNESS).item() == pytest.approx(0.8, rel=1e-4)  # best answer in hand
+
+
+def test_no_lambda_makes_the_dearer_model_attractive_again() -> None:
+    """The cause of the old non-monotonicity: a penalty capped at cost_max makes both calls cost the
+    same 0.7 at large λ, and the more accurate, dearer model wins again. The utility must keep
+    preferring the cheaper model (or stopping) for every λ up to 1e6."""
+    network = CompactRouter(n_models=2, n_tags=0)
+    for cost_lambda in (200.0, 1e3, 1e4, 1e6):
+        calls = _prior(network, cost_lambda)["call"][0]
+        assert calls[1] > calls[0], cost_lambda
+
+
+def test_greedy_first_choice_never_gets_dearer_as_lambda_grows() -> None:
+    """For random predictions, residuals and pools, the predicted cost of the greedy first choice
+    (stopping costs nothing) never rises along a λ sweep from 0 to 1e6: λ reaches the logits only
+    through the prior's −λ·ĉ term, whatever the learned heads say."""
+    torch.manual_seed(0)
+    network = CompactRouter(n_models=6, n_tags=0, hidden=8)
+    for parameter in network.parameters():  # random residual heads, not the zero start
+        torch.nn.init.normal_(parameter, std=0.5)
+    lambdas = [0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]
+    batch, models = 64, 6
+    query = torch.randn(batch, 384)
+    model_x = torch.randn(batch, models, MODEL_FEATURES)
+    model_ids = torch.randint(0, models + 1, (batch, models))
+    selectable = torch.rand(batch, models) < 0.3
+    masks = Masks(~selectable, selectable, torch.zeros(batch, dtype=torch.bool))
+    context = torch.rand(batch, GLOBAL_FEATURES)
+    previous = None
+    for cost_lambda in lambdas:
+        global_x = context.clone()
+        global_x[:, LAMBDA_COLUMN] = lambda_feature(cost_lambda)
+        with torch.no_grad():
+            out = network(query, global_x, model_ids, model_x, torch.ones(batch, models, dtype=torch.bool),
+                          selectable)
+            choice = first_logits(out, masks).argmax(-1)
+            cost = torch.expm1(out["log_cost"].clamp(0, 30))
+            chosen_cost = torch.where(choice < models, cost.gather(1, choice.clamp(max=models - 1)[:, None]).squeeze(1),
+                                      torch.zeros(batch))
+        if previous is not None:
+            assert (chosen_cost <= previous * (1 + 1e-5)).all(), cost_lambda
+        previous = chosen_cost
 
 
 def test_the_warm_start_lowers_the_held_out_loss_and_keeps_the_best_epoch(trainer: Trainer) -> None:

@@ -26,7 +26,8 @@ class AdaptersClient:
             reply = await self._stub.ListModels(adapters_pb2.ListModelsRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "adapters") from None
-        return [ModelOption(m.id, m.input_usd_per_mtok, m.output_usd_per_mtok, m.description, tuple(m.tags))
+        return [ModelOption(m.id, m.input_usd_per_mtok, m.output_usd_per_mtok, m.description, tuple(m.tags),
+                            m.context_tokens)
                 for m in reply.models]
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,

@@ -23,6 +23,7 @@ class ModelOption:
     output_usd_per_mtok: float
     description: str = ""
     tags: tuple[str, ...] = ()
+    context_tokens: int = 0  # 0: not stated
 
     def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok) / 1e6

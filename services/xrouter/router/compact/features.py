@@ -1,8 +1,16 @@
 """What the compact policy sees of an episode state, as arrays (one row per model in the pool).
 
-Per model: its catalog features (log prices, capability tags, an id for its learned embedding) and
-what the episode learned about it so far (called, succeeded, answer length, an option letter
-extracted, agreement with the other answers). Global: λ, the turn, the spend so far.
+Per model: its catalog descriptor (log prices, log context, capability tags, the estimated cost of
+calling it on this prompt; the id of its learned embedding, 0 for a model never trained with, and
+its description embedded by the query encoder — see ``descriptor_text``) and what the episode learned
+about it so far (called, succeeded, answer length, an option letter extracted, agreement with the
+other answers). Global: λ, the turn, the spend so far, answers so far.
+
+Why λ and the spend are kept apart from everything else: the network's learned parts never see them
+(network.py); λ enters only through the closed-form cost term of the prior, which is what makes a
+larger λ never choose a dearer call. Nothing here saturates in λ or in cost: a penalty capped at the
+reward's ``cost_max`` made every call look equally dear at large λ, and the policy then went back to
+the most accurate — most expensive — model.
 """
 
 from __future__ import annotations
@@ -12,13 +20,17 @@ import math
 
 import numpy as np
 
+from xrouter.common.outcomes import is_placeholder
 from xrouter.router.baselines import answer_key
-from xrouter.router.policy import EpisodeState
+from xrouter.router.policy import EpisodeState, ModelOption
 
-MODEL_FEATURES = 10  # see encode_state
+MODEL_FEATURES = 12  # see encode_state
+ESTIMATE_COLUMN = 9  # model_x: log(estimated call cost in micro-dollars + 1) / COST_SCALE
+COST_SCALE = 10.0
 GLOBAL_FEATURES = 6
-# The reward's cost cap (cost_max): a penalty feature saturates where the reward does.
-PENALTY_CAP = 0.7
+LAMBDA_COLUMN, SPENT_COLUMN = 0, GLOBAL_FEATURES - 1  # the two columns only the prior reads
+LAMBDA_SCALE = 6.0
+SPENT_SCALE = 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +44,20 @@ class Vocabulary:
         return self.models.index(model) + 1 if model in self.models else 0
 
 
-LAMBDA_SCALE = 6.0
-
-
 def lambda_feature(cost_lambda: float) -> float:
-    # λ spans orders of magnitude (reward per dollar): log scale, about [0, 1.2] for λ ≤ 1000.
+    # λ spans orders of magnitude (reward per dollar): log scale; the prior inverts it exactly.
     return math.log1p(cost_lambda) / LAMBDA_SCALE
+
+
+def spent_feature(spent_usd: float) -> float:
+    return math.log1p(spent_usd * 1e6) / SPENT_SCALE
+
+
+def descriptor_text(option: ModelOption) -> str:
+    """What the encoder reads of a catalog entry: a platform team's new model is described, not trained."""
+    tags = ", ".join(option.tags) or "none"
+    return (f"{option.id}. {option.description} Capabilities: {tags}. Price per million tokens: "
+            f"${option.input_usd_per_mtok:g} in, ${option.output_usd_per_mtok:g} out.")
 
 
 @dataclasses.dataclass
@@ -52,32 +72,37 @@ class StateArrays:
     selectable: np.ndarray  # [M] bool: answered successfully
 
 
-def encode_state(state: EpisodeState, vocabulary: Vocabulary) -> StateArrays:
+def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float = math.inf) -> StateArrays:
+    """The arrays of one decision; λ above ``lambda_top`` (the top of the trained range) counts as it."""
+    cost_lambda = min(state.cost_lambda, lambda_top)
     models = [option.id for option in state.pool]
     latest = {c.model: c for c in state.calls}  # a model's latest call
-    keys = {c.model: answer_key(c.text) for c in state.calls if c.ok}
+    # A replayed answer whose text was not recorded is known to exist but says nothing: no key.
+    keys = {c.model: answer_key(c.text) for c in state.calls if c.ok and not is_placeholder(c.text)}
     tag_count = len(vocabulary.tags)
     model_x = np.zeros((len(models), MODEL_FEATURES + tag_count), dtype=np.float32)
     for row, option in enumerate(state.pool):
         call = latest.get(option.id)
         ok = call is not None and call.ok
+        seen = ok and option.id in keys
         others = [key for model, key in keys.items() if model != option.id]
-        agreement = sum(key == keys.get(option.id) for key in others) / len(others) if ok and others else 0.0
+        agreement = sum(key == keys.get(option.id) for key in others) / len(others) if seen and others else 0.0
+        estimate_micro = state.estimate_call_usd(option) * 1e6
         model_x[row, :MODEL_FEATURES] = (
             math.log10(option.input_usd_per_mtok + 1e-3) / 2, math.log10(option.output_usd_per_mtok + 1e-3) / 2,
-            call is not None, ok, math.log1p(len(call.text)) / 8 if ok else 0.0,
-            ok and len(keys[option.id]) == 1, agreement, ok and bool(others) and agreement == 1.0,
-            ok and "def " in call.text,
-            # What calling this model would cost in reward at this λ: the quantity the policy trades
-            # against accuracy, given directly rather than left to be learned from λ and prices.
-            min(state.cost_lambda * state.estimate_call_usd(option), PENALTY_CAP) / PENALTY_CAP)
+            call is not None, ok, math.log1p(len(call.text)) / 8 if seen else 0.0,
+            seen and len(keys[option.id]) == 1, agreement, seen and bool(others) and agreement == 1.0,
+            seen and "def " in call.text, math.log1p(estimate_micro) / COST_SCALE,
+            math.log2(option.context_tokens) / 20 if option.context_tokens > 0 else 0.0,
+            ok and not seen)
         for tag in option.tags:
             if tag in vocabulary.tags:
                 model_x[row, MODEL_FEATURES + vocabulary.tags.index(tag)] = 1.0
-    global_x = np.array([lambda_feature(state.cost_lambda), state.turn / 4, state.final_turn,
-                         math.log1p(state.spent_usd() * 1000), len(keys) / 3,
-                         min(state.cost_lambda * state.spent_usd(), PENALTY_CAP) / PENALTY_CAP], dtype=np.float32)
+    global_x = np.array([lambda_feature(cost_lambda), state.turn / 4, state.final_turn,
+                         math.log1p(state.spent_usd() * 1000), len(keys) / 3, spent_feature(state.spent_usd())],
+                        dtype=np.float32)
     called = {c.model for c in state.calls}
+    answered = {c.model for c in state.calls if c.ok}
     return StateArrays(
         models, np.array([vocabulary.model_index(m) for m in models], dtype=np.int64), model_x, global_x,
-        np.array([m not in called for m in models]), np.array([m in keys for m in models]))
+        np.array([m not in called for m in models]), np.array([m in answered for m in models]))
