@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from typing import Any
 
@@ -25,6 +26,10 @@ def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
     try:
         if name == "eval_lambdas":
             return tuple(float(x) for x in value)
+        if name in ("sources", "exclude_models"):
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ValueError(value)
+            return tuple(value)
         if kind == "float" and not isinstance(value, bool):
             return float(value)
         if (kind == "int" and (isinstance(value, bool) or not isinstance(value, int))) or (
@@ -32,7 +37,8 @@ def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
             raise ValueError(value)
         return value
     except (TypeError, ValueError):
-        expected = "list of numbers" if name == "eval_lambdas" else kind
+        expected = {"eval_lambdas": "list of numbers", "sources": "list of names",
+                    "exclude_models": "list of names"}.get(name, kind)
         raise ConfigError(f"{path}: {name}={value!r} is not a {expected}") from None
 
 
@@ -40,6 +46,14 @@ def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
 class TrainConfig:
     data: str = "routerbench"  # "routerbench" (bundled) or the path of an outcome set
     catalog: str = ""  # empty: the bundled RouterBench catalog
+    # Bundled outcome sets to train on together (xrouter.common.outcomes.SOURCES), instead of
+    # data/catalog; each episode's pool is drawn from its prompt's own source.
+    sources: tuple[str, ...] = ()
+    exclude_models: tuple[str, ...] = ()  # never in a training pool (the leave-one-model-out proof)
+    use_descriptors: bool = True  # the network reads each model's catalog description embedding
+    use_query: bool = True  # the network reads the query's embedding (off: an ablation)
+    parallel_calls: bool = True  # the policy may call two models in one turn (off: an ablation)
+    id_dropout: float = 0.0  # warm start: share of model ids hidden so descriptions carry the prediction
     seed: int = 0
     steps: int = 120
     prompts_per_step: int = 32
@@ -105,7 +119,9 @@ class TrainConfig:
         if not 0 < self.clip_low < 1 or self.clip_high < self.clip_low:
             raise ConfigError(f"clip_low={self.clip_low}, clip_high={self.clip_high}: need 0 < clip_low < 1 and "
                               "clip_high >= clip_low (DAPO uses 0.2 / 0.28)")
-        if not 0 <= self.lambda_min <= self.lambda_max:
+        self._check_sources()
+        if not all(math.isfinite(v) for v in (self.lambda_min, self.lambda_max)) \
+                or not 0 <= self.lambda_min <= self.lambda_max:
             raise ConfigError(f"lambda range [{self.lambda_min}, {self.lambda_max}]: need 0 <= lambda_min <= lambda_max")
         if self.pool_min < 1 or (self.pool_max and self.pool_max < self.pool_min):
             raise ConfigError(f"pool sizes [{self.pool_min}, {self.pool_max}]: need pool_min >= 1 and pool_max "
@@ -134,6 +150,24 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate={self.learning_rate}: must be > 0")
         self._check_policy()
+
+    def _check_sources(self) -> None:
+        from xrouter.common.outcomes import SOURCES
+
+        if not 0 <= self.id_dropout < 1:
+            raise ConfigError(f"id_dropout={self.id_dropout}: need 0 <= id_dropout < 1")
+        if not self.sources:
+            return
+        unknown = [name for name in self.sources if name not in SOURCES]
+        if unknown:
+            raise ConfigError(f"sources: {unknown} are not bundled outcome sets; known: {sorted(SOURCES)}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"sources: {list(self.sources)} names a source twice")
+        if self.data != "routerbench" or self.catalog:
+            raise ConfigError("sources and data/catalog both set: sources trains on the bundled sets with their "
+                              "own catalogs; remove data/catalog, or remove sources to train on one file")
+        if self.policy != "compact":
+            raise ConfigError("sources: only the compact policy trains on several outcome sets; use data: for lm")
 
     def _check_policy(self) -> None:
         if self.policy not in ("compact", "lm"):

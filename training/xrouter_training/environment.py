@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from xrouter.adapters.backends.replay import ReplayBackend
 from xrouter.adapters.catalog import ModelSpec, load_catalog
 from xrouter.adapters.core import AdapterCore, backend_key
 from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.common.errors import NotFound, XRouterError
-from xrouter.common.outcomes import ROUTERBENCH, read_outcomes, split_of
+from xrouter.common.outcomes import ROUTERBENCH, read_outcomes, source, split_of
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
 from xrouter.reward.verifiers import RecordedLabels
 from xrouter.router.episode import EpisodeResult, run_episode
@@ -25,6 +25,7 @@ class Prompt:
     prompt_id: str
     task: str
     text: str
+    source: str = ""  # the outcome set it comes from (MixedEnvironment); "" for a single set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Episode:
 
 def option_of(spec: ModelSpec) -> ModelOption:
     return ModelOption(spec.id, float(spec.input_usd_per_mtok), float(spec.output_usd_per_mtok),
-                       spec.description, spec.tags)
+                       spec.description, spec.tags, spec.context_tokens)
 
 
 class ReplayEnvironment:
@@ -64,7 +65,8 @@ class ReplayEnvironment:
         self.costs: dict[str, dict[str, float]] = {}  # prompt id → model → recorded cost (USD)
         for row in read_outcomes(data):
             self.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
-            if row.response is not None and row.model in self.options:
+            # A row with a score but no text is routable: the replay answers it with a marked placeholder.
+            if row.model in self.options:
                 self.answered.setdefault(row.prompt_id, set()).add(row.model)
                 self.scores.setdefault(row.prompt_id, {})[row.model] = float(row.score)
                 self.costs.setdefault(row.prompt_id, {})[row.model] = float(row.cost_usd or 0.0)
@@ -101,3 +103,55 @@ class ReplayEnvironment:
         cost = sum(c.cost_micro_usd for c in state.calls) / 1e6
         reward = cost_aware_reward(score, cost, cost_lambda, self.reward_config)
         return Episode(prompt, cost_lambda, tuple(pool), result, state.calls, score, cost, reward)
+
+
+class MixedEnvironment:
+    """Several bundled outcome sets as one environment. Sources share no prompts, so a prompt's pool
+    is always drawn from its own source's models; prompt ids are ``<source>/<id>``. The interface is
+    ReplayEnvironment's, so the trainer and the warm start run on either."""
+
+    def __init__(self, sources: Iterable[str], reward: RewardConfig = RewardConfig(),
+                 exclude_models: Iterable[str] = ()) -> None:
+        excluded = set(exclude_models)
+        self.envs: dict[str, ReplayEnvironment] = {}
+        self.options: dict[str, ModelOption] = {}
+        self.prompts: dict[str, Prompt] = {}
+        self.answered: dict[str, set[str]] = {}
+        self.scores: dict[str, dict[str, float]] = {}
+        self.costs: dict[str, dict[str, float]] = {}
+        self.reward_config = reward
+        self._source_of_text: dict[str, str] = {}
+        for name in sources:
+            bundled = source(name)
+            env = self.envs[name] = ReplayEnvironment(bundled.data, bundled.catalog, reward)
+            for model, option in env.options.items():
+                if model not in excluded:
+                    self.options.setdefault(model, option)
+            # A model in two sources' catalogs is one model: every episode describes it the same way.
+            env.options = {model: self.options.get(model, option) for model, option in env.options.items()}
+            for raw, prompt in env.prompts.items():
+                key = f"{name}/{raw}"
+                models = env.answered.get(raw, set()) - excluded
+                if not models:
+                    continue
+                self.prompts[key] = dataclasses.replace(prompt, prompt_id=key, source=name)
+                self.answered[key] = models
+                self.scores[key], self.costs[key] = env.scores[raw], env.costs[raw]
+                self._source_of_text.setdefault(prompt.text, name)
+
+    def split(self, name: str) -> list[Prompt]:
+        """Prompts of one split of every source (each source split by its own prompt ids)."""
+        return [p for key, p in sorted(self.prompts.items())
+                if name == "all" or split_of(key.split("/", 1)[1]) == name]
+
+    def _inner(self, prompt: Prompt) -> Prompt:
+        return dataclasses.replace(prompt, prompt_id=prompt.prompt_id.split("/", 1)[1])
+
+    async def invoke(self, call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int) -> CallOutcome:
+        text = next((content for role, content in reversed(messages) if role == "user"), "")
+        return await self.envs[self._source_of_text[text]].invoke(call, messages, index, turn)
+
+    async def play(self, policy: Policy, prompt: Prompt, pool: Sequence[str], cost_lambda: float,
+                   max_turns: int = 3) -> Episode:
+        episode = await self.envs[prompt.source].play(policy, self._inner(prompt), pool, cost_lambda, max_turns)
+        return dataclasses.replace(episode, prompt=prompt)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 from xrouter.router.compact.distribution import Actions, Masks
 from xrouter.router.compact.features import MODEL_FEATURES
+from xrouter.router.compact.network import DESCRIPTOR_DIM, CompactRouter
 from xrouter.router.compact.policy import Turn
 
 
@@ -45,8 +47,10 @@ def clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages:
     return -torch.minimum(unclipped, clipped).mean()
 
 
-def batch_turns(turns: list[Turn], n_tags: int) -> dict[str, object]:
-    """Pad a list of recorded turns (pools of different sizes) into one batch."""
+def batch_turns(turns: list[Turn], n_tags: int,
+                descriptors: Mapping[str, np.ndarray] | None = None) -> dict[str, object]:
+    """Pad a list of recorded turns (pools of different sizes) into one batch; ``descriptors`` maps
+    model ids to their catalog-description embeddings (None: the network reads none)."""
     size = max(len(t.arrays.models) for t in turns)
     count = len(turns)
     width = MODEL_FEATURES + n_tags
@@ -55,9 +59,12 @@ def batch_turns(turns: list[Turn], n_tags: int) -> dict[str, object]:
     present = np.zeros((count, size), dtype=bool)
     callable_ = np.zeros((count, size), dtype=bool)
     selectable = np.zeros((count, size), dtype=bool)
+    desc = None if descriptors is None else np.zeros((count, size, DESCRIPTOR_DIM), dtype=np.float32)
     for row, turn in enumerate(turns):
         m = len(turn.arrays.models)
         model_x[row, :m] = turn.arrays.model_x
+        if desc is not None:
+            desc[row, :m] = [descriptors[model] for model in turn.arrays.models]
         model_ids[row, :m] = turn.arrays.model_ids
         present[row, :m] = True
         callable_[row, :m] = turn.arrays.callable_
@@ -75,7 +82,14 @@ def batch_turns(turns: list[Turn], n_tags: int) -> dict[str, object]:
                        torch.tensor([t.final for t in turns])),
         "actions": Actions(stack("stop"), stack("first"), stack("more"), stack("second"), stack("select")),
         "old_log_prob": torch.tensor([t.log_prob for t in turns]),
+        "descriptors": None if desc is None else torch.from_numpy(desc),
     }
+
+
+def forward(network: CompactRouter, batch: dict) -> dict[str, torch.Tensor]:
+    """The network on a batch from :func:`batch_turns`, exactly as the policy calls it per decision."""
+    return network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"], batch["present"],
+                   batch["masks"].selectable, batch["descriptors"])
 
 
 @dataclasses.dataclass

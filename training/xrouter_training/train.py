@@ -21,12 +21,12 @@ from xrouter.reward.formula import RewardConfig
 from xrouter.router.compact.checkpoint import catalog_hash, save
 from xrouter.router.compact.distribution import log_prob
 from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir, embed_prompts
-from xrouter.router.compact.features import Vocabulary
+from xrouter.router.compact.features import Vocabulary, descriptor_text
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy, Turn
 from xrouter_training import grpo, warm_start
 from xrouter_training.config import TrainConfig
-from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
+from xrouter_training.environment import Episode, MixedEnvironment, Prompt, ReplayEnvironment
 
 
 def sample_lambda(config: TrainConfig, rng: random.Random) -> float:
@@ -35,8 +35,37 @@ def sample_lambda(config: TrainConfig, rng: random.Random) -> float:
     return math.expm1(rng.uniform(low, high))
 
 
-def sample_pool(env: ReplayEnvironment, prompt: Prompt, config: TrainConfig, rng: random.Random) -> list[str]:
-    models = sorted(env.answered[prompt.prompt_id])
+def build_environment(config: TrainConfig) -> ReplayEnvironment | MixedEnvironment:
+    """The configured outcome sets as one environment."""
+    reward = RewardConfig(config.reward_k, config.reward_cost_max)
+    if config.sources:
+        return MixedEnvironment(config.sources, reward, config.exclude_models)
+    data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
+    kwargs = {"catalog": config.catalog} if config.catalog else {}
+    return ReplayEnvironment(data, reward=reward, **kwargs)
+
+
+def first_per_source(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    """The first ``limit`` prompts of each source (all when ``limit`` is 0)."""
+    if not limit:
+        return prompts
+    taken: dict[str, int] = {}
+    chosen = []
+    for prompt in prompts:
+        taken[prompt.source] = taken.get(prompt.source, 0) + 1
+        if taken[prompt.source] <= limit:
+            chosen.append(prompt)
+    return chosen
+
+
+def sample_pool_all(env: ReplayEnvironment | MixedEnvironment, prompt: Prompt, config: TrainConfig) -> list[str]:
+    """Every model that answered the prompt (its source's pool), less the excluded ones."""
+    return sorted(env.answered[prompt.prompt_id] - set(config.exclude_models))
+
+
+def sample_pool(env: ReplayEnvironment | MixedEnvironment, prompt: Prompt, config: TrainConfig,
+                rng: random.Random) -> list[str]:
+    models = sample_pool_all(env, prompt, config)
     top = min(config.pool_max or len(models), len(models))
     return sorted(rng.sample(models, rng.randint(min(config.pool_min, top), top)))
 
@@ -53,32 +82,35 @@ class Trainer:
         torch.manual_seed(config.seed)
         torch.set_num_threads(1)  # tiny per-decision forwards: threads cost more than they give
         self.rng = random.Random(config.seed * 1000 + self.rank)
-        data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
-        kwargs = {"catalog": config.catalog} if config.catalog else {}
-        self.env = env or ReplayEnvironment(data, reward=RewardConfig(config.reward_k, config.reward_cost_max), **kwargs)
-        options = list(self.env.options.values())
+        self.env = env or build_environment(config)
+        options = [o for o in self.env.options.values() if o.id not in config.exclude_models]
         self.vocabulary = Vocabulary(tuple(o.id for o in options), tuple(sorted({t for o in options for t in o.tags})))
         self.encoder_path = cache_dir() / ONNX_NAME
-        limit = config.limit_prompts or None
-        self.train_prompts = self.env.split("train")[:limit]
-        self.validation = self.env.split("validation")[:limit]
+        self.train_prompts = first_per_source(self.env.split("train"), config.limit_prompts)
+        self.validation = first_per_source(self.env.split("validation"), config.limit_prompts)
         if embed is None:
             # Rank 0 exports the encoder and embeds the prompts into the cache; the others wait for it
             # and read the cache (concurrent writers would race on the same files).
             if self.world > 1 and self.rank != 0:
                 torch.distributed.barrier()
             encoder = QueryEncoder.load()
-            prompts = self.train_prompts + self.validation
-            vectors = embed_prompts(encoder, [(p.prompt_id, p.text) for p in prompts], progress=self.rank == 0)
+            texts = [p.text for p in self.train_prompts + self.validation] + [descriptor_text(o) for o in options]
+            vectors = embed_prompts(encoder, [(text, text) for text in dict.fromkeys(texts)], progress=self.rank == 0)
             if self.world > 1 and self.rank == 0:
                 torch.distributed.barrier()
-            embed = {p.text: vectors[p.prompt_id] for p in prompts}.__getitem__
+            embed = vectors.__getitem__
         self.network = CompactRouter(len(self.vocabulary.models), len(self.vocabulary.tags), hidden=config.hidden,
-                                     reward_k=config.reward_k, dropout=config.dropout)
+                                     reward_k=config.reward_k, dropout=config.dropout, id_dropout=config.id_dropout)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate)
         self.embed = embed
+        # The query embedding as the network sees it (zeros in the ablation without the encoder).
+        self.query_embed = embed if config.use_query else (lambda text: np.zeros_like(embed(text)))
+        self.descriptors = ({o.id: embed(descriptor_text(o)) for o in self.env.options.values()}
+                            if config.use_descriptors else None)
         self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False,
-                                    seed=config.seed * 1000 + self.rank)
+                                    seed=config.seed * 1000 + self.rank, lambda_top=config.lambda_max,
+                                    use_descriptors=config.use_descriptors, use_query=config.use_query,
+                                    parallel_calls=config.parallel_calls)
 
     async def rollout(self, prompts: list[Prompt]) -> tuple[list[list[Episode]], list[list[list[Turn]]]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
@@ -112,15 +144,14 @@ class Trainer:
         stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0, "correct_bce": 0.0, "cost_mse": 0.0}
         if not all_turns:
             return stats
-        batch = grpo.batch_turns(all_turns, len(self.vocabulary.tags))
+        batch = grpo.batch_turns(all_turns, len(self.vocabulary.tags), self.descriptors)
         labels = grpo.outcome_labels(all_turns, [self.env.scores[p] for p in prompt_ids],
                                      [self.env.costs[p] for p in prompt_ids], batch["present"].shape[1])
         adv = torch.tensor(batch_adv, dtype=torch.float32)
         pg = torch.tensor(in_loss)
         self.network.eval()  # no dropout: the ratios compare against log-probs sampled in eval mode
         for _ in range(self.config.update_epochs):
-            out = self.network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"],
-                               batch["present"], batch["masks"].selectable)
+            out = grpo.forward(self.network, batch)
             logp, entropy = log_prob(out, batch["masks"], batch["actions"])
             bce, cost_mse = labels.loss(out, self.config.cost_coef)
             loss = self.config.correctness_coef * (bce + cost_mse)
@@ -162,15 +193,19 @@ class Trainer:
             print(f"weights identical on all {self.world} processes", flush=True)
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
-        """Greedy policy, whole catalog, for each λ of the grid."""
+        """Greedy policy, for each source and λ of the grid, every model of the prompt's source that
+        answered it in the pool (``xrouter eval`` gives the full report)."""
         self.policy.greedy = True
         rows = []
-        for lam in self.config.eval_lambdas:
-            episodes = [await self.env.play(self.policy, p, sorted(self.env.options), lam, self.config.max_turns)
-                        for p in prompts]
-            rows.append({"lambda": lam, "accuracy": float(np.mean([e.score for e in episodes])),
-                         "mean_cost_usd": float(np.mean([e.cost_usd for e in episodes])),
-                         "calls_per_query": float(np.mean([sum(c.attempted for c in e.calls) for e in episodes]))})
+        for source in sorted({p.source for p in prompts}):
+            chosen = [p for p in prompts if p.source == source]
+            for lam in self.config.eval_lambdas:
+                episodes = [await self.env.play(self.policy, p, sample_pool_all(self.env, p, self.config), lam,
+                                                self.config.max_turns) for p in chosen]
+                rows.append({"source": source or "data", "lambda": lam, "prompts": len(chosen),
+                             "accuracy": float(np.mean([e.score for e in episodes])),
+                             "mean_cost_usd": float(np.mean([e.cost_usd for e in episodes])),
+                             "calls_per_query": float(np.mean([sum(c.attempted for c in e.calls) for e in episodes]))})
         self.policy.greedy = False
         return rows
 
@@ -184,13 +219,13 @@ class Trainer:
         states = {}
         for name, part in (("held_out", prompts[:cut]), ("fit", prompts[cut:])):
             states[name] = await warm_start.outcome_states(
-                self.env, part, self.embed, self.vocabulary,
+                self.env, part, self.query_embed, self.vocabulary,
                 lambda p: sample_pool(self.env, p, config, rng), lambda: sample_lambda(config, rng), rng,
-                config.warm_start_states_per_prompt, config.max_turns)
+                config.warm_start_states_per_prompt, config.max_turns, config.lambda_max)
         return warm_start.fit_outcomes(
             self.network, self.env, states["fit"], states["held_out"], len(self.vocabulary.tags),
             config.warm_start_epochs, config.warm_start_lr, config.warm_start_weight_decay, config.cost_coef, 256, rng,
-            progress=self.rank == 0)
+            self.descriptors, progress=self.rank == 0)
 
     async def run(self) -> pathlib.Path:
         config, started = self.config, time.perf_counter()
@@ -235,13 +270,16 @@ class Trainer:
         print("evaluating on the validation split...", flush=True)
         evaluation = await self.evaluate(self.validation)
         for row in evaluation:
-            print(f"  λ={row['lambda']:<6g} accuracy {row['accuracy']:.3f}  cost ${row['mean_cost_usd']:.6f}  "
+            print(f"  {row['source']:<12} λ={row['lambda']:<6g} accuracy {row['accuracy']:.3f}  cost ${row['mean_cost_usd']:.6f}  "
                   f"calls {row['calls_per_query']:.2f}")
         version = f"{time.strftime('%Y%m%d%H%M%S')}-s{config.seed}"
         save(self.out / "checkpoint", self.network, self.vocabulary, self.encoder_path, {
             "version": version, "catalog_hash": catalog_hash(self.env.options.values()),
-            "data": {"file": config.data, "train_prompts": len(self.train_prompts),
+            "data": {"file": config.data if not config.sources else None, "sources": list(config.sources),
+                     "train_prompts": len(self.train_prompts), "exclude_models": list(config.exclude_models),
                      "split": "train (xrouter.common.outcomes.split_of)"},
+            "use_descriptors": config.use_descriptors, "use_query": config.use_query,
+            "parallel_calls": config.parallel_calls,
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "config": dataclasses.asdict(config), "warm_start": warm, "eval": {"split": "validation", "lambdas": evaluation},
             "train_seconds": time.perf_counter() - started})

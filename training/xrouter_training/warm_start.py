@@ -11,7 +11,7 @@ states, with a progress bar."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ _NO_ACTION = Actions(torch.tensor([True]), torch.tensor([0]), torch.tensor([-1])
 async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: Callable[[str], np.ndarray],
                          vocabulary: Vocabulary, pools: Callable[[Prompt], list[str]],
                          lambdas: Callable[[], float], rng: random.Random, per_prompt: int,
-                         max_turns: int) -> tuple[list[Turn], list[str]]:
+                         max_turns: int, lambda_top: float = float("inf")) -> tuple[list[Turn], list[str]]:
     """``per_prompt`` states for each prompt, and the prompt id of each (whose recorded outcomes
     label it)."""
     turns, prompt_ids = [], []
@@ -49,26 +49,24 @@ async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: C
                 state.calls.append(await env.invoke(ToolCall(model, SYSTEM_PROMPT), state.messages, index, 1))
             if answered:
                 state.turn = 2
-            arrays = encode_state(state, vocabulary)
+            arrays = encode_state(state, vocabulary, lambda_top)
             turns.append(Turn(query, arrays, state.final_turn, _NO_ACTION, 0.0))
             prompt_ids.append(prompt.prompt_id)
     return turns, prompt_ids
 
 
 def _losses(network: CompactRouter, env: ReplayEnvironment, turns: list[Turn], prompt_ids: list[str],
-            n_tags: int, cost_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = grpo.batch_turns(turns, n_tags)
+            n_tags: int, cost_coef: float, descriptors: Mapping[str, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = grpo.batch_turns(turns, n_tags, descriptors)
     labels = grpo.outcome_labels(turns, [env.scores[p] for p in prompt_ids], [env.costs[p] for p in prompt_ids],
                                  batch["present"].shape[1])
-    out = network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"], batch["present"],
-                  batch["masks"].selectable)
-    return labels.loss(out, cost_coef)
+    return labels.loss(grpo.forward(network, batch), cost_coef)
 
 
 def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[list[Turn], list[str]],
                  held_out: tuple[list[Turn], list[str]], n_tags: int, epochs: int, learning_rate: float,
                  weight_decay: float, cost_coef: float, batch_size: int, rng: random.Random,
-                 progress: bool = True) -> dict[str, float]:
+                 descriptors: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, float]:
     """Fit the correctness and cost heads (binary cross-entropy + cost_coef × squared error),
     keeping the weights of the epoch with the lowest loss on ``held_out`` (states of training
     prompts set aside: the heads memorise ~2,000 prompts within a few epochs, and it is the
@@ -84,13 +82,13 @@ def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[l
         for begin in range(0, len(order), batch_size):
             chosen = order[begin:begin + batch_size]
             bce, cost = _losses(network, env, [turns[i] for i in chosen], [prompt_ids[i] for i in chosen],
-                                n_tags, cost_coef)
+                                n_tags, cost_coef, descriptors)
             optimizer.zero_grad()
             (bce + cost).backward()
             optimizer.step()
         network.eval()
         with torch.no_grad():
-            bce, cost = _losses(network, env, *held_out, n_tags, cost_coef)
+            bce, cost = _losses(network, env, *held_out, n_tags, cost_coef, descriptors)
         if float(bce + cost) < best["held_out_loss"]:
             best = {"held_out_loss": float(bce + cost), "held_out_bce": float(bce),
                     "held_out_cost_mse": float(cost) / cost_coef if cost_coef else 0.0, "best_epoch": epoch,
