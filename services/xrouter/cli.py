@@ -90,7 +90,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from xrouter_training.evaluate import run_cli  # the training package: imported only when used
+    from xrouter_training.evaluate_sources import run_cli  # the training package: imported only when used
 
     return run_cli(args)
 
@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=cmd_demo)
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or baseline on recorded outcomes "
                               "against every baseline: report.json, frontier.png, decisions.jsonl")
-    evaluate.add_argument("--data", required=True, help="outcome set (gzipped JSONL, ../shared/data format)")
+    evaluate.add_argument("--data", help="outcome set (gzipped JSONL, ../shared/data format); or --source")
+    evaluate.add_argument("--source", help="a bundled outcome set by name, or `all`: each evaluated on its own "
+                          "pool into OUT/<source>/, compared in OUT/summary.json and summary.md")
     evaluate.add_argument("--policy", required=True,
                           help="checkpoint directory, or cheapest | cascade | fixed:<model> | random | oracle | knn")
     evaluate.add_argument("--out", required=True, help="folder for report.json, frontier.png, decisions.jsonl")
@@ -141,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--lambdas", nargs="+", help="cost preferences to sweep (space or comma separated; "
                           "default 0 1 3 10 30 100 300 1000)")
     evaluate.add_argument("--max-turns", type=int, default=3)
-    evaluate.add_argument("--catalog", default=str(DEFAULT_CATALOG),
-                          help="model catalog YAML with a replay entry and prices for each data model")
+    evaluate.add_argument("--catalog", help="model catalog YAML with a replay entry and prices for each data "
+                          f"model (with --data; default {DEFAULT_CATALOG.name})")
     evaluate.add_argument("--models", default="", help="comma-separated pool (default: every catalog model recorded)")
     evaluate.add_argument("--limit", type=int, help="only the first N prompts of the split (smoke runs)")
     evaluate.add_argument("--no-knn", action="store_true", help="skip the kNN baseline (it needs the query encoder)")
     evaluate.add_argument("--knn-k", type=int, help="neighbours of the kNN baseline (default: chosen by "
                           "leave-one-out on the train split)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    evaluate.add_argument("--allow-partial", action="store_true",
+                          help="evaluate the prompts every pool model has a recorded outcome for and list the "
+                          "others under `skipped` in report.json (default: such prompts fail the run)")
     evaluate.set_defaults(run=cmd_eval)
     train = sub.add_parser("train", help="train the compact policy with GRPO (CPU here; GPU Job; torchrun)")
     train.add_argument("--config", required=True, help="training config YAML (see training/configs/)")

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from xrouter.adapters.backends import estimate_tokens
+from xrouter.common import outcomes
 from xrouter.common.outcomes import read_outcomes
 from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.policy import Action, CallModels, EpisodeState, ModelOption, SelectResponse, ToolCall
@@ -20,12 +21,20 @@ from xrouter.router.policy import Action, CallModels, EpisodeState, ModelOption,
 from xrouter_training.environment import Prompt
 
 
+def placeholders_supported() -> bool:
+    """Whether rows with a score but no response text can be replayed (as a marked placeholder that
+    the recorded-label verifier scores), i.e. whether ``xrouter.common.outcomes`` has ``placeholder_text``."""
+    return hasattr(outcomes, "placeholder_text")
+
+
 @dataclasses.dataclass
 class OutcomeTable:
     """The recorded score and dollar cost of every (prompt, model) answer of an outcome set.
 
     Rows without ``cost_usd`` are priced from the catalog with the recorded token counts, or with
-    the estimate the replay backend uses when those are missing too."""
+    the estimate the replay backend uses when those are missing too. Rows without response text are
+    kept when they can be replayed as placeholders (see ``placeholders_supported``); scores may be
+    graded (any value in 0..1)."""
 
     scores: dict[str, dict[str, float]]
     costs: dict[str, dict[str, float]]
@@ -35,14 +44,16 @@ class OutcomeTable:
     @classmethod
     def from_file(cls, path: pathlib.Path | str, options: Mapping[str, ModelOption]) -> OutcomeTable:
         table = cls({}, {}, {})
+        textless = placeholders_supported()
         for row in read_outcomes(path):
-            if row.response is None or row.model not in options:
+            if row.model not in options or row.score is None or (row.response is None and not textless):
                 continue
             table.prompt_ids.setdefault(row.prompt, row.prompt_id)
             cost = row.cost_usd
             if cost is None:
                 input_tokens = row.prompt_tokens or estimate_tokens(row.prompt)
-                output_tokens = row.completion_tokens or estimate_tokens(row.response)
+                text = row.response if row.response is not None else outcomes.placeholder_text(row.prompt_id, row.model)
+                output_tokens = row.completion_tokens or estimate_tokens(text)  # as the replay prices it
                 cost = options[row.model].estimate_cost_usd(input_tokens, output_tokens)
                 table.priced_rows += 1
             table.scores.setdefault(row.prompt_id, {})[row.model] = float(row.score)
@@ -150,6 +161,7 @@ class KnnRouter:
         if not self.ids:
             raise ValueError("the kNN router has no training prompt with recorded outcomes")
         self.matrix = np.stack([train_vectors[pid] for pid in self.ids]).astype(np.float32)
+        self.index = {pid: i for i, pid in enumerate(self.ids)}
         self.models = list(models)
         # [train prompts, models]; NaN where the model has no recorded answer to the prompt.
         self.scores = np.array([[table.scores[p].get(m, np.nan) for m in self.models] for p in self.ids])
@@ -174,8 +186,7 @@ class KnnRouter:
 
     def value(self, neighbours: Iterable[str], models: Sequence[str]) -> dict[str, tuple[float, float]]:
         """{model: (mean score, mean cost)} over the neighbours that recorded the model."""
-        index = {pid: i for i, pid in enumerate(self.ids)}
-        score, cost = self._means(np.array([index[pid] for pid in neighbours]))
+        score, cost = self._means(np.array([self.index[pid] for pid in neighbours]))
         column = {m: j for j, m in enumerate(self.models)}
         return {m: (float(score[column[m]]), float(cost[column[m]]))
                 for m in models if m in column and not np.isnan(score[column[m]])}

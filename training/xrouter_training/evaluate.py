@@ -1,16 +1,21 @@
 """``xrouter eval``: play a policy and every baseline through the router's own episode loop on the
 prompts of one split of an outcome set, and write ``report.json`` (figures, frontier metrics,
 targets), ``frontier.png`` and ``decisions.jsonl`` (one line per policy, prompt and λ, from which
-every figure can be recomputed)."""
+every figure can be recomputed).
+
+No prompt is dropped silently: a prompt of the split that some pool model has no recorded outcome
+for is either a failure (EvalError naming how many, which and why) or, with ``allow_partial``, listed
+under ``skipped`` in report.json. Rows with a score but no response text are replayed as marked
+placeholders (``xrouter.common.outcomes.placeholder_text``) and scored by their recorded label.
+``evaluate_sources`` runs this once per bundled source (``--source``)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import pathlib
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -20,7 +25,7 @@ from tqdm import tqdm
 
 from xrouter.adapters.catalog import CatalogError, load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
-from xrouter.common.outcomes import read_outcomes
+from xrouter.common.outcomes import read_outcomes, split_of
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.policy import ModelOption, Policy
@@ -28,9 +33,9 @@ from xrouter.router.policy_store import load_checkpoint
 
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.eval_baselines import (
-    Embedder, KnnPolicy, KnnRouter, OraclePolicy, OutcomeTable, RandomPolicy)
+    Embedder, KnnPolicy, KnnRouter, OraclePolicy, OutcomeTable, RandomPolicy, placeholders_supported)
 from xrouter_training.plot import plot_frontier
-from xrouter_training.report import build_report, format_table
+from xrouter_training.report import build_report
 
 # λ is in reward per dollar; a gpt-4-1106 call on RouterBench costs about $0.005, so λ from 0 to
 # about 1000 spans "cost is irrelevant" to "one call costs as much as a correct answer is worth".
@@ -61,6 +66,8 @@ class EvalConfig:
     knn_k: int | None = None  # None: chosen by leave-one-out on the train split
     seed: int = 0
     progress: bool = True
+    allow_partial: bool = False  # evaluate the prompts every pool model can answer; list the rest as skipped
+    source: str | None = None  # the bundled source's name (--source), for the report and the progress bar
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -120,35 +127,63 @@ def default_embedder(progress: bool = True) -> Embedder:
     return embed
 
 
-def _data_models(data: pathlib.Path) -> tuple[set[str], set[str], int]:
-    """(models with a recorded response, models without any, rows without cost_usd)."""
-    answered, silent, costless = set(), set(), 0
+@dataclasses.dataclass
+class DataScan:
+    """One pass over an outcome set: its prompts and, per prompt, which models have a recorded
+    outcome (a score) that the replay can answer."""
+
+    prompts: dict[str, Prompt]  # prompt id → the first row's task and text (as the environment keeps)
+    replayable: dict[str, set[str]]  # prompt id → models whose recorded outcome can be replayed
+    textless: dict[str, set[str]]  # prompt id → models with a score but no response text
+    models: set[str]  # models with at least one replayable outcome
+    models_without_text: set[str]  # models with a score somewhere but no response text anywhere
+    costless: int  # replayable rows without cost_usd (priced from the catalog)
+    rows_without_text: int  # rows with a score but no response text
+    graded: bool  # some score is strictly between 0 and 1
+
+
+def scan_data(data: pathlib.Path) -> DataScan:
+    """Read ``data`` once (EvalError naming the file when it is not an outcome set)."""
+    placeholders = placeholders_supported()
+    scan = DataScan({}, {}, {}, set(), set(), 0, 0, False)
+    with_text: set[str] = set()
+    textless_models: set[str] = set()
     try:
         for row in read_outcomes(data):
-            (answered if row.response is not None else silent).add(row.model)
-            costless += row.response is not None and row.cost_usd is None
-    except (OSError, ValueError) as error:  # not gzip, or a line that is not an outcome row
+            scan.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
+            if row.score is None:
+                continue
+            scan.graded |= 0.0 < float(row.score) < 1.0
+            (with_text if row.response is not None else textless_models).add(row.model)
+            scan.rows_without_text += row.response is None
+            if row.response is None and not placeholders:
+                scan.textless.setdefault(row.prompt_id, set()).add(row.model)
+                continue
+            scan.replayable.setdefault(row.prompt_id, set()).add(row.model)
+            scan.models.add(row.model)
+            scan.costless += row.cost_usd is None
+    except (OSError, ValueError, EOFError) as error:  # not gzip, or a line that is not an outcome row
         raise EvalError(f"--data: {error}") from None
-    return answered, silent - answered, costless
+    scan.models_without_text = textless_models - with_text
+    return scan
 
 
-def choose_pool(config: EvalConfig) -> tuple[list[str], dict]:
+def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[str], dict]:
     """The models every episode may call, and notes on what the data and catalog did not cover."""
     try:
         catalog = load_catalog(config.catalog)
     except CatalogError as error:
         raise EvalError(f"--catalog: {error}") from None
-    answered, silent, costless = _data_models(config.data)
-    if not answered:
+    scan = scan or scan_data(config.data)
+    if not scan.models:
         raise EvalError(
             f"--data {config.data}: no row records a response (`response` is null on every row of "
-            f"models {sorted(silent)}). Episodes replay the recorded answer text (the router selects "
-            "it, policies read it, the labels are keyed by it), so this set cannot be replayed; use an "
-            "outcome set with responses (routerbench, routerarena, arena_bench_v1)")
-    in_catalog = [m for m in catalog if m in answered]
+            f"models {sorted(scan.models_without_text)}) and this xrouter cannot replay a placeholder for "
+            "them (xrouter.common.outcomes has no placeholder_text); use an outcome set with responses")
+    in_catalog = [m for m in catalog if m in scan.models]
     if not in_catalog:
         raise EvalError(
-            f"--catalog {config.catalog}: none of the data's models {sorted(answered)} is in the catalog; "
+            f"--catalog {config.catalog}: none of the data's models {sorted(scan.models)} is in the catalog; "
             "pass --catalog FILE listing each as a replay model (backend: replay, dataset: <name>, "
             "input_usd_per_mtok, output_usd_per_mtok, ...)")
     pool = in_catalog
@@ -158,20 +193,76 @@ def choose_pool(config: EvalConfig) -> tuple[list[str], dict]:
             raise EvalError(f"--models: {unknown} are not catalog models the data recorded "
                             f"(choose from {in_catalog})")
         pool = [m for m in in_catalog if m in config.models]
-    notes = {"data_models_not_in_catalog": sorted(answered - set(catalog)),
-             "data_models_without_responses": sorted(silent),
-             "rows_priced_from_catalog": costless}
+    notes = {"data_models_not_in_catalog": sorted(scan.models - set(catalog)),
+             "data_models_without_responses": sorted(scan.models_without_text),
+             "rows_replayed_as_placeholders": scan.rows_without_text if placeholders_supported() else 0,
+             "scores": "graded (0..1)" if scan.graded else "binary (0/1)",
+             "rows_priced_from_catalog": scan.costless}
     return pool, notes
 
 
-def choose_prompts(env: ReplayEnvironment, config: EvalConfig, pool: Sequence[str]) -> tuple[list[Prompt], int]:
-    """The split's prompts every pool model answered (so all policies face the same set), limited."""
-    prompts = env.split(config.split)
-    complete = [p for p in prompts if set(pool) <= env.answered.get(p.prompt_id, set())]
-    if not complete:
-        raise EvalError(f"--split {config.split}: no prompt of {config.data} has a recorded answer from "
-                        f"every pool model {list(pool)}; narrow the pool with --models")
-    return complete[: config.limit], len(prompts) - len(complete)
+def skip_reason(scan: DataScan, prompt_id: str, pool: Sequence[str]) -> str | None:
+    """Why a prompt cannot be evaluated with ``pool`` (None: every pool model can be replayed on it)."""
+    have = scan.replayable.get(prompt_id, set())
+    missing = [m for m in pool if m not in have]
+    if not missing:
+        return None
+    textless = [m for m in missing if m in scan.textless.get(prompt_id, set())]
+    absent = [m for m in missing if m not in textless]
+    reasons = []
+    if absent:
+        reasons.append(f"no recorded outcome for pool model{'s' if len(absent) > 1 else ''} {', '.join(absent)}")
+    if textless:
+        reasons.append(f"no response text (and no placeholder replay) for pool model"
+                       f"{'s' if len(textless) > 1 else ''} {', '.join(textless)}")
+    return "; ".join(reasons)
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The prompts to evaluate, and every other prompt of the split with why it is not evaluated."""
+
+    prompts: list[Prompt]
+    skipped: list[dict]  # {"prompt_id", "task", "reason"}
+    split_prompts: int
+    beyond_limit: int  # prompts of the split after the first --limit ones (not considered)
+
+    def skipped_report(self) -> dict:
+        by_reason = collections.Counter(s["reason"] for s in self.skipped)
+        return {"count": len(self.skipped), "by_reason": dict(by_reason.most_common()), "prompts": self.skipped}
+
+
+def choose_prompts(scan: DataScan, config: EvalConfig, pool: Sequence[str]) -> Selection:
+    """The first ``limit`` prompts of the split; those some pool model cannot answer are skipped,
+    which fails the evaluation (naming them) unless ``config.allow_partial``."""
+    split = [p for key, p in sorted(scan.prompts.items()) if config.split == "all" or split_of(key) == config.split]
+    considered = split[: config.limit]
+    prompts, skipped = [], []
+    for prompt in considered:
+        reason = skip_reason(scan, prompt.prompt_id, pool)
+        if reason is None:
+            prompts.append(prompt)
+        else:
+            skipped.append({"prompt_id": prompt.prompt_id, "task": prompt.task, "reason": reason})
+    selection = Selection(prompts, skipped, len(split), len(split) - len(considered))
+    where = f"--split {config.split} of {config.data}"
+    if not considered:
+        raise EvalError(f"{where}: the split has no prompts")
+    if skipped and (not config.allow_partial or not prompts):
+        by_reason: dict[str, list[str]] = collections.defaultdict(list)
+        for item in skipped:
+            by_reason[item["reason"]].append(item["prompt_id"])
+        ordered = sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
+        details = "; ".join(f"{len(ids)} with {reason} (e.g. {', '.join(ids[:3])})" for reason, ids in ordered[:5])
+        more = f"; and {len(ordered) - 5} other reasons" if len(ordered) > 5 else ""
+        if not prompts:
+            raise EvalError(f"{where}: none of its {len(considered)} prompts can be evaluated with pool "
+                            f"{list(pool)}: {details}{more}. Narrow the pool with --models")
+        raise EvalError(f"{where}: {len(skipped)} of {len(considered)} prompts cannot be evaluated with pool "
+                        f"{list(pool)}: {details}{more}. Pass --allow-partial to evaluate the other "
+                        f"{len(prompts)} (the skipped ones are listed in report.json under `skipped`), "
+                        "or narrow the pool with --models")
+    return selection
 
 
 def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, pool: Sequence[str],
@@ -229,7 +320,8 @@ def decision_record(run: str, cost_lambda: float | None, episode: Episode) -> di
 
 
 async def play_all(env: ReplayEnvironment, runs: Sequence[Run], prompts: Sequence[Prompt],
-                   pool: Sequence[str], max_turns: int, out: pathlib.Path, progress: bool) -> list[dict]:
+                   pool: Sequence[str], max_turns: int, out: pathlib.Path, progress: bool,
+                   label: str = "") -> list[dict]:
     """Play every run on every prompt and λ; each decision is written to ``out`` as it is made."""
     records: list[dict] = []
     total = sum(len(r.lambdas) for r in runs) * len(prompts)
@@ -238,7 +330,8 @@ async def play_all(env: ReplayEnvironment, runs: Sequence[Run], prompts: Sequenc
                  mininterval=0.2 if sys.stderr.isatty() else 5.0) as bar:
         for run in runs:
             for cost_lambda in run.lambdas:
-                bar.set_description(run.name if cost_lambda is None else f"{run.name} λ={cost_lambda:g}")
+                name = run.name if cost_lambda is None else f"{run.name} λ={cost_lambda:g}"
+                bar.set_description(f"{label}: {name}" if label else name)
                 for prompt in prompts:
                     episode = await env.play(run.policy, prompt, pool, cost_lambda or 0.0, max_turns)
                     record = decision_record(run.name, cost_lambda, episode)
@@ -248,19 +341,23 @@ async def play_all(env: ReplayEnvironment, runs: Sequence[Run], prompts: Sequenc
     return records
 
 
-def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command: str = "") -> dict:
-    """Run the whole evaluation, write the three files under ``config.out``, return the report."""
-    pool, notes = choose_pool(config)
+def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command: str = "",
+                   plan: tuple[list[str], dict, Selection] | None = None) -> dict:
+    """Run the whole evaluation, write the three files under ``config.out``, return the report.
+    ``plan`` is ``plan_evaluation(config)`` when the caller already made it."""
+    pool, notes, selection = plan or plan_evaluation(config)
     env = ReplayEnvironment(config.data, config.catalog)
     table = OutcomeTable.from_file(config.data, env.options)
-    prompts, incomplete = choose_prompts(env, config, pool)
+    prompts = selection.prompts
     runs = build_runs(config, env, table, pool, prompts, embedder)
     config.out.mkdir(parents=True, exist_ok=True)
-    records = asyncio.run(play_all(env, runs, prompts, pool, config.max_turns,
-                                   config.out / "decisions.jsonl", config.progress))
-    meta = {"command": command, "data": str(config.data), "catalog": str(config.catalog),
-            "split": config.split, "prompts": len(prompts), "prompts_missing_a_pool_answer": incomplete,
-            "limit": config.limit, "pool": list(pool), "policy": config.policy,
+    records = asyncio.run(play_all(env, runs, prompts, pool, config.max_turns, config.out / "decisions.jsonl",
+                                   config.progress, config.source or ""))
+    meta = {"command": command, "source": config.source, "data": str(config.data), "catalog": str(config.catalog),
+            "split": config.split, "prompts": len(prompts), "split_prompts": selection.split_prompts,
+            "limit": config.limit, "prompts_beyond_limit": selection.beyond_limit,
+            "allow_partial": config.allow_partial, "skipped": selection.skipped_report(),
+            "pool": list(pool), "policy": config.policy,
             "subject": subject_name(config, runs), "lambdas": list(config.lambdas),
             "max_turns": config.max_turns, "seed": config.seed, **knn_notes(runs),
             # On the train split the kNN router finds each query among its own neighbours.
@@ -274,6 +371,13 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
     return report
 
 
+def plan_evaluation(config: EvalConfig) -> tuple[list[str], dict, Selection]:
+    """The pool, notes and prompts of one evaluation, checked before any episode is played."""
+    scan = scan_data(config.data)
+    pool, notes = choose_pool(config, scan)
+    return pool, notes, choose_prompts(scan, config, pool)
+
+
 def _lambdas(values: Sequence[str] | None) -> tuple[float, ...]:
     if not values:
         return DEFAULT_LAMBDAS
@@ -281,28 +385,3 @@ def _lambdas(values: Sequence[str] | None) -> tuple[float, ...]:
         return tuple(float(v) for item in values for v in item.split(",") if v.strip())
     except ValueError:
         raise EvalError(f"--lambdas: expected numbers (space or comma separated), got {' '.join(values)!r}") from None
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``xrouter eval``: build the config from the parsed flags, run, print the table."""
-    try:
-        lambdas = _lambdas(args.lambdas)
-        config = EvalConfig(pathlib.Path(args.data), args.policy, pathlib.Path(args.out), args.split, lambdas,
-                            args.max_turns, pathlib.Path(args.catalog), tuple(filter(None, args.models.split(","))),
-                            args.limit, not args.no_knn, args.knn_k, args.seed)
-        # Every setting spelled out, so the line in report.json reproduces the run on its own.
-        command = shlex.join([
-            "xrouter", "eval", "--data", str(config.data), "--policy", config.policy, "--split", config.split,
-            "--lambdas", *(f"{v:g}" for v in config.lambdas), "--max-turns", str(config.max_turns),
-            "--catalog", str(config.catalog), *(["--models", ",".join(config.models)] if config.models else []),
-            *(["--limit", str(config.limit)] if config.limit else []),
-            *(["--knn-k", str(config.knn_k)] if config.knn and config.knn_k else []),
-            *([] if config.knn else ["--no-knn"]), "--seed", str(config.seed),
-            "--out", str(config.out)])
-        report = run_evaluation(config, command=command)
-    except EvalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(format_table(report))
-    print(f"\nreport.json, frontier.png and decisions.jsonl in {config.out}")
-    return 0

@@ -57,8 +57,10 @@ def plot_frontier(report: Mapping, path: pathlib.Path) -> None:
     axes.set_xscale("log")
     axes.set_xlabel("mean cost per query (USD, log scale)")
     axes.set_ylabel("accuracy (mean recorded score)")
+    skipped = report.get("skipped", {}).get("count", 0)
     axes.set_title(f"Cost-accuracy frontier: {report['subject']} on {pathlib.Path(report['data']).name}, "
-                   f"{report['split']} split ({report['prompts']} prompts)", fontsize=10)
+                   f"{report['split']} split ({report['prompts']} prompts"
+                   + (f", {skipped} skipped" if skipped else "") + ")", fontsize=10)
     axes.grid(True, which="both", alpha=0.25)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()

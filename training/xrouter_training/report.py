@@ -1,6 +1,8 @@
 """From decision records (the lines of decisions.jsonl) to report.json: per-run figures (overall and
-per task), the frontier metrics of every router against the strongest single model, and the
-issue's targets for the policy under test."""
+per task), the frontier metrics of every policy (single models included) against the cheapest and
+the strongest single model (RouteLLM's APGR and CPT(50%/80%/95%), overall and per task), and the
+issue's targets for the policy under test. Scores may be graded (0..1): "accuracy" is the mean
+recorded score throughout."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def _point(point: CurvePoint | None, strong: Reference) -> dict | None:
     if point is None:
         return None
     return {"lambda": point.cost_lambda, "cost_usd": point.cost_usd, "accuracy": point.accuracy,
-            "share_of_strong_cost": point.cost_usd / strong.cost_usd}
+            "share_of_strong_cost": point.cost_usd / strong.cost_usd if strong.cost_usd else None}
 
 
 def curve_metrics(points: Sequence[CurvePoint], strong: Reference, gap: GapMetrics | None) -> dict:
@@ -91,42 +93,85 @@ def targets(subject: Sequence[CurvePoint], strong: Reference, others: Mapping[st
     }
 
 
-def build_report(meta: Mapping, records: Sequence[Mapping], groups: Mapping[str, str]) -> dict:
-    """report.json: the run's metadata, every run's figures, references, metrics and targets."""
-    runs = run_summaries(records, groups)
-    singles = [r for r in runs if r["group"] == "single"]
-    strong_run = max(singles, key=lambda r: (r["accuracy"], -r["cost_usd"]))
-    weak_run = min(singles, key=lambda r: (r["cost_usd"], -r["accuracy"]))
-    strong = Reference(strong_run["policy"].removeprefix("fixed:"), strong_run["accuracy"], strong_run["cost_usd"])
-    weak = Reference(weak_run["policy"].removeprefix("fixed:"), weak_run["accuracy"], weak_run["cost_usd"])
+def references(singles: Sequence[tuple[str, float, float]]) -> tuple[Reference, Reference]:
+    """(strong, weak) of (model, accuracy, cost) triples: the most accurate (ties: the cheaper) and
+    the cheapest (ties: the more accurate) single model."""
+    strong = max(singles, key=lambda r: (r[1], -r[2]))
+    weak = min(singles, key=lambda r: (r[2], -r[1]))
+    return Reference(*strong), Reference(*weak)
+
+
+def gap_between(weak: Reference, strong: Reference) -> tuple[GapMetrics | None, str | None]:
+    """RouteLLM's metrics between the two, or None and why there is no gap to recover."""
     try:
-        gap: GapMetrics | None = GapMetrics(weak, strong)
-        gap_problem = None
+        return GapMetrics(weak, strong), None
     except ValueError as error:
-        gap, gap_problem = None, str(error)
+        return None, str(error)
+
+
+def per_task_metrics(runs: Sequence[Mapping]) -> dict:
+    """Per task: its own strong and weak single models, and every policy's points (accuracy and cost
+    per λ), APGR and CPT(50%)/CPT(80%) against them."""
+    tasks = sorted({task for run in runs for task in run["per_task"]})
+    result = {}
+    for task in tasks:
+        rows = [(run, run["per_task"][task]) for run in runs if task in run["per_task"]]
+        singles = [(run["policy"].removeprefix("fixed:"), part["accuracy"], part["cost_usd"])
+                   for run, part in rows if run["group"] == "single"]
+        entry: dict = {"prompts": rows[0][1]["prompts"]}
+        gap = None
+        if singles:
+            strong, weak = references(singles)
+            gap, problem = gap_between(weak, strong)
+            entry["references"] = {"strong": vars(strong), "weak": vars(weak), "metrics_unavailable": problem}
+        policies: dict[str, dict] = {}
+        for run, part in rows:
+            policy = policies.setdefault(run["policy"], {"group": run["group"], "points": []})
+            policy["points"].append({"lambda": run["lambda"], "accuracy": part["accuracy"],
+                                     "cost_usd": part["cost_usd"]})
+        for policy in policies.values():
+            curve = [CurvePoint(p["cost_usd"], p["accuracy"], p["lambda"]) for p in policy["points"]]
+            policy.update(gap.summary(curve, (0.5, 0.8)) if gap else {"apgr": None, "cpt": None})
+        entry["policies"] = policies
+        result[task] = entry
+    return result
+
+
+def build_report(meta: Mapping, records: Sequence[Mapping], groups: Mapping[str, str]) -> dict:
+    """report.json: the run's metadata, every run's figures, references, metrics (overall and per
+    task) and targets."""
+    runs = run_summaries(records, groups)
+    strong, weak = references([(r["policy"].removeprefix("fixed:"), r["accuracy"], r["cost_usd"])
+                               for r in runs if r["group"] == "single"])
+    gap, gap_problem = gap_between(weak, strong)
     curves: dict[str, list[CurvePoint]] = collections.defaultdict(list)
     for run in runs:
-        if run["group"] != "single":
-            curves[run["policy"]].append(CurvePoint(run["cost_usd"], run["accuracy"], run["lambda"]))
+        curves[run["policy"]].append(CurvePoint(run["cost_usd"], run["accuracy"], run["lambda"]))
     subject = meta["subject"]
-    subject_curve = curves.get(subject) or [CurvePoint(r["cost_usd"], r["accuracy"], r["lambda"])
-                                            for r in runs if r["policy"] == subject]
     rivals = {name: curves[name] for name in ("knn", "cascade") if name in curves and name != subject}
     return {
         **meta,
         "references": {"strong": vars(strong), "weak": vars(weak),
                        "metrics_unavailable": gap_problem,
-                       "cost_axis": "normalised cost c = (cost - weak cost) / (strong cost - weak cost)"},
-        "metrics": {name: curve_metrics(points, strong, gap) for name, points in curves.items()},
-        "targets": targets(subject_curve, strong, rivals),
+                       "cost_axis": "normalised cost c = (cost - weak cost) / (strong cost - weak cost)",
+                       "cpt": "CPT(x%): the least cost at which the policy recovers x% of the accuracy gap "
+                              "between the weak and the strong model (RouteLLM), as normalised cost, USD "
+                              "per query and share of the strong model's cost"},
+        "metrics": {name: {"group": groups[name], **curve_metrics(points, strong, gap)}
+                    for name, points in curves.items()},
+        "targets": targets(curves[subject], strong, rivals),
+        "per_task": per_task_metrics(runs),
         "runs": runs,
     }
 
 
 def format_table(report: Mapping) -> str:
     """The runs as a plain-text table, then the subject's metrics and targets."""
-    lines = [f"{report['prompts']} prompts of {report['data']} ({report['split']} split); "
-             f"strongest single model {report['references']['strong']['model']}",
+    skipped = report.get("skipped", {}).get("count", 0)
+    lines = [f"{report['prompts']} prompts of {report['data']} ({report['split']} split"
+             + (f"; {skipped} skipped, listed in report.json" if skipped else "") + "); "
+             f"strongest single model {report['references']['strong']['model']}, "
+             f"cheapest {report['references']['weak']['model']}",
              f"{'policy':<44} {'λ':>6} {'accuracy':>9} {'$/query':>10} {'calls':>6} {'failed':>6}"]
     for run in report["runs"]:
         cost_lambda = "" if run["lambda"] is None else f"{run['lambda']:g}"
@@ -140,7 +185,8 @@ def format_table(report: Mapping) -> str:
         shares = " ".join(f"CPT({k})=" + ("-" if v is None else f"{v['share_of_strong_cost']:.1%}")
                           for k, v in cpt.items())
         match = metrics["matches_strong_accuracy"]
-        matched = "never" if match is None else f"{match['share_of_strong_cost']:.1%} of its cost"
+        matched = ("never" if match is None else "at no cost" if match["share_of_strong_cost"] is None
+                   else f"{match['share_of_strong_cost']:.1%} of its cost")
         apgr = f"APGR={metrics['apgr']:.3f} " if "apgr" in metrics else ""
         lines.append(f"{name:<44} {apgr}{shares} matches strongest at {matched}")
     lines.append("")
