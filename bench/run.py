@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench.reward_verifiers",
     "bench.policy_latency",
     "bench.adapters_overhead",
+    "bench.answer_checks",
     "bench.eval_throughput",
 )
 
