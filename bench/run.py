@@ -19,6 +19,7 @@ BENCHMARKS = (
     "bench.policy_latency",
     "bench.adapters_overhead",
     "bench.answer_checks",
+    "bench.encoder_throughput",
     "bench.eval_throughput",
 )
 

@@ -5,24 +5,34 @@ Why ONNX int8: the same model through sentence-transformers takes ~22 ms for a s
 more than the router's whole decision budget (10 ms). Training and serving use this same encoder,
 so the quantization error is part of what the policy learns from, not a skew.
 Queries are truncated from the left: in few-shot prompts the question being asked comes last.
+
+Texts are encoded one per run, never padded into a batch: the int8 graph quantizes activations with
+one dynamic scale per tensor (DynamicQuantizeLinear), so in a batch a text's vector depends on its
+neighbours and padding (up to ~0.02 per coordinate, measured). One text per run is what serving
+computes, makes a vector a function of its text alone (so it can be cached by text), and is no
+slower here: most prompts sit at the 256-token limit, and bulk encoding runs one text per core.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pathlib
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from xrouter.router.compact.embedding_cache import EmbeddingCache, text_key
 
 log = logging.getLogger(__name__)
 DIM = 384
 MAX_TOKENS = 256
 ONNX_NAME = "minilm-l6-v2.int8.onnx"
+FLUSH_EVERY = 4096  # bulk encoding appends a cache shard this often (a killed run keeps its progress)
 
 
 def cache_dir() -> pathlib.Path:
@@ -69,17 +79,20 @@ class QueryEncoder:
     """Text → 384-d L2-normalised embedding."""
 
     def __init__(self, onnx_path: pathlib.Path, threads: int = 1) -> None:
-        import onnxruntime
         from tokenizers import Tokenizer
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self._tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        self._path = pathlib.Path(onnx_path)
+        self._session = _session(self._path, threads)
+        self._bulk: dict[int, object] = {}  # intra-op threads -> session for encode_bulk
+        tokenizer_file = model_dir() / "tokenizer.json"
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.enable_truncation(MAX_TOKENS, direction="left")
         self._tokenizer.no_padding()
-        self.fingerprint = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+        # What a vector depends on: the graph, the tokenizer and how texts are cut and batched.
+        digest = hashlib.sha256(self._path.read_bytes())
+        digest.update(tokenizer_file.read_bytes())
+        digest.update(f"max_tokens={MAX_TOKENS};left;one text per run".encode())
+        self.fingerprint = digest.hexdigest()[:16]
 
     @classmethod
     def load(cls, directory: pathlib.Path | None = None, threads: int = 1) -> QueryEncoder:
@@ -91,44 +104,84 @@ class QueryEncoder:
             log.info("exported the query encoder to %s in %.1fs", path, time.perf_counter() - started)
         return cls(path, threads)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        """Embeddings of ``texts`` (batched by similar length to waste little padding)."""
-        encodings = self._tokenizer.encode_batch(list(texts))
-        order = np.argsort([len(e.ids) for e in encodings])
+    def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(e.ids, dtype=np.int64)[None] for e in self._tokenizer.encode_batch(list(texts))]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` [N, 384], one text per run on the serving session."""
         result = np.zeros((len(texts), DIM), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(encodings[i].ids) for i in chunk)
-            ids = np.zeros((len(chunk), width), dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                ids[row, :len(encodings[i].ids)] = encodings[i].ids
-                mask[row, :len(encodings[i].ids)] = 1
-            result[chunk] = self._session.run(None, {"ids": ids, "mask": mask})[0]
+        for row, ids in enumerate(self._ids(texts)):
+            result[row] = self._session.run(None, {"ids": ids, "mask": np.ones_like(ids)})[0][0]
         return result
+
+    def encode_bulk(self, texts: Sequence[str], workers: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, embedding) of every text, longest first, on all cores: ``workers`` texts at a time
+        (default: every usable CPU), each run on cpus // workers intra-op threads. Same vectors as
+        :meth:`encode`; its session (serving's thread setting) is left alone."""
+        cpus = usable_cpus()
+        workers = max(1, min(workers or cpus, cpus))
+        threads = max(1, cpus // workers)
+        if threads not in self._bulk:
+            self._bulk[threads] = _session(self._path, threads)
+        session = self._bulk[threads]
+        ids = self._ids(texts)
+        order = sorted(range(len(ids)), key=lambda i: -ids[i].shape[1])
+
+        def run(i: int) -> tuple[int, np.ndarray]:
+            mask = np.ones_like(ids[i])
+            return i, session.run(None, {"ids": ids[i], "mask": mask})[0][0]  # type: ignore[attr-defined]
+        if workers == 1:
+            yield from map(run, order)
+            return
+        pool = ThreadPoolExecutor(workers)  # onnxruntime releases the GIL while it runs
+        try:
+            yield from pool.map(run, order)
+        finally:  # a consumer that stops early (Ctrl-C) does not wait for the remaining texts
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: taskset, a container's cpuset), else cpu_count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _session(path: pathlib.Path, threads: int):  # type: ignore[no-untyped-def]
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def embed_prompts(encoder: QueryEncoder, prompts: Iterable[tuple[str, str]],
                   cache: pathlib.Path | None = None, progress: bool = True) -> dict[str, np.ndarray]:
-    """Embeddings of (prompt id, text) pairs, cached on disk per encoder fingerprint."""
+    """Embeddings of (prompt id, text) pairs. Every text is looked up in the on-disk cache of the
+    encoder's fingerprint (``cache`` or $XROUTER_CACHE_DIR/embeddings); only the missing ones are
+    encoded (in bulk, see :meth:`QueryEncoder.encode_bulk`) and appended to it."""
     items = list(prompts)
-    cache = cache or cache_dir() / "embeddings"
-    digest = hashlib.sha256(json.dumps([encoder.fingerprint, items]).encode()).hexdigest()[:16]
-    path = cache / f"{digest}.npz"
-    if path.exists():
-        stored = np.load(path)
-        return dict(zip(stored["ids"].tolist(), stored["vectors"], strict=True))
-    vectors = np.zeros((len(items), DIM), dtype=np.float32)
-    started = time.perf_counter()
-    step = 64
-    for start in range(0, len(items), step):
-        vectors[start:start + step] = encoder.encode([text for _, text in items[start:start + step]])
-        if progress:
-            done = min(start + step, len(items))
-            print(f"\r  encoding prompts {done}/{len(items)} ({time.perf_counter() - started:.0f}s)", end="",
-                  flush=True)
-    if progress:
-        print()
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, ids=np.array([key for key, _ in items]), vectors=vectors)
-    return {key: vectors[i] for i, (key, _) in enumerate(items)}
+    store = EmbeddingCache.open(cache or cache_dir() / "embeddings", encoder.fingerprint, DIM)
+    keys = [text_key(text) for _, text in items]
+    missing = {key: text for key, (_, text) in zip(keys, items, strict=True) if key not in store}
+    if missing:
+        from tqdm import tqdm
+
+        todo = list(missing)
+        done: list[bytes] = []
+        vectors: list[np.ndarray] = []
+        with tqdm(total=len(todo), desc="encoding prompts", unit="prompt", file=sys.stderr,
+                  disable=not progress, mininterval=1.0) as bar:
+            for index, vector in encoder.encode_bulk(list(missing.values())):
+                done.append(todo[index])
+                vectors.append(vector)
+                bar.update()
+                if len(done) >= FLUSH_EVERY:
+                    store.add(done, np.stack(vectors))
+                    done, vectors = [], []
+        if done:
+            store.add(done, np.stack(vectors))
+    matrix = np.stack([store[key] for key in keys]) if items else np.zeros((0, DIM), dtype=np.float32)
+    return {prompt_id: matrix[i] for i, (prompt_id, _) in enumerate(items)}
