@@ -119,15 +119,16 @@ def test_the_warm_start_lowers_the_held_out_loss_and_keeps_the_best_epoch(traine
     assert any(t.arrays.selectable.any() for t in fit[0])  # some states already have answers to learn from
     network = CompactRouter(len(trainer.vocabulary.models), len(trainer.vocabulary.tags), hidden=16)
     with torch.no_grad():
-        before = warm_start._losses(network, trainer.env, *held_out, len(trainer.vocabulary.tags), 0.1)
+        before = warm_start._losses(network, trainer.env, *held_out, len(trainer.vocabulary.tags), 0.1, None)
     result = warm_start.fit_outcomes(network, trainer.env, fit, held_out, len(trainer.vocabulary.tags), epochs=15,
                                      learning_rate=3e-3, weight_decay=0.0, cost_coef=0.1, batch_size=64, rng=rng,
                                      progress=False)
     # Per-model base rates and costs alone (the fake embeddings carry no signal) beat the untrained heads.
-    assert result["held_out_loss"] < 0.8 * float(before[0] + before[1])
+    # (The cost head starts from the catalog-price estimate, so nearly all the initial loss is the BCE.)
+    assert result["held_out_loss"] < 0.85 * float(before[0] + before[1])
     assert 1 <= result["best_epoch"] <= 15
     with torch.no_grad():  # the weights kept are those of the best epoch
-        after = warm_start._losses(network, trainer.env, *held_out, len(trainer.vocabulary.tags), 0.1)
+        after = warm_start._losses(network, trainer.env, *held_out, len(trainer.vocabulary.tags), 0.1, None)
     assert float(after[0] + after[1]) == pytest.approx(result["held_out_loss"], rel=1e-5)
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     use_descriptors: bool = True  # the network reads each model's catalog description embedding
     use_query: bool = True  # the network reads the query's embedding (off: an ablation)
     parallel_calls: bool = True  # the policy may call two models in one turn (off: an ablation)
+    answer_checks: bool = True  # the policy reads cheap checks of each answer (off: an ablation)
     id_dropout: float = 0.0  # warm start: share of model ids hidden so descriptions carry the prediction
     seed: int = 0
     steps: int = 120

@@ -110,7 +110,7 @@ class Trainer:
         self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False,
                                     seed=config.seed * 1000 + self.rank, lambda_top=config.lambda_max,
                                     use_descriptors=config.use_descriptors, use_query=config.use_query,
-                                    parallel_calls=config.parallel_calls)
+                                    parallel_calls=config.parallel_calls, answer_checks=config.answer_checks)
 
     async def rollout(self, prompts: list[Prompt]) -> tuple[list[list[Episode]], list[list[list[Turn]]]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
@@ -221,7 +221,7 @@ class Trainer:
             states[name] = await warm_start.outcome_states(
                 self.env, part, self.query_embed, self.vocabulary,
                 lambda p: sample_pool(self.env, p, config, rng), lambda: sample_lambda(config, rng), rng,
-                config.warm_start_states_per_prompt, config.max_turns, config.lambda_max)
+                config.warm_start_states_per_prompt, config.max_turns, config.lambda_max, config.answer_checks)
         return warm_start.fit_outcomes(
             self.network, self.env, states["fit"], states["held_out"], len(self.vocabulary.tags),
             config.warm_start_epochs, config.warm_start_lr, config.warm_start_weight_decay, config.cost_coef, 256, rng,
@@ -279,7 +279,7 @@ class Trainer:
                      "train_prompts": len(self.train_prompts), "exclude_models": list(config.exclude_models),
                      "split": "train (xrouter.common.outcomes.split_of)"},
             "use_descriptors": config.use_descriptors, "use_query": config.use_query,
-            "parallel_calls": config.parallel_calls,
+            "parallel_calls": config.parallel_calls, "answer_checks": config.answer_checks,
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "config": dataclasses.asdict(config), "warm_start": warm, "eval": {"split": "validation", "lambdas": evaluation},
             "train_seconds": time.perf_counter() - started})

@@ -49,12 +49,8 @@ from xrouter.reward.verifiers.choice import extract_choice
 from xrouter.reward.verifiers.code import CodeTests, build_program, extract_code
 from xrouter.reward.verifiers.math import extract_final_answer
 
-try:  # another change adds the replay placeholder's own test; until then, its known prefix
-    from xrouter.common.outcomes import is_placeholder as _is_placeholder  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the tree
-    _is_placeholder = None
+from xrouter.common.outcomes import is_placeholder
 
-PLACEHOLDER_PREFIX = "[xrouter replay:"
 NEUTRAL = 0.5
 
 CHECK_NAMES: tuple[str, ...] = (
@@ -185,12 +181,6 @@ def _analyse(prompt: str) -> _Prompt:
     return _Prompt(options, numeric, code, name if code else "", asserts if code else ())
 
 
-def _is_placeholder_text(text: str) -> bool:
-    if _is_placeholder is not None:
-        return bool(_is_placeholder(text))
-    return text.lstrip().startswith(PLACEHOLDER_PREFIX)
-
-
 def answer_code(answer: str, name: str = "") -> str:
     """The code of an answer: the verifier's fenced block (the one defining ``name`` first), else
     Code Llama's ``[PYTHON]`` block, else the whole answer; dedented."""
@@ -218,7 +208,7 @@ def check_answer(prompt: str, answer: str | None) -> AnswerChecks:
     """Every cheap check of ``answer`` to ``prompt`` (see the module's table)."""
     text = answer or ""
     empty = not text.strip()
-    placeholder = not empty and _is_placeholder_text(text)
+    placeholder = not empty and is_placeholder(text)
     refusal = not empty and not placeholder and bool(_REFUSAL.match(text))
     truncated = len(_FENCE_MARK.findall(text)) % 2 == 1 or ("[PYTHON]" in text and "[/PYTHON]" not in text)
     spec = _analyse(prompt or "")

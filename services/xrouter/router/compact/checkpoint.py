@@ -101,7 +101,8 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
                            version=str(manifest.get("version", "0")), greedy=greedy, lambda_top=lambda_top,
                            use_descriptors=bool(manifest.get("use_descriptors", False)),
                            use_query=bool(manifest.get("use_query", True)),
-                           parallel_calls=bool(manifest.get("parallel_calls", True)))
+                           parallel_calls=bool(manifest.get("parallel_calls", True)),
+                           answer_checks=bool(manifest.get("answer_checks", True)))
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
 

@@ -21,10 +21,14 @@ import math
 import numpy as np
 
 from xrouter.common.outcomes import is_placeholder
+from xrouter.router.compact.answer_checks import CHECK_NAMES, as_features, check_answer
 from xrouter.router.baselines import answer_key
 from xrouter.router.policy import EpisodeState, ModelOption
 
-MODEL_FEATURES = 12  # see encode_state
+# See encode_state: 12 of the model and the episode, then the answer checks (answer_checks.py) of
+# its answer, all 0 when it has none: what a look at a cheap answer says before returning it.
+BASE_FEATURES = 12
+MODEL_FEATURES = BASE_FEATURES + len(CHECK_NAMES)
 ESTIMATE_COLUMN = 9  # model_x: log(estimated call cost in micro-dollars + 1) / COST_SCALE
 COST_SCALE = 10.0
 GLOBAL_FEATURES = 6
@@ -72,8 +76,10 @@ class StateArrays:
     selectable: np.ndarray  # [M] bool: answered successfully
 
 
-def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float = math.inf) -> StateArrays:
-    """The arrays of one decision; λ above ``lambda_top`` (the top of the trained range) counts as it."""
+def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float = math.inf,
+                 answer_checks: bool = True) -> StateArrays:
+    """The arrays of one decision; λ above ``lambda_top`` (the top of the trained range) counts as it;
+    ``answer_checks=False`` leaves the answer-check columns at 0 (an ablation)."""
     cost_lambda = min(state.cost_lambda, lambda_top)
     models = [option.id for option in state.pool]
     latest = {c.model: c for c in state.calls}  # a model's latest call
@@ -88,7 +94,9 @@ def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float 
         others = [key for model, key in keys.items() if model != option.id]
         agreement = sum(key == keys.get(option.id) for key in others) / len(others) if seen and others else 0.0
         estimate_micro = state.estimate_call_usd(option) * 1e6
-        model_x[row, :MODEL_FEATURES] = (
+        if ok and answer_checks:
+            model_x[row, BASE_FEATURES:MODEL_FEATURES] = as_features(check_answer(state.prompt, call.text))
+        model_x[row, :BASE_FEATURES] = (
             math.log10(option.input_usd_per_mtok + 1e-3) / 2, math.log10(option.output_usd_per_mtok + 1e-3) / 2,
             call is not None, ok, math.log1p(len(call.text)) / 8 if seen else 0.0,
             seen and len(keys[option.id]) == 1, agreement, seen and bool(others) and agreement == 1.0,

@@ -36,13 +36,15 @@ class CompactPolicy:
 
     def __init__(self, network: CompactRouter, vocabulary: Vocabulary, embed: Callable[[str], np.ndarray],
                  version: str = "0", greedy: bool = True, seed: int | None = None, lambda_top: float = math.inf,
-                 use_descriptors: bool = True, use_query: bool = True, parallel_calls: bool = True) -> None:
+                 use_descriptors: bool = True, use_query: bool = True, parallel_calls: bool = True,
+                 answer_checks: bool = True) -> None:
         """``lambda_top``: the top of the trained λ range; a larger λ is decided as this one. The
         switches (on by default; off in ablations): read each model's catalog description, read the
-        query's embedding, call two models in one turn."""
+        query's embedding, call two models in one turn, check an answer before returning it."""
         self.network = network.eval()
         self.lambda_top = lambda_top
         self.use_descriptors, self.use_query, self.parallel_calls = use_descriptors, use_query, parallel_calls
+        self.answer_checks = answer_checks
         self._descriptors: dict[str, np.ndarray] = {}
         self.vocabulary = vocabulary
         self.version = version
@@ -74,7 +76,7 @@ class CompactPolicy:
         return np.stack(rows)
 
     async def decide(self, state: EpisodeState) -> Action:
-        arrays = encode_state(state, self.vocabulary, self.lambda_top)
+        arrays = encode_state(state, self.vocabulary, self.lambda_top, self.answer_checks)
         query = self._query(state.prompt)
         descriptors = self.descriptors(state.pool)
         masks = Masks(torch.from_numpy(arrays.callable_)[None], torch.from_numpy(arrays.selectable)[None],
