@@ -45,6 +45,9 @@ LAMBDA_AWARE = ("knn", "oracle")
 SPLITS = ("train", "validation", "all")
 
 
+POOL_COVERAGE = 0.5  # default pool: models with a recorded outcome on at least half the split
+
+
 class EvalError(ValueError):
     """The evaluation cannot run as asked; the message names the problem and the fix."""
 
@@ -186,7 +189,13 @@ def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[
             f"--catalog {config.catalog}: none of the data's models {sorted(scan.models)} is in the catalog; "
             "pass --catalog FILE listing each as a replay model (backend: replay, dataset: <name>, "
             "input_usd_per_mtok, output_usd_per_mtok, ...)")
-    pool = in_catalog
+    # The default pool: models recorded on at least half the prompts of the split. A model recorded on a
+    # handful (RouterArena's gpt-4o-mini: 3 of 809) would otherwise make nearly every prompt
+    # unevaluable; it is named in the notes, and --models puts it back.
+    split = [key for key in scan.prompts if config.split == "all" or split_of(key) == config.split]
+    coverage = {m: sum(m in scan.replayable.get(key, ()) for key in split) / max(len(split), 1) for m in in_catalog}
+    sparse = [m for m in in_catalog if coverage[m] < POOL_COVERAGE]
+    pool = [m for m in in_catalog if m not in sparse] or in_catalog
     if config.models:
         unknown = [m for m in config.models if m not in in_catalog]
         if unknown:
@@ -194,6 +203,8 @@ def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[
                             f"(choose from {in_catalog})")
         pool = [m for m in in_catalog if m in config.models]
     notes = {"data_models_not_in_catalog": sorted(scan.models - set(catalog)),
+             "sparse_models_left_out_of_the_default_pool": {m: round(coverage[m], 4) for m in sparse}
+             if not config.models else {},
              "data_models_without_responses": sorted(scan.models_without_text),
              "rows_replayed_as_placeholders": scan.rows_without_text if placeholders_supported() else 0,
              "scores": "graded (0..1)" if scan.graded else "binary (0/1)",
