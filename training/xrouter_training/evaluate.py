@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -45,6 +46,7 @@ LAMBDA_AWARE = ("knn", "oracle")
 SPLITS = ("train", "validation", "all")
 
 
+CONCURRENT_EPISODES = 256  # episodes played at once by a policy that batches its decisions
 POOL_COVERAGE = 0.5  # default pool: models with a recorded outcome on at least half the split
 
 
@@ -343,12 +345,20 @@ async def play_all(env: ReplayEnvironment, runs: Sequence[Run], prompts: Sequenc
             for cost_lambda in run.lambdas:
                 name = run.name if cost_lambda is None else f"{run.name} λ={cost_lambda:g}"
                 bar.set_description(f"{label}: {name}" if label else name)
-                for prompt in prompts:
-                    episode = await env.play(run.policy, prompt, pool, cost_lambda or 0.0, max_turns)
-                    record = decision_record(run.name, cost_lambda, episode)
-                    handle.write(json.dumps(record) + "\n")
-                    records.append(record)
-                    bar.update()
+                batched = getattr(run.policy, "batched", None)
+                # A policy that can batch plays many episodes at once (one network forward for all
+                # the decisions they ask for together); the others one by one. Records keep prompt order.
+                chunk = CONCURRENT_EPISODES if batched else 1
+                with batched() if batched else contextlib.nullcontext():
+                    for start in range(0, len(prompts), chunk):
+                        episodes = await asyncio.gather(*(
+                            env.play(run.policy, prompt, pool, cost_lambda or 0.0, max_turns)
+                            for prompt in prompts[start:start + chunk]))
+                        for episode in episodes:
+                            record = decision_record(run.name, cost_lambda, episode)
+                            handle.write(json.dumps(record) + "\n")
+                            records.append(record)
+                        bar.update(len(episodes))
     return records
 
 

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from xrouter.router.compact.distribution import Actions, Masks
-from xrouter.router.compact.features import MODEL_FEATURES
-from xrouter.router.compact.network import DESCRIPTOR_DIM, CompactRouter
+from xrouter.router.compact.distribution import Actions
+from xrouter.router.compact.batch import pad_decisions
+from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import Turn
 
 
@@ -51,45 +51,23 @@ def batch_turns(turns: list[Turn], n_tags: int,
                 descriptors: Mapping[str, np.ndarray] | None = None) -> dict[str, object]:
     """Pad a list of recorded turns (pools of different sizes) into one batch; ``descriptors`` maps
     model ids to their catalog-description embeddings (None: the network reads none)."""
-    size = max(len(t.arrays.models) for t in turns)
-    count = len(turns)
-    width = MODEL_FEATURES + n_tags
-    model_x = np.zeros((count, size, width), dtype=np.float32)
-    model_ids = np.zeros((count, size), dtype=np.int64)
-    present = np.zeros((count, size), dtype=bool)
-    callable_ = np.zeros((count, size), dtype=bool)
-    selectable = np.zeros((count, size), dtype=bool)
-    desc = None if descriptors is None else np.zeros((count, size, DESCRIPTOR_DIM), dtype=np.float32)
-    for row, turn in enumerate(turns):
-        m = len(turn.arrays.models)
-        model_x[row, :m] = turn.arrays.model_x
-        if desc is not None:
-            desc[row, :m] = [descriptors[model] for model in turn.arrays.models]
-        model_ids[row, :m] = turn.arrays.model_ids
-        present[row, :m] = True
-        callable_[row, :m] = turn.arrays.callable_
-        selectable[row, :m] = turn.arrays.selectable
+    decisions = pad_decisions(
+        [t.query for t in turns], [t.arrays for t in turns], [t.final for t in turns], n_tags,
+        None if descriptors is None else [np.stack([descriptors[m] for m in t.arrays.models]) for t in turns])
 
     def stack(name: str) -> torch.Tensor:
         return torch.cat([getattr(t.actions, name) for t in turns])
 
     return {
-        "query": torch.from_numpy(np.stack([t.query for t in turns])),
-        "global_x": torch.from_numpy(np.stack([t.arrays.global_x for t in turns])),
-        "model_ids": torch.from_numpy(model_ids), "model_x": torch.from_numpy(model_x),
-        "present": torch.from_numpy(present),
-        "masks": Masks(torch.from_numpy(callable_), torch.from_numpy(selectable),
-                       torch.tensor([t.final for t in turns])),
+        "decisions": decisions, "present": decisions.present, "masks": decisions.masks,
         "actions": Actions(stack("stop"), stack("first"), stack("more"), stack("second"), stack("select")),
         "old_log_prob": torch.tensor([t.log_prob for t in turns]),
-        "descriptors": None if desc is None else torch.from_numpy(desc),
     }
 
 
 def forward(network: CompactRouter, batch: dict) -> dict[str, torch.Tensor]:
     """The network on a batch from :func:`batch_turns`, exactly as the policy calls it per decision."""
-    return network(batch["query"], batch["global_x"], batch["model_ids"], batch["model_x"], batch["present"],
-                   batch["masks"].selectable, batch["descriptors"])
+    return batch["decisions"].forward(network)
 
 
 @dataclasses.dataclass

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from xrouter.router.baselines import SYSTEM_PROMPT
+from xrouter.router.compact.batch import pad_decisions
 from xrouter.router.compact.distribution import Actions, Masks, choose, log_prob
 from xrouter.router.compact.features import StateArrays, Vocabulary, descriptor_text, encode_state
 from xrouter.router.compact.network import CompactRouter
@@ -46,6 +49,8 @@ class CompactPolicy:
         self.use_descriptors, self.use_query, self.parallel_calls = use_descriptors, use_query, parallel_calls
         self.answer_checks = answer_checks
         self._descriptors: dict[str, np.ndarray] = {}
+        self._pools: dict[tuple[str, ...], np.ndarray] = {}
+        self._batcher: _Batcher | None = None
         self.vocabulary = vocabulary
         self.version = version
         self.greedy = greedy
@@ -67,35 +72,97 @@ class CompactPolicy:
         """[M, 384] catalog-description embeddings of a pool, each encoded once per description."""
         if not self.use_descriptors:
             return None
+        key = tuple(descriptor_text(option) for option in pool)
+        if key in self._pools:
+            return self._pools[key]
         rows = []
         for option in pool:
             text = descriptor_text(option)
             if text not in self._descriptors:
                 self._descriptors[text] = self._embed(text)
             rows.append(self._descriptors[text])
-        return np.stack(rows)
+        if len(self._pools) > 1024:  # bounded: pools are few in serving, many only in random training pools
+            self._pools.clear()
+        self._pools[key] = np.stack(rows)
+        return self._pools[key]
 
     async def decide(self, state: EpisodeState) -> Action:
-        arrays = encode_state(state, self.vocabulary, self.lambda_top, self.answer_checks)
-        query = self._query(state.prompt)
-        descriptors = self.descriptors(state.pool)
-        masks = Masks(torch.from_numpy(arrays.callable_)[None], torch.from_numpy(arrays.selectable)[None],
-                      torch.tensor([state.final_turn]))
-        if not arrays.selectable.any() and (state.final_turn or not arrays.callable_.any()):
-            return SelectResponse(-1)  # nothing to select and nothing left to call: the loop's fallback
+        if self._batcher is not None:
+            return await self._batcher.submit(state)
+        return self.decide_many([state])[0]
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within this block, decisions of concurrently running episodes (asyncio tasks of one loop)
+        that are asked for in the same loop iteration go through one network forward."""
+        self._batcher = _Batcher(self)
+        try:
+            yield
+        finally:
+            self._batcher = None
+
+    def decide_many(self, states: Sequence[EpisodeState]) -> list[Action]:
+        """One decision for each state, the network run once over all of them."""
+        actions: list[Action | None] = [None] * len(states)
+        arrays = [encode_state(s, self.vocabulary, self.lambda_top, self.answer_checks) for s in states]
+        rows = []
+        for i, (state, item) in enumerate(zip(states, arrays, strict=True)):
+            if not item.selectable.any() and (state.final_turn or not item.callable_.any()):
+                actions[i] = SelectResponse(-1)  # nothing to select and nothing left to call: the loop's fallback
+            else:
+                rows.append(i)
+        if not rows:
+            return actions  # type: ignore[return-value]
+        queries = [self._query(states[i].prompt) for i in rows]
+        descriptors = None if not self.use_descriptors else [self.descriptors(states[i].pool) for i in rows]
+        batch = pad_decisions(queries, [arrays[i] for i in rows], [states[i].final_turn for i in rows],
+                              len(self.vocabulary.tags), descriptors)
         with torch.inference_mode():
-            out = self.network(torch.from_numpy(query)[None], torch.from_numpy(arrays.global_x)[None],
-                               torch.from_numpy(arrays.model_ids)[None], torch.from_numpy(arrays.model_x)[None],
-                               torch.ones((1, len(arrays.models)), dtype=torch.bool), masks.selectable,
-                               None if descriptors is None else torch.from_numpy(descriptors)[None])
-            actions = choose(out, masks, self.greedy, self._generator, self.parallel_calls)
-            if self.recorder is not None:
-                logp, _ = log_prob(out, masks, actions)
-                self.recorder.append(Turn(query, arrays, state.final_turn, actions, float(logp[0])))
-        if bool(actions.stop[0]):
-            model = arrays.models[int(actions.select[0])]
-            return SelectResponse(max(c.index for c in state.calls if c.model == model and c.ok))
-        calls = [arrays.models[int(actions.first[0])]]
-        if int(actions.second[0]) >= 0:
-            calls.append(arrays.models[int(actions.second[0])])
-        return CallModels(tuple(ToolCall(model, SYSTEM_PROMPT) for model in calls))
+            out = batch.forward(self.network)
+            for position, i in enumerate(rows):
+                one = {key: value[position:position + 1] for key, value in out.items()}
+                masks = Masks(batch.masks.callable_[position:position + 1], batch.masks.selectable[position:position + 1],
+                              batch.masks.final[position:position + 1])
+                chosen = choose(one, masks, self.greedy, self._generator, self.parallel_calls)
+                if self.recorder is not None:
+                    logp, _ = log_prob(one, masks, chosen)
+                    self.recorder.append(Turn(queries[position], arrays[i], states[i].final_turn, chosen, float(logp[0])))
+                actions[i] = _action(states[i], arrays[i], chosen)
+        return actions  # type: ignore[return-value]
+
+
+def _action(state: EpisodeState, arrays: StateArrays, chosen: Actions) -> Action:
+    if bool(chosen.stop[0]):
+        model = arrays.models[int(chosen.select[0])]
+        return SelectResponse(max(c.index for c in state.calls if c.model == model and c.ok))
+    calls = [arrays.models[int(chosen.first[0])]]
+    if int(chosen.second[0]) >= 0:
+        calls.append(arrays.models[int(chosen.second[0])])
+    return CallModels(tuple(ToolCall(model, SYSTEM_PROMPT) for model in calls))
+
+
+class _Batcher:
+    """Collects the decisions asked for in one event-loop iteration and answers them together."""
+
+    def __init__(self, policy: CompactPolicy) -> None:
+        self._policy = policy
+        self._pending: list[tuple[EpisodeState, asyncio.Future[Action]]] = []
+
+    async def submit(self, state: EpisodeState) -> Action:
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)  # runs after every task already runnable in this iteration
+        future: asyncio.Future[Action] = loop.create_future()
+        self._pending.append((state, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            actions = self._policy.decide_many([state for state, _ in pending])
+        except Exception as error:  # every waiting episode gets the failure, none hangs
+            for _, future in pending:
+                future.set_exception(error)
+            return
+        for (_, future), action in zip(pending, actions, strict=True):
+            future.set_result(action)
