@@ -17,19 +17,27 @@ from xrouter.adapters.catalog import load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.common.errors import InvalidArgument
+from xrouter.router.policy_store import BUNDLED_POLICY
 
 
 def _home(args: argparse.Namespace) -> pathlib.Path:
     return pathlib.Path(args.home).resolve()
 
 
+def embedded_policy_env() -> dict[str, str]:
+    """The embedded default serves the bundled learned policy unless XROUTER_ROUTER_POLICY says otherwise."""
+    return {} if os.environ.get("XROUTER_ROUTER_POLICY") else {"XROUTER_ROUTER_POLICY": str(BUNDLED_POLICY)}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from xrouter.supervisor import running_stack
 
-    print("Starting the xrouter stack (embedded default: SQLite ledger, replay of RouterBench models)")
+    print("Starting the xrouter stack (embedded default: SQLite ledger, replay of RouterBench models, "
+          "the bundled learned policy)")
     stop = {"signal": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
-    with running_stack(_home(args)) as info:
+    with running_stack(_home(args), embedded_policy_env()) as info:
         print(f"\nRouter gRPC: {info['router']}   OpenAI-compatible HTTP: {info['http']}/v1")
         print("Try:  xrouter route \"What is the capital of France?\"  (Ctrl-C stops the stack)")
         try:
@@ -76,17 +84,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xrouter.supervisor import running_stack
 
     models = list(load_catalog(DEFAULT_CATALOG))
-    policies = ["cheapest", "cascade", *(f"fixed:{m}" for m in models)]
+    lambdas = [float(v) for v in args.lambdas.split(",")]
+    learned = BUNDLED_POLICY.is_dir() and not os.environ.get("XROUTER_ROUTER_POLICY")
+    policies = [demo.PolicyFigures(p) for p in ("cheapest", "cascade", *(f"fixed:{m}" for m in models))]
+    if learned:  # "" routes with the serving policy: the bundled checkpoint
+        policies = [demo.PolicyFigures("", f"learned (bundled) λ={lam:g}", lam) for lam in lambdas] + policies
     prompts = demo.evaluation_prompts(args.prompts)
     home = _home(args)
     print(f"Starting the stack, then routing {len(prompts)} held-out RouterBench prompts "
           f"through {len(policies)} policies")
-    with running_stack(home) as info:
+    with running_stack(home, embedded_policy_env()) as info:
         results = asyncio.run(demo.evaluate(info["router"], policies, prompts))
     demo.print_table(results)
     demo.write_report(results, prompts, home / "demo.json")
     print(f"\n(figures in {home / 'demo.json'}; scores are the recorded correctness of the answer returned)")
-    return 0 if all(r.failed == 0 for r in results) else 1
+    served = all(r.failed == 0 for r in results)
+    if learned and args.frontier_prompts:
+        from xrouter_training.demo_frontier import frontier_on_every_source
+
+        frontier_on_every_source(BUNDLED_POLICY, home / "demo-frontier", args.frontier_prompts)
+    return 0 if served else 1
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -104,6 +121,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"xrouter train: {error}", file=sys.stderr)
         return 2
+
+
+def cmd_generalise(args: argparse.Namespace) -> int:
+    from xrouter_training.generalise import run_cli  # the training package: imported only when used
+
+    return run_cli(args)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from xrouter_training.bundle import bundle
+
+    try:
+        out = bundle(pathlib.Path(args.checkpoint), pathlib.Path(args.config), pathlib.Path(args.out))
+    except (ValueError, InvalidArgument) as error:
+        print(f"xrouter bundle: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    print(f"bundled {args.checkpoint} into {out}")
+    return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -130,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     route.set_defaults(run=cmd_route)
     demo = sub.add_parser("demo", help="start the stack, evaluate every policy on held-out prompts, stop")
     demo.add_argument("--prompts", type=int, default=200)
+    demo.add_argument("--lambdas", default="1,100,1000", help="λ values at which the learned policy is shown")
+    demo.add_argument("--frontier-prompts", type=int, default=150,
+                      help="validation prompts per bundled source for the offline frontier beside kNN (0: skip)")
     demo.set_defaults(run=cmd_demo)
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or baseline on recorded outcomes "
                               "against every baseline: report.json, frontier.png, decisions.jsonl")
@@ -159,6 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", required=True, help="training config YAML (see training/configs/)")
     train.add_argument("--out", required=True, help="folder for metrics.jsonl and the checkpoint/")
     train.set_defaults(run=cmd_train)
+    generalise = sub.add_parser("generalise", help="leave-one-source-out, leave-one-model-out and ablation runs "
+                                "(train + eval each): OUT/generalisation.json and .md")
+    generalise.add_argument("--config", required=True, help="a training config with sources: [...]")
+    generalise.add_argument("--out", required=True)
+    generalise.add_argument("--loso", action="store_true", help="train without each source, evaluate on it")
+    generalise.add_argument("--lomo", default="", metavar="MODEL", help="train without MODEL, add it at serve time")
+    generalise.add_argument("--ablate", default="", help="comma-separated: query, descriptors, parallel, checks, grpo")
+    generalise.set_defaults(run=cmd_generalise)
+    bundle = sub.add_parser("bundle", help="write the small shipped copy of a checkpoint (encoder by hash)")
+    bundle.add_argument("checkpoint")
+    bundle.add_argument("--config", required=True, help="the training config that made it (recorded by hash)")
+    bundle.add_argument("--out", default=str(BUNDLED_POLICY), help=f"default {BUNDLED_POLICY}")
+    bundle.set_defaults(run=cmd_bundle)
     publish = sub.add_parser("publish", help="copy a checkpoint into the checkpoint store (atomically, verified) "
                              "and point the routers at it (policy-pointer ConfigMap and/or LoadPolicy)")
     publish.add_argument("checkpoint", help="checkpoint directory (e.g. OUT/checkpoint from `xrouter train`)")

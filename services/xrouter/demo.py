@@ -43,7 +43,9 @@ def evaluation_prompts(count: int, path: pathlib.Path = ROUTERBENCH) -> list[Eva
 
 @dataclasses.dataclass
 class PolicyFigures:
-    policy: str
+    policy: str  # what the request names ("" : the router's serving policy)
+    label: str = ""  # the table's name for it
+    cost_lambda: float = 0.0
     routed: int = 0
     failed: int = 0
     score: float = 0.0
@@ -52,15 +54,15 @@ class PolicyFigures:
 
     def row(self) -> dict[str, float | int | str]:
         n = max(self.routed, 1)
-        return {"policy": self.policy, "prompts": self.routed, "failed": self.failed,
+        return {"policy": self.label or self.policy, "lambda": self.cost_lambda, "prompts": self.routed, "failed": self.failed,
                 "accuracy": self.score / n, "mean_cost_usd": self.cost_micro_usd / 1e6 / n,
                 "calls_per_query": self.calls / n}
 
 
-async def evaluate(target: str, policies: list[str], prompts: list[EvalPrompt], parallel: int = 8,
+async def evaluate(target: str, policies: list[PolicyFigures], prompts: list[EvalPrompt], parallel: int = 8,
                    tenant: str = "demo") -> list[PolicyFigures]:
     """Route every prompt with every policy; scores come from the reward service's recorded labels."""
-    results = [PolicyFigures(policy) for policy in policies]
+    results = policies
     limit = asyncio.Semaphore(parallel)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -68,14 +70,14 @@ async def evaluate(target: str, policies: list[str], prompts: list[EvalPrompt], 
         async def one(figures: PolicyFigures, item: EvalPrompt) -> None:
             request = router_pb2.RouteRequest(
                 messages=[common_pb2.ChatMessage(role="user", content=item.prompt)], policy=figures.policy,
-                tenant=tenant, reference=reward_pb2.Reference(
+                cost_lambda=figures.cost_lambda, tenant=tenant, reference=reward_pb2.Reference(
                     task_type="recorded_label", dataset="routerbench", prompt_id=item.prompt_id))
             async with limit:
                 try:
                     reply = await stub.Route(request, timeout=60)
                 except grpc.aio.AioRpcError as error:
                     figures.failed += 1
-                    print(f"  {figures.policy} {item.prompt_id}: {error.code().name} {error.details()}",
+                    print(f"  {figures.label or figures.policy} {item.prompt_id}: {error.code().name} {error.details()}",
                           file=sys.stderr)
                     return
             figures.routed += 1
@@ -86,7 +88,7 @@ async def evaluate(target: str, policies: list[str], prompts: list[EvalPrompt], 
         for figures in results:
             started = time.perf_counter()
             await asyncio.gather(*(one(figures, item) for item in prompts))
-            print(f"  {figures.policy:<44} {len(prompts)} prompts in {time.perf_counter() - started:5.1f}s",
+            print(f"  {figures.label or figures.policy:<44} {len(prompts)} prompts in {time.perf_counter() - started:5.1f}s",
                   flush=True)
     return results
 

@@ -18,6 +18,9 @@ from xrouter.router.checkpoint_manifest import MANIFEST
 
 log = logging.getLogger(__name__)
 ROLLBACK = "rollback"
+# The compact policy the embedded default serves (`xrouter up`, `make run`): trained on the four
+# bundled outcome sets by training/configs/mixed.yaml, shipped small (its manifest says how it was made).
+BUNDLED_POLICY = pathlib.Path(__file__).resolve().parent.parent / "data" / "policy"
 
 
 @dataclasses.dataclass(frozen=True)

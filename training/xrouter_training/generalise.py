@@ -1,0 +1,169 @@
+"""``xrouter generalise``: does the learned router carry past what it was trained on?
+
+- Leave one source out (``--loso``): for each bundled source S, train on the others and evaluate on
+  S's validation split beside kNN (fitted on S's own train split: it has seen S), the cascade,
+  random and the oracle.
+- Leave one model out (``--lomo MODEL``): train without MODEL in any pool, then evaluate its source
+  with MODEL added at serve time from its catalog entry alone, and with the pool that lacks it (the
+  policy that never sees it): MODEL's share of calls and both frontiers.
+- Ablations (``--ablate NAME,…``): the same training with one part switched off (the query
+  encoder, the model descriptors, parallel calls, …), evaluated on every source.
+
+Every training is the ordinary ``xrouter train`` with a changed config; every evaluation is the
+ordinary ``xrouter eval --source``. Writes OUT/generalisation.json and OUT/generalisation.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from xrouter.common.outcomes import SOURCES
+
+from xrouter_training.config import ConfigError, TrainConfig
+from xrouter_training.evaluate import EvalConfig, EvalError
+from xrouter_training.evaluate_sources import run_sources
+
+# Switches an ablation turns off, and what the line in the table is called.
+ABLATIONS = {
+    "query": ({"use_query": False}, "without the query encoder (catalog, λ and episode features only)"),
+    "descriptors": ({"use_descriptors": False, "id_dropout": 0.0}, "without model descriptors (ids only)"),
+    "parallel": ({"parallel_calls": False}, "one call per turn (no parallel second opinion)"),
+    "checks": ({"answer_checks": False}, "without answer checks"),
+    "grpo": ({"steps": 1}, "warm start only (one GRPO step)"),
+}
+BASELINES = ("knn", "cascade", "random", "oracle")
+
+
+def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
+    """One ordinary training run; returns its checkpoint directory."""
+    from xrouter_training.train import Trainer  # torch: imported only when training
+
+    print(f"\n== training {out.name}: sources {list(config.sources)}"
+          + (f", without {list(config.exclude_models)}" if config.exclude_models else ""), flush=True)
+    return asyncio.run(Trainer(config, out).run())
+
+
+def evaluate(checkpoint: pathlib.Path, out: pathlib.Path, sources: Sequence[str], lambdas: tuple[float, ...],
+             models: tuple[str, ...] = ()) -> dict:
+    config = EvalConfig(data=SOURCES[sources[0]].data, policy=str(checkpoint), out=out, lambdas=lambdas,
+                        catalog=SOURCES[sources[0]].catalog, models=models, allow_partial=True)
+    summary, _ = run_sources(config, list(sources))
+    return summary
+
+
+def apgr_rows(summary: dict, subject_label: str) -> dict[str, dict[str, float | None]]:
+    """source → {subject_label: APGR, knn: …, cascade: …, random: …, oracle: …}."""
+    rows = {}
+    for source, entry in summary["sources"].items():
+        policies = entry["policies"]
+        row = {subject_label: policies[entry["subject"]]["apgr"]}
+        row.update({name: policies[name]["apgr"] for name in BASELINES if name in policies})
+        rows[source] = row
+    return rows
+
+
+def leave_one_source_out(config: TrainConfig, out: pathlib.Path, lambdas: tuple[float, ...]) -> dict:
+    results = {}
+    for held_out in config.sources:
+        others = tuple(s for s in config.sources if s != held_out)
+        checkpoint = train(dataclasses.replace(config, sources=others), out / f"without-{held_out}")
+        summary = evaluate(checkpoint, out / f"without-{held_out}" / "eval", [held_out], lambdas)
+        results[held_out] = apgr_rows(summary, "learned, never saw this source")[held_out]
+    return results
+
+
+def calls_share(decisions: pathlib.Path, subject: str, model: str) -> float:
+    """The share of the subject's model calls that went to ``model``."""
+    total = hits = 0
+    for line in decisions.read_text().splitlines():
+        record = json.loads(line)
+        if record["policy"] == subject:
+            total += len(record["calls"])
+            hits += sum(call["model"] == model for call in record["calls"])
+    return hits / total if total else 0.0
+
+
+def leave_one_model_out(config: TrainConfig, out: pathlib.Path, model: str, lambdas: tuple[float, ...]) -> dict:
+    from xrouter.adapters.catalog import load_catalog
+
+    home = next((name for name in config.sources if model in load_catalog(SOURCES[name].catalog)), None)
+    if home is None:
+        raise ConfigError(f"--lomo: {model!r} is in no catalog of the sources {list(config.sources)}")
+    checkpoint = train(dataclasses.replace(config, exclude_models=(model,)), out / f"without-{model.replace('/', '_')}")
+    pool = [m for m in load_catalog(SOURCES[home].catalog) if m != model]
+    added = evaluate(checkpoint, out / "lomo-added", [home], lambdas)
+    without = evaluate(checkpoint, out / "lomo-absent", [home], lambdas, tuple(pool))
+    subject = added["sources"][home]["subject"]
+    return {"model": model, "source": home,
+            "share_of_calls_when_added": calls_share(out / "lomo-added" / home / "decisions.jsonl", subject, model),
+            "apgr_added": added["sources"][home]["policies"][subject]["apgr"],
+            "apgr_absent": without["sources"][home]["policies"][subject]["apgr"],
+            "knn_apgr_added": added["sources"][home]["policies"].get("knn", {}).get("apgr")}
+
+
+def ablate(config: TrainConfig, out: pathlib.Path, names: Sequence[str], lambdas: tuple[float, ...]) -> dict:
+    results = {}
+    for name in ["full", *names]:
+        change, label = ({}, "everything on") if name == "full" else ABLATIONS[name]
+        checkpoint = train(dataclasses.replace(config, **change), out / f"ablate-{name}")
+        summary = evaluate(checkpoint, out / f"ablate-{name}" / "eval", list(config.sources), lambdas)
+        rows = apgr_rows(summary, "learned")
+        results[name] = {"label": label, "apgr": {source: row["learned"] for source, row in rows.items()}}
+    return results
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    if "leave_one_source_out" in report:
+        lines += ["## Leave one source out (APGR on the held-out source's validation split)", "",
+                  "| source | learned (never saw it) | kNN (fitted on it) | cascade | random | oracle |", "|---|---:|---:|---:|---:|---:|"]
+        for source, row in report["leave_one_source_out"].items():
+            values = [row.get("learned, never saw this source"), *(row.get(b) for b in BASELINES)]
+            lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
+    if "leave_one_model_out" in report:
+        r = report["leave_one_model_out"]
+        lines += ["", f"## Leave one model out: {r['model']} ({r['source']})", "",
+                  f"- share of the policy's calls to it when added at serve time: {r['share_of_calls_when_added']:.3f}",
+                  f"- APGR with it added: {r['apgr_added']}; without it in the pool: {r['apgr_absent']}"]
+    if "ablations" in report:
+        sources = sorted({s for r in report["ablations"].values() for s in r["apgr"]})
+        lines += ["", "## Ablations (APGR per source, validation split)", "",
+                  "| variant | " + " | ".join(sources) + " |", "|---|" + "---:|" * len(sources)]
+        for name, r in report["ablations"].items():
+            lines.append(f"| {r['label']} | " + " | ".join(
+                "-" if r["apgr"].get(s) is None else f"{r['apgr'][s]:.3f}" for s in sources) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out)
+    try:
+        config = TrainConfig.from_file(args.config)
+        if not config.sources:
+            raise ConfigError(f"{args.config}: generalise needs a config with sources: [...]")
+        unknown = [n for n in filter(None, args.ablate.split(",")) if n not in ABLATIONS]
+        if unknown:
+            raise ConfigError(f"--ablate: {unknown} unknown; choose from {sorted(ABLATIONS)}")
+        if not (args.loso or args.lomo or args.ablate):
+            raise ConfigError("nothing to do: give --loso, --lomo MODEL and/or --ablate NAME,...")
+        lambdas = tuple(config.eval_lambdas)
+        report: dict = {"config": str(args.config), "lambdas": list(lambdas)}
+        if args.loso:
+            report["leave_one_source_out"] = leave_one_source_out(config, out, lambdas)
+        if args.lomo:
+            report["leave_one_model_out"] = leave_one_model_out(config, out, args.lomo, lambdas)
+        if args.ablate:
+            report["ablations"] = ablate(config, out, list(filter(None, args.ablate.split(","))), lambdas)
+    except (ConfigError, EvalError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generalisation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "generalisation.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
