@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from xrouter.router.baselines import SYSTEM_PROMPT
-from xrouter.router.compact.distribution import Actions
+from xrouter.router.compact.batch import DecisionBatch, pad_decisions
+from xrouter.router.compact.distribution import Actions, Masks
 from xrouter.router.compact.features import Vocabulary, encode_state
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import Turn
@@ -56,12 +57,42 @@ async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: C
     return turns, prompt_ids
 
 
+class _Prepared:
+    """A fixed set of states padded, described and labelled once; a batch is a slice of it (the
+    epochs re-read the same states, and re-padding them each time cost more than the network)."""
+
+    def __init__(self, env: ReplayEnvironment, turns: list[Turn], prompt_ids: list[str], n_tags: int,
+                 descriptors: Mapping[str, np.ndarray] | None) -> None:
+        self.decisions = pad_decisions([t.query for t in turns], [t.arrays for t in turns],
+                                       [t.final for t in turns], n_tags)
+        self.labels = grpo.outcome_labels(turns, [env.scores[p] for p in prompt_ids],
+                                          [env.costs[p] for p in prompt_ids], self.decisions.present.shape[1])
+        self.table = self.index = None
+        if descriptors is not None:  # descriptions by row of a small table, not copied per state
+            models = sorted(descriptors)
+            self.table = torch.from_numpy(np.stack([np.zeros_like(descriptors[models[0]]),
+                                                    *(descriptors[m] for m in models)]))
+            row = {m: i + 1 for i, m in enumerate(models)}
+            self.index = torch.zeros(self.decisions.present.shape, dtype=torch.long)
+            for i, turn in enumerate(turns):
+                self.index[i, :len(turn.arrays.models)] = torch.tensor([row[m] for m in turn.arrays.models])
+
+    def __len__(self) -> int:
+        return len(self.labels.score)
+
+    def losses(self, network: CompactRouter, rows: torch.Tensor, cost_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.decisions
+        batch = DecisionBatch(d.query[rows], d.global_x[rows], d.model_ids[rows], d.model_x[rows], d.present[rows],
+                              Masks(d.masks.callable_[rows], d.masks.selectable[rows], d.masks.final[rows]),
+                              None if self.table is None else self.table[self.index[rows]])
+        labels = grpo.OutcomeLabels(self.labels.score[rows], self.labels.log_cost[rows], self.labels.known[rows])
+        return labels.loss(batch.forward(network), cost_coef)
+
+
 def _losses(network: CompactRouter, env: ReplayEnvironment, turns: list[Turn], prompt_ids: list[str],
             n_tags: int, cost_coef: float, descriptors: Mapping[str, np.ndarray] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = grpo.batch_turns(turns, n_tags, descriptors)
-    labels = grpo.outcome_labels(turns, [env.scores[p] for p in prompt_ids], [env.costs[p] for p in prompt_ids],
-                                 batch["present"].shape[1])
-    return labels.loss(grpo.forward(network, batch), cost_coef)
+    prepared = _Prepared(env, turns, prompt_ids, n_tags, descriptors)
+    return prepared.losses(network, torch.arange(len(prepared)), cost_coef)
 
 
 def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[list[Turn], list[str]],
@@ -72,24 +103,23 @@ def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[l
     keeping the weights of the epoch with the lowest loss on ``held_out`` (states of training
     prompts set aside: the heads memorise ~2,000 prompts within a few epochs, and it is the
     held-out loss that says when)."""
-    turns, prompt_ids = states
+    fit = _Prepared(env, *states, n_tags, descriptors)
+    check = _Prepared(env, *held_out, n_tags, descriptors)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    order = list(range(len(turns)))
+    order = list(range(len(fit)))
     best: dict = {"held_out_loss": float("inf")}
     bar = tqdm(range(1, epochs + 1), desc="warm start (outcome heads)", unit="epoch", disable=not progress)
     for epoch in bar:
         network.train()
         rng.shuffle(order)
         for begin in range(0, len(order), batch_size):
-            chosen = order[begin:begin + batch_size]
-            bce, cost = _losses(network, env, [turns[i] for i in chosen], [prompt_ids[i] for i in chosen],
-                                n_tags, cost_coef, descriptors)
+            bce, cost = fit.losses(network, torch.tensor(order[begin:begin + batch_size]), cost_coef)
             optimizer.zero_grad()
             (bce + cost).backward()
             optimizer.step()
         network.eval()
         with torch.no_grad():
-            bce, cost = _losses(network, env, *held_out, n_tags, cost_coef, descriptors)
+            bce, cost = check.losses(network, torch.arange(len(check)), cost_coef)
         if float(bce + cost) < best["held_out_loss"]:
             best = {"held_out_loss": float(bce + cost), "held_out_bce": float(bce),
                     "held_out_cost_mse": float(cost) / cost_coef if cost_coef else 0.0, "best_epoch": epoch,
