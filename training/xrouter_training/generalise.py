@@ -40,8 +40,18 @@ BASELINES = ("knn", "cascade", "random", "oracle")
 
 
 def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
-    """One ordinary training run; returns its checkpoint directory."""
+    """One ordinary training run; returns its checkpoint directory. A checkpoint already in ``out``
+    that was trained with exactly this config is reused (a rerun resumes where it stopped)."""
+    from xrouter.common.errors import InvalidArgument
+    from xrouter.router.compact.checkpoint import read_manifest
     from xrouter_training.train import Trainer  # torch: imported only when training
+
+    try:
+        if json.loads(json.dumps(dataclasses.asdict(config))) == read_manifest(out / "checkpoint")["config"]:
+            print(f"\n== reusing {out / 'checkpoint'} (trained with this config)", flush=True)
+            return out / "checkpoint"
+    except InvalidArgument:
+        pass
 
     print(f"\n== training {out.name}: sources {list(config.sources)}"
           + (f", without {list(config.exclude_models)}" if config.exclude_models else ""), flush=True)
