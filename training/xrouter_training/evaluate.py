@@ -69,6 +69,7 @@ class EvalConfig:
     limit: int | None = None  # evaluate only the first N prompts of the split (smoke runs, tests)
     knn: bool = True
     knn_k: int | None = None  # None: chosen by leave-one-out on the train split
+    knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
     seed: int = 0
     progress: bool = True
     allow_partial: bool = False  # evaluate the prompts every pool model can answer; list the rest as skipped
@@ -83,6 +84,8 @@ class EvalConfig:
             raise EvalError(f"--max-turns: every policy needs >= 2 turns (call, then select), got {self.max_turns}")
         if self.limit is not None and self.limit < 1:
             raise EvalError(f"--limit: must be >= 1, got {self.limit}")
+        if self.knn_train_limit is not None and self.knn_train_limit < 1:
+            raise EvalError(f"knn_train_limit: must be >= 1, got {self.knn_train_limit}")
         if self.knn_k is not None and self.knn_k < 1:
             raise EvalError(f"--knn-k: must be >= 1, got {self.knn_k}")
         for flag, path in (("--data", self.data), ("--catalog", self.catalog)):
@@ -289,7 +292,7 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
              Run("oracle", "baseline", OraclePolicy(table), sweep)]
     if config.knn:
         embed = embedder or default_embedder(config.progress)
-        train = [p for p in env.split("train") if p.prompt_id in table.scores]
+        train = [p for p in env.split("train") if p.prompt_id in table.scores][: config.knn_train_limit]
         # Neighbours come from the train split only; the evaluated prompts are embedded as queries.
         router = KnnRouter(embed(train), table, pool, config.knn_k, config.lambdas)
         runs.append(Run("knn", "baseline", KnnPolicy(router, embed(list(prompts)), table), sweep))
