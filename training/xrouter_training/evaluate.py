@@ -69,11 +69,11 @@ class EvalConfig:
     limit: int | None = None  # evaluate only the first N prompts of the split (smoke runs, tests)
     knn: bool = True
     knn_k: int | None = None  # None: chosen by leave-one-out on the train split
-    knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
     seed: int = 0
     progress: bool = True
     allow_partial: bool = False  # evaluate the prompts every pool model can answer; list the rest as skipped
     source: str | None = None  # the bundled source's name (--source), for the report and the progress bar
+    knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
