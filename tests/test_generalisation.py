@@ -202,3 +202,19 @@ def test_batched_decisions_of_concurrent_episodes_equal_one_by_one(tiny_bundle: 
     alone, batched = asyncio.run(one_by_one()), asyncio.run(together())
     assert [[c.model for c in e.calls] for e in alone] == [[c.model for c in e.calls] for e in batched]
     assert [e.score for e in alone] == [e.score for e in batched]
+
+
+def test_training_on_an_unreadable_outcome_file_fails_naming_it_and_writes_nothing(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    from xrouter.cli import main
+
+    data = tmp_path / "broken.jsonl.gz"
+    with gzip.open(data, "wt") as handle:
+        handle.write('{"source": "x", "task": "t", "prompt_id": "p1", "prompt": "q", "model": "m", "score": 2.5}\n')
+    config = tmp_path / "broken.yaml"
+    config.write_text(f"data: {data}\nsteps: 1\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert f"{data}:1" in error and "score" in error
+    assert not (tmp_path / "out").exists()

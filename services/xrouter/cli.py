@@ -13,7 +13,7 @@ import sys
 
 import grpc
 
-from xrouter.adapters.catalog import load_catalog
+from xrouter.adapters.catalog import CatalogError, load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
@@ -118,8 +118,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         return train(args.config, args.out)
-    except ConfigError as error:
+    except (ConfigError, CatalogError) as error:
         print(f"xrouter train: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # an outcome set that cannot be read names its file, line and field
+        print(f"xrouter train: {args.config}: {error}", file=sys.stderr)
         return 2
 
 
