@@ -12,7 +12,6 @@ placeholders (``xrouter.common.outcomes.placeholder_text``) and scored by their 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -24,9 +23,6 @@ import numpy as np
 
 from tqdm import tqdm
 
-from xrouter.adapters.catalog import CatalogError, load_catalog
-from xrouter.adapters.settings import DEFAULT_CATALOG
-from xrouter.common.outcomes import read_outcomes, split_of
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.policy import ModelOption, Policy
@@ -34,72 +30,13 @@ from xrouter.router.policy_store import load_checkpoint
 
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.eval_baselines import (
-    Embedder, KnnPolicy, KnnRouter, OraclePolicy, OutcomeTable, RandomPolicy, placeholders_supported)
+    Embedder, KnnPolicy, KnnRouter, OraclePolicy, OutcomeTable, RandomPolicy)
+from xrouter_training.evaluate_plan import (  # noqa: F401 - EvalConfig and plan_evaluation: imported from here
+    DEFAULT_LAMBDAS, EvalConfig, EvalError, Selection, plan_evaluation)
 from xrouter_training.plot import plot_frontier
 from xrouter_training.report import build_report
 
-# λ is in reward per dollar; a gpt-4-1106 call on RouterBench costs about $0.005, so λ from 0 to
-# about 1000 spans "cost is irrelevant" to "one call costs as much as a correct answer is worth".
-DEFAULT_LAMBDAS = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
-BASELINES = ("cheapest", "cascade", "cascade:<cheap>,<cheap>[,<strong>]", "fixed:<model>", "random", "oracle", "knn")
-LAMBDA_AWARE = ("knn", "oracle")
-SPLITS = ("train", "validation", "all")
-
-
 CONCURRENT_EPISODES = 256  # episodes played at once by a policy that batches its decisions
-POOL_COVERAGE = 0.5  # default pool: models with a recorded outcome on at least half the split
-
-
-class EvalError(ValueError):
-    """The evaluation cannot run as asked; the message names the problem and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation. ``policy`` is a baseline spec (see BASELINES) or a checkpoint directory."""
-
-    data: pathlib.Path
-    policy: str
-    out: pathlib.Path
-    split: str = "validation"
-    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
-    max_turns: int = 3
-    catalog: pathlib.Path = DEFAULT_CATALOG
-    models: tuple[str, ...] = ()  # the pool; empty: every catalog model the data recorded
-    limit: int | None = None  # evaluate only the first N prompts of the split (smoke runs, tests)
-    knn: bool = True
-    knn_k: int | None = None  # None: chosen by leave-one-out on the train split
-    seed: int = 0
-    progress: bool = True
-    allow_partial: bool = False  # evaluate the prompts every pool model can answer; list the rest as skipped
-    source: str | None = None  # the bundled source's name (--source), for the report and the progress bar
-    knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise EvalError(f"--split: {self.split!r} is not one of {', '.join(SPLITS)}")
-        if not self.lambdas or any(not 0 <= lam < float("inf") for lam in self.lambdas):
-            raise EvalError(f"--lambdas: give one or more finite values >= 0, got {list(self.lambdas)}")
-        if self.max_turns < 2:
-            raise EvalError(f"--max-turns: every policy needs >= 2 turns (call, then select), got {self.max_turns}")
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"--limit: must be >= 1, got {self.limit}")
-        if self.knn_train_limit is not None and self.knn_train_limit < 1:
-            raise EvalError(f"knn_train_limit: must be >= 1, got {self.knn_train_limit}")
-        if self.knn_k is not None and self.knn_k < 1:
-            raise EvalError(f"--knn-k: must be >= 1, got {self.knn_k}")
-        for flag, path in (("--data", self.data), ("--catalog", self.catalog)):
-            if not pathlib.Path(path).is_file():
-                raise EvalError(f"{flag}: no file at {path}")
-        if not self.is_checkpoint and not self.policy.startswith(("fixed:", "cascade:")) and self.policy not in BASELINES:
-            raise EvalError(f"--policy: {self.policy!r} is neither a checkpoint directory nor a baseline "
-                            f"({', '.join(BASELINES)})")
-        if self.policy == "knn" and not self.knn:
-            raise EvalError("--policy knn cannot run with --no-knn")
-
-    @property
-    def is_checkpoint(self) -> bool:
-        return pathlib.Path(self.policy).is_dir()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,152 +70,6 @@ def default_embedder(progress: bool = True) -> Embedder:
     def embed(prompts: Sequence[Prompt]) -> Mapping[str, np.ndarray]:
         return embed_prompts(encoder, [(p.prompt_id, p.text) for p in prompts], progress=progress)
     return embed
-
-
-@dataclasses.dataclass
-class DataScan:
-    """One pass over an outcome set: its prompts and, per prompt, which models have a recorded
-    outcome (a score) that the replay can answer."""
-
-    prompts: dict[str, Prompt]  # prompt id → the first row's task and text (as the environment keeps)
-    replayable: dict[str, set[str]]  # prompt id → models whose recorded outcome can be replayed
-    textless: dict[str, set[str]]  # prompt id → models with a score but no response text
-    models: set[str]  # models with at least one replayable outcome
-    models_without_text: set[str]  # models with a score somewhere but no response text anywhere
-    costless: int  # replayable rows without cost_usd (priced from the catalog)
-    rows_without_text: int  # rows with a score but no response text
-    graded: bool  # some score is strictly between 0 and 1
-
-
-def scan_data(data: pathlib.Path) -> DataScan:
-    """Read ``data`` once (EvalError naming the file when it is not an outcome set)."""
-    placeholders = placeholders_supported()
-    scan = DataScan({}, {}, {}, set(), set(), 0, 0, False)
-    with_text: set[str] = set()
-    textless_models: set[str] = set()
-    try:
-        for row in read_outcomes(data):
-            scan.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
-            if row.score is None:
-                continue
-            scan.graded |= 0.0 < float(row.score) < 1.0
-            (with_text if row.response is not None else textless_models).add(row.model)
-            scan.rows_without_text += row.response is None
-            if row.response is None and not placeholders:
-                scan.textless.setdefault(row.prompt_id, set()).add(row.model)
-                continue
-            scan.replayable.setdefault(row.prompt_id, set()).add(row.model)
-            scan.models.add(row.model)
-            scan.costless += row.cost_usd is None
-    except (OSError, ValueError, EOFError) as error:  # not gzip, or a line that is not an outcome row
-        raise EvalError(f"--data: {error}") from None
-    scan.models_without_text = textless_models - with_text
-    return scan
-
-
-def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[str], dict]:
-    """The models every episode may call, and notes on what the data and catalog did not cover."""
-    try:
-        catalog = load_catalog(config.catalog)
-    except CatalogError as error:
-        raise EvalError(f"--catalog: {error}") from None
-    scan = scan or scan_data(config.data)
-    if not scan.models:
-        raise EvalError(
-            f"--data {config.data}: no row records a response (`response` is null on every row of "
-            f"models {sorted(scan.models_without_text)}) and this xrouter cannot replay a placeholder for "
-            "them (xrouter.common.outcomes has no placeholder_text); use an outcome set with responses")
-    in_catalog = [m for m in catalog if m in scan.models]
-    if not in_catalog:
-        raise EvalError(
-            f"--catalog {config.catalog}: none of the data's models {sorted(scan.models)} is in the catalog; "
-            "pass --catalog FILE listing each as a replay model (backend: replay, dataset: <name>, "
-            "input_usd_per_mtok, output_usd_per_mtok, ...)")
-    # The default pool: models recorded on at least half the prompts of the split. A model recorded on a
-    # handful (RouterArena's gpt-4o-mini: 3 of 809) would otherwise make nearly every prompt
-    # unevaluable; it is named in the notes, and --models puts it back.
-    split = [key for key in scan.prompts if config.split == "all" or split_of(key) == config.split]
-    coverage = {m: sum(m in scan.replayable.get(key, ()) for key in split) / max(len(split), 1) for m in in_catalog}
-    sparse = [m for m in in_catalog if coverage[m] < POOL_COVERAGE]
-    pool = [m for m in in_catalog if m not in sparse] or in_catalog
-    if config.models:
-        unknown = [m for m in config.models if m not in in_catalog]
-        if unknown:
-            raise EvalError(f"--models: {unknown} are not catalog models the data recorded "
-                            f"(choose from {in_catalog})")
-        pool = [m for m in in_catalog if m in config.models]
-    notes = {"data_models_not_in_catalog": sorted(scan.models - set(catalog)),
-             "sparse_models_left_out_of_the_default_pool": {m: round(coverage[m], 4) for m in sparse}
-             if not config.models else {},
-             "data_models_without_responses": sorted(scan.models_without_text),
-             "rows_replayed_as_placeholders": scan.rows_without_text if placeholders_supported() else 0,
-             "scores": "graded (0..1)" if scan.graded else "binary (0/1)",
-             "rows_priced_from_catalog": scan.costless}
-    return pool, notes
-
-
-def skip_reason(scan: DataScan, prompt_id: str, pool: Sequence[str]) -> str | None:
-    """Why a prompt cannot be evaluated with ``pool`` (None: every pool model can be replayed on it)."""
-    have = scan.replayable.get(prompt_id, set())
-    missing = [m for m in pool if m not in have]
-    if not missing:
-        return None
-    textless = [m for m in missing if m in scan.textless.get(prompt_id, set())]
-    absent = [m for m in missing if m not in textless]
-    reasons = []
-    if absent:
-        reasons.append(f"no recorded outcome for pool model{'s' if len(absent) > 1 else ''} {', '.join(absent)}")
-    if textless:
-        reasons.append(f"no response text (and no placeholder replay) for pool model"
-                       f"{'s' if len(textless) > 1 else ''} {', '.join(textless)}")
-    return "; ".join(reasons)
-
-
-@dataclasses.dataclass(frozen=True)
-class Selection:
-    """The prompts to evaluate, and every other prompt of the split with why it is not evaluated."""
-
-    prompts: list[Prompt]
-    skipped: list[dict]  # {"prompt_id", "task", "reason"}
-    split_prompts: int
-    beyond_limit: int  # prompts of the split after the first --limit ones (not considered)
-
-    def skipped_report(self) -> dict:
-        by_reason = collections.Counter(s["reason"] for s in self.skipped)
-        return {"count": len(self.skipped), "by_reason": dict(by_reason.most_common()), "prompts": self.skipped}
-
-
-def choose_prompts(scan: DataScan, config: EvalConfig, pool: Sequence[str]) -> Selection:
-    """The first ``limit`` prompts of the split; those some pool model cannot answer are skipped,
-    which fails the evaluation (naming them) unless ``config.allow_partial``."""
-    split = [p for key, p in sorted(scan.prompts.items()) if config.split == "all" or split_of(key) == config.split]
-    considered = split[: config.limit]
-    prompts, skipped = [], []
-    for prompt in considered:
-        reason = skip_reason(scan, prompt.prompt_id, pool)
-        if reason is None:
-            prompts.append(prompt)
-        else:
-            skipped.append({"prompt_id": prompt.prompt_id, "task": prompt.task, "reason": reason})
-    selection = Selection(prompts, skipped, len(split), len(split) - len(considered))
-    where = f"--split {config.split} of {config.data}"
-    if not considered:
-        raise EvalError(f"{where}: the split has no prompts")
-    if skipped and (not config.allow_partial or not prompts):
-        by_reason: dict[str, list[str]] = collections.defaultdict(list)
-        for item in skipped:
-            by_reason[item["reason"]].append(item["prompt_id"])
-        ordered = sorted(by_reason.items(), key=lambda kv: -len(kv[1]))
-        details = "; ".join(f"{len(ids)} with {reason} (e.g. {', '.join(ids[:3])})" for reason, ids in ordered[:5])
-        more = f"; and {len(ordered) - 5} other reasons" if len(ordered) > 5 else ""
-        if not prompts:
-            raise EvalError(f"{where}: none of its {len(considered)} prompts can be evaluated with pool "
-                            f"{list(pool)}: {details}{more}. Narrow the pool with --models")
-        raise EvalError(f"{where}: {len(skipped)} of {len(considered)} prompts cannot be evaluated with pool "
-                        f"{list(pool)}: {details}{more}. Pass --allow-partial to evaluate the other "
-                        f"{len(prompts)} (the skipped ones are listed in report.json under `skipped`), "
-                        "or narrow the pool with --models")
-    return selection
 
 
 def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, pool: Sequence[str],
@@ -393,13 +184,6 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
     (config.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_frontier(report, config.out / "frontier.png")
     return report
-
-
-def plan_evaluation(config: EvalConfig) -> tuple[list[str], dict, Selection]:
-    """The pool, notes and prompts of one evaluation, checked before any episode is played."""
-    scan = scan_data(config.data)
-    pool, notes = choose_pool(config, scan)
-    return pool, notes, choose_prompts(scan, config, pool)
 
 
 def _lambdas(values: Sequence[str] | None) -> tuple[float, ...]:
