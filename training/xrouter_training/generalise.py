@@ -127,6 +127,10 @@ def ablate(config: TrainConfig, out: pathlib.Path, names: Sequence[str], lambdas
     return results
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def markdown(report: dict) -> str:
     lines = []
     if "leave_one_source_out" in report:
@@ -139,7 +143,7 @@ def markdown(report: dict) -> str:
         r = report["leave_one_model_out"]
         lines += ["", f"## Leave one model out: {r['model']} ({r['source']})", "",
                   f"- share of the policy's calls to it when added at serve time: {r['share_of_calls_when_added']:.3f}",
-                  f"- APGR with it added: {r['apgr_added']}; without it in the pool: {r['apgr_absent']}"]
+                  f"- APGR with it added: {_fmt(r['apgr_added'])}; without it in the pool: {_fmt(r['apgr_absent'])}"]
     if "ablations" in report:
         sources = sorted({s for r in report["ablations"].values() for s in r["apgr"]})
         lines += ["", "## Ablations (APGR per source, validation split)", "",
