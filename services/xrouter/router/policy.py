@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from typing import Protocol
 
 from xrouter.adapters.backends import estimate_tokens
@@ -128,11 +129,16 @@ class EpisodeState:
     def spent_usd(self) -> float:
         return sum(c.cost_micro_usd for c in self.calls) / 1e6
 
+    @functools.cached_property
+    def prompt_tokens(self) -> int:
+        """Estimated tokens of the request's messages (fixed for the episode: counted once, not per
+        model per decision)."""
+        return sum(estimate_tokens(content) for _, content in self.messages)
+
     def estimate_call_usd(self, option: ModelOption) -> float:
         """Pre-call cost estimate (prompt tokens counted, output assumed typical or capped)."""
-        prompt_tokens = sum(estimate_tokens(content) for _, content in self.messages)
         output = min(self.max_tokens or TYPICAL_OUTPUT_TOKENS, TYPICAL_OUTPUT_TOKENS)
-        return option.estimate_cost_usd(prompt_tokens, output)
+        return option.estimate_cost_usd(self.prompt_tokens, output)
 
     def option(self, model: str) -> ModelOption | None:
         return next((o for o in self.pool if o.id == model), None)
