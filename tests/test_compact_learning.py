@@ -105,6 +105,7 @@ def test_greedy_first_choice_never_gets_dearer_as_lambda_grows() -> None:
 
 
 def test_the_warm_start_lowers_the_held_out_loss_and_keeps_the_best_epoch(trainer: Trainer) -> None:
+    torch.manual_seed(0)  # the untrained network's loss depends on its initialisation: the same in every run
     rng = random.Random(0)
     config = trainer.config
     prompts = trainer.train_prompts

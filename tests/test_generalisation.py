@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -218,3 +219,28 @@ def test_training_on_an_unreadable_outcome_file_fails_naming_it_and_writes_nothi
     error = capsys.readouterr().err
     assert f"{data}:1" in error and "score" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_the_tiny_bundle_carries_its_outcome_memory_and_reads_added_rows(tiny_bundle: pathlib.Path) -> None:
+    from xrouter.router.compact.memory import FILE
+
+    assert FILE in read_manifest(tiny_bundle)["sha256"]  # shipped and hash-checked like the weights
+    policy = load_policy(tiny_bundle, options_of("routerbench"))
+    assert policy.memory is not None and len(policy.memory) > 100  # 40 train-split prompts a source, less the validation
+    text = "Which is heavier? A) a feather B) a brick"
+    assert not policy.memory_features(text, ["acme/newcomer-1"]).any()
+    policy.memory.add("Which is lighter? A) a feather B) a brick", policy.query_vector(text), {"acme/newcomer-1": 1.0})
+    policy.forget_memory_cache()
+    assert policy.memory_features(text, ["acme/newcomer-1"]).tolist()[0][::2] == [1.0, 1.0]
+
+
+def test_learning_from_traffic_simulation_grows_the_memory_and_reports_a_curve(tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from xrouter_training.traffic import run
+
+    report = run(tiny_bundle, None, "arena", tmp_path, requests=6, every=3, epsilon=0.5, seed=1)
+    assert [row["requests"] for row in report["curve"]] == [0, 3, 6]
+    rows = [row["memory_rows"] for row in report["curve"]]
+    assert rows[0] < rows[1] < rows[2] <= rows[0] + 6  # one verdict per answered request
+    assert all(math.isfinite(row["apgr"]) for row in report["curve"])
+    assert (tmp_path / "traffic_learning.png").stat().st_size > 0
+    assert json.loads((tmp_path / "traffic_learning.json").read_text())["traffic"] == 6

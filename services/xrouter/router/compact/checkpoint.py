@@ -20,6 +20,7 @@ from xrouter.router.checkpoint_manifest import (  # noqa: F401
     MANIFEST, catalog_hash, manifest_digest, read_verified, sha256, write_manifest)
 from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir
 from xrouter.router.compact.features import Vocabulary
+from xrouter.router.compact.memory import FILE as MEMORY, OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import EpisodeState, ModelOption
@@ -29,13 +30,18 @@ ENCODER = "encoder.int8.onnx"
 
 
 def save(directory: pathlib.Path, network: CompactRouter, vocabulary: Vocabulary, encoder_path: pathlib.Path,
-         manifest: dict[str, Any], include_encoder: bool = True) -> pathlib.Path:
-    """Write a checkpoint (the manifest last, so a half-written directory never verifies)."""
+         manifest: dict[str, Any], include_encoder: bool = True, memory: OutcomeMemory | None = None) -> pathlib.Path:
+    """Write a checkpoint (the manifest last, so a half-written directory never verifies); ``memory``:
+    the outcome memory the policy reads (memory.py), saved beside the weights."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(directory / WEIGHTS))
     hashes = {WEIGHTS: sha256(directory / WEIGHTS)}
+    if memory is not None:
+        hashes[MEMORY] = sha256(memory.save(directory))
+    elif (directory / MEMORY).exists():
+        (directory / MEMORY).unlink()
     if include_encoder:
         shutil.copyfile(encoder_path, directory / ENCODER)
         hashes[ENCODER] = sha256(directory / ENCODER)
@@ -52,7 +58,7 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest = read_verified(directory, "compact", "a compact policy", ("network", "vocabulary"),
                              digest_required=False)
     path = directory / MANIFEST
-    hashed = set(manifest.get("sha256", {}))
+    hashed = set(manifest.get("sha256", {})) - {MEMORY}
     if hashed != {WEIGHTS, ENCODER} and not (hashed == {WEIGHTS} and "encoder_sha256" in manifest):
         raise InvalidArgument("source", f"{path}: the manifest must hash {WEIGHTS} and {ENCODER} "
                               "(or {WEIGHTS} and name the encoder by encoder_sha256)")
@@ -97,7 +103,8 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
     # Two intra-op threads: the encoder is most of a decision (~5 ms vs ~8 ms with one, measured here).
     encoder = QueryEncoder(_encoder_file(directory, manifest), threads=min(2, os.cpu_count() or 1))
     lambda_top = float(manifest.get("lambda_range", [0, math.inf])[1])
-    policy = CompactPolicy(network, vocabulary, lambda text: encoder.encode([text])[0],
+    memory = OutcomeMemory.load(directory / MEMORY) if MEMORY in manifest["sha256"] else None
+    policy = CompactPolicy(network, vocabulary, lambda text: encoder.encode([text])[0], memory=memory,
                            version=str(manifest.get("version", "0")), greedy=greedy, lambda_top=lambda_top,
                            use_descriptors=bool(manifest.get("use_descriptors", False)),
                            use_query=bool(manifest.get("use_query", True)),

@@ -22,13 +22,16 @@ import numpy as np
 
 from xrouter.common.outcomes import is_placeholder
 from xrouter.router.compact.answer_checks import CHECK_NAMES, as_features, check_answer
+from xrouter.router.compact.memory import MEMORY_FEATURES
 from xrouter.router.baselines import answer_key
 from xrouter.router.policy import EpisodeState, ModelOption
 
 # See encode_state: 12 of the model and the episode, then the answer checks (answer_checks.py) of
-# its answer, all 0 when it has none: what a look at a cheap answer says before returning it.
+# its answer, all 0 when it has none: what a look at a cheap answer says before returning it; then
+# what the outcome memory (memory.py) holds on this model for prompts like this one.
 BASE_FEATURES = 12
-MODEL_FEATURES = BASE_FEATURES + len(CHECK_NAMES)
+MEMORY_COLUMNS = slice(BASE_FEATURES + len(CHECK_NAMES), BASE_FEATURES + len(CHECK_NAMES) + MEMORY_FEATURES)
+MODEL_FEATURES = MEMORY_COLUMNS.stop
 ESTIMATE_COLUMN = 9  # model_x: log(estimated call cost in micro-dollars + 1) / COST_SCALE
 COST_SCALE = 10.0
 GLOBAL_FEATURES = 6
@@ -77,9 +80,10 @@ class StateArrays:
 
 
 def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float = math.inf,
-                 answer_checks: bool = True) -> StateArrays:
+                 answer_checks: bool = True, memory_x: np.ndarray | None = None) -> StateArrays:
     """The arrays of one decision; λ above ``lambda_top`` (the top of the trained range) counts as it;
-    ``answer_checks=False`` leaves the answer-check columns at 0 (an ablation)."""
+    ``answer_checks=False`` leaves the answer-check columns at 0 (an ablation); ``memory_x`` [M, 3] is
+    the outcome memory's view of each pool model (``OutcomeMemory.features``; None: zeros)."""
     cost_lambda = min(state.cost_lambda, lambda_top)
     models = [option.id for option in state.pool]
     latest = {c.model: c for c in state.calls}  # a model's latest call
@@ -95,7 +99,7 @@ def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float 
         agreement = sum(key == keys.get(option.id) for key in others) / len(others) if seen and others else 0.0
         estimate_micro = state.estimate_call_usd(option) * 1e6
         if ok and answer_checks:
-            model_x[row, BASE_FEATURES:MODEL_FEATURES] = as_features(check_answer(state.prompt, call.text))
+            model_x[row, BASE_FEATURES:MEMORY_COLUMNS.start] = as_features(check_answer(state.prompt, call.text))
         model_x[row, :BASE_FEATURES] = (
             math.log10(option.input_usd_per_mtok + 1e-3) / 2, math.log10(option.output_usd_per_mtok + 1e-3) / 2,
             call is not None, ok, math.log1p(len(call.text)) / 8 if seen else 0.0,
@@ -106,6 +110,8 @@ def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float 
         for tag in option.tags:
             if tag in vocabulary.tags:
                 model_x[row, MODEL_FEATURES + vocabulary.tags.index(tag)] = 1.0
+    if memory_x is not None:
+        model_x[:, MEMORY_COLUMNS] = memory_x
     global_x = np.array([lambda_feature(cost_lambda), state.turn / 4, state.final_turn,
                          math.log1p(state.spent_usd() * 1000), len(keys) / 3, spent_feature(state.spent_usd())],
                         dtype=np.float32)

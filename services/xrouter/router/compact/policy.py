@@ -16,6 +16,7 @@ from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.compact.batch import pad_decisions
 from xrouter.router.compact.distribution import Actions, Masks, choose, log_prob
 from xrouter.router.compact.features import StateArrays, Vocabulary, descriptor_text, encode_state
+from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.policy import Action, CallModels, EpisodeState, ModelOption, SelectResponse, ToolCall
 
@@ -40,11 +41,14 @@ class CompactPolicy:
     def __init__(self, network: CompactRouter, vocabulary: Vocabulary, embed: Callable[[str], np.ndarray],
                  version: str = "0", greedy: bool = True, seed: int | None = None, lambda_top: float = math.inf,
                  use_descriptors: bool = True, use_query: bool = True, parallel_calls: bool = True,
-                 answer_checks: bool = True) -> None:
+                 answer_checks: bool = True, memory: OutcomeMemory | None = None) -> None:
         """``lambda_top``: the top of the trained λ range; a larger λ is decided as this one. The
         switches (on by default; off in ablations): read each model's catalog description, read the
-        query's embedding, call two models in one turn, check an answer before returning it."""
+        query's embedding, call two models in one turn, check an answer before returning it.
+        ``memory``: recorded outcomes looked up by query similarity (memory.py; None: none)."""
         self.network = network.eval()
+        self.memory = memory
+        self._memory_x: collections.OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = collections.OrderedDict()
         self.lambda_top = lambda_top
         self.use_descriptors, self.use_query, self.parallel_calls = use_descriptors, use_query, parallel_calls
         self.answer_checks = answer_checks
@@ -67,6 +71,25 @@ class CompactPolicy:
             if len(self._queries) > 4096:  # bounded memory (~6 MiB of vectors)
                 self._queries.popitem(last=False)
         return self._queries[text]
+
+    def query_vector(self, text: str) -> np.ndarray:
+        """The encoder's vector of ``text`` (even in the ablation that hides it from the network)."""
+        return self._query(text) if self.use_query else self._embed(text)  # encoded once per episode either way
+
+    def memory_features(self, text: str, models: Sequence[str]) -> np.ndarray | None:
+        """[M, 3] what the outcome memory holds on each model for prompts like ``text`` (once per episode)."""
+        if self.memory is None:
+            return None
+        key = (text, tuple(models))
+        if key not in self._memory_x:
+            self._memory_x[key] = self.memory.features(self.query_vector(text), text, models)
+            if len(self._memory_x) > 4096:
+                self._memory_x.popitem(last=False)
+        return self._memory_x[key]
+
+    def forget_memory_cache(self) -> None:
+        """After the memory gained rows: lookups already made are stale."""
+        self._memory_x.clear()
 
     def descriptors(self, pool: list[ModelOption]) -> np.ndarray | None:
         """[M, 384] catalog-description embeddings of a pool, each encoded once per description."""
@@ -104,7 +127,8 @@ class CompactPolicy:
     def decide_many(self, states: Sequence[EpisodeState]) -> list[Action]:
         """One decision for each state, the network run once over all of them."""
         actions: list[Action | None] = [None] * len(states)
-        arrays = [encode_state(s, self.vocabulary, self.lambda_top, self.answer_checks) for s in states]
+        arrays = [encode_state(s, self.vocabulary, self.lambda_top, self.answer_checks,
+                               self.memory_features(s.prompt, [o.id for o in s.pool])) for s in states]
         rows = []
         for i, (state, item) in enumerate(zip(states, arrays, strict=True)):
             if not item.selectable.any() and (state.final_turn or not item.callable_.any()):

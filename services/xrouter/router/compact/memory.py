@@ -1,0 +1,139 @@
+"""Outcome memory: recorded (prompt, model, score) outcomes, looked up by query similarity.
+
+For each pool model the compact policy reads what the memory says about prompts like this one: the
+similarity-weighted mean score of that model on the nearest prompts it was recorded on, how close
+those prompts are, and whether it has any. The network learns how far to trust it (through
+``features.encode_state``), so the policy is never worse than ignoring it and, in practice, stacks a
+kNN router's evidence under its own learned prediction.
+
+Why a memory and not only weights: a platform team's own traffic, and models added after training,
+are learned by adding rows (``add``) — the routing changes at the next request, without a gradient
+step (issue: the router learns from its own traffic). Rows of the prompt being decided are left out
+(matched by text hash), so training on prompts that are in the memory sees exactly what serving an
+unseen prompt sees: neighbours, never the answer itself.
+
+Stored in a checkpoint as ``memory.npz``: vectors as int8 (L2-normalised, ×127: cosine similarities
+move by < 0.01), scores as float16 with NaN where a model has no recorded score."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+MEMORY_FEATURES = 3  # mean score of the model on the neighbours, their mean similarity, any at all
+FILE = "memory.npz"
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()[:8]
+
+
+class OutcomeMemory:
+    def __init__(self, vectors: np.ndarray, keys: Sequence[bytes], models: Sequence[str], scores: np.ndarray,
+                 k: int = 32, temperature: float = 0.05) -> None:
+        """vectors [N, D] L2-normalised; keys [N] text hashes; scores [N, len(models)] (NaN: unknown)."""
+        if len(vectors) != len(keys) or scores.shape != (len(keys), len(models)):
+            raise ValueError(f"memory shapes disagree: {vectors.shape}, {len(keys)} keys, {scores.shape}, "
+                             f"{len(models)} models")
+        self.k, self.temperature = k, temperature
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.keys = np.array([int.from_bytes(key, "little", signed=True) for key in keys], dtype=np.int64)
+        self.models = list(models)
+        self.column = {model: j for j, model in enumerate(self.models)}
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self._rows: dict[tuple[int, ...], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_outcomes(cls, texts: Sequence[str], scores: Sequence[Mapping[str, float]],
+                      embed: callable, **kwargs: float) -> OutcomeMemory:  # type: ignore[valid-type]
+        """One row per prompt: its embedding and every model's recorded score on it."""
+        models = sorted({model for row in scores for model in row})
+        column = {model: j for j, model in enumerate(models)}
+        matrix = np.full((len(texts), len(models)), np.nan, dtype=np.float32)
+        for i, row in enumerate(scores):
+            for model, score in row.items():
+                matrix[i, column[model]] = score
+        vectors = np.stack([embed(text) for text in texts]) if texts else np.zeros((0, 384), np.float32)
+        return cls(vectors, [text_key(text) for text in texts], models, matrix, **kwargs)
+
+    def add(self, text: str, vector: np.ndarray, outcomes: Mapping[str, float]) -> None:
+        """A new row (a served request's verdicts): the next lookup already sees it."""
+        for model in outcomes:
+            if model not in self.column:
+                self.column[model] = len(self.models)
+                self.models.append(model)
+                self.scores = np.concatenate([self.scores, np.full((len(self.scores), 1), np.nan, np.float32)], 1)
+        row = np.full((1, len(self.models)), np.nan, dtype=np.float32)
+        for model, score in outcomes.items():
+            row[0, self.column[model]] = score
+        self.vectors = np.concatenate([self.vectors, np.asarray(vector, np.float32)[None]])
+        self.keys = np.append(self.keys, int.from_bytes(text_key(text), "little", signed=True))
+        self.scores = np.concatenate([self.scores, row])
+        self._rows.clear()
+
+    def features(self, query: np.ndarray, text: str, models: Sequence[str]) -> np.ndarray:
+        """[len(models), MEMORY_FEATURES]: per model (mean neighbour score, mean neighbour similarity,
+        1), or zeros for a model the memory holds nothing on. Rows of ``text`` itself are skipped.
+
+        The neighbours of each model are its ``k`` nearest among the ``4k`` nearest rows on which
+        any pool model is recorded: exact when the pool's models are recorded on the same prompts
+        (one outcome source), and a few vector ops instead of a sort per model."""
+        out = np.zeros((len(models), MEMORY_FEATURES), dtype=np.float32)
+        columns = [(i, self.column[m]) for i, m in enumerate(models) if m in self.column]
+        if not columns or not len(self.keys):
+            return out
+        slots, cols = (list(x) for x in zip(*columns))
+        candidates = self._rows_for(tuple(cols))
+        if not len(candidates):
+            return out
+        # All rows (cheaper than gathering); through torch, whose thread count the router and the
+        # trainer set to 1 — numpy's BLAS threads made this 5x slower on a busy 2-core machine.
+        similarity = (torch.from_numpy(self.vectors) @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
+        similarity[self.keys == int.from_bytes(text_key(text), "little", signed=True)] = -np.inf
+        similarity = similarity[candidates]
+        width = min(4 * self.k, len(candidates))
+        nearest = np.argpartition(-similarity, width - 1)[:width]
+        nearest = nearest[np.argsort(-similarity[nearest], kind="stable")]
+        sims = similarity[nearest]
+        scores = self.scores[candidates[nearest]][:, cols]  # [width, m], nearest first
+        use = ~np.isnan(scores) & np.isfinite(sims)[:, None]
+        use &= np.cumsum(use, axis=0) <= self.k
+        weights = np.exp((np.where(np.isfinite(sims), sims, 0.0) - 1.0) / self.temperature)[:, None] * use
+        count = use.sum(0)
+        known = count > 0
+        mean = (weights * np.nan_to_num(scores)).sum(0) / np.maximum(weights.sum(0), 1e-30)
+        closeness = (np.where(use, np.where(np.isfinite(sims), sims, 0.0)[:, None], 0.0)).sum(0) / np.maximum(count, 1)
+        out[slots] = np.stack([np.where(known, mean, 0), np.where(known, closeness, 0), known], 1)
+        return out
+
+    def _rows_for(self, cols: tuple[int, ...]) -> np.ndarray:
+        """Rows where any of these models is recorded (cached per pool; ``add`` clears the cache)."""
+        if cols not in self._rows:
+            if len(self._rows) > 4096:
+                self._rows.clear()
+            self._rows[cols] = np.flatnonzero(~np.isnan(self.scores[:, list(cols)]).all(1))
+        return self._rows[cols]
+
+    def save(self, directory: pathlib.Path) -> pathlib.Path:
+        path = directory / FILE
+        np.savez_compressed(path, vectors=np.round(self.vectors * 127).astype(np.int8), keys=self.keys,
+                            models=np.array(self.models), scores=self.scores.astype(np.float16),
+                            k=self.k, temperature=self.temperature)
+        return path
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> OutcomeMemory:
+        with np.load(path, allow_pickle=False) as data:
+            vectors = data["vectors"].astype(np.float32) / 127
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            memory = cls(vectors, [b"\0" * 8] * len(vectors), [str(m) for m in data["models"]],
+                         data["scores"].astype(np.float32), int(data["k"]), float(data["temperature"]))
+            memory.keys = data["keys"].astype(np.int64)
+        return memory

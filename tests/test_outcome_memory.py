@@ -1,0 +1,75 @@
+"""The outcome memory (router/compact/memory.py): what it says about each model for a query, that a
+prompt never sees its own outcomes, that added rows count at once, and that a saved memory loads
+back to the same answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xrouter.router.compact.memory import MEMORY_FEATURES, OutcomeMemory
+
+
+def _unit(*values: float) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+VECTORS = {"maths one": _unit(1, 0, 0), "maths two": _unit(0.95, 0.05, 0), "poetry": _unit(0, 1, 0)}
+SCORES = {"maths one": {"small": 0.0, "big": 1.0}, "maths two": {"small": 0.0, "big": 1.0},
+          "poetry": {"small": 1.0, "big": 1.0}}
+
+
+def _memory(k: int = 2) -> OutcomeMemory:
+    texts = list(VECTORS)
+    return OutcomeMemory.from_outcomes(texts, [SCORES[t] for t in texts], VECTORS.__getitem__, k=k)
+
+
+def test_a_query_reads_the_scores_of_its_nearest_prompts_weighted_by_similarity() -> None:
+    features = _memory().features(_unit(1, 0.02, 0), "a new maths question", ["small", "big"])
+    assert features.shape == (2, MEMORY_FEATURES)
+    small, big = features
+    # Both nearest prompts are maths (poetry is far): small fails them, big solves them.
+    assert small[0] == pytest.approx(0.0, abs=1e-6) and big[0] == pytest.approx(1.0, abs=1e-6)
+    assert small[2] == big[2] == 1.0 and small[1] > 0.9  # known, and the neighbours are close
+
+
+def test_a_prompt_never_reads_its_own_outcomes() -> None:
+    memory = _memory(k=1)
+    # "poetry" asked again: its own row is left out, so the nearest is a maths prompt (small fails).
+    assert memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0] == pytest.approx(0.0, abs=1e-6)
+    # The same vector under another text does read the poetry row (small succeeds there).
+    assert memory.features(VECTORS["poetry"], "a poem, please", ["small"])[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_model_the_memory_knows_nothing_of_reads_zeros() -> None:
+    features = _memory().features(_unit(1, 0, 0), "q", ["brand-new", "big"])
+    assert features[0].tolist() == [0.0, 0.0, 0.0] and features[1, 2] == 1.0
+
+
+def test_added_rows_count_at_the_next_lookup() -> None:
+    memory = _memory()
+    assert memory.features(_unit(0, 0, 1), "q", ["brand-new"])[0, 2] == 0.0
+    memory.add("a served request", _unit(0, 0.1, 1), {"brand-new": 0.8, "big": 0.0})
+    features = memory.features(_unit(0, 0, 1), "q", ["brand-new", "big"])
+    assert features[0, 2] == 1.0 and features[0, 0] == pytest.approx(0.8, abs=1e-6)
+    assert len(memory) == 4 and memory.scores.shape == (4, 3)
+
+
+def test_saved_memory_loads_back_to_the_same_answers(tmp_path) -> None:
+    memory = _memory()
+    memory.add("served", _unit(0.2, 0.3, 0.9), {"small": 0.5})
+    loaded = OutcomeMemory.load(memory.save(tmp_path))
+    query = _unit(0.6, 0.5, 0.1)
+    # int8 vectors: similarities move by < 0.01, so the weighted means barely move.
+    np.testing.assert_allclose(loaded.features(query, "q", ["small", "big"]),
+                               memory.features(query, "q", ["small", "big"]), atol=0.02)
+    # Leave-one-out keys survive: "poetry" still skips its own row (which would read 1.0).
+    assert loaded.features(VECTORS["poetry"], "poetry", ["small"])[0, 0] == pytest.approx(
+        memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0], abs=1e-3) and \
+        memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0] < 0.6
+
+
+def test_inconsistent_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="memory shapes disagree"):
+        OutcomeMemory(np.zeros((2, 3), np.float32), [b"12345678"], ["m"], np.zeros((2, 1), np.float32))

@@ -1,0 +1,141 @@
+"""Learning from the router's own traffic, simulated on recorded outcomes (``xrouter learn-sim``,
+part of ``make bench``).
+
+A policy trained without one outcome source (the leave-one-source-out checkpoint: the source's
+prompts, task families and models are all new to it) serves that source's train-split prompts as
+traffic, with ε-uniform exploration of the first call. Each answered request's verdict — the
+recorded score of the answer it returned, as a user's thumbs or the reward service would give it —
+is added to the policy's outcome memory at once (router/compact/memory.py). Every ``every``
+requests the greedy policy is evaluated on the source's validation prompts (never served) over a λ
+grid: APGR against the frozen start and the ceiling (the policy trained with the source), plotted
+against requests served.
+
+Why the memory and not gradient steps: a verdict on (prompt, model) is a label for that pair
+whichever policy chose it, so adding it needs no importance weight and no second training stack,
+and the next request already routes with it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import pathlib
+import random
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from xrouter.router.compact.checkpoint import load_policy
+from xrouter.router.compact.memory import OutcomeMemory
+from xrouter.router.compact.policy import CompactPolicy
+from xrouter.router.exploration import ExploringPolicy
+from xrouter_training.environment import MixedEnvironment, Prompt
+from xrouter_training.metrics import CurvePoint, GapMetrics, Reference
+
+LAMBDAS = (0.0, 10.0, 100.0, 1000.0, 10000.0)
+
+
+def references(env: MixedEnvironment, prompts: Sequence[Prompt], pool: Sequence[str]) -> GapMetrics:
+    """Weak = the cheapest single model on these prompts, strong = the most accurate (metrics.py)."""
+    refs = [Reference(m, float(np.mean([env.scores[p.prompt_id][m] for p in prompts])),
+                      float(np.mean([env.costs[p.prompt_id][m] for p in prompts]))) for m in pool]
+    weak = min(refs, key=lambda r: (r.cost_usd, -r.accuracy))
+    strong = max(refs, key=lambda r: (r.accuracy, -r.cost_usd))
+    return GapMetrics(weak, strong)
+
+
+async def frontier(policy: CompactPolicy, env: MixedEnvironment, prompts: Sequence[Prompt], pool: Sequence[str],
+                   lambdas: Sequence[float]) -> list[CurvePoint]:
+    points = []
+    for cost_lambda in lambdas:
+        with policy.batched():
+            episodes = await asyncio.gather(*(env.play(policy, p, pool, cost_lambda) for p in prompts))
+        points.append(CurvePoint(float(np.mean([e.cost_usd for e in episodes])),
+                                 float(np.mean([e.score for e in episodes])), cost_lambda))
+    return points
+
+
+def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> list[Prompt]:
+    return [p for p in env.split(split) if set(pool) <= env.answered[p.prompt_id]]
+
+
+async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
+                   epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS) -> dict:
+    env = MixedEnvironment([source])
+    options = list(env.options.values())
+    pool = sorted(env.options)
+    validation, traffic = complete_prompts(env, "validation", pool), complete_prompts(env, "train", pool)
+    random.Random(seed).shuffle(traffic)
+    traffic = traffic[:requests]
+    gap = references(env, validation, pool)
+    policy = load_policy(start, options)
+    if policy.memory is None:  # a checkpoint without a memory starts an empty one
+        policy.memory = OutcomeMemory(np.zeros((0, 384), np.float32), [], [], np.zeros((0, 0), np.float32))
+    behaviour = ExploringPolicy(policy, epsilon, seed)
+    rng = random.Random(seed + 1)
+    curve = []
+
+    async def measure(served: int) -> None:
+        points = await frontier(policy, env, validation, pool, lambdas)
+        curve.append({"requests": served, "apgr": gap.apgr(points), "memory_rows": len(policy.memory),
+                      "points": [vars(p) for p in points]})
+        print(f"  {served:>5} requests served: APGR {curve[-1]['apgr']:.3f} (memory {len(policy.memory)} rows)",
+              flush=True)
+
+    started = time.perf_counter()
+    await measure(0)
+    for served, prompt in enumerate(traffic, 1):
+        # Traffic comes at every cost preference: λ log-uniform over the trained range.
+        cost_lambda = math.expm1(rng.uniform(0, math.log1p(max(lambdas))))
+        policy.greedy = True
+        episode = await env.play(behaviour, prompt, pool, cost_lambda)
+        if episode.result is not None:
+            answered = episode.calls[episode.result.selected_call].model
+            policy.memory.add(prompt.text, policy.query_vector(prompt.text), {answered: episode.score})
+            policy.forget_memory_cache()
+        if served % every == 0 or served == len(traffic):
+            await measure(served)
+    report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
+              "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
+              "weak": vars(gap.weak), "strong": vars(gap.strong), "curve": curve,
+              "explored_share": float(np.mean([e.explored for e in behaviour.log])) if behaviour.log else 0.0,
+              "seconds": time.perf_counter() - started}
+    if ceiling is not None:
+        ceiling_policy = load_policy(ceiling, options)
+        report["ceiling"] = {"checkpoint": str(ceiling),
+                             "apgr": gap.apgr(await frontier(ceiling_policy, env, validation, pool, lambdas))}
+    report["frozen_start_apgr"] = curve[0]["apgr"]
+    return report
+
+
+def plot(report: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [row["requests"] for row in report["curve"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(xs, [row["apgr"] for row in report["curve"]], marker="o", label="learning from traffic (memory)")
+    ax.axhline(report["frozen_start_apgr"], color="grey", linestyle=":", label="frozen start (never saw the source)")
+    if "ceiling" in report:
+        ceiling = report["ceiling"]["apgr"]
+        ax.axhline(ceiling, color="green", linestyle="--", label="ceiling (trained with the source)")
+        ax.axhline(0.95 * ceiling, color="green", linestyle=":", linewidth=0.8, label="95% of the ceiling")
+    ax.set_xlabel("requests served (with feedback)")
+    ax.set_ylabel(f"APGR on {report['validation_prompts']} validation prompts")
+    ax.set_title(f"{report['source']}: learning from its own traffic (ε = {report['epsilon']:g})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, out: pathlib.Path, requests: int = 500,
+        every: int = 50, epsilon: float = 0.1, seed: int = 0) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed))
+    (out / "traffic_learning.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "traffic_learning.png")
+    return report
