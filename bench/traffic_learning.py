@@ -1,0 +1,77 @@
+"""Learning from the router's own traffic (training/xrouter_training/traffic.py), as a benchmark: a
+policy trained without one outcome source serves that source's prompts with ε-exploration; each
+answered request's recorded verdict goes into its outcome memory; APGR on the source's validation
+prompts is measured every N requests, beside the frozen start and the ceiling (a policy trained
+with the source: the bundled one unless ``--ceiling``).
+
+The start is ``--start DIR``, else ``runs/gen/without-<source>/checkpoint`` (what ``xrouter
+generalise --loso`` trains), else it is trained here with the default config less the source
+(minutes; ``--quick``: the tiny config, a smoke run whose figures mean nothing).
+
+    .venv/bin/python -m bench.traffic_learning [--quick] [--source llmrouter] [--requests 500]
+
+Writes bench-results/traffic_learning.json and traffic_learning.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import pathlib
+import shutil
+from collections.abc import Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench-results"
+
+
+def start_checkpoint(source: str, explicit: str | None, quick: bool) -> pathlib.Path:
+    from xrouter_training.config import TrainConfig
+    from xrouter_training.train import Trainer
+
+    if explicit:
+        return pathlib.Path(explicit)
+    name = "mixed-tiny.yaml" if quick else "mixed.yaml"
+    out = ROOT / "runs" / ("bench-tiny" if quick else "gen") / f"without-{source}"
+    if (out / "checkpoint" / "manifest.json").exists():
+        return out / "checkpoint"
+    config = TrainConfig.from_file(ROOT / "training" / "configs" / name)
+    config = dataclasses.replace(config, sources=tuple(s for s in config.sources if s != source))
+    print(f"training the start: {name} without {source} -> {out}", flush=True)
+    return asyncio.run(Trainer(config, out).run())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from xrouter.router.policy_store import BUNDLED_POLICY
+    from xrouter_training.traffic import run
+
+    parser = argparse.ArgumentParser(prog="python -m bench.traffic_learning", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny start policy, 40 requests (smoke run)")
+    parser.add_argument("--source", default="llmrouter")
+    parser.add_argument("--start", help="checkpoint trained without the source")
+    parser.add_argument("--ceiling", help="checkpoint trained with it (default: the bundled policy)")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--epsilon", type=float, default=0.1)
+    args = parser.parse_args(argv)
+    requests, every = (40, 20) if args.quick else (args.requests, args.every)
+    start = start_checkpoint(args.source, args.start, args.quick)
+    ceiling = pathlib.Path(args.ceiling) if args.ceiling else BUNDLED_POLICY
+    staging = RESULTS / "traffic_learning"
+    report = run(start, ceiling, args.source, staging, requests, every, args.epsilon)
+    for name in ("traffic_learning.json", "traffic_learning.png"):
+        shutil.move(staging / name, RESULTS / name)
+    staging.rmdir()
+    best = max(report["curve"], key=lambda row: row["apgr"])
+    target = 0.95 * report["ceiling"]["apgr"]
+    reached = next((row["requests"] for row in report["curve"] if row["apgr"] >= target), None)
+    print(f"{args.source}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
+          f"{report['curve'][-1]['apgr']:.3f} (best {best['apgr']:.3f}); ceiling {report['ceiling']['apgr']:.3f}; "
+          f"95% of the ceiling " + (f"reached after {reached} requests" if reached is not None else "not reached"))
+    print(f"wrote {RESULTS / 'traffic_learning.json'} and traffic_learning.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
