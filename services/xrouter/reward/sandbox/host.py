@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 
 BOOT = pathlib.Path(__file__).with_name("boot.py")
 # Environment of the sandboxed process: nothing from the service's own (no keys, no tokens).
@@ -68,6 +68,19 @@ Does not hold:
 
 Status = Literal["passed", "failed", "timeout", "cpu_limit", "memory_limit", "output_limit",
                  "killed", "early_exit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSpec:
+    """Tests for :meth:`Sandbox.judge`: ``tests`` (source run in the tests' process), ``prompt``
+    (code run there first, for its helpers: HumanEval's prompt) and ``entry_point`` (a name always
+    taken from the answer, even when the prompt defines a stub of it)."""
+
+    __test__ = False  # not a pytest class, despite its name
+
+    tests: str
+    prompt: str = ""
+    entry_point: str = ""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -150,15 +163,27 @@ class Sandbox:
             raise SandboxUnavailable(f"the sandbox cannot run a trivial program: {result.reason}")
 
     def run(self, program: str, limits: SandboxLimits | None = None) -> SandboxResult:
-        """Run ``program`` (Python source) once; never raises for anything the program does
-        (:class:`SandboxUnavailable` means the host failed, before the program ran)."""
+        """Run ``program`` (Python source) once, in one process; ``passed`` means it ran to its
+        end. Not a verdict on untrusted code (code can fake reaching its end): use :meth:`judge`.
+        Never raises for anything the program does (:class:`SandboxUnavailable` means the host
+        failed, before the program ran)."""
         with self._slots:
-            return self._run(program, limits or self.limits)
+            return self._run(program, None, limits or self.limits)
 
-    def _run(self, program: str, limits: SandboxLimits) -> SandboxResult:
+    def judge(self, answer: str, tests: TestSpec, limits: SandboxLimits | None = None) -> SandboxResult:
+        """Run the ``answer``'s code in one process and ``tests`` in another that reaches it only
+        through plain values (see ``boot.py``); ``passed`` means every test ran to its end."""
+        with self._slots:
+            return self._run(answer, dataclasses.asdict(tests), limits or self.limits)
+
+    def _run(self, program: str, tests: dict[str, str] | None, limits: SandboxLimits) -> SandboxResult:
         nonce = secrets.token_hex(16)
         uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if self._root else 0
-        config: dict[str, object] = {"program": program, "nonce": nonce, "uid": uid, "limits": dataclasses.asdict(limits)}
+        # The tests' process gets a uid of its own, so the answer cannot signal or read it.
+        tests_uid = _UID_BASE + _UID_SPAN + secrets.randbelow(_UID_SPAN) if self._root else 0
+        config: dict[str, object] = {"program": program, "nonce": nonce, "uid": uid,
+                                     "tests_uid": tests_uid, "tests": tests,
+                                     "limits": dataclasses.asdict(limits)}
         report_read, report_write = os.pipe()
         # Popen passes the pipe under the same number; boot.py is told which one it is.
         config["report_fd"] = report_write
@@ -252,6 +277,8 @@ def _classify(raw: bytes, returncode: int, limits: SandboxLimits, nonce: str, st
     if "status" not in record:
         raise SandboxUnavailable(f"the sandbox ended without a report (exit {returncode}): "
                                  f"{stderr.strip()[-500:]}")
+    if "tests" in record:
+        return _classify_judged(record, limits, stdout, stderr, wall)
     status, cpu = record["status"], record.get("cpu_s")
     program = record.get("program") or {}
     if isinstance(program, dict) and "setup_error" in program:
@@ -281,9 +308,47 @@ def _classify(raw: bytes, returncode: int, limits: SandboxLimits, nonce: str, st
     return result("failed", f"{error.splitlines()[-1]}{where}{_hint(error)}")
 
 
+def _classify_judged(record: dict[str, Any], limits: SandboxLimits, stdout: str, stderr: str,
+                     wall: float) -> SandboxResult:
+    """A verdict from the tests' process: its exit status 0 (with its report) is the only pass;
+    a failure is explained by the answer's fate when it ended first."""
+    status, cpu, answer = record["status"], record.get("cpu_s"), record.get("answer_status")
+    tests = record["tests"] if isinstance(record["tests"], dict) else {}
+    if "setup_error" in tests:
+        raise SandboxUnavailable(f"sandbox set-up failed: {tests['setup_error']}")
+
+    def result(kind: Status, reason: str) -> SandboxResult:
+        return SandboxResult(kind, reason, status, stdout, stderr, wall, cpu)
+
+    if status == 0 and tests.get("passed") is True:
+        return result("passed", "every test ran to its end")
+    if isinstance(answer, int) and answer < 0:
+        sig = signal.Signals(-answer)
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_s):
+            return result("cpu_limit", f"killed at the CPU-time limit of {limits.cpu_s}s")
+        if sig == signal.SIGXFSZ:
+            return result("failed", f"killed for writing a file over {limits.file_bytes} bytes")
+        return result("killed", f"the answer's process was killed by {sig.name}")
+    if status < 0:
+        return result("killed", f"the tests' process was killed by {signal.Signals(-status).name}")
+    failure = tests.get("answer_error") if isinstance(tests.get("answer_error"), dict) else tests
+    where_from = "" if failure is tests else "the answer "
+    error = str(failure.get("error") or "")
+    if not error or ("answer_gone" in tests and isinstance(answer, int)):
+        return result("early_exit", f"the answer's process exited with status {answer} before the "
+                      "tests finished")
+    line = failure.get("line") if isinstance(failure.get("line"), dict) else None
+    where = (f" at {'' if where_from else 'test '}line {line.get('number')}: "
+             f"{str(line.get('source', '')).strip()}") if line else ""
+    if error.startswith("MemoryError"):
+        return result("memory_limit", f"out of memory (limit {limits.memory_bytes} bytes){where}")
+    return result("failed", f"{error.splitlines()[-1]}{where}{_hint(error)}")
+
+
 # Errors the sandbox causes on purpose, spelled out so a reader of the reason sees why.
 _HINTS = {
     "[Errno 101]": "the sandbox has no network", "[Errno 99]": "the sandbox has no network",
+    "[Errno 97]": "the sandbox has no network",
     "[Errno 30]": "only /tmp is writable in the sandbox",
     "[Errno 11] Resource temporarily unavailable": "process limit reached",
     "[Errno 28]": "the sandbox's /tmp is full",
