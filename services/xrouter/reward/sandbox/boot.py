@@ -133,7 +133,7 @@ def _bind_read_only(source: str, target: str, devices: bool = False) -> None:
     _mount(None, target, None, flags, None)
 
 
-def build_root(tmp_bytes: int, uid: int) -> None:
+def build_root(tmp_bytes: int, uid: int, tests_uid: int) -> None:
     """Change root to a fresh tmpfs holding only what a Python program needs, read-only: the
     system's /usr and /lib*, the interpreter's library directories (at their own paths), four
     devices, a new /proc, and a size-capped /tmp owned by the program. The host's /etc, /home,
@@ -166,7 +166,8 @@ def build_root(tmp_bytes: int, uid: int) -> None:
     _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     os.makedirs(new + WORKDIR)
     _mount("tmpfs", new + WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={tmp_bytes},mode=0700,uid={uid},gid={uid}")
+           # The tests' process may read what the answer wrote (its group), never write there.
+           f"size={tmp_bytes},mode=0750,uid={uid},gid={tests_uid}")
     os.chroot(new)
     os.chdir("/")
     _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
@@ -321,7 +322,7 @@ def start_tests(config: dict, requests: int, replies: int, report: int) -> int: 
         confine(config["limits"], config["tests_uid"])
         # Not dumpable: its memory and /proc files stay closed to the answer even under one uid.
         _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "clear dumpable")
-        os.chdir("/")
+        os.chdir(WORKDIR)  # where the answer's files are, as in one program (never on sys.path)
     except BaseException as error:  # noqa: BLE001
         _setup_failed(5, error)
     judge.run(wire, config["tests"], 3, 4, 5)
@@ -366,7 +367,7 @@ def main() -> None:
     os.close(null)
     try:
         lock_file_system()
-        build_root(config["limits"]["tmp_bytes"], config["uid"])
+        build_root(config["limits"]["tmp_bytes"], config["uid"], config["tests_uid"])
     except (SetupError, OSError) as error:
         os.write(report_fd, json.dumps({"setup_error": str(error)}).encode())
         os._exit(70)

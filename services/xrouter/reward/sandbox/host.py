@@ -350,6 +350,7 @@ _HINTS = {
     "[Errno 101]": "the sandbox has no network", "[Errno 99]": "the sandbox has no network",
     "[Errno 97]": "the sandbox has no network",
     "[Errno 30]": "only /tmp is writable in the sandbox",
+    "[Errno 27]": "a file over the sandbox's file-size limit",
     "[Errno 11] Resource temporarily unavailable": "process limit reached",
     "[Errno 28]": "the sandbox's /tmp is full",
 }
