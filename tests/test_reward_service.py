@@ -32,8 +32,10 @@ def sandbox() -> Sandbox | None:
         return None
 
 
-async def serve(scorer: Scorer, max_parallel: int = 4):  # type: ignore[no-untyped-def]
-    server = GrpcServer("reward", register(scorer, max_parallel=max_parallel), TracerProvider())
+async def serve(scorer: Scorer, max_parallel: int = 4, client_tests: bool = True):  # type: ignore[no-untyped-def]
+    # These tests play a trusted caller (the deployment's own router) that writes code tests.
+    server = GrpcServer("reward", register(scorer, max_parallel=max_parallel, client_tests=client_tests),
+                        TracerProvider())
     port = await server.start()
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 

@@ -77,7 +77,10 @@ def _serve(namespace):
             reply = {"ok": encode(value, _handle)}
         except BaseException as error:  # the tests' side decides what an exception means
             reply = {"raised": [type(error).__name__, str(error)[:1000]]}
-        send(_REPLIES, reply)
+        try:
+            send(_REPLIES, reply)
+        except WireError as error:  # a value too big to send: say so instead
+            send(_REPLIES, {"raised": ["WireError", str(error)]})
 
 
 def _main():

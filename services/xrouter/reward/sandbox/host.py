@@ -91,15 +91,17 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     """Per-run limits. ``processes`` counts threads too, and the program itself. The CPU default
     covers every canonical MBPP / HumanEval solution (the slowest, MBPP 123, takes 6.5 s); the
-    wall limit leaves room for a busy machine."""
+    wall limit leaves room for a busy machine. ``memory_bytes`` bounds each process (the answer's
+    and the tests'), so a run holds at most ``(processes + 1) * memory_bytes``: with the defaults,
+    1.25 GiB (every canonical MBPP / HumanEval solution passes within them)."""
 
     wall_s: float = 30.0
     cpu_s: int = 10
-    memory_bytes: int = 512 * 2**20
+    memory_bytes: int = 256 * 2**20
     output_bytes: int = 64 * 2**10
     file_bytes: int = 16 * 2**20
     tmp_bytes: int = 32 * 2**20
-    processes: int = 16
+    processes: int = 4
     open_files: int = 64
 
     def __post_init__(self) -> None:
@@ -332,14 +334,18 @@ def _classify_judged(record: dict[str, Any], limits: SandboxLimits, stdout: str,
     if status < 0:
         return result("killed", f"the tests' process was killed by {signal.Signals(-status).name}")
     failure = tests.get("answer_error") if isinstance(tests.get("answer_error"), dict) else tests
-    where_from = "" if failure is tests else "the answer "
-    error = str(failure.get("error") or "")
-    if not error or ("answer_gone" in tests and isinstance(answer, int)):
-        return result("early_exit", f"the answer's process exited with status {answer} before the "
-                      "tests finished")
     line = failure.get("line") if isinstance(failure.get("line"), dict) else None
-    where = (f" at {'' if where_from else 'test '}line {line.get('number')}: "
+    # The answer's own lines while it loaded; the tests' lines once they ran.
+    where = (f" at {'line' if failure is not tests else 'test line'} {line.get('number')}: "
              f"{str(line.get('source', '')).strip()}") if line else ""
+    if "answer_gone" in tests:
+        if isinstance(answer, int):
+            return result("early_exit", f"the answer's process exited with status {answer} before "
+                          f"the tests finished{where}")
+        return result("failed", f"{tests['answer_gone']}{where}")
+    error = str(failure.get("error") or "")
+    if not error:
+        return result("failed", f"the tests' process ended with status {status} and no report")
     if error.startswith("MemoryError"):
         return result("memory_limit", f"out of memory (limit {limits.memory_bytes} bytes){where}")
     return result("failed", f"{error.splitlines()[-1]}{where}{_hint(error)}")

@@ -74,7 +74,7 @@ class Channel:
         try:
             return self.wire.receive(self._in)
         except (EOFError, OSError) as error:
-            raise AnswerGone(f"the answer's process ended before the tests finished ({error})") from None
+            raise AnswerGone(f"the answer's channel closed before the tests finished ({error})") from None
 
 
 class Remote:
@@ -148,6 +148,8 @@ def _failure(error: BaseException, lines: list[str]) -> dict[str, Any]:
             line = {"number": frame.lineno, "source": lines[frame.lineno - 1][:300]}
             break
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
+    if isinstance(error, AnswerGone):
+        return {"answer_gone": str(error), "line": line}
     return {"error": text[:1000], "line": line}
 
 
@@ -156,8 +158,11 @@ def run(wire: Any, spec: dict[str, str], requests: int, replies: int, report: in
     channel = Channel(wire, requests, replies)
     try:
         hello = channel.hello()
-    except (AnswerGone, wire.WireError) as error:
+    except AnswerGone as error:
         wire.send(report, {"answer_gone": str(error)})
+        os._exit(1)
+    except wire.WireError as error:
+        wire.send(report, {"error": f"the answer broke the channel: {error}"})
         os._exit(1)
     if type(hello) is not dict or hello.get("ready") is not True:
         error = hello.get("load_error") if type(hello) is dict else None
@@ -181,10 +186,7 @@ def run(wire: Any, spec: dict[str, str], requests: int, replies: int, report: in
                     pass  # the test that uses it fails with NameError, as in one program
         exec(compile(source, TESTS_FILE, "exec"), namespace)  # noqa: S102
     except BaseException as error:  # noqa: BLE001 - any way the tests end early is a failure
-        record = _failure(error, lines)
-        if isinstance(error, AnswerGone):
-            record["answer_gone"] = str(error)
-        wire.send(report, record)
+        wire.send(report, _failure(error, lines))
         os._exit(1)
     wire.send(report, {"passed": True})
     os._exit(0)
