@@ -72,7 +72,7 @@ async def test_code_over_grpc(stub, sandbox) -> None:  # type: ignore[no-untyped
     assert good.detail.startswith("passed 2 asserts in")
     bad = await stub.Score(code_request("def add(a, b):\n    return a * b"))
     assert (bad.score, bad.reward) == (0.0, 0.0)
-    assert bad.detail == "failed: AssertionError at line 4: assert add(2, 3) == 5"
+    assert bad.detail == "failed: AssertionError at test line 1: assert add(2, 3) == 5"
     hostile = await stub.Score(code_request("import os\nwhile True:\n    os.fork()"))
     assert hostile.score == 0.0 and hostile.detail.endswith("(process limit reached)")
 

@@ -15,11 +15,14 @@ import traceback
 _REQUESTS, _REPLIES = 3, 4
 _ANSWER = "/tmp/main.py"
 _objects = {}  # handle number -> object kept here for the tests' side
+_numbers = {}  # id(object) -> its handle number: one object, one handle (`is` holds over there)
 
 
 def _handle(value):
-    number = len(_objects) + 1
-    _objects[number] = value
+    number = _numbers.get(id(value))  # ids stay unique: _objects keeps every object alive
+    if number is None:
+        number = _numbers[id(value)] = len(_objects) + 1
+        _objects[number] = value
     return number
 
 
