@@ -1,29 +1,24 @@
-"""The sandbox's first process: it runs as PID 1 of fresh PID, network and mount namespaces (made by
-``unshare``), locks the file system down, then starts the untrusted code with its privileges
-dropped, its limits set and a seccomp filter installed, and reports how it ended to the host on a
-pipe it inherits.
+"""The sandbox's first process: PID 1 of fresh PID, network and mount namespaces (made by
+``unshare``). It locks the file system down, starts the untrusted code with its privileges dropped,
+its limits set and a seccomp filter installed, and reports how it ended on a pipe to the host.
 
-Standard library only, and never imports xrouter: it runs under ``python -I -S`` inside the sandbox
-(its sibling files ``wire.py``, ``answer.py``, ``judge.py`` and ``seccomp.py`` are loaded by path
-before the root changes). The host (``sandbox/host.py``) sends one JSON object on stdin:
-``program`` (source), ``nonce``, ``report_fd`` (the pipe to the host), ``uid`` and ``tests_uid``
-(drop to these uids when real root, else 0), ``limits`` (see ``SandboxLimits``), and ``tests``
-(see below).
+Standard library only, never imports xrouter: it runs under ``python -I -S``, and loads its sibling
+files (``wire``, ``answer``, ``judge``, ``seccomp``) by path before the root changes. The host
+(``host.py``) sends one JSON object on stdin: ``program`` (source), ``nonce``, ``report_fd``,
+``uid`` and ``tests_uid`` (used when real root, else 0), ``limits``, ``tests``.
 
-Two modes. Without ``tests`` the program runs to its end in one process (``Sandbox.run``: a probe
-or a plain program, not a verdict). With ``tests`` (``Sandbox.judge``) the verdict comes from a
-process the answer cannot reach: the answer runs in a fresh interpreter (``answer.py``, exec'd, so
-it holds no copy of this process's memory and never sees the tests), the tests run in a second
-process (``judge.py``) that holds none of the answer's code and talks to it only through plain
-values (``wire.py``); the tests' exit status is the verdict. The tests' process is not dumpable and
-runs under another uid when the host is root, so the answer can neither read nor write its memory;
-the seccomp filter takes ``ptrace`` and ``process_vm_*`` away besides.
+Without ``tests`` the program runs to its end in one process (``Sandbox.run``: not a verdict).
+With ``tests`` (``Sandbox.judge``) the verdict comes from a process the answer cannot reach: the
+answer runs in a fresh interpreter (``answer.py``, exec'd, so it holds no copy of this process's
+memory and never sees the tests), the tests run in a second process (``judge.py``) that holds none
+of the answer's code and reaches it only through plain values (``wire.py``); the tests' exit status
+is the verdict. The tests' process is not dumpable and has its own uid on a root host, so the
+answer can neither read nor write its memory; the filter takes ptrace and process_vm_* away too.
 
 Why PID 1 is a separate, trusted process: when it exits the kernel kills every process left in the
-namespace (however they daemonised), and it outlives the program to report how it died (a signal
-from a resource limit, an exit before the tests finished). The program cannot signal it: PID 1 of
-a namespace gets only the signals it handles (none: SIGINT is reset below), the seccomp filter
-refuses kill(1), and it runs under another uid or with more capabilities.
+namespace (however they daemonised), and it outlives the program to report how it died. The
+program cannot signal it: PID 1 of a namespace gets only the signals it handles (none: SIGINT is
+reset below), the filter refuses kill(1), and it runs under another uid or with more capabilities.
 """
 
 from __future__ import annotations

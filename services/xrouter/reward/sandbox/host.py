@@ -4,8 +4,9 @@ Isolation is the kernel's, not Python's: ``unshare`` puts the program in new PID
 namespaces (plus a user namespace when the service is not root), and ``boot.py``, PID 1 there,
 makes every inherited mount read-only, changes root to a fresh read-only tmpfs that holds only
 /usr, /lib*, the interpreter's library, four devices, a new /proc and a small private /tmp (the only
-writable place), sets resource limits and drops every capability (to a throw-away uid when the
-host is real root) before running the program. What that guarantees, and what it does not, is in
+writable place), sets resource limits, drops every capability (to a throw-away uid when the
+host is real root) and installs a seccomp filter (``seccomp.py``) before running the program.
+A verdict (:meth:`Sandbox.judge`) comes from a tests' process apart from the answer's (``boot.py``). What that guarantees, and what it does not, is in
 ``GUARANTEES``. Why not Python-level guards (audit hooks, a patched ``socket``): code in the same
 interpreter can undo them (ctypes, or just ``os.system``); the kernel's checks it cannot.
 
@@ -38,32 +39,47 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": 
 _UID_BASE, _UID_SPAN = 1_000_000, 1_000_000
 
 GUARANTEES = """\
-Holds (enforced by the kernel, tested in tests/test_sandbox.py):
-- no network: a new network namespace with only a loopback that is down; connect/bind fail;
+Holds (enforced by the kernel, tested in tests/test_sandbox.py and tests/security/):
+- the verdict is not the answer's to write (Sandbox.judge): the answer runs in a fresh interpreter
+  (exec'd, so it holds no copy of the harness's memory and never sees the tests or their expected
+  values); the tests run in a second process holding none of the answer's code, which calls the
+  answer's functions through a pipe that carries only plain values (exact built-in types) and
+  handles; the tests' exit status is the verdict. Walking frames, gc, patching builtins or
+  AssertionError, objects equal to everything, exit(0) at any point, forged messages: a failure;
+- the tests' process is out of the answer's reach: not dumpable (its memory and /proc files are
+  closed to the answer), under another uid when the host is root, and ptrace/process_vm_* are
+  filtered; PID 1 handles no signal and kill(1) is filtered;
+- a seccomp filter on every sandboxed process (x86_64): no sockets but AF_UNIX, no ptrace or
+  process_vm_*, no new namespaces (unshare, setns, clone with CLONE_NEW*, clone3), no mounts, no
+  kill of PID 1 or of process groups, none of bpf, perf_event_open, userfaultfd, io_uring, key
+  rings, modules, kexec, open_by_handle_at, personality; everything else is allowed (a deny list);
+- no network: a new network namespace with only a loopback that is down, besides the filter;
 - no way out of the process tree: PID namespace; when the run ends (or is killed at the wall-time
   limit) PID 1 exits and the kernel kills every process left, daemonised or not;
-- a root of its own: /usr, /lib*, the interpreter's library, /dev/{null,zero,random,urandom}, a
-  new /proc (its own processes only) and /tmp, all read-only but /tmp (a private, size-capped tmpfs
-  that vanishes with the run); the host's /etc, /home, /root, /run (and the sockets there), /var,
-  /sys and the service's files are not in it; every inherited mount is read-only besides;
+- a root of its own: /usr, /lib*, the interpreter and its library, /dev/{null,zero,random,urandom},
+  a new /proc (its own processes only) and /tmp, all read-only but /tmp (a private, size-capped
+  tmpfs that vanishes with the run); the host's /etc, /home, /root, /run (and the sockets there),
+  /var, /sys and the service's files are not in it; every inherited mount is read-only besides;
 - CPU time (RLIMIT_CPU), address space (RLIMIT_AS), processes (RLIMIT_NPROC: counted for a
   throw-away uid when the host is root, since root ignores it; per user namespace otherwise),
   file size, open files; core dumps off; hard limits equal soft ones so they cannot be raised;
+- memory per run at most (processes + 1) x memory_bytes + the /tmp size; the reward service checks
+  at start-up that its runs, math workers and itself fit the pod's memory limit;
 - no capabilities and no_new_privs: setuid binaries give nothing back;
 - a scrubbed environment; the service's variables and /proc of its processes are out of sight;
-- a pass needs the harness to reach the end of the tests: sys.exit(0), os._exit(0) or a crash
-  before the asserts scores 0;
 - stdout+stderr capped (the run is killed past the cap) and wall time capped.
 Does not hold:
-- a kernel exploit escapes it (no seccomp filter, no gVisor): for hostile multi-tenant use, run
-  the reward service under a sandboxed runtime (e.g. a gVisor RuntimeClass) as well;
-- memory is capped per process (RLIMIT_AS), not in total: up to `processes` x `memory_bytes`;
+- a kernel exploit in an allowed system call escapes it (no gVisor): for hostile multi-tenant use,
+  run the reward service under a sandboxed runtime (e.g. a gVisor RuntimeClass) as well;
+- memory is bounded by address-space limits per process, not by a cgroup of the run: the bound is
+  the sum above, not a shared pool;
+- without root (one user namespace) the answer and the tests share a uid: the answer can kill the
+  tests' process (a failure, never a pass) but not read or write its memory;
+- tests that use a name they neither import nor define get the answer's object for it (the
+  benchmarks' own semantics): what such a name computes on the tests' side is the answer's to say;
 - /usr and the interpreter's library are readable (not writable): nothing secret belongs there;
-- no seccomp filter: every system call is available, limited only by the namespaces, the missing
-  capabilities and the rlimits above;
-- a pass means the harness reached the end of the tests in the program's process; code written to
-  find the run's nonce in its own memory could forge that (nothing can hide a secret from code in
-  the same process), which no benchmark solution does by accident.
+- Sandbox.run (one process, no tests) is not a verdict: a program can fake reaching its end;
+- the filter is built for x86_64; on other machines only the layers above hold.
 """
 
 Status = Literal["passed", "failed", "timeout", "cpu_limit", "memory_limit", "output_limit",
