@@ -237,6 +237,26 @@ def test_expected_values_are_out_of_the_answers_reach(sandbox: Sandbox) -> None:
     assert score(sandbox, planted, f"assert f() == {secret!r}")[0] == 1.0
 
 
+def test_other_processes_descriptors_are_closed_to_the_answer(sandbox: Sandbox) -> None:
+    """PID 1 holds the pipe to the host (where a forged record would be read), the tests' process
+    its report pipe: /proc/<pid>/fd of either cannot be opened, so neither pipe can be written."""
+    answer = ("import glob, os\n"
+              "opened = []\n"
+              "for path in glob.glob('/proc/[0-9]*/fd/*'):\n"
+              "    if path.split('/')[2] != str(os.getpid()):\n"
+              "        try:\n"
+              "            os.close(os.open(path, os.O_WRONLY))\n"
+              "            opened.append(path)\n"
+              "        except OSError:\n"
+              "            pass\n"
+              "print('seen', len(glob.glob('/proc/[0-9]*')), 'opened', opened)\n"
+              "def add(a, b):\n    return a + b\n")
+    result = sandbox.judge(*_judged(answer))
+    assert "opened []" in result.stdout, result.stdout
+    # It did see other processes (PID 1 at least), so the empty list is a refusal, not a blind spot.
+    assert int(result.stdout.split()[1]) >= 2 and result.passed, (result.stdout, result.reason)
+
+
 # --- signals -----------------------------------------------------------------------------------
 
 SIGNALS = """
