@@ -176,6 +176,17 @@ def test_the_zeros_come_from_the_wrong_answer_not_from_the_tricks(sandbox: Sandb
     assert score(sandbox, right) == (0.0, "failed: a garbled start")
 
 
+def test_shadowing_a_builtin_the_tests_use_is_not_honoured(sandbox: Sandbox) -> None:
+    """In one program the answer's own sorted() would also sort the expected side (0 == 0); the
+    tests' process keeps its built-ins unless the tests name a built-in as the entry point."""
+    answer = "def sorted(*args, **kwargs):\n    return 0\ndef f(x):\n    return None\n"
+    value, detail = score(sandbox, answer, "assert sorted(f(1)) == sorted([3, 1, 2])")
+    assert value == 0.0 and detail.startswith("failed: TypeError: 'NoneType' object is not iterable"), detail
+    named = verify_code("def sum(a, b):\n    return a * b\n",
+                        CodeTests(asserts=("assert sum(2, 3) == 6",), entry_point="sum"), sandbox)
+    assert named.score == 1.0, named.detail
+
+
 # --- reading the expected values --------------------------------------------------------------
 
 HUNTER = """

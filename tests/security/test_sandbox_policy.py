@@ -169,6 +169,10 @@ def test_answer_objects_cross_as_handles(sandbox: Sandbox) -> None:
     tests = CodeTests(asserts=("assert height(root) == 3", "assert root.left.data == 2",
                                "assert root.left is root.left"), setup=setup)
     assert verify_code(tree, tests, sandbox).score == 1.0
+    # Built-in types and functions cross by name, each side using its own (MBPP 533 passes int).
+    by_type = "def keep(items, kind):\n    return [x for x in items if isinstance(x, kind)], len\n"
+    assert verify_code(by_type, CodeTests(asserts=("assert keep((1, 'a', 2.5), str) == (['a'], len)",)),
+                       sandbox).score == 1.0
     value = verify_code(tree, CodeTests(asserts=("assert Node(1)",)), sandbox)
     assert value.score == 0.0 and "has no truth value" in value.detail
     prompt = "def double(x):\n    return 2 * x\n\ndef quad(x):\n    \"\"\"Four times x.\"\"\"\n"

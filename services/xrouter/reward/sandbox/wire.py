@@ -4,7 +4,7 @@ frames carrying plain values, never code and never objects that run code when us
 Why it is built this way: the tests' process is the judge, so nothing the answer sends may make it
 run the answer's code. Decoding yields only exact built-in types (``None``, ``bool``, ``int``,
 ``float``, ``complex``, ``str``, ``bytes``, ``list``, ``tuple``, ``dict``, ``set``,
-``frozenset``), so every ``==``, ``bool()`` or ``hash()`` the tests apply to an answer's value is
+``frozenset``, and built-in types and functions by name), so every ``==``, ``bool()`` or ``hash()`` the tests apply to an answer's value is
 Python's own, not a method the answer wrote (the "object equal to everything" forgery). Anything
 else stays in the answer's process and crosses as a numbered handle (``["h", n]``), which the tests'
 side can pass back, call or read attributes of, but which compares equal only to itself.
@@ -15,6 +15,7 @@ the tests' side imports it from its file (``boot.py``).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import struct
@@ -23,6 +24,7 @@ from typing import Any, Callable
 MAX_FRAME = 8 * 2**20  # a value larger than this is refused (a flood, not an answer)
 MAX_DEPTH = 200
 _HEADER = struct.Struct("!I")
+_BUILTIN = type(len)
 
 
 class WireError(Exception):
@@ -84,6 +86,9 @@ def encode(value: Any, handle: Callable[[Any], int], depth: int = 0) -> Any:
     if isinstance(value, dict):
         return ["d", [[encode(k, handle, depth + 1), encode(v, handle, depth + 1)]
                       for k, v in list(value.items())]]
+    name = getattr(value, "__name__", None)
+    if kind in (type, _BUILTIN) and type(name) is str and getattr(builtins, name, None) is value:
+        return ["n", name]  # a built-in type or function (MBPP 533 passes `int`): by name
     return ["h", handle(value)]
 
 
@@ -115,6 +120,8 @@ def decode(data: Any, handle: Callable[[int], Any], depth: int = 0) -> Any:
             return {decode(k, handle, depth + 1): decode(v, handle, depth + 1) for k, v in rest[0]}
         if tag == "h" and type(rest[0]) is int:
             return handle(rest[0])
+        if tag == "n" and type(rest[0]) is str and type(getattr(builtins, rest[0], None)) in (type, _BUILTIN):
+            return getattr(builtins, rest[0])  # this side's own, whatever the other side's is
     except (TypeError, ValueError, IndexError, OverflowError) as error:
         raise WireError(f"a malformed {tag!r} value: {error}") from None
     raise WireError(f"unknown value tag {tag!r}")

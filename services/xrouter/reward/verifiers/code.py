@@ -24,7 +24,8 @@ class CodeTests:
     """The tests a program must pass: MBPP-style ``asserts`` (after ``setup``, which runs after
     the answer), or a HumanEval
     ``check`` module with its ``entry_point``; ``prefix`` is code the answer continues (HumanEval's
-    prompt), used unless the answer defines the entry point itself."""
+    prompt), used unless the answer defines the entry point itself. With ``asserts``, an
+    ``entry_point`` is optional: the name the tests take from the answer even if it is a built-in."""
 
     asserts: tuple[str, ...] = ()
     setup: str = ""
@@ -87,7 +88,9 @@ def judged(code: str, tests: CodeTests) -> tuple[str, TestSpec]:
         return answer, TestSpec(f"{tests.check}\n\ncheck({tests.entry_point})\n", prompt=tests.prefix,
                                 entry_point=tests.entry_point)
     setup = f"{tests.setup}\n" if tests.setup.strip() else ""
-    return code, TestSpec(setup + "\n".join(tests.asserts) + "\n")
+    # An entry point named like a built-in (MBPP 126 tests its own `sum`) is the answer's only
+    # when the tests say so: otherwise the tests' side keeps its built-ins.
+    return code, TestSpec(setup + "\n".join(tests.asserts) + "\n", entry_point=tests.entry_point)
 
 
 def verify_code(response: str, tests: CodeTests, sandbox: Sandbox) -> Verdict:
