@@ -22,7 +22,6 @@ from xrouter.reward.verifiers import CodeTests, verify_code
 LIMITS = SandboxLimits(wall_s=8.0, cpu_s=4, memory_bytes=256 * 2**20, output_bytes=16 * 2**10,
                        processes=4)
 ADD = ("assert add(2, 3) == 5", "assert add(-1, 1) == 0")
-ROOT_HOST = os.geteuid() == 0  # separate uids for the answer and the tests (else one user namespace)
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +295,9 @@ def test_signals_to_the_parent_and_the_judge_are_refused(sandbox: Sandbox) -> No
     result = sandbox.judge(*_judged(SIGNALS))
     # kill() of the parent (PID 1), of its group (0) and of everything (-1): refused, all 16.
     assert "refused 16 True" in result.stdout, (result.status, result.reason, result.stdout)
-    if ROOT_HOST:  # the tests' process runs under another uid: out of reach, the right add passes
-        assert result.passed, result.reason
-    else:  # one user namespace: it can kill the tests' process, which is a failure, never a pass
-        assert not result.passed
+    # The tests' process is out of reach too (its pid is in the answer's filter; on a root host it
+    # also has another uid): the right add passes.
+    assert result.passed, result.reason
     wrong = SIGNALS.replace("return a + b", "return 0")
     assert score(sandbox, wrong)[0] == 0.0
 

@@ -47,10 +47,11 @@ def sandbox() -> Sandbox:
 
 # --- the seccomp filter ------------------------------------------------------------------------
 
-def decide(nr: int, arg0: int = 0, arch: int = seccomp.AUDIT_ARCH_X86_64) -> int:
+def decide(nr: int, arg0: int = 0, arch: int = seccomp.AUDIT_ARCH_X86_64,
+           program: list[tuple[int, int, int, int]] | None = None) -> int:
     """Run the filter's BPF program on one system call, as the kernel would."""
     data = {seccomp._NR: nr, seccomp._ARCH: arch, seccomp._ARG0: arg0 & 0xFFFFFFFF}
-    program, pc, accumulator = seccomp.program(), 0, 0
+    program, pc, accumulator = program or seccomp.program(), 0, 0
     while True:
         code, jt, jf, k = program[pc]
         if code == seccomp._LD_ABS:
@@ -92,6 +93,14 @@ ALLOW, EPERM = seccomp.RET_ALLOW, seccomp.RET_ERRNO | seccomp.EPERM
 ])
 def test_filter_decisions(what: str, nr: int, arg0: int, expected: int) -> None:
     assert decide(nr, arg0) == expected, what
+
+
+def test_the_tests_pid_is_protected_in_the_answers_filter() -> None:
+    protected = seccomp.program(protect=(1, 7))
+    for call in (seccomp.KILL, seccomp.TKILL, seccomp.TGKILL):
+        assert decide(call, 7) == ALLOW  # the default filter (PID 1 only)
+        assert decide(call, 7, program=protected) == EPERM
+        assert decide(call, 8, program=protected) == ALLOW
 
 
 def test_another_architecture_is_killed() -> None:

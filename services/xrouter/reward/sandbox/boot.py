@@ -260,14 +260,15 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def confine(limits: dict[str, int], uid: int) -> None:
+def confine(limits: dict[str, int], uid: int, protect: tuple[int, ...] = (1,)) -> None:
     """What every untrusted process gets before its first line runs: its own session (so a signal
-    to its group reaches only its own processes), the limits, no privileges, the seccomp filter."""
+    to its group reaches only its own processes), the limits, no privileges, the seccomp filter
+    (no signal to the pids in ``protect``)."""
     os.setsid()
     set_limits(limits)
     drop_privileges(uid)
     if seccomp.supported():
-        seccomp.install()
+        seccomp.install(protect)
     # Default signal dispositions, as for any fresh process (Python set SIGPIPE etc. to ignore).
     for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
@@ -288,8 +289,9 @@ def _setup_failed(fd: int, error: BaseException) -> None:
     os._exit(70)
 
 
-def start_answer(config: dict, requests: int, replies: int, setup: int) -> int:  # type: ignore[type-arg]
-    """Fork the answer's process: a fresh interpreter (exec) running ``answer.py`` on fds 3/4."""
+def start_answer(config: dict, requests: int, replies: int, setup: int, tests: int) -> int:  # type: ignore[type-arg]
+    """Fork the answer's process: a fresh interpreter (exec) running ``answer.py`` on fds 3/4;
+    its filter refuses signals to PID 1 and to the tests' process (pid ``tests``)."""
     with open(PROGRAM, "w", encoding="utf-8") as file:
         file.write(config["program"])
     os.chown(PROGRAM, config["uid"], config["uid"])
@@ -298,7 +300,7 @@ def start_answer(config: dict, requests: int, replies: int, setup: int) -> int: 
         return pid
     try:
         _keep_only({requests: 3, replies: 4, setup: 5})
-        confine(config["limits"], config["uid"])
+        confine(config["limits"], config["uid"], protect=(1, tests))
         os.chdir(WORKDIR)
         os.set_inheritable(5, False)  # kept for a failed exec's report, closed by a good one
         os.execve(PYTHON, [PYTHON, "-I", "-S", "-u", "-c", ANSWER_RUNNER], dict(os.environ))
@@ -329,8 +331,9 @@ def run_judged(config: dict) -> dict:  # type: ignore[type-arg]
     requests_read, requests_write = os.pipe()
     replies_read, replies_write = os.pipe()
     report_read, report_write = os.pipe()
-    answer = start_answer(config, requests_read, replies_write, report_write)
+    # The tests first: the answer's filter is told their pid, so no signal of its reaches them.
     tests = start_tests(config, requests_write, replies_read, report_write)
+    answer = start_answer(config, requests_read, replies_write, report_write, tests)
     for fd in (requests_read, requests_write, replies_read, replies_write, report_write):
         os.close(fd)
     _, status = os.waitpid(tests, 0)

@@ -48,7 +48,7 @@ Holds (enforced by the kernel, tested in tests/test_sandbox.py and tests/securit
   AssertionError, objects equal to everything, exit(0) at any point, forged messages: a failure;
 - the tests' process is out of the answer's reach: not dumpable (its memory and /proc files are
   closed to the answer), under another uid when the host is root, and ptrace/process_vm_* are
-  filtered; PID 1 handles no signal and kill(1) is filtered;
+  filtered, and so is any signal to it; PID 1 handles no signal and kill(1) is filtered;
 - a seccomp filter on every sandboxed process (x86_64): no sockets but AF_UNIX, no ptrace or
   process_vm_*, no new namespaces (unshare, setns, clone with CLONE_NEW*, clone3), no mounts, no
   kill of PID 1 or of process groups, none of bpf, perf_event_open, userfaultfd, io_uring, key
@@ -73,8 +73,8 @@ Does not hold:
   run the reward service under a sandboxed runtime (e.g. a gVisor RuntimeClass) as well;
 - memory is bounded by address-space limits per process, not by a cgroup of the run: the bound is
   the sum above, not a shared pool;
-- without root (one user namespace) the answer and the tests share a uid: the answer can kill the
-  tests' process (a failure, never a pass) but not read or write its memory;
+- without root (one user namespace) the answer and the tests share a uid: only the filter (no
+  signal to the tests' pid) and non-dumpability keep them apart, not the uid;
 - tests that use a name they neither import nor define get the answer's object for it (the
   benchmarks' own semantics): what such a name computes on the tests' side is the answer's to say;
 - /usr and the interpreter's library are readable (not writable): nothing secret belongs there;

@@ -14,8 +14,8 @@ reach outside:
 
 - other machines: ``socket``/``socketpair`` of any family but ``AF_UNIX`` (EAFNOSUPPORT);
 - other processes: ``ptrace``, ``process_vm_readv/writev``, ``kcmp``, ``pidfd_getfd``,
-  ``pidfd_send_signal``; ``kill`` of PID 1 (the sandbox's supervisor), of a process group or of
-  every process (pid <= 1), ``tkill``/``tgkill`` of PID 1;
+  ``pidfd_send_signal``; ``kill`` of PID 1 (the sandbox's supervisor) or of the tests' process
+  (the judge), of a process group or of every process; ``tkill``/``tgkill`` of those two;
 - new namespaces or mounts: ``unshare``, ``setns``, ``clone`` with any ``CLONE_NEW*`` flag,
   ``clone3`` (answered ENOSYS, so glibc falls back to ``clone``, whose flags the filter can read),
   ``mount``, ``umount2``, ``pivot_root``, ``chroot`` and the new mount API;
@@ -82,8 +82,17 @@ def _when(number: int, block: list[tuple[int, int, int, int]]) -> list[tuple[int
     return [(_JEQ, 0, len(block), number), *block]
 
 
-def program() -> list[tuple[int, int, int, int]]:
-    """The filter as (code, jump-if-true, jump-if-false, constant) instructions."""
+def _deny_if(tests: list[tuple[int, int]]) -> list[tuple[int, int, int, int]]:
+    """Load the first argument; refuse when any (opcode, constant) test holds, else allow."""
+    block = [(_LD_ABS, 0, 0, _ARG0)]
+    for number, (code, k) in enumerate(tests):
+        block.append((code, len(tests) - number, 0, k))  # to the final deny
+    return block + [(_RET, 0, 0, RET_ALLOW), (_RET, 0, 0, RET_ERRNO | EPERM)]
+
+
+def program(protect: tuple[int, ...] = (1,)) -> list[tuple[int, int, int, int]]:
+    """The filter as (code, jump-if-true, jump-if-false, constant) instructions. ``protect``:
+    pids no signal may reach (PID 1, and the tests' process for the answer's filter)."""
     deny, allow = (_RET, 0, 0, RET_ERRNO | EPERM), (_RET, 0, 0, RET_ALLOW)
     unix_only = [(_LD_ABS, 0, 0, _ARG0), (_JEQ, 0, 1, AF_UNIX), allow,
                  (_RET, 0, 0, RET_ERRNO | EAFNOSUPPORT)]
@@ -97,18 +106,18 @@ def program() -> list[tuple[int, int, int, int]]:
     rules += _when(SOCKET, unix_only)
     rules += _when(SOCKETPAIR, unix_only)
     rules += _when(CLONE, [(_LD_ABS, 0, 0, _ARG0), (_JSET, 1, 0, CLONE_NEW_ANY), allow, deny])
-    # kill(pid <= 1): PID 1, the caller's process group (0), every process (-1), a group (< -1).
-    rules += _when(KILL, [(_LD_ABS, 0, 0, _ARG0), (_JEQ, 3, 0, 0), (_JEQ, 2, 0, 1),
-                          (_JGE, 1, 0, 0x80000000), allow, deny])
+    # kill: of a protected pid, of the caller's process group (0), of every process (-1), of a
+    # group (< -1); tkill/tgkill: of a protected pid.
+    rules += _when(KILL, _deny_if([(_JEQ, 0), *((_JEQ, pid) for pid in protect), (_JGE, 0x80000000)]))
     for call in (TKILL, TGKILL):
-        rules += _when(call, [(_LD_ABS, 0, 0, _ARG0), (_JEQ, 1, 0, 1), allow, deny])
+        rules += _when(call, _deny_if([(_JEQ, pid) for pid in protect]))
     return rules + [allow]
 
 
-def install() -> None:
+def install(protect: tuple[int, ...] = (1,)) -> None:
     """Install the filter on this thread and every process it starts; irreversible. Needs
     no_new_privs (set by ``boot.drop_privileges``) and must run before any other thread exists."""
-    rules = program()
+    rules = program(protect)
     instructions = (_Instruction * len(rules))(*(_Instruction(*rule) for rule in rules))
     fprog = _Program(len(rules), instructions)
     libc = ctypes.CDLL(None, use_errno=True)
