@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any, Literal
 
+from xrouter.reward.sandbox import seccomp
+
 BOOT = pathlib.Path(__file__).with_name("boot.py")
 # Environment of the sandboxed process: nothing from the service's own (no keys, no tokens).
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp",
@@ -171,7 +173,9 @@ class Sandbox:
     def describe(self) -> str:
         """How runs are isolated on this host, in a few words."""
         who = "a throw-away uid per run (host is root)" if self._root else "a user namespace"
-        return (f"PID+network+mount namespaces, {who}, a minimal read-only root, "
+        syscalls = "a seccomp filter" if seccomp.supported() else "no seccomp filter (not x86_64)"
+        return (f"PID+network+mount namespaces, {who}, a minimal read-only root, {syscalls}, "
+                f"verdicts from a tests' process apart from the answer's, "
                 f"limits {dataclasses.asdict(self.limits)}")
 
     def probe(self) -> None:
@@ -179,6 +183,10 @@ class Sandbox:
         result = self.run("import json, re, math, collections, socket")
         if not result.passed:
             raise SandboxUnavailable(f"the sandbox cannot run a trivial program: {result.reason}")
+        # And a verdict: the answer's fresh interpreter must start inside the sandbox's root.
+        result = self.judge("def one():\n    return 1\n", TestSpec("assert one() == 1\n"))
+        if not result.passed:
+            raise SandboxUnavailable(f"the sandbox cannot judge a trivial answer: {result.reason}")
 
     def run(self, program: str, limits: SandboxLimits | None = None) -> SandboxResult:
         """Run ``program`` (Python source) once, in one process; ``passed`` means it ran to its
