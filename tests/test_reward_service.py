@@ -32,8 +32,10 @@ def sandbox() -> Sandbox | None:
         return None
 
 
-async def serve(scorer: Scorer, max_parallel: int = 4):  # type: ignore[no-untyped-def]
-    server = GrpcServer("reward", register(scorer, max_parallel=max_parallel), TracerProvider())
+async def serve(scorer: Scorer, max_parallel: int = 4, client_tests: bool = True):  # type: ignore[no-untyped-def]
+    # These tests play a trusted caller (the deployment's own router) that writes code tests.
+    server = GrpcServer("reward", register(scorer, max_parallel=max_parallel, client_tests=client_tests),
+                        TracerProvider())
     port = await server.start()
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 
@@ -70,7 +72,7 @@ async def test_code_over_grpc(stub, sandbox) -> None:  # type: ignore[no-untyped
     assert good.detail.startswith("passed 2 asserts in")
     bad = await stub.Score(code_request("def add(a, b):\n    return a * b"))
     assert (bad.score, bad.reward) == (0.0, 0.0)
-    assert bad.detail == "failed: AssertionError at line 4: assert add(2, 3) == 5"
+    assert bad.detail == "failed: AssertionError at test line 1: assert add(2, 3) == 5"
     hostile = await stub.Score(code_request("import os\nwhile True:\n    os.fork()"))
     assert hostile.score == 0.0 and hostile.detail.endswith("(process limit reached)")
 

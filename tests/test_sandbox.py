@@ -67,7 +67,8 @@ def test_honest_program_passes(sandbox: Sandbox) -> None:
 def test_failing_assert_names_the_line(sandbox: Sandbox) -> None:
     value, detail = score(sandbox, "def add(a, b):\n    return a - b", "assert add(2, 3) == 5")
     assert value == 0.0
-    assert detail == "failed: AssertionError at line 4: assert add(2, 3) == 5"
+    # The line is the tests' own: they run in a process of their own, apart from the answer.
+    assert detail == "failed: AssertionError at test line 1: assert add(2, 3) == 5"
 
 
 @pytest.mark.parametrize("exit_code", ["import sys; sys.exit(0)", "import os; os._exit(0)",
@@ -188,11 +189,15 @@ def test_writing_outside_its_directory_is_refused(sandbox: Sandbox, tmp_path: pa
 def test_host_files_are_out_of_sight(sandbox: Sandbox) -> None:
     """Inside: /usr, /lib*, four devices, /proc, its /tmp, and the interpreter's library at its own
     path; no other file of the host (its /etc, /home, /run, /var, the repository ...)."""
-    library = json.loads(subprocess.run([sys.executable, "-I", "-S", "-c", "import sys, json; "
-                                         "print(json.dumps(sys.path))"], capture_output=True,
-                                        text=True, check=True).stdout)
+    library = json.loads(subprocess.run([sys.executable, "-I", "-S", "-c", "import sys, json, "
+                                         "os, sysconfig; print(json.dumps(sys.path + ["
+                                         "os.path.realpath(sys.executable), os.path.join("
+                                         "sysconfig.get_config_var('LIBDIR'), sysconfig."
+                                         "get_config_var('INSTSONAME'))]))"],
+                                        capture_output=True, text=True, check=True).stdout)
     program = ("import os, sys\n"
-               f"library = tuple(p + '/' for p in {library!r})\n"
+               f"library = tuple(p + '/' for p in {library[:-2]!r})\n"
+               f"interpreter = {library[-2:]!r}  # its executable and shared library, read-only\n"
                "print(sorted(os.listdir('/')), sorted(os.listdir('/dev')))\n"
                "for top in os.listdir('/'):\n"
                "    if top in ('usr', 'proc', 'dev', 'tmp') or os.path.islink('/' + top):\n"
@@ -200,7 +205,7 @@ def test_host_files_are_out_of_sight(sandbox: Sandbox) -> None:
                "    for folder, _, files in os.walk('/' + top):\n"
                "        for name in files:\n"
                "            path = os.path.join(folder, name)\n"
-               "            if not path.startswith(library):\n"
+               "            if not path.startswith(library) and path not in interpreter:\n"
                "                print('host file visible:', path)\n")
     result = sandbox.run(program, dataclasses.replace(LIMITS, wall_s=60.0, cpu_s=30))  # a long walk
     assert result.passed, result.reason
@@ -234,11 +239,14 @@ def test_opening_a_socket_gets_nowhere(sandbox: Sandbox) -> None:
         raw = ("import ctypes, socket, struct\n"
                "libc = ctypes.CDLL(None, use_errno=True)\n"
                "fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)\n"
+               "assert fd >= 0, ctypes.get_errno()\n"
                f"address = struct.pack('!HH4s8x', socket.AF_INET, {port}, bytes([127, 0, 0, 1]))\n"
                "address = struct.pack('=H', socket.AF_INET) + address[2:]\n"
                "assert libc.connect(fd, address, len(address)) == 0, ctypes.get_errno()\n")
         value, detail = score(sandbox, raw)
-        assert value == 0.0 and detail.startswith("failed: AssertionError: 101"), detail  # ENETUNREACH
+        # The seccomp filter refuses the socket itself (EAFNOSUPPORT), before the network namespace
+        # (which has no route: ENETUNREACH) is even reached.
+        assert value == 0.0 and detail.startswith("failed: AssertionError: 97"), detail
     finally:
         listener.join()
         server.close()

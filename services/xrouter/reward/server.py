@@ -13,7 +13,7 @@ import grpc
 
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
 from xrouter.common import grpc_server, settings
-from xrouter.common.errors import XRouterError
+from xrouter.common.errors import PermissionDenied, XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.reward.core import Reference, ScoreResult, Scorer
 from xrouter.reward.formula import RewardConfig
@@ -43,7 +43,18 @@ def _to_response(result: ScoreResult) -> reward_pb2.ScoreResponse:
                                     flagged=result.flagged)
 
 
-async def _score(scorer: Scorer, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
+def check_client_tests(request: reward_pb2.ScoreRequest, allowed: bool) -> None:
+    """Refuse tests written by the caller unless this service trusts its callers with them:
+    whoever writes the tests decides the score (``assert True`` passes anything)."""
+    if request.reference.HasField("code") and not allowed:
+        raise PermissionDenied("reference.code: this reward service does not run tests written by "
+                               "the caller (XROUTER_REWARD_CLIENT_TESTS is off): whoever writes the "
+                               "tests decides the score")
+
+
+async def _score(scorer: Scorer, request: reward_pb2.ScoreRequest,
+                 client_tests: bool = False) -> reward_pb2.ScoreResponse:
+    check_client_tests(request, client_tests)
     return _to_response(await scorer.score(
         request.prompt, request.response, to_reference(request.reference), request.cost_usd,
         request.cost_lambda, router_cost_usd=request.router_cost_usd, failure=request.failure))
@@ -63,16 +74,17 @@ def _at_index(error: XRouterError, index: int) -> XRouterError:
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
     """proto -> :class:`Scorer` -> proto; domain errors are the interceptor's business."""
 
-    def __init__(self, scorer: Scorer, max_parallel: int = 8) -> None:
+    def __init__(self, scorer: Scorer, max_parallel: int = 8, client_tests: bool = False) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
         self._scorer = scorer
         self._max_parallel = max_parallel
+        self._client_tests = client_tests
 
     async def Score(self, request: reward_pb2.ScoreRequest,
                     context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
         # The scorer keeps the event loop free: slow verifiers run in threads or processes.
-        return await _score(self._scorer, request)
+        return await _score(self._scorer, request, self._client_tests)
 
     async def ScoreBatch(self, request_iterator: AsyncIterator[reward_pb2.ScoreRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[reward_pb2.ScoreResponse]:
@@ -86,7 +98,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
         async def item(index: int, request: reward_pb2.ScoreRequest) -> reward_pb2.ScoreResponse:
             try:
-                return await _score(self._scorer, request)
+                return await _score(self._scorer, request, self._client_tests)
             except XRouterError as error:
                 raise _at_index(error, index) from error
 
@@ -116,11 +128,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
-def register(scorer: Scorer, max_parallel: int = 8) -> Register:
-    """How to add the reward service to a server; the callable returns its full service name."""
+def register(scorer: Scorer, max_parallel: int = 8, client_tests: bool = False) -> Register:
+    """How to add the reward service to a server; the callable returns its full service name.
+    ``client_tests``: run tests the caller wrote (``reference.code``); off, they are refused."""
     def add(server: grpc.aio.Server) -> list[str]:
-        reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(scorer, max_parallel),
-                                                            server)
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(
+            RewardServicer(scorer, max_parallel, client_tests), server)
         return [SERVICE]
     return add
 
@@ -142,6 +155,11 @@ def build_sandbox(config: RewardSettings) -> Sandbox | None:
     if not config.sandbox:
         log.info("code sandbox off (XROUTER_REWARD_SANDBOX=false): code answers are refused")
         return None
+    if not config.client_tests:
+        log.info("XROUTER_REWARD_CLIENT_TESTS=false: code references (tests written by the caller) "
+                 "are refused with PERMISSION_DENIED")
+    log.info("memory bounds (MiB, worst case): %s against a pod limit of %s", config.memory_budget_mb(),
+             config.pod_memory_limit_mb() or "none found")
     try:
         sandbox = Sandbox(config.sandbox_limits(), max_parallel=config.sandbox_parallel)
         sandbox.probe()
@@ -167,7 +185,8 @@ def main() -> None:
     sandbox = build_sandbox(config)
 
     async def build(provider):  # type: ignore[no-untyped-def]
-        math = MathVerifier(config.math_workers, config.math_deadline_s)
+        math = MathVerifier(config.math_workers, config.math_deadline_s,
+                            memory_bytes=config.math_memory_mb * 2**20)
         await asyncio.to_thread(math.start)
         channel = grpc.aio.insecure_channel(config.adapters_target) if config.judge_model else None
         judge = Judge(channel, config.judge_model, config.judge_timeout_s) if channel else None
@@ -177,7 +196,7 @@ def main() -> None:
             math.close()
             if channel is not None:
                 await channel.close()
-        return register(scorer, config.max_parallel), close
+        return register(scorer, config.max_parallel, config.client_tests), close
 
     asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
                                         grace=config.grace_s, metrics_port=config.metrics_port))

@@ -10,6 +10,10 @@ from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.common.settings import SettingsError, env
 from xrouter.reward.sandbox import SandboxLimits
 
+# A sandboxed run's own processes besides the program's: unshare (C) and PID 1 (boot.py, a
+# standard-library Python), with headroom.
+_RUN_OVERHEAD_MB = 64
+
 # Dataset names that need no path because the package bundles them.
 BUNDLED = {"routerbench": ROUTERBENCH}
 
@@ -33,10 +37,26 @@ class RewardSettings:
     sandbox: bool = env("XROUTER_REWARD_SANDBOX", True)
     sandbox_wall_s: float = env("XROUTER_REWARD_SANDBOX_WALL_S", 30.0)
     sandbox_cpu_s: int = env("XROUTER_REWARD_SANDBOX_CPU_S", 10)
-    sandbox_memory_mb: int = env("XROUTER_REWARD_SANDBOX_MEMORY_MB", 512)
+    # Per process of a run (address space); a run is up to `sandbox_processes` of the answer's
+    # plus the tests' process, so its worst case is (processes + 1) x this (see memory_budget_mb).
+    sandbox_memory_mb: int = env("XROUTER_REWARD_SANDBOX_MEMORY_MB", 256)
+    sandbox_processes: int = env("XROUTER_REWARD_SANDBOX_PROCESSES", 4,
+                                 help="processes (and threads) the answer may run at once")
     sandbox_parallel: int = env("XROUTER_REWARD_SANDBOX_PARALLEL", 2)
+    # Callers write the tests a code answer must pass (reference.code); whoever writes the tests
+    # decides the score ("assert True"), so only a deployment whose every caller is trusted with
+    # the reward (its own router and trainer) should turn this on. Off: code references are refused.
+    client_tests: bool = env("XROUTER_REWARD_CLIENT_TESTS", False,
+                             help="accept test code written by the caller (reference.code)")
     math_workers: int = env("XROUTER_REWARD_MATH_WORKERS", 2)
     math_deadline_s: float = env("XROUTER_REWARD_MATH_DEADLINE_S", 10.0)
+    # A math worker measured 93 MiB of address space after warming up (sympy + math-verify).
+    math_memory_mb: int = env("XROUTER_REWARD_MATH_MEMORY_MB", 512)
+    # The pod's memory limit; 0 reads it from the cgroup (v2 memory.max, v1 limit_in_bytes) and
+    # skips the check when there is none. The worst case of every bound above must fit in it.
+    memory_limit_mb: int = env("XROUTER_REWARD_MEMORY_LIMIT_MB", 0)
+    # The service itself: 60 MiB RSS measured with RouterBench's labels loaded, plus headroom.
+    base_memory_mb: int = env("XROUTER_REWARD_BASE_MEMORY_MB", 256)
     # The judge: a model of the adapters' catalog, reached at this gRPC target. Both or neither.
     adapters_target: str = env("XROUTER_REWARD_ADAPTERS_TARGET", "")
     judge_model: str = env("XROUTER_REWARD_JUDGE_MODEL", "")
@@ -45,7 +65,30 @@ class RewardSettings:
     def sandbox_limits(self) -> SandboxLimits:
         """The per-run limits of the code sandbox."""
         return SandboxLimits(wall_s=self.sandbox_wall_s, cpu_s=self.sandbox_cpu_s,
-                             memory_bytes=self.sandbox_memory_mb * 2**20)
+                             memory_bytes=self.sandbox_memory_mb * 2**20,
+                             processes=self.sandbox_processes)
+
+    def memory_budget_mb(self) -> dict[str, int]:
+        """The most memory each part can hold at once (MiB), from the kernel-enforced bounds:
+        every process's address space (RLIMIT_AS) bounds its resident memory, and a run's /tmp
+        (a tmpfs) is charged to the pod as well."""
+        limits = self.sandbox_limits()
+        run = ((limits.processes + 1) * limits.memory_bytes + limits.tmp_bytes) // 2**20 + _RUN_OVERHEAD_MB
+        return {"sandbox": self.sandbox_parallel * run if self.sandbox else 0,
+                "math": self.math_workers * self.math_memory_mb, "service": self.base_memory_mb}
+
+    def pod_memory_limit_mb(self) -> int:
+        """The pod's limit: the setting, else the cgroup's; 0 when there is none."""
+        if self.memory_limit_mb:
+            return self.memory_limit_mb
+        for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+            try:
+                text = pathlib.Path(path).read_text().strip()
+            except OSError:
+                continue
+            # "max" (v2) or a huge number (v1's "no limit") mean unbounded.
+            return int(text) // 2**20 if text.isdigit() and int(text) < 2**62 else 0
+        return 0
 
     def datasets(self) -> dict[str, pathlib.Path]:
         """The recorded-label datasets by name, bundled names resolved to their files."""
@@ -84,6 +127,9 @@ class RewardSettings:
                            ("XROUTER_REWARD_SANDBOX_CPU_S", self.sandbox_cpu_s),
                            ("XROUTER_REWARD_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
                            ("XROUTER_REWARD_SANDBOX_PARALLEL", self.sandbox_parallel),
+                           ("XROUTER_REWARD_SANDBOX_PROCESSES", self.sandbox_processes),
+                           ("XROUTER_REWARD_MATH_MEMORY_MB", self.math_memory_mb),
+                           ("XROUTER_REWARD_BASE_MEMORY_MB", self.base_memory_mb),
                            ("XROUTER_REWARD_MATH_WORKERS", self.math_workers),
                            ("XROUTER_REWARD_MATH_DEADLINE_S", self.math_deadline_s),
                            ("XROUTER_REWARD_JUDGE_TIMEOUT_S", self.judge_timeout_s)):
@@ -92,6 +138,27 @@ class RewardSettings:
         if bool(self.adapters_target) != bool(self.judge_model):
             raise SettingsError("XROUTER_REWARD_JUDGE_MODEL and XROUTER_REWARD_ADAPTERS_TARGET go "
                                 "together: set both to enable the judge, or neither")
+        if self.memory_limit_mb < 0:
+            raise SettingsError(f"XROUTER_REWARD_MEMORY_LIMIT_MB must be MiB >= 0 (0: the cgroup's), "
+                                f"got {self.memory_limit_mb}")
+        self._check_memory()
         for name, path in self.datasets().items():
             if not path.is_file():
                 raise SettingsError(f"XROUTER_REWARD_RECORDED_DATASETS: {name}: no file at {path}")
+
+    def _check_memory(self) -> None:
+        """Fail at start-up when the bounds could together exceed the pod's limit: the kernel
+        would then kill the whole pod (every request in flight), not the one answer at fault."""
+        limit = self.pod_memory_limit_mb()
+        parts = self.memory_budget_mb()
+        if not limit or sum(parts.values()) <= limit:
+            return
+        run = parts["sandbox"] // self.sandbox_parallel if self.sandbox else 0
+        raise SettingsError(
+            f"XROUTER_REWARD_MEMORY_LIMIT_MB: the worst case, {sum(parts.values())} MiB, is over the "
+            f"pod's {limit} MiB: {self.sandbox_parallel} sandbox runs x {run} MiB "
+            f"(({self.sandbox_processes} + 1) processes x {self.sandbox_memory_mb} MiB, /tmp and "
+            f"{_RUN_OVERHEAD_MB} MiB) + {self.math_workers} math workers x {self.math_memory_mb} MiB + "
+            f"{self.base_memory_mb} MiB for the service. Lower XROUTER_REWARD_SANDBOX_PARALLEL, "
+            "_SANDBOX_PROCESSES, _SANDBOX_MEMORY_MB, _MATH_WORKERS or _MATH_MEMORY_MB, or raise the "
+            "pod's memory limit")

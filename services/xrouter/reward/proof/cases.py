@@ -153,10 +153,25 @@ def _stubbed(code: str) -> str | None:
     return code + "\n" + "".join(f"\n\ndef {name}(*args, **kwargs):\n    return None\n" for name in names)
 
 
+def mbpp_entry_point(row: dict[str, Any]) -> str:
+    """The function the first test calls, outermost first, among those the solution defines
+    (MBPP has no entry-point field; ``sum`` in task 126 must be the solution's, not the built-in)."""
+    try:
+        defined = {node.name for node in ast.parse(row["code"]).body if isinstance(node, ast.FunctionDef)}
+        test = ast.parse(row["test_list"][0])
+    except (SyntaxError, IndexError):
+        return ""
+    for node in ast.walk(test):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
+            return node.func.id
+    return ""
+
+
 def mbpp_cases(rows: list[dict[str, Any]]) -> Iterator[Case]:
     """The canonical solution (1), the same as a Markdown answer (1), and a wrong one (0)."""
     for row in rows:
-        tests = CodeTests(asserts=tuple(row["test_list"]), setup=row.get("test_setup_code") or "")
+        tests = CodeTests(asserts=tuple(row["test_list"]), setup=row.get("test_setup_code") or "",
+                          entry_point=mbpp_entry_point(row))
         source = f"mbpp/{row['task_id']}"
         yield Case(source, "canonical solution", row["code"], 1.0, tests=tests)
         yield Case(source, "canonical as Markdown", _as_markdown(row["code"]), 1.0, tests=tests)

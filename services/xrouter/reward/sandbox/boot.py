@@ -1,26 +1,37 @@
-"""The sandbox's first process: it runs as PID 1 of fresh PID, network and mount namespaces (made by
-``unshare``), locks the file system down, then forks the untrusted program with its privileges
-dropped and its limits set, and reports the program's fate to the host on a pipe it inherits.
+"""The sandbox's first process: PID 1 of fresh PID, network and mount namespaces (made by
+``unshare``). It locks the file system down, starts the untrusted code with its privileges dropped,
+its limits set and a seccomp filter installed, and reports how it ended on a pipe to the host.
 
-Standard library only, and never imports xrouter: it runs under ``python -I -S`` inside the sandbox.
-The host (``sandbox/host.py``) sends one JSON object on stdin: ``program`` (source), ``nonce``,
-``report_fd`` (the pipe to the host), ``uid`` (drop to this uid when real root, else 0),
-``limits`` (see ``SandboxLimits``).
+Standard library only, never imports xrouter: it runs under ``python -I -S``, and loads its sibling
+files (``wire``, ``answer``, ``judge``, ``seccomp``) by path before the root changes. The host
+(``host.py``) sends one JSON object on stdin: ``program`` (source), ``nonce``, ``report_fd``,
+``uid`` and ``tests_uid`` (used when real root, else 0), ``limits``, ``tests``.
+
+Without ``tests`` the program runs to its end in one process (``Sandbox.run``: not a verdict).
+With ``tests`` (``Sandbox.judge``) the verdict comes from a process the answer cannot reach: the
+answer runs in a fresh interpreter (``answer.py``, exec'd, so it holds no copy of this process's
+memory and never sees the tests), the tests run in a second process (``judge.py``) that holds none
+of the answer's code and reaches it only through plain values (``wire.py``); the tests' exit status
+is the verdict. The tests' process is not dumpable and has its own uid on a root host, so the
+answer can neither read nor write its memory; the filter takes ptrace and process_vm_* away too.
 
 Why PID 1 is a separate, trusted process: when it exits the kernel kills every process left in the
-namespace (however they daemonised), and it outlives the program to report how it died (a signal
-from a resource limit, an exit before the tests finished). The program cannot signal it: PID 1 of
-a namespace ignores signals from inside it, and it runs under another uid or with more capabilities.
+namespace (however they daemonised), and it outlives the program to report how it died. The
+program cannot signal it: PID 1 of a namespace gets only the signals it handles (none: SIGINT is
+reset below), the filter refuses kill(1), and it runs under another uid or with more capabilities.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import importlib.util
 import json
 import os
 import resource
 import signal
 import sys
+import sysconfig
 import traceback
 
 WORKDIR = "/tmp"  # inside the new root
@@ -38,7 +49,30 @@ PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS = 24, 28, 38
 SECUREBITS_LOCKED_DOWN = 0xFF
 CAPABILITY_VERSION_3 = 0x20080522
 
+PR_SET_DUMPABLE = 4
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The interpreter the answer's fresh process runs (the real file, not a venv's link to it).
+PYTHON = os.path.realpath(sys.executable)
+
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    """A sibling module by path (``-I`` leaves this directory off sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"xrouter_sandbox_{name}", os.path.join(HERE, f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wire = _load("wire")
+seccomp = _load("seccomp")
+judge = _load("judge")
+with open(os.path.join(HERE, "answer.py"), encoding="utf-8") as _file:
+    # The answer's process runs the wire format, then its loop, as one `python -c` text.
+    with open(os.path.join(HERE, "wire.py"), encoding="utf-8") as _wire:
+        ANSWER_RUNNER = _wire.read() + "\n" + _file.read()
 
 
 class SetupError(Exception):
@@ -94,7 +128,7 @@ def _bind_read_only(source: str, target: str, devices: bool = False) -> None:
     _mount(None, target, None, flags, None)
 
 
-def build_root(tmp_bytes: int, uid: int) -> None:
+def build_root(tmp_bytes: int, uid: int, tests_uid: int) -> None:
     """Change root to a fresh tmpfs holding only what a Python program needs, read-only: the
     system's /usr and /lib*, the interpreter's library directories (at their own paths), four
     devices, a new /proc, and a size-capped /tmp owned by the program. The host's /etc, /home,
@@ -110,6 +144,15 @@ def build_root(tmp_bytes: int, uid: int) -> None:
         elif os.path.isdir(path):
             os.makedirs(new + path, mode=0o755, exist_ok=True)
             _bind_read_only(path, new + path)
+    # The interpreter and its shared library, when they live outside /usr (pyenv, a custom build):
+    # the answer's process is a fresh interpreter started inside the root. Files, not folders.
+    library = os.path.join(sysconfig.get_config_var("LIBDIR") or "/usr/lib",
+                           sysconfig.get_config_var("INSTSONAME") or "")
+    for path in (PYTHON, library):
+        if os.path.isfile(path) and not path.startswith("/usr/") and not os.path.exists(new + path):
+            os.makedirs(os.path.dirname(new + path), mode=0o755, exist_ok=True)
+            open(new + path, "w").close()
+            _bind_read_only(path, new + path)
     os.makedirs(new + "/dev", mode=0o755)
     for device in ("null", "zero", "random", "urandom"):
         open(f"{new}/dev/{device}", "w").close()
@@ -118,7 +161,8 @@ def build_root(tmp_bytes: int, uid: int) -> None:
     _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     os.makedirs(new + WORKDIR)
     _mount("tmpfs", new + WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={tmp_bytes},mode=0700,uid={uid},gid={uid}")
+           # The tests' process may read what the answer wrote (its group), never write there.
+           f"size={tmp_bytes},mode=0750,uid={uid},gid={tests_uid}")
     os.chroot(new)
     os.chdir("/")
     _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
@@ -216,8 +260,104 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def confine(limits: dict[str, int], uid: int, protect: tuple[int, ...] = (1,)) -> None:
+    """What every untrusted process gets before its first line runs: its own session (so a signal
+    to its group reaches only its own processes), the limits, no privileges, the seccomp filter
+    (no signal to the pids in ``protect``)."""
+    os.setsid()
+    set_limits(limits)
+    drop_privileges(uid)
+    if seccomp.supported():
+        seccomp.install(protect)
+    # Default signal dispositions, as for any fresh process (Python set SIGPIPE etc. to ignore).
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _keep_only(fds: dict[int, int]) -> None:
+    """Move ``fds`` (current -> wanted number, all above 2) into place and close every other fd
+    above 2, so no process holds a pipe it has no business with."""
+    parked = {fcntl.fcntl(fd, fcntl.F_DUPFD, 100): wanted for fd, wanted in fds.items()}
+    os.closerange(3, 100)
+    for fd, wanted in parked.items():
+        os.dup2(fd, wanted)
+    os.closerange(100, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def _setup_failed(fd: int, error: BaseException) -> None:
+    os.write(fd, json.dumps({"setup_error": f"{type(error).__name__}: {error}"}).encode())
+    os._exit(70)
+
+
+def start_answer(config: dict, requests: int, replies: int, setup: int, tests: int) -> int:  # type: ignore[type-arg]
+    """Fork the answer's process: a fresh interpreter (exec) running ``answer.py`` on fds 3/4;
+    its filter refuses signals to PID 1 and to the tests' process (pid ``tests``)."""
+    with open(PROGRAM, "w", encoding="utf-8") as file:
+        file.write(config["program"])
+    os.chown(PROGRAM, config["uid"], config["uid"])
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        _keep_only({requests: 3, replies: 4, setup: 5})
+        confine(config["limits"], config["uid"], protect=(1, tests))
+        os.chdir(WORKDIR)
+        os.set_inheritable(5, False)  # kept for a failed exec's report, closed by a good one
+        os.execve(PYTHON, [PYTHON, "-I", "-S", "-u", "-c", ANSWER_RUNNER], dict(os.environ))
+    except BaseException as error:  # noqa: BLE001 - the answer has not run: set-up failed
+        _setup_failed(5, error)
+    raise AssertionError("unreachable")
+
+
+def start_tests(config: dict, requests: int, replies: int, report: int) -> int:  # type: ignore[type-arg]
+    """Fork the tests' process (the judge); its exit status is the verdict."""
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        _keep_only({requests: 3, replies: 4, report: 5})
+        confine(config["limits"], config["tests_uid"])
+        # Not dumpable: its memory and /proc files stay closed to the answer even under one uid.
+        _check(_libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "clear dumpable")
+        os.chdir(WORKDIR)  # where the answer's files are, as in one program (never on sys.path)
+    except BaseException as error:  # noqa: BLE001
+        _setup_failed(5, error)
+    judge.run(wire, config["tests"], 3, 4, 5)
+    os._exit(1)  # judge.run exits by itself; anything else is a failure
+
+
+def run_judged(config: dict) -> dict:  # type: ignore[type-arg]
+    """Start both processes, wait for the tests' verdict, then end the answer's process group."""
+    requests_read, requests_write = os.pipe()
+    replies_read, replies_write = os.pipe()
+    report_read, report_write = os.pipe()
+    # The tests first: the answer's filter is told their pid, so no signal of its reaches them.
+    tests = start_tests(config, requests_write, replies_read, report_write)
+    answer = start_answer(config, requests_read, replies_write, report_write, tests)
+    for fd in (requests_read, requests_write, replies_read, replies_write, report_write):
+        os.close(fd)
+    _, status = os.waitpid(tests, 0)
+    done, answer_status = os.waitpid(answer, os.WNOHANG)
+    record: dict[str, object] = {"status": os.waitstatus_to_exitcode(status)}
+    if done:  # it ended by itself (a limit, an exit): its fate explains a failure
+        record["answer_status"] = os.waitstatus_to_exitcode(answer_status)
+    else:
+        os.killpg(answer, signal.SIGKILL)
+        os.waitpid(answer, 0)
+    raw = _read_all(report_read)
+    # A set-up failure is plain JSON; the tests' report is one wire frame (4-byte length first).
+    for text in (raw, raw[4:]):
+        try:
+            record["tests"] = json.loads(text) if text else None
+            break
+        except ValueError:
+            record["tests"] = {"garbled": raw[:200].decode("utf-8", "replace")}
+    return record
+
+
 def main() -> None:
-    """PID 1: set up, fork the program, wait for it, report to the host."""
+    """PID 1: set up, start the untrusted code, wait for it, report to the host."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 handling no signal ignores them all
     config = json.loads(sys.stdin.buffer.read())
     report_fd = config["report_fd"]
     null = os.open("/dev/null", os.O_RDONLY)
@@ -225,41 +365,45 @@ def main() -> None:
     os.close(null)
     try:
         lock_file_system()
-        build_root(config["limits"]["tmp_bytes"], config["uid"])
+        build_root(config["limits"]["tmp_bytes"], config["uid"], config["tests_uid"])
     except (SetupError, OSError) as error:
         os.write(report_fd, json.dumps({"setup_error": str(error)}).encode())
         os._exit(70)
+    if config.get("tests") is not None:
+        record = run_judged(config)
+    else:
+        record = run_plain(config)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record.update(cpu_s=usage.ru_utime + usage.ru_stime, max_rss_kib=usage.ru_maxrss)
+    os.write(report_fd, json.dumps(record).encode())
+    # Exiting kills whatever the program left behind in the namespace.
+    os._exit(0)
+
+
+def run_plain(config: dict) -> dict:  # type: ignore[type-arg]
+    """One process runs the program to its end (no verdict: see the module's docstring)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        os.close(report_fd)
+        os.close(config["report_fd"])
         try:
-            set_limits(config["limits"])
-            drop_privileges(config["uid"])
+            confine(config["limits"], config["uid"])
             os.chdir(WORKDIR)
             os.environ["HOME"] = WORKDIR
         except (SetupError, OSError, ValueError) as error:
-            os.write(write_end, json.dumps({"setup_error": f"{type(error).__name__}: {error}"}).encode())
-            os._exit(70)
-        # Default signal dispositions, as for any fresh process (Python set SIGPIPE etc. to ignore).
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
+            _setup_failed(write_end, error)
         run_program(config["program"], config["nonce"], write_end)
     os.close(write_end)
     _, status = os.waitpid(pid, 0)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    record = {"status": os.waitstatus_to_exitcode(status), "cpu_s": usage.ru_utime + usage.ru_stime,
-              "max_rss_kib": usage.ru_maxrss}
+    record: dict[str, object] = {"status": os.waitstatus_to_exitcode(status)}
     # The program's descendants may still hold the pipe open: take what is there now, no waiting.
     raw = _read_all(read_end)
     try:
         record["program"] = json.loads(raw) if raw else None
     except ValueError:
         record["program"] = {"garbled": raw[:200].decode("utf-8", "replace")}
-    os.write(report_fd, json.dumps(record).encode())
-    # Exiting kills whatever the program left behind in the namespace.
-    os._exit(0)
+    return record
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Isolation is the kernel's, not Python's: ``unshare`` puts the program in new PID
 namespaces (plus a user namespace when the service is not root), and ``boot.py``, PID 1 there,
 makes every inherited mount read-only, changes root to a fresh read-only tmpfs that holds only
 /usr, /lib*, the interpreter's library, four devices, a new /proc and a small private /tmp (the only
-writable place), sets resource limits and drops every capability (to a throw-away uid when the
-host is real root) before running the program. What that guarantees, and what it does not, is in
+writable place), sets resource limits, drops every capability (to a throw-away uid when the
+host is real root) and installs a seccomp filter (``seccomp.py``) before running the program.
+A verdict (:meth:`Sandbox.judge`) comes from a tests' process apart from the answer's (``boot.py``). What that guarantees, and what it does not, is in
 ``GUARANTEES``. Why not Python-level guards (audit hooks, a patched ``socket``): code in the same
 interpreter can undo them (ctypes, or just ``os.system``); the kernel's checks it cannot.
 
@@ -27,7 +28,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
+
+from xrouter.reward.sandbox import seccomp
 
 BOOT = pathlib.Path(__file__).with_name("boot.py")
 # Environment of the sandboxed process: nothing from the service's own (no keys, no tokens).
@@ -38,36 +41,64 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": 
 _UID_BASE, _UID_SPAN = 1_000_000, 1_000_000
 
 GUARANTEES = """\
-Holds (enforced by the kernel, tested in tests/test_sandbox.py):
-- no network: a new network namespace with only a loopback that is down; connect/bind fail;
+Holds (enforced by the kernel, tested in tests/test_sandbox.py and tests/security/):
+- the verdict is not the answer's to write (Sandbox.judge): the answer runs in a fresh interpreter
+  (exec'd, so it holds no copy of the harness's memory and never sees the tests or their expected
+  values); the tests run in a second process holding none of the answer's code, which calls the
+  answer's functions through a pipe that carries only plain values (exact built-in types) and
+  handles; the tests' exit status is the verdict. Walking frames, gc, patching builtins or
+  AssertionError, objects equal to everything, exit(0) at any point, forged messages: a failure;
+- the tests' process is out of the answer's reach: not dumpable (its memory and /proc files are
+  closed to the answer), under another uid when the host is root, and ptrace/process_vm_* are
+  filtered, and so is any signal to it; PID 1 handles no signal and kill(1) is filtered;
+- a seccomp filter on every sandboxed process (x86_64): no sockets but AF_UNIX, no ptrace or
+  process_vm_*, no new namespaces (unshare, setns, clone with CLONE_NEW*, clone3), no mounts, no
+  kill of PID 1 or of process groups, none of bpf, perf_event_open, userfaultfd, io_uring, key
+  rings, modules, kexec, open_by_handle_at, personality; everything else is allowed (a deny list);
+- no network: a new network namespace with only a loopback that is down, besides the filter;
 - no way out of the process tree: PID namespace; when the run ends (or is killed at the wall-time
   limit) PID 1 exits and the kernel kills every process left, daemonised or not;
-- a root of its own: /usr, /lib*, the interpreter's library, /dev/{null,zero,random,urandom}, a
-  new /proc (its own processes only) and /tmp, all read-only but /tmp (a private, size-capped tmpfs
-  that vanishes with the run); the host's /etc, /home, /root, /run (and the sockets there), /var,
-  /sys and the service's files are not in it; every inherited mount is read-only besides;
+- a root of its own: /usr, /lib*, the interpreter and its library, /dev/{null,zero,random,urandom},
+  a new /proc (its own processes only) and /tmp, all read-only but /tmp (a private, size-capped
+  tmpfs that vanishes with the run); the host's /etc, /home, /root, /run (and the sockets there),
+  /var, /sys and the service's files are not in it; every inherited mount is read-only besides;
 - CPU time (RLIMIT_CPU), address space (RLIMIT_AS), processes (RLIMIT_NPROC: counted for a
   throw-away uid when the host is root, since root ignores it; per user namespace otherwise),
   file size, open files; core dumps off; hard limits equal soft ones so they cannot be raised;
+- memory per run at most (processes + 1) x memory_bytes + the /tmp size; the reward service checks
+  at start-up that its runs, math workers and itself fit the pod's memory limit;
 - no capabilities and no_new_privs: setuid binaries give nothing back;
 - a scrubbed environment; the service's variables and /proc of its processes are out of sight;
-- a pass needs the harness to reach the end of the tests: sys.exit(0), os._exit(0) or a crash
-  before the asserts scores 0;
 - stdout+stderr capped (the run is killed past the cap) and wall time capped.
 Does not hold:
-- a kernel exploit escapes it (no seccomp filter, no gVisor): for hostile multi-tenant use, run
-  the reward service under a sandboxed runtime (e.g. a gVisor RuntimeClass) as well;
-- memory is capped per process (RLIMIT_AS), not in total: up to `processes` x `memory_bytes`;
+- a kernel exploit in an allowed system call escapes it (no gVisor): for hostile multi-tenant use,
+  run the reward service under a sandboxed runtime (e.g. a gVisor RuntimeClass) as well;
+- memory is bounded by address-space limits per process, not by a cgroup of the run: the bound is
+  the sum above, not a shared pool;
+- without root (one user namespace) the answer and the tests share a uid: only the filter (no
+  signal to the tests' pid) and non-dumpability keep them apart, not the uid;
+- tests that use a name they neither import nor define get the answer's object for it (the
+  benchmarks' own semantics): what such a name computes on the tests' side is the answer's to say;
 - /usr and the interpreter's library are readable (not writable): nothing secret belongs there;
-- no seccomp filter: every system call is available, limited only by the namespaces, the missing
-  capabilities and the rlimits above;
-- a pass means the harness reached the end of the tests in the program's process; code written to
-  find the run's nonce in its own memory could forge that (nothing can hide a secret from code in
-  the same process), which no benchmark solution does by accident.
+- Sandbox.run (one process, no tests) is not a verdict: a program can fake reaching its end;
+- the filter is built for x86_64; on other machines only the layers above hold.
 """
 
 Status = Literal["passed", "failed", "timeout", "cpu_limit", "memory_limit", "output_limit",
                  "killed", "early_exit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSpec:
+    """Tests for :meth:`Sandbox.judge`: ``tests`` (source run in the tests' process), ``prompt``
+    (code run there first, for its helpers: HumanEval's prompt) and ``entry_point`` (a name always
+    taken from the answer, even when the prompt defines a stub of it)."""
+
+    __test__ = False  # not a pytest class, despite its name
+
+    tests: str
+    prompt: str = ""
+    entry_point: str = ""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -78,15 +109,17 @@ class SandboxUnavailable(RuntimeError):
 class SandboxLimits:
     """Per-run limits. ``processes`` counts threads too, and the program itself. The CPU default
     covers every canonical MBPP / HumanEval solution (the slowest, MBPP 123, takes 6.5 s); the
-    wall limit leaves room for a busy machine."""
+    wall limit leaves room for a busy machine. ``memory_bytes`` bounds each process (the answer's
+    and the tests'), so a run holds at most ``(processes + 1) * memory_bytes``: with the defaults,
+    1.25 GiB (every canonical MBPP / HumanEval solution passes within them)."""
 
     wall_s: float = 30.0
     cpu_s: int = 10
-    memory_bytes: int = 512 * 2**20
+    memory_bytes: int = 256 * 2**20
     output_bytes: int = 64 * 2**10
     file_bytes: int = 16 * 2**20
     tmp_bytes: int = 32 * 2**20
-    processes: int = 16
+    processes: int = 4
     open_files: int = 64
 
     def __post_init__(self) -> None:
@@ -140,7 +173,9 @@ class Sandbox:
     def describe(self) -> str:
         """How runs are isolated on this host, in a few words."""
         who = "a throw-away uid per run (host is root)" if self._root else "a user namespace"
-        return (f"PID+network+mount namespaces, {who}, a minimal read-only root, "
+        syscalls = "a seccomp filter" if seccomp.supported() else "no seccomp filter (not x86_64)"
+        return (f"PID+network+mount namespaces, {who}, a minimal read-only root, {syscalls}, "
+                f"verdicts from a tests' process apart from the answer's, "
                 f"limits {dataclasses.asdict(self.limits)}")
 
     def probe(self) -> None:
@@ -148,17 +183,33 @@ class Sandbox:
         result = self.run("import json, re, math, collections, socket")
         if not result.passed:
             raise SandboxUnavailable(f"the sandbox cannot run a trivial program: {result.reason}")
+        # And a verdict: the answer's fresh interpreter must start inside the sandbox's root.
+        result = self.judge("def one():\n    return 1\n", TestSpec("assert one() == 1\n"))
+        if not result.passed:
+            raise SandboxUnavailable(f"the sandbox cannot judge a trivial answer: {result.reason}")
 
     def run(self, program: str, limits: SandboxLimits | None = None) -> SandboxResult:
-        """Run ``program`` (Python source) once; never raises for anything the program does
-        (:class:`SandboxUnavailable` means the host failed, before the program ran)."""
+        """Run ``program`` (Python source) once, in one process; ``passed`` means it ran to its
+        end. Not a verdict on untrusted code (code can fake reaching its end): use :meth:`judge`.
+        Never raises for anything the program does (:class:`SandboxUnavailable` means the host
+        failed, before the program ran)."""
         with self._slots:
-            return self._run(program, limits or self.limits)
+            return self._run(program, None, limits or self.limits)
 
-    def _run(self, program: str, limits: SandboxLimits) -> SandboxResult:
+    def judge(self, answer: str, tests: TestSpec, limits: SandboxLimits | None = None) -> SandboxResult:
+        """Run the ``answer``'s code in one process and ``tests`` in another that reaches it only
+        through plain values (see ``boot.py``); ``passed`` means every test ran to its end."""
+        with self._slots:
+            return self._run(answer, dataclasses.asdict(tests), limits or self.limits)
+
+    def _run(self, program: str, tests: dict[str, str] | None, limits: SandboxLimits) -> SandboxResult:
         nonce = secrets.token_hex(16)
         uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if self._root else 0
-        config: dict[str, object] = {"program": program, "nonce": nonce, "uid": uid, "limits": dataclasses.asdict(limits)}
+        # The tests' process gets a uid of its own, so the answer cannot signal or read it.
+        tests_uid = _UID_BASE + _UID_SPAN + secrets.randbelow(_UID_SPAN) if self._root else 0
+        config: dict[str, object] = {"program": program, "nonce": nonce, "uid": uid,
+                                     "tests_uid": tests_uid, "tests": tests,
+                                     "limits": dataclasses.asdict(limits)}
         report_read, report_write = os.pipe()
         # Popen passes the pipe under the same number; boot.py is told which one it is.
         config["report_fd"] = report_write
@@ -252,6 +303,8 @@ def _classify(raw: bytes, returncode: int, limits: SandboxLimits, nonce: str, st
     if "status" not in record:
         raise SandboxUnavailable(f"the sandbox ended without a report (exit {returncode}): "
                                  f"{stderr.strip()[-500:]}")
+    if "tests" in record:
+        return _classify_judged(record, limits, stdout, stderr, wall)
     status, cpu = record["status"], record.get("cpu_s")
     program = record.get("program") or {}
     if isinstance(program, dict) and "setup_error" in program:
@@ -281,10 +334,53 @@ def _classify(raw: bytes, returncode: int, limits: SandboxLimits, nonce: str, st
     return result("failed", f"{error.splitlines()[-1]}{where}{_hint(error)}")
 
 
+def _classify_judged(record: dict[str, Any], limits: SandboxLimits, stdout: str, stderr: str,
+                     wall: float) -> SandboxResult:
+    """A verdict from the tests' process: its exit status 0 (with its report) is the only pass;
+    a failure is explained by the answer's fate when it ended first."""
+    status, cpu, answer = record["status"], record.get("cpu_s"), record.get("answer_status")
+    tests = record["tests"] if isinstance(record["tests"], dict) else {}
+    if "setup_error" in tests:
+        raise SandboxUnavailable(f"sandbox set-up failed: {tests['setup_error']}")
+
+    def result(kind: Status, reason: str) -> SandboxResult:
+        return SandboxResult(kind, reason, status, stdout, stderr, wall, cpu)
+
+    if status == 0 and tests.get("passed") is True:
+        return result("passed", "every test ran to its end")
+    if isinstance(answer, int) and answer < 0:
+        sig = signal.Signals(-answer)
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_s):
+            return result("cpu_limit", f"killed at the CPU-time limit of {limits.cpu_s}s")
+        if sig == signal.SIGXFSZ:
+            return result("failed", f"killed for writing a file over {limits.file_bytes} bytes")
+        return result("killed", f"the answer's process was killed by {sig.name}")
+    if status < 0:
+        return result("killed", f"the tests' process was killed by {signal.Signals(-status).name}")
+    failure = tests.get("answer_error") if isinstance(tests.get("answer_error"), dict) else tests
+    line = failure.get("line") if isinstance(failure.get("line"), dict) else None
+    # The answer's own lines while it loaded; the tests' lines once they ran.
+    where = (f" at {'line' if failure is not tests else 'test line'} {line.get('number')}: "
+             f"{str(line.get('source', '')).strip()}") if line else ""
+    if "answer_gone" in tests:
+        if isinstance(answer, int):
+            return result("early_exit", f"the answer's process exited with status {answer} before "
+                          f"the tests finished{where}")
+        return result("failed", f"{tests['answer_gone']}{where}")
+    error = str(failure.get("error") or "")
+    if not error:
+        return result("failed", f"the tests' process ended with status {status} and no report")
+    if error.startswith("MemoryError"):
+        return result("memory_limit", f"out of memory (limit {limits.memory_bytes} bytes){where}")
+    return result("failed", f"{error.splitlines()[-1]}{where}{_hint(error)}")
+
+
 # Errors the sandbox causes on purpose, spelled out so a reader of the reason sees why.
 _HINTS = {
     "[Errno 101]": "the sandbox has no network", "[Errno 99]": "the sandbox has no network",
+    "[Errno 97]": "the sandbox has no network",
     "[Errno 30]": "only /tmp is writable in the sandbox",
+    "[Errno 27]": "a file over the sandbox's file-size limit",
     "[Errno 11] Resource temporarily unavailable": "process limit reached",
     "[Errno 28]": "the sandbox's /tmp is full",
 }

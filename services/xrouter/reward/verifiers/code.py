@@ -13,7 +13,7 @@ import dataclasses
 import re
 
 from xrouter.common.errors import InvalidArgument
-from xrouter.reward.sandbox import Sandbox
+from xrouter.reward.sandbox import Sandbox, TestSpec
 from xrouter.reward.verifiers.base import Verdict
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -24,7 +24,8 @@ class CodeTests:
     """The tests a program must pass: MBPP-style ``asserts`` (after ``setup``, which runs after
     the answer), or a HumanEval
     ``check`` module with its ``entry_point``; ``prefix`` is code the answer continues (HumanEval's
-    prompt), used unless the answer defines the entry point itself."""
+    prompt), used unless the answer defines the entry point itself. With ``asserts``, an
+    ``entry_point`` is optional: the name the tests take from the answer even if it is a built-in."""
 
     asserts: tuple[str, ...] = ()
     setup: str = ""
@@ -75,13 +76,31 @@ def build_program(code: str, tests: CodeTests) -> str:
     return f"{code}\n\n{setup}" + "\n".join(tests.asserts) + "\n"
 
 
+def judged(code: str, tests: CodeTests) -> tuple[str, TestSpec]:
+    """The answer's program and the tests' program for :meth:`Sandbox.judge`: the answer's side
+    is what ``build_program`` puts before the tests; the tests' side never holds the answer's code
+    (it reaches the answer's functions and classes through the sandbox's channel)."""
+    if tests.check:
+        defines = re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(tests.entry_point)}\s*\(", code,
+                            re.MULTILINE)
+        answer = code if defines or not tests.prefix else tests.prefix + code
+        # The prompt runs on the tests' side too, for the helpers check() uses (HumanEval 32, 38).
+        return answer, TestSpec(f"{tests.check}\n\ncheck({tests.entry_point})\n", prompt=tests.prefix,
+                                entry_point=tests.entry_point)
+    setup = f"{tests.setup}\n" if tests.setup.strip() else ""
+    # An entry point named like a built-in (MBPP 126 tests its own `sum`) is the answer's only
+    # when the tests say so: otherwise the tests' side keeps its built-ins.
+    return code, TestSpec(setup + "\n".join(tests.asserts) + "\n", entry_point=tests.entry_point)
+
+
 def verify_code(response: str, tests: CodeTests, sandbox: Sandbox) -> Verdict:
-    """1.0 when the answer's code passes every test in the sandbox, else 0.0 with the reason."""
+    """1.0 when the answer's code passes every test in the sandbox, else 0.0 with the reason.
+    The verdict is the tests' process's, which the answer cannot reach (``Sandbox.judge``)."""
     tests.validate()
     code = extract_code(response, tests.entry_point)
     if not code.strip():
         return Verdict(0.0, "no code in the answer")
-    result = sandbox.run(build_program(code, tests))
+    result = sandbox.judge(*judged(code, tests))
     if result.passed:
         count = f"{len(tests.asserts)} asserts" if tests.asserts else f"check({tests.entry_point})"
         cpu = f", {result.cpu_s:.2f}s CPU" if result.cpu_s is not None else ""
