@@ -38,6 +38,7 @@ from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common import settings
 from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 from xrouter.local_stack import InProcessStack, sqlite_url
+from xrouter.router.auth import bearer_interceptors
 from xrouter.router.compact.checkpoint import ENCODER, MANIFEST, WEIGHTS, manifest_digest
 from xrouter.router.policy_watch import PolicyWatcher, start_policy_watch
 from xrouter.router.settings import RouterSettings
@@ -73,7 +74,7 @@ async def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def router(stack):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 

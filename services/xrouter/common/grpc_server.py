@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.common import metrics, telemetry
 from xrouter.common.errors import XRouterError, status_details
+from xrouter.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,15 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class GrpcServer:
-    """One service's gRPC server: start on a port (0 picks a free one), drain on stop."""
+    """One service's gRPC server: start on a port (0 picks a free one), drain on stop. With ``tls``
+    it listens with TLS (mutual when ``require_client_cert`` and a CA is set, see common/tls.py)."""
 
     def __init__(self, name: str, register: Register, provider: TracerProvider,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, tls: TlsFiles | None = None,
+                 require_client_cert: bool = True) -> None:
         self.name = name
         self._address = f"{host}:{port}"
+        self._tls, self._mutual = tls, require_client_cert
         self._server = grpc.aio.server(interceptors=[
             telemetry.server_interceptor(provider), DomainErrorInterceptor(name)])
         self.health = health.aio.HealthServicer()
@@ -122,7 +126,10 @@ class GrpcServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(self._address)
+        if self._tls is not None and self._tls.enabled:
+            self.port = self._server.add_secure_port(self._address, server_credentials(self._tls, self._mutual))
+        else:
+            self.port = self._server.add_insecure_port(self._address)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot bind {self._address}")
         await self._server.start()
@@ -160,11 +167,12 @@ Build = Callable[[TracerProvider], Awaitable[tuple[Register, Callable[[], Awaita
 
 
 async def run_service(name: str, build: Build, *, host: str, port: int, grace: float,
-                      metrics_port: int = 0) -> None:
+                      metrics_port: int = 0, tls: TlsFiles | None = None, require_client_cert: bool = True) -> None:
     """Run one service until SIGTERM/SIGINT, then drain for ``grace`` seconds and close."""
     provider = telemetry.tracer_provider(f"xrouter-{name}")
     register, close = await build(provider)
-    server = GrpcServer(name, register, provider, host=host, port=port)
+    server = GrpcServer(name, register, provider, host=host, port=port, tls=tls,
+                        require_client_cert=require_client_cert)
     if metrics_port:
         from prometheus_client import start_http_server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
-from xrouter.common import grpc_server, settings
+from xrouter.common import grpc_server, settings, telemetry
 from xrouter.common.errors import XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.reward.core import Reference, ScoreResult, Scorer
@@ -169,7 +169,7 @@ def main() -> None:
     async def build(provider):  # type: ignore[no-untyped-def]
         math = MathVerifier(config.math_workers, config.math_deadline_s)
         await asyncio.to_thread(math.start)
-        channel = grpc.aio.insecure_channel(config.adapters_target) if config.judge_model else None
+        channel = telemetry.channel(config.adapters_target, provider, config.tls()) if config.judge_model else None
         judge = Judge(channel, config.judge_model, config.judge_timeout_s) if channel else None
         scorer = Scorer(recorded, reward, sandbox=sandbox, math=math, judge=judge)
 
@@ -180,4 +180,4 @@ def main() -> None:
         return register(scorer, config.max_parallel), close
 
     asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port))
+                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls()))
