@@ -179,7 +179,7 @@ class MeteringServiceServicer:
         """Whose key this is: the router resolves the keys its own callers send
         (and caches the answer briefly). Service identity only. An unknown or
         revoked key is an empty response (key_id ""), so that UNAUTHENTICATED always
-        means the caller's own key; PERMISSION_DENIED for the service key itself.
+        means the caller's own key. The service key itself is no client's key: empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
