@@ -34,14 +34,16 @@ def free_port() -> int:
 def stack_env(home: pathlib.Path) -> dict[str, dict[str, str]]:
     """Environment of each service: loopback ports picked now, the embedded defaults."""
     ports = {name: free_port() for name in SERVICES}
-    http_port = free_port()
+    http_port, metrics_port = free_port(), free_port()
     target = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     return {
         "adapters": {"XROUTER_ADAPTERS_PORT": str(ports["adapters"])},
         "metering": {"XROUTER_METERING_PORT": str(ports["metering"]),
                      "XROUTER_METERING_DATABASE_URL": f"sqlite:///{home / 'metering.db'}"},
         "reward": {"XROUTER_REWARD_PORT": str(ports["reward"])},
+        # /metrics has its own port: the public HTTP face does not serve every tenant's spend.
         "router": {"XROUTER_ROUTER_PORT": str(ports["router"]), "XROUTER_ROUTER_HTTP_PORT": str(http_port),
+                   "XROUTER_ROUTER_METRICS_PORT": str(metrics_port),
                    "XROUTER_ROUTER_ADAPTERS_TARGET": target["adapters"],
                    "XROUTER_ROUTER_METERING_TARGET": target["metering"],
                    "XROUTER_ROUTER_REWARD_TARGET": target["reward"]},
@@ -86,6 +88,7 @@ def running_stack(home: pathlib.Path, extra_env: dict[str, str] | None = None,
                   flush=True)
         info = {name: f"127.0.0.1:{envs[name][f'XROUTER_{name.upper()}_PORT']}" for name in SERVICES}
         info["http"] = f"http://127.0.0.1:{envs['router']['XROUTER_ROUTER_HTTP_PORT']}"
+        info["router_metrics"] = f"http://127.0.0.1:{envs['router']['XROUTER_ROUTER_METRICS_PORT']}/metrics"
         info.update(local_keys(home, info["metering"]))
         _write_private(home / "stack.json", json.dumps(info, indent=2))
         yield info
@@ -123,6 +126,8 @@ def local_keys(home: pathlib.Path, metering_target: str) -> dict[str, str]:
                 for name in ("api_key", "admin_key")]
             if all(alive):
                 return {"api_key": saved["api_key"], "admin_key": saved["admin_key"]}
+            for key_id in filter(None, alive):  # a pair is replaced whole: no forgotten live key
+                stub.RevokeApiKey(metering_pb2.RevokeApiKeyRequest(key_id=key_id), timeout=10)
         keys = {name: stub.CreateApiKey(metering_pb2.CreateApiKeyRequest(
             tenant="local", label=f"xrouter up ({name})", admin=name == "admin_key"), timeout=10).api_key
             for name in ("api_key", "admin_key")}
