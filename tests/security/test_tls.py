@@ -148,3 +148,29 @@ async def test_inconsistent_tls_settings_stop_start_up_naming_the_variable(pki, 
         settings.load(RouterSettings, {**base, "XROUTER_ROUTER_TLS_CA_FILE": str(tmp_path / "missing.pem")})
     loaded = settings.load(RouterSettings, {**base, "XROUTER_ROUTER_TLS_CA_FILE": pki["service"].ca_file})
     assert loaded.tls().enabled and not loaded.tls().cert_file
+
+
+async def test_the_health_port_answers_probes_in_plaintext_beside_a_tls_service(pki) -> None:  # type: ignore[no-untyped-def]
+    """Kubelet gRPC probes cannot speak TLS: the health-only port answers them; it serves nothing else."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from xrouter.common.grpc_server import GrpcServer
+    from xrouter.supervisor import free_port
+
+    health_port = free_port()
+    server = GrpcServer("adapters", lambda _: [], TracerProvider(), tls=pki["service"], health_port=health_port)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await metering_pb2_grpc.MeteringServiceStub(channel).CreateApiKey(
+                    metering_pb2.CreateApiKeyRequest(tenant="x"), timeout=5)
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            await server.set_serving(False)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await server.stop(0)

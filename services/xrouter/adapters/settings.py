@@ -31,6 +31,9 @@ class AdapterSettings:
     tls_cert_file: str = env("XROUTER_ADAPTERS_TLS_CERT_FILE", "")
     tls_key_file: str = env("XROUTER_ADAPTERS_TLS_KEY_FILE", "")
     tls_ca_file: str = env("XROUTER_ADAPTERS_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_ADAPTERS_HEALTH_PORT", 0)
 
     def datasets(self) -> dict[str, pathlib.Path]:
         pairs: dict[str, pathlib.Path] = {}

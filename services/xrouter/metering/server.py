@@ -210,7 +210,7 @@ async def serve(config: MeteringSettings) -> None:
         serving = await asyncio.to_thread(guard.check)  # replays what a previous run left in the spool
         provider = telemetry.tracer_provider("xrouter-metering")
         server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard), provider,
-                            host=config.host, port=config.port, tls=config.tls())
+                            host=config.host, port=config.port, tls=config.tls(), health_port=config.health_port)
         if config.metrics_port:
             from prometheus_client import start_http_server
 

@@ -45,6 +45,9 @@ class MeteringSettings:
     tls_cert_file: str = env("XROUTER_METERING_TLS_CERT_FILE", "")
     tls_key_file: str = env("XROUTER_METERING_TLS_KEY_FILE", "")
     tls_ca_file: str = env("XROUTER_METERING_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_METERING_HEALTH_PORT", 0)
 
     def tls(self) -> TlsFiles:
         """The TLS files of this service (all empty: plaintext)."""

@@ -180,4 +180,5 @@ def main() -> None:
         return register(scorer, config.max_parallel), close
 
     asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls()))
+                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls(),
+                                        health_port=config.health_port))

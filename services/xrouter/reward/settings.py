@@ -47,6 +47,9 @@ class RewardSettings:
     tls_cert_file: str = env("XROUTER_REWARD_TLS_CERT_FILE", "")
     tls_key_file: str = env("XROUTER_REWARD_TLS_KEY_FILE", "")
     tls_ca_file: str = env("XROUTER_REWARD_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_REWARD_HEALTH_PORT", 0)
 
     def sandbox_limits(self) -> SandboxLimits:
         """The per-run limits of the code sandbox."""

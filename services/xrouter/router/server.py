@@ -166,7 +166,8 @@ def main() -> None:
         asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
                                             grace=config.grace_s, metrics_port=config.metrics_port,
                                             # The public port: callers prove who they are with API keys.
-                                            tls=config.tls(), require_client_cert=False))
+                                            tls=config.tls(), require_client_cert=False,
+                                            health_port=config.health_port))
     except XRouterError as error:
         sys.exit(f"xrouter-router: {error.message}")
     except settings.SettingsError as error:  # e.g. a policy pointer to watch but no Kubernetes credentials

@@ -51,6 +51,9 @@ class RouterSettings:
     tls_cert_file: str = env("XROUTER_ROUTER_TLS_CERT_FILE", "")
     tls_key_file: str = env("XROUTER_ROUTER_TLS_KEY_FILE", "")
     tls_ca_file: str = env("XROUTER_ROUTER_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_ROUTER_HEALTH_PORT", 0)
     # The name expected in the other services' certificates when it is not the target's host.
     tls_server_name: str = env("XROUTER_ROUTER_TLS_SERVER_NAME", "")
     # How long a verified API key is trusted without asking metering again: the bound on how late
