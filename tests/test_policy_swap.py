@@ -321,6 +321,7 @@ async def test_routers_follow_the_pointer_under_live_traffic(stack, router, emul
         watcher = start_policy_watch(config, stack.policy_store)  # what the router's main() runs
         assert watcher is not None
         loaded_before, refused_before = pointer_loads("loaded"), pointer_loads("refused")
+        monkeypatch.setenv("XROUTER_API_KEY", stack.admin_key)  # the publisher's LoadPolicy is an admin's
         try:
             async with Traffic(router, prompts) as traffic:
                 for name, version in (("a", "a-1"), ("b", "b-2")):

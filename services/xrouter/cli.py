@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--key", default=os.environ.get("XROUTER_TRAIN_POLICY_KEY", "checkpoint"),
                          help="the ConfigMap key the routers read (default checkpoint)")
     publish.add_argument("--router", action="append", default=[], metavar="HOST:PORT",
-                         help="also push it with RouterService.LoadPolicy to this router (repeatable)")
+                         help="also push it with RouterService.LoadPolicy to this router (repeatable; needs an "
+                         "admin key in $XROUTER_API_KEY)")
     publish.set_defaults(run=cmd_publish)
     from xrouter.metering.commands import add_parsers as add_metering_parsers
 
