@@ -6,8 +6,8 @@ import dataclasses
 import pathlib
 
 from xrouter.common.outcomes import DATA_DIR, ROUTERBENCH
-from xrouter.common.tls import TlsFiles
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 
 DEFAULT_CATALOG = DATA_DIR / "catalog.routerbench.yaml"
 

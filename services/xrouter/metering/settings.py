@@ -7,8 +7,8 @@ import dataclasses
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from xrouter.common.tls import TlsFiles
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.metering.auth import parse_key_hashes
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")

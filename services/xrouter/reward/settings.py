@@ -7,8 +7,8 @@ import math
 import pathlib
 
 from xrouter.common.outcomes import ROUTERBENCH
-from xrouter.common.tls import TlsFiles
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.reward.sandbox import SandboxLimits
 
 # Dataset names that need no path because the package bundles them.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from xrouter.common.tls import TlsFiles
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.router.core import Limits
 from xrouter.router.policy_store import LMGeneration
 
