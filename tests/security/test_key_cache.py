@@ -88,6 +88,18 @@ async def test_concurrent_first_uses_share_one_lookup() -> None:
     assert {c.tenant for c in callers} == {"acme"} and metering.lookups == 1
 
 
+async def test_a_caller_going_away_does_not_fail_the_others_waiting_on_its_lookup() -> None:
+    auth, metering, _ = make()
+    metering.issue("k5", "acme")
+    metering.delay = 0.05
+    first = asyncio.ensure_future(auth.caller("k5"))
+    await asyncio.sleep(0.01)  # its lookup is in flight
+    second = asyncio.ensure_future(auth.caller("k5"))
+    await asyncio.sleep(0)
+    first.cancel()  # e.g. its client disconnected
+    assert (await second).tenant == "acme" and first.cancelled() and metering.lookups == 1
+
+
 async def test_a_metering_outage_is_not_cached_and_reaches_every_waiter() -> None:
     auth, metering, _ = make()
     metering.issue("k4", "acme")

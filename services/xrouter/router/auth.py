@@ -69,7 +69,7 @@ class RouterAuth:
         self._max_entries = max_entries
         self._clock = clock
         self._cache: dict[str, tuple[float, Caller | None]] = {}
-        self._pending: dict[str, asyncio.Future[Caller | None]] = {}
+        self._pending: dict[str, asyncio.Future[Caller | None]] = {}  # lookups in flight
 
     async def caller(self, key: str | None) -> Caller:
         """The caller owning ``key``; Unauthenticated when it is missing, unknown or revoked."""
@@ -87,26 +87,28 @@ class RouterAuth:
         return found
 
     async def _lookup(self, digest: str) -> Caller | None:
-        pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Caller | None] = asyncio.get_running_loop().create_future()
-        self._pending[digest] = future
-        try:
-            found = await self._resolve(digest)  # errors (metering down) are not cached
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # consumed: waiters re-raise it, no "never retrieved" warning
-            raise
-        finally:
-            del self._pending[digest]
+        # The lookup is a task of its own, shared by every request that needs this key meanwhile:
+        # one caller going away (cancelled) must not fail the others.
+        task = self._pending.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(digest))
+            self._pending[digest] = task
+            task.add_done_callback(lambda done: self._forget(digest, done))
+        return await asyncio.shield(task)
+
+    def _forget(self, digest: str, done: asyncio.Future[Caller | None]) -> None:
+        self._pending.pop(digest, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: no "never retrieved" warning when every waiter left
+
+    async def _fetch(self, digest: str) -> Caller | None:
+        found = await self._resolve(digest)  # errors (metering down) reach the waiters, uncached
         if found is not None and not found.admin:
             metrics.TENANT_LABELS.admit(found.tenant)
         ttl = self.cache_s if found is not None else min(self.cache_s, NEGATIVE_CACHE_S)
         if len(self._cache) >= self._max_entries:
             self._evict()
         self._cache[digest] = (self._clock() + ttl, found)
-        future.set_result(found)
         return found
 
     def _evict(self) -> None:

@@ -22,8 +22,9 @@ from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.ports import ScoringReference
 
 MODEL = "xrouter"
-_STATUS = {"UNAUTHENTICATED": 401, "INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
+_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
            "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_STATUS["UNAUTHENTICATED"] = 401  # a missing, unknown or revoked API key (router/auth.py)
 _CONTROLS = {"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"}
 
 
