@@ -100,6 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Starting the stack, then routing {len(prompts)} held-out RouterBench prompts "
           f"through {len(policies)} policies")
     with running_stack(home, embedded_policy_env()) as info:
+        print(f"  routing with the local API key (tenant local; kept in {home / 'api-keys.json'}): {info['api_key']}")
         results = asyncio.run(demo.evaluate(info["router"], policies, prompts, api_key=info["api_key"]))
     demo.print_table(results)
     demo.write_report(results, prompts, home / "demo.json")
