@@ -47,6 +47,7 @@ from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack, sqlite_url
+from xrouter.router.auth import bearer_interceptors
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results" / "routing_overhead.json"
@@ -203,8 +204,10 @@ async def run_all(warmup: int, sequential: int, concurrent: int) -> list[dict[st
     with tempfile.TemporaryDirectory(prefix="xrouter-bench-") as folder:
         stack = await InProcessStack(sqlite_url(pathlib.Path(folder)), adapter_core=instant_core()).start()
         try:
-            async with grpc.aio.insecure_channel(stack.router_target) as channel, \
-                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY * 2)) as session:
+            key = await asyncio.to_thread(stack.tenant_key, "bench")  # a tenant key: the hot path, cache included
+            async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(key)) as channel, \
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONCURRENCY * 2),
+                                          headers={"Authorization": f"Bearer {key}"}) as session:
                 stub = router_pb2_grpc.RouterServiceStub(channel)
                 url = stack.http_url + "/v1/chat/completions"
                 for path in PATHS:

@@ -141,6 +141,10 @@ def _resolve(env: dict[str, Any], tmp_path: pathlib.Path, catalog: str) -> dict[
             path = tmp_path / "catalog.yaml"
             path.write_text(catalog)
             resolved[name] = str(path)
+        elif value.startswith("/etc/xrouter/tls/"):  # the TLS Secret's files (stand-ins: the loader checks they exist)
+            path = tmp_path / value.rsplit("/", 1)[1]
+            path.write_text("PEM stand-in")
+            resolved[name] = str(path)
         elif value.startswith("/var/"):
             resolved[name] = str(tmp_path / value.strip("/").replace("/", "_"))
         else:
@@ -216,6 +220,15 @@ def test_secrets_are_referenced_never_inlined() -> None:
     (key_secret,) = find(render("default"), "Secret", "xrouter-metering-auth")
     key, digest = (base64.b64decode(key_secret["data"][k]).decode() for k in ("service-key", "service-key-sha256"))
     assert hashlib.sha256(key.encode()).hexdigest() == digest and len(key) == 48
+    # The initial admin API key: metering knows it by its hash; `helm test` routes with it.
+    admin, admin_digest = (base64.b64decode(key_secret["data"][k]).decode() for k in ("admin-key", "admin-key-sha256"))
+    assert hashlib.sha256(admin.encode()).hexdigest() == admin_digest and admin.startswith("xrk_") and admin != key
+    docs = render("default")
+    (metering,) = [d for d in find(docs, "Deployment") if component(d) == "metering"]
+    assert container_env(metering, docs)["XROUTER_METERING_ADMIN_KEY_SHA256"]["secretKeyRef"]["key"] == "admin-key-sha256"
+    (test_pod,) = [p for p in find(docs, "Pod") if p["metadata"]["name"].endswith("-test")]
+    (check,) = test_pod["spec"]["containers"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in check["env"]} == {"XROUTER_API_KEY": "admin-key"}
 
 
 def test_pods_run_restricted() -> None:

@@ -16,6 +16,7 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.reward.v1 import reward_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack, sqlite_url
+from xrouter.router.auth import bearer_interceptors, bearer_metadata
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -34,7 +35,7 @@ async def stack(tmp_path_factory, exporter):  # type: ignore[no-untyped-def]
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def router(stack):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
@@ -194,18 +195,19 @@ async def test_reflection_and_health_answer_grpcurl(stack) -> None:  # type: ign
 
 
 async def test_prometheus_metrics_count_requests_cost_and_overhead(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
-    import aiohttp
+    import prometheus_client
 
     async def scrape() -> str:
-        async with aiohttp.ClientSession() as http, http.get(stack.http_url + "/metrics") as response:
-            assert response.status == 200
-            return await response.text()
+        # What the metrics port (XROUTER_ROUTER_METRICS_PORT) serves; the public HTTP port does not.
+        return prometheus_client.generate_latest().decode()
 
     def value(text: str, prefix: str) -> float:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
     before = await scrape()
-    reply = await router.Route(request(recorded[ARC][""], tenant="metrics-tenant", policy="fixed:claude-v1"))
+    # A tenant key: the tenant is then known, so its spend gets its own label value.
+    reply = await router.Route(request(recorded[ARC][""], tenant="metrics-tenant", policy="fixed:claude-v1"),
+                               metadata=bearer_metadata(stack.tenant_key("metrics-tenant")))
     with pytest.raises(grpc.aio.AioRpcError):
         await router.Route(request("unrecorded prompt", policy="fixed:claude-v1"))
     after = await scrape()

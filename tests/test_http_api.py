@@ -37,14 +37,16 @@ async def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(stack):  # type: ignore[no-untyped-def]
     # No retries: a retried 5xx would route (and bill) the request again and hide the first answer.
-    async with openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key="unused", max_retries=0,
+    # The admin key acts for the tenant each test names (tests/security covers tenant keys).
+    async with openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key=stack.admin_key, max_retries=0,
                                   timeout=30.0) as running:
         yield running
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def http():  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+async def http(stack):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers={"Authorization": f"Bearer {stack.admin_key}"}) as session:
         yield session
 
 

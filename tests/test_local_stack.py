@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent import futures
 
 import grpc
@@ -67,8 +69,16 @@ def test_up_route_and_spans_over_otlp(tmp_path, receiver) -> None:  # type: igno
             scored = router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
                 messages=[common_pb2.ChatMessage(role="user", content=row.prompt)],
                 reference=reward_pb2.Reference(task_type="recorded_label", dataset="routerbench",
-                                               prompt_id=row.prompt_id)), timeout=30)
+                                               prompt_id=row.prompt_id)), timeout=30,
+                metadata=(("authorization", f"Bearer {info['api_key']}"),))
         assert scored.HasField("score")
+        # The local key is kept private; metrics are on their own port, not on the public HTTP one.
+        assert (tmp_path / "api-keys.json").stat().st_mode & 0o077 == 0
+        with urllib.request.urlopen(info["router_metrics"], timeout=10) as response:
+            assert 'xrouter_cost_usd_total{model=' in response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(info["http"] + "/metrics", timeout=10)
+        assert refused.value.code == 404
         bad = subprocess.run([sys.executable, "-m", "xrouter.cli", "--home", str(tmp_path), "route", prompt,
                               "--lambda", "-2"], capture_output=True, text=True, timeout=60)
         assert bad.returncode == 1 and "INVALID_ARGUMENT: cost_lambda" in bad.stderr

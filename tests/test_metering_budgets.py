@@ -22,6 +22,7 @@ from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.common.errors import InvalidArgument, ResourceExhausted
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.metering import server as metering_server
+from xrouter.metering.auth import hash_key
 from xrouter.metering.budgets import _outstanding, _spent
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.store import make_engine
@@ -277,11 +278,14 @@ async def test_refusal_details_say_what_is_left_and_when_it_resets(stub, ledger:
     assert retry.retry_delay.seconds == 12 * 3600  # noon to midnight UTC
 
 
-def soft_flags() -> float:
-    return REGISTRY.get_sample_value("xrouter_metering_soft_limit_exceeded_total", {"tenant": "soft-co"}) or 0.0
+def soft_flags(label: str = "soft-co") -> float:
+    return REGISTRY.get_sample_value("xrouter_metering_soft_limit_exceeded_total", {"tenant": label}) or 0.0
 
 
 async def test_grpc_soft_limits_per_model_and_removal(stub, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
+    # The metric's tenant label holds tenants whose key was resolved (as the router does), others "other".
+    _, key = ledger.create_api_key("soft-co", "budget test")
+    assert (await stub.Authenticate(metering_pb2.AuthenticateRequest(key_sha256=hash_key(key)))).tenant == "soft-co"
     await stub.SetBudget(metering_pb2.SetBudgetRequest(
         tenant="soft-co", period=metering_pb2.BUDGET_PERIOD_MONTH, limit_micro_usd=-1, soft_limit_micro_usd=10,
         model="gpt-4o"))
@@ -296,6 +300,12 @@ async def test_grpc_soft_limits_per_model_and_removal(stub, ledger: Ledger) -> N
     reply = await stub.Authorize(metering_pb2.AuthorizeRequest(
         request_id="s2", tenant="soft-co", estimate_micro_usd=11, models=["small"]))
     assert not reply.soft_limit_exceeded
+    await stub.SetBudget(metering_pb2.SetBudgetRequest(
+        tenant="keyless-co", period=metering_pb2.BUDGET_PERIOD_MONTH, limit_micro_usd=-1, soft_limit_micro_usd=10))
+    others = soft_flags("other")
+    assert (await stub.Authorize(metering_pb2.AuthorizeRequest(
+        request_id="k1", tenant="keyless-co", estimate_micro_usd=11))).soft_limit_exceeded
+    assert soft_flags("other") == others + 1 and soft_flags("keyless-co") == 0.0
     await stub.SetBudget(metering_pb2.SetBudgetRequest(  # -1 and no soft limit: removed
         tenant="soft-co", period=metering_pb2.BUDGET_PERIOD_MONTH, limit_micro_usd=-1, model="gpt-4o"))
     assert not (await stub.Authorize(metering_pb2.AuthorizeRequest(

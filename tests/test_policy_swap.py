@@ -38,6 +38,7 @@ from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common import settings
 from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 from xrouter.local_stack import InProcessStack, sqlite_url
+from xrouter.router.auth import bearer_interceptors
 from xrouter.router.compact.checkpoint import ENCODER, MANIFEST, WEIGHTS, manifest_digest
 from xrouter.router.policy_watch import PolicyWatcher, start_policy_watch
 from xrouter.router.settings import RouterSettings
@@ -73,7 +74,7 @@ async def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def router(stack):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
@@ -320,6 +321,7 @@ async def test_routers_follow_the_pointer_under_live_traffic(stack, router, emul
         watcher = start_policy_watch(config, stack.policy_store)  # what the router's main() runs
         assert watcher is not None
         loaded_before, refused_before = pointer_loads("loaded"), pointer_loads("refused")
+        monkeypatch.setenv("XROUTER_API_KEY", stack.admin_key)  # the publisher's LoadPolicy is an admin's
         try:
             async with Traffic(router, prompts) as traffic:
                 for name, version in (("a", "a-1"), ("b", "b-2")):

@@ -1,5 +1,5 @@
 """The ``xrouter`` command: ``up`` (the local stack), ``route`` (one request), ``demo`` (make run),
-``db`` (ledger migrations), ``export-episodes`` (training data), ``eval`` (policies on recorded outcomes),
+``db`` (ledger migrations), ``keys`` (API keys), ``export-episodes`` (training data), ``eval`` (policies on recorded outcomes),
 ``train`` and ``publish`` (a checkpoint into the store, routers pointed at it)."""
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     with running_stack(_home(args), embedded_policy_env()) as info:
         print(f"\nRouter gRPC: {info['router']}   OpenAI-compatible HTTP: {info['http']}/v1")
+        print(f"API key (tenant local): {info['api_key']}\nAdmin key (LoadPolicy, acts for any tenant): "
+              f"{info['admin_key']}\n(both kept in {_home(args) / 'api-keys.json'}; send 'Authorization: Bearer <key>')")
         print("Try:  xrouter route \"What is the capital of France?\"  (Ctrl-C stops the stack)")
         try:
             while not stop["signal"]:
@@ -52,7 +54,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_route(args: argparse.Namespace) -> int:
     from xrouter.supervisor import read_stack
 
-    target = args.target or read_stack(_home(args))["router"]
+    # The local stack's addresses and key, when one runs (an explicit --target may need neither).
+    stack = read_stack(_home(args)) if not args.target or (_home(args) / "stack.json").exists() else {}
+    target = args.target or stack["router"]
+    api_key = args.api_key or stack.get("api_key", "")
     request = router_pb2.RouteRequest(
         messages=[common_pb2.ChatMessage(role="user", content=args.prompt)],
         allowed_models=args.models.split(",") if args.models else [], max_turns=args.max_turns,
@@ -63,7 +68,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         request.max_cost_usd = args.max_cost
     with grpc.insecure_channel(target) as channel:
         try:
-            reply = router_pb2_grpc.RouterServiceStub(channel).Route(request, timeout=60)
+            reply = router_pb2_grpc.RouterServiceStub(channel).Route(
+                request, timeout=60, metadata=(("authorization", f"Bearer {api_key}"),) if api_key else None)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
@@ -94,7 +100,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Starting the stack, then routing {len(prompts)} held-out RouterBench prompts "
           f"through {len(policies)} policies")
     with running_stack(home, embedded_policy_env()) as info:
-        results = asyncio.run(demo.evaluate(info["router"], policies, prompts))
+        print(f"  routing with the local API key (tenant local; kept in {home / 'api-keys.json'}): {info['api_key']}")
+        results = asyncio.run(demo.evaluate(info["router"], policies, prompts, api_key=info["api_key"]))
     demo.print_table(results)
     demo.write_report(results, prompts, home / "demo.json")
     print(f"\n(figures in {home / 'demo.json'}; scores are the recorded correctness of the answer returned)")
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     route.add_argument("--max-turns", type=int, default=0)
     route.add_argument("--tenant", default="")
     route.add_argument("--target", help="router host:port (default: the stack started by `xrouter up`)")
+    route.add_argument("--api-key", default=os.environ.get("XROUTER_API_KEY", ""),
+                       help="API key (default $XROUTER_API_KEY, else the local stack's key)")
     route.set_defaults(run=cmd_route)
     demo = sub.add_parser("demo", help="start the stack, evaluate every policy on held-out prompts, stop")
     demo.add_argument("--prompts", type=int, default=200)
@@ -248,11 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--key", default=os.environ.get("XROUTER_TRAIN_POLICY_KEY", "checkpoint"),
                          help="the ConfigMap key the routers read (default checkpoint)")
     publish.add_argument("--router", action="append", default=[], metavar="HOST:PORT",
-                         help="also push it with RouterService.LoadPolicy to this router (repeatable)")
+                         help="also push it with RouterService.LoadPolicy to this router (repeatable; needs an "
+                         "admin key in $XROUTER_API_KEY)")
     publish.set_defaults(run=cmd_publish)
     from xrouter.metering.commands import add_parsers as add_metering_parsers
 
     add_metering_parsers(sub)  # `db upgrade|check`, `export-episodes`
+    from xrouter.metering.key_commands import add_parsers as add_key_parsers
+
+    add_key_parsers(sub)  # `keys create|list|rotate|revoke`
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -18,6 +18,7 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.reward.v1 import reward_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common.outcomes import ROUTERBENCH, read_outcomes, split_of
+from xrouter.router.auth import bearer_interceptors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,17 +61,17 @@ class PolicyFigures:
 
 
 async def evaluate(target: str, policies: list[PolicyFigures], prompts: list[EvalPrompt], parallel: int = 8,
-                   tenant: str = "demo") -> list[PolicyFigures]:
+                   api_key: str = "") -> list[PolicyFigures]:
     """Route every prompt with every policy; scores come from the reward service's recorded labels."""
     results = policies
     limit = asyncio.Semaphore(parallel)
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(api_key)) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         async def one(figures: PolicyFigures, item: EvalPrompt) -> None:
             request = router_pb2.RouteRequest(
                 messages=[common_pb2.ChatMessage(role="user", content=item.prompt)], policy=figures.policy,
-                cost_lambda=figures.cost_lambda, tenant=tenant, reference=reward_pb2.Reference(
+                cost_lambda=figures.cost_lambda, reference=reward_pb2.Reference(
                     task_type="recorded_label", dataset="routerbench", prompt_id=item.prompt_id))
             async with limit:
                 try:

@@ -19,6 +19,7 @@ from xrouter.adapters.settings import AdapterSettings
 from xrouter.common import settings
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.common.outcomes import ROUTERBENCH
+from xrouter.common.tls import TlsFiles
 from xrouter.metering import server as metering_server
 from xrouter.metering.ledger import Ledger
 from xrouter.metering.store import make_engine
@@ -33,12 +34,15 @@ from xrouter.router.settings import RouterSettings
 
 @dataclasses.dataclass
 class InProcessStack:
-    """Start with :meth:`start`; ``router_target`` and ``http_url`` are then set."""
+    """Start with :meth:`start`; ``router_target``, ``http_url`` and ``admin_key`` (an admin API key,
+    which may act for any tenant it names) are then set; :meth:`tenant_key` issues tenant keys."""
 
     database_url: str
     exporter: SpanExporter | None = None
     policy: str = "cascade"
     adapter_core: AdapterCore | None = None  # defaults to the bundled replay catalog
+    router_env: dict[str, str] = dataclasses.field(default_factory=dict)  # extra XROUTER_ROUTER_* settings
+    tls: TlsFiles | None = None  # every server listens with TLS (mutual between services) when set
 
     async def start(self) -> InProcessStack:
         core = self.adapter_core or await asyncio.to_thread(
@@ -50,24 +54,37 @@ class InProcessStack:
         for name, register in (("adapters", adapters_server.register(core)),
                                ("metering", metering_server.register(self.ledger)),
                                ("reward", reward_server.register(scorer))):
-            self.servers[name] = GrpcServer(name, register, self._provider(name))
+            self.servers[name] = GrpcServer(name, register, self._provider(name), tls=self.tls)
             await self.servers[name].start()
         config = settings.load(RouterSettings, {
             "XROUTER_ROUTER_ADAPTERS_TARGET": f"127.0.0.1:{self.servers['adapters'].port}",
             "XROUTER_ROUTER_METERING_TARGET": f"127.0.0.1:{self.servers['metering'].port}",
             "XROUTER_ROUTER_REWARD_TARGET": f"127.0.0.1:{self.servers['reward'].port}",
-            "XROUTER_ROUTER_POLICY": self.policy})
+            "XROUTER_ROUTER_POLICY": self.policy, **self._tls_env(), **self.router_env})
         provider = self._provider("router")
         self.router_core: RouterCore
         self.router_core, self._channels = await router_server.connect(config, provider)
         self.policy_store = PolicyStore(self.router_core, self.policy)  # LoadPolicy's, for watchers in tests
-        self.servers["router"] = GrpcServer("router", router_server.register(self.router_core, self.policy_store),
-                                            provider)
+        self.auth = router_server.make_auth(config, self._channels[1])
+        self.servers["router"] = GrpcServer(
+            "router", router_server.register(self.router_core, self.policy_store, self.auth), provider,
+            tls=self.tls, require_client_cert=False)
         await self.servers["router"].start()
-        self._http: web.AppRunner = await start_http(self.router_core, "127.0.0.1", 0)
+        self._http: web.AppRunner = await start_http(self.router_core, "127.0.0.1", 0, self.auth)
+        self.admin_key = (await asyncio.to_thread(self.ledger.create_api_key, "stack-admin", "tests", "admin"))[1]
         self.router_target = f"127.0.0.1:{self.servers['router'].port}"
         self.http_url = f"http://127.0.0.1:{bound_port(self._http)}"
         return self
+
+    def _tls_env(self) -> dict[str, str]:
+        if self.tls is None:
+            return {}
+        return {"XROUTER_ROUTER_TLS_CERT_FILE": self.tls.cert_file, "XROUTER_ROUTER_TLS_KEY_FILE": self.tls.key_file,
+                "XROUTER_ROUTER_TLS_CA_FILE": self.tls.ca_file}
+
+    def tenant_key(self, tenant: str) -> str:
+        """A new API key of ``tenant`` (written to the ledger directly, as `xrouter keys create` does)."""
+        return self.ledger.create_api_key(tenant, "tests")[1]
 
     def _provider(self, name: str) -> TracerProvider:
         provider = TracerProvider(resource=Resource.create({"service.name": f"xrouter-{name}"}))

@@ -1,0 +1,1 @@
+"""Security tests (issue 15): authenticated tenants, admin separation, TLS."""

@@ -117,16 +117,21 @@ def point_configmap(api: Any, name: str, namespace: str, published: Published, k
         raise PublishError(f"patching configmap {namespace}/{name}: HTTP {error.status} {error.reason}{hint}") from None
 
 
-def push_to_router(target: str, published: Published, timeout_s: float = 120.0) -> str:
-    """``RouterService.LoadPolicy`` on one router; returns what it now serves (kind@version)."""
+def push_to_router(target: str, published: Published, timeout_s: float = 120.0, api_key: str | None = None) -> str:
+    """``RouterService.LoadPolicy`` on one router; returns what it now serves (kind@version).
+    LoadPolicy needs an admin key: ``api_key``, else $XROUTER_API_KEY."""
+    import os
+
     import grpc
 
     from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 
     with grpc.insecure_channel(target) as channel:
         try:
+            key = api_key if api_key is not None else os.environ.get("XROUTER_API_KEY", "")
             info = router_pb2_grpc.RouterServiceStub(channel).LoadPolicy(
-                router_pb2.LoadPolicyRequest(source=str(published.path)), timeout=timeout_s)
+                router_pb2.LoadPolicyRequest(source=str(published.path)), timeout=timeout_s,
+                metadata=(("authorization", f"Bearer {key}"),) if key else None)
         except grpc.RpcError as error:
             raise PublishError(f"router {target} did not load {published.path}: "
                                f"{error.code().name}: {error.details()}") from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
 import sys
 import urllib.request
 
@@ -57,14 +59,15 @@ def bundled_prompt() -> tuple[str, str]:
     raise AssertionError  # unreachable
 
 
-def route_one(channel: grpc.Channel, prompt: str, prompt_id: str, score: bool, timeout: float) -> None:
+def route_one(channel: grpc.Channel, prompt: str, prompt_id: str, score: bool, timeout: float, api_key: str) -> None:
     request = router_pb2.RouteRequest(messages=[common_pb2.ChatMessage(role="user", content=prompt)],
                                       tenant="helm-test")
     if score and prompt_id:
         request.reference.CopyFrom(reward_pb2.Reference(
             task_type="recorded_label", dataset="routerbench", prompt_id=prompt_id))
     try:
-        reply = router_pb2_grpc.RouterServiceStub(channel).Route(request, timeout=timeout)
+        reply = router_pb2_grpc.RouterServiceStub(channel).Route(
+            request, timeout=timeout, metadata=(("authorization", f"Bearer {api_key}"),))
     except grpc.RpcError as error:
         fail(f"Route: {error.code().name}: {error.details()}")
     ok_calls = [c for c in reply.calls if c.status == common_pb2.CALL_STATUS_OK]
@@ -86,13 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="", help="prompt to route (default: a bundled RouterBench one)")
     parser.add_argument("--score", action="store_true", help="score the answer through the reward service")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--ca", default="", help="CA file: the router's gRPC port speaks TLS")
     args = parser.parse_args(argv)
+    api_key = os.environ.get("XROUTER_API_KEY", "")
+    if not api_key:
+        fail("XROUTER_API_KEY is empty: the router refuses keyless calls (the chart passes its admin key)")
     prompt_id, prompt = ("", args.prompt) if args.prompt else bundled_prompt()
-    with grpc.insecure_channel(args.grpc) as channel:
+    channel = (grpc.secure_channel(args.grpc, grpc.ssl_channel_credentials(pathlib.Path(args.ca).read_bytes()))
+               if args.ca else grpc.insecure_channel(args.grpc))
+    with channel:
         check_grpc_health(channel, args.timeout)
         if args.http:
             check_http_health(args.http, args.timeout)
-        route_one(channel, prompt, prompt_id, args.score, args.timeout)
+        route_one(channel, prompt, prompt_id, args.score, args.timeout, api_key)
     return 0
 
 

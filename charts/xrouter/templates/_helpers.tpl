@@ -167,3 +167,16 @@ read it. It exists when training is enabled (the chart makes it) or when existin
 {{ include "xrouter.componentName" (dict "root" . "component" "training") }}-checkpoints
 {{- end -}}
 {{- end }}
+
+{{/* A service's TLS files (mounted from tls.existingSecret) and its plaintext health-only port. */}}
+{{- define "xrouter.tlsEnv" -}}
+{{- $prefix := printf "XROUTER_%s" (upper .component) -}}
+- name: {{ $prefix }}_TLS_CERT_FILE
+  value: /etc/xrouter/tls/tls.crt
+- name: {{ $prefix }}_TLS_KEY_FILE
+  value: /etc/xrouter/tls/tls.key
+- name: {{ $prefix }}_TLS_CA_FILE
+  value: /etc/xrouter/tls/ca.crt
+- name: {{ $prefix }}_HEALTH_PORT
+  value: {{ .root.Values.healthPort | quote }}
+{{- end }}

@@ -8,6 +8,9 @@ ConfigMap (and of anything else in .checksums) is a pod annotation, so a change 
 */}}
 {{- define "xrouter.deployment" -}}
 {{- $root := .root -}}
+{{- $tls := $root.Values.tls.enabled -}}
+{{- /* kubelet's gRPC probes cannot speak TLS: with TLS on they use the plaintext health-only port. */}}
+{{- $probePort := ternary $root.Values.healthPort .grpcPort $tls -}}
 {{- $name := include "xrouter.componentName" (dict "root" $root "component" .component) -}}
 {{- $ctx := dict "root" $root "component" .component -}}
 apiVersion: apps/v1
@@ -54,6 +57,11 @@ spec:
             - name: metrics
               containerPort: {{ $root.Values.metricsPort }}
               protocol: TCP
+            {{- if $tls }}
+            - name: health
+              containerPort: {{ $root.Values.healthPort }}
+              protocol: TCP
+            {{- end }}
           envFrom:
             - configMapRef:
                 name: {{ $name }}-settings
@@ -62,20 +70,23 @@ spec:
             {{- with .env }}
             {{- . | nindent 12 }}
             {{- end }}
+            {{- if $tls }}
+            {{- include "xrouter.tlsEnv" $ctx | nindent 12 }}
+            {{- end }}
           # Native gRPC probes against grpc.health.v1 (NOT_SERVING while draining).
           startupProbe:
             grpc:
-              port: {{ .grpcPort }}
+              port: {{ $probePort }}
             periodSeconds: 5
             failureThreshold: {{ div (int (.startupSeconds | default 60)) 5 }}
           readinessProbe:
             grpc:
-              port: {{ .grpcPort }}
+              port: {{ $probePort }}
             periodSeconds: 5
             failureThreshold: 2
           livenessProbe:
             grpc:
-              port: {{ .grpcPort }}
+              port: {{ $probePort }}
             periodSeconds: 10
             timeoutSeconds: 5
             failureThreshold: 3
@@ -86,6 +97,11 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- if $tls }}
+            - name: tls
+              mountPath: /etc/xrouter/tls
+              readOnly: true
+            {{- end }}
             {{- with .volumeMounts }}
             {{- . | nindent 12 }}
             {{- end }}
@@ -94,6 +110,12 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 256Mi
+        {{- if $tls }}
+        - name: tls
+          secret:
+            secretName: {{ required "tls.existingSecret: name the Secret with tls.crt, tls.key and ca.crt (e.g. cert-manager's)" $root.Values.tls.existingSecret }}
+            defaultMode: 0440
+        {{- end }}
         {{- with .volumes }}
         {{- . | nindent 8 }}
         {{- end }}
@@ -131,15 +153,19 @@ data:
   {{- include "xrouter.settingsData" (dict "component" .component "settings" (merge (deepCopy .managed) .svc.settings)) | trim | nindent 2 }}
 {{- end }}
 
-{{/* A component's ClusterIP Service. */}}
+{{/* A component's Service. `metrics: false` leaves the metrics port out (the router's public
+Service; its metrics Service is `name` <router>-metrics with only that port). Prometheus' job is
+the component's name either way (the ServiceMonitor's jobLabel). */}}
 {{- define "xrouter.service" -}}
 {{- $ctx := dict "root" .root "component" .component -}}
+{{- $component := include "xrouter.componentName" $ctx -}}
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ include "xrouter.componentName" $ctx }}
+  name: {{ .name | default $component }}
   labels:
     {{- include "xrouter.labels" $ctx | nindent 4 }}
+    xrouter.io/metrics-job: {{ $component }}
   {{- with .annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -158,10 +184,12 @@ spec:
       appProtocol: grpc
       {{- end }}
     {{- end }}
+    {{- if ne (toString .metrics) "false" }}
     - name: metrics
       port: {{ .root.Values.metricsPort }}
       targetPort: metrics
       protocol: TCP
+    {{- end }}
 {{- end }}
 
 {{- define "xrouter.serviceAccount" -}}

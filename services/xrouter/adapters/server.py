@@ -133,4 +133,5 @@ def main() -> None:
         return register(core), core.aclose
 
     asyncio.run(grpc_server.run_service("adapters", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port))
+                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls(),
+                                        health_port=config.health_port))

@@ -7,6 +7,7 @@ import pathlib
 
 from xrouter.common.outcomes import DATA_DIR, ROUTERBENCH
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 
 DEFAULT_CATALOG = DATA_DIR / "catalog.routerbench.yaml"
 
@@ -25,6 +26,14 @@ class AdapterSettings:
                                help="a writable folder for converted local model weights")
     grace_s: float = env("XROUTER_ADAPTERS_GRACE_S", 5.0)
     metrics_port: int = env("XROUTER_ADAPTERS_METRICS_PORT", 0)
+    # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
+    # are checked against. All empty: plaintext (the local default).
+    tls_cert_file: str = env("XROUTER_ADAPTERS_TLS_CERT_FILE", "")
+    tls_key_file: str = env("XROUTER_ADAPTERS_TLS_KEY_FILE", "")
+    tls_ca_file: str = env("XROUTER_ADAPTERS_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_ADAPTERS_HEALTH_PORT", 0)
 
     def datasets(self) -> dict[str, pathlib.Path]:
         pairs: dict[str, pathlib.Path] = {}
@@ -38,7 +47,12 @@ class AdapterSettings:
     def model_cache(self) -> pathlib.Path:
         return pathlib.Path(self.model_cache_dir or pathlib.Path.home() / ".cache" / "xrouter")
 
+    def tls(self) -> TlsFiles:
+        """The TLS files of this service (all empty: plaintext)."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+
     def validate(self) -> None:
+        self.tls().validate("XROUTER_ADAPTERS")
         if not pathlib.Path(self.catalog_path).is_file():
             raise SettingsError(f"XROUTER_ADAPTERS_CATALOG: no file at {self.catalog_path}")
         for name, path in self.datasets().items():

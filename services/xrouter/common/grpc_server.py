@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.common import metrics, telemetry
 from xrouter.common.errors import XRouterError, status_details
+from xrouter.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,17 @@ def _code_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 class GrpcServer:
-    """One service's gRPC server: start on a port (0 picks a free one), drain on stop."""
+    """One service's gRPC server: start on a port (0 picks a free one), drain on stop. With ``tls``
+    it listens with TLS (mutual when ``require_client_cert`` and a CA is set, see common/tls.py)."""
 
     def __init__(self, name: str, register: Register, provider: TracerProvider,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, tls: TlsFiles | None = None,
+                 require_client_cert: bool = True, health_port: int = 0) -> None:
         self.name = name
         self._address = f"{host}:{port}"
+        self._tls, self._mutual = tls, require_client_cert
+        self._health_address = f"{host}:{health_port}" if health_port else ""
+        self._health_server: grpc.aio.Server | None = None
         self._server = grpc.aio.server(interceptors=[
             telemetry.server_interceptor(provider), DomainErrorInterceptor(name)])
         self.health = health.aio.HealthServicer()
@@ -122,10 +128,19 @@ class GrpcServer:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(self._address)
+        if self._tls is not None and self._tls.enabled:
+            self.port = self._server.add_secure_port(self._address, server_credentials(self._tls, self._mutual))
+        else:
+            self.port = self._server.add_insecure_port(self._address)
         if self.port == 0:
             raise OSError(f"{self.name}: cannot bind {self._address}")
         await self._server.start()
+        if self._health_address:  # the same health status, in plaintext, for probes
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            if self._health_server.add_insecure_port(self._health_address) == 0:
+                raise OSError(f"{self.name}: cannot bind health port {self._health_address}")
+            await self._health_server.start()
         await self.set_serving(True)
         log.info("%s listening on port %d", self.name, self.port)
         return self.port
@@ -140,6 +155,8 @@ class GrpcServer:
         """Refuse new work (health NOT_SERVING), let in-flight RPCs finish for ``grace`` seconds."""
         await self.set_serving(False)
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
@@ -160,11 +177,13 @@ Build = Callable[[TracerProvider], Awaitable[tuple[Register, Callable[[], Awaita
 
 
 async def run_service(name: str, build: Build, *, host: str, port: int, grace: float,
-                      metrics_port: int = 0) -> None:
+                      metrics_port: int = 0, tls: TlsFiles | None = None, require_client_cert: bool = True,
+                      health_port: int = 0) -> None:
     """Run one service until SIGTERM/SIGINT, then drain for ``grace`` seconds and close."""
     provider = telemetry.tracer_provider(f"xrouter-{name}")
     register, close = await build(provider)
-    server = GrpcServer(name, register, provider, host=host, port=port)
+    server = GrpcServer(name, register, provider, host=host, port=port, tls=tls,
+                        require_client_cert=require_client_cert, health_port=health_port)
     if metrics_port:
         from prometheus_client import start_http_server
 

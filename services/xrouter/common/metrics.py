@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Histogram
 
 RPC_REQUESTS = Counter(
@@ -23,3 +25,35 @@ MODEL_CALLS = Counter(
 POLICY_REQUESTS = Counter(
     "xrouter_policy_requests", "Routed requests, by the kind and version of the policy that served them",
     ["kind", "version"])
+
+
+class TenantLabels:
+    """Bounds the tenant label's values: a tenant gets its own series only once a key of its own
+    has been verified (tenants come from keys an admin issued), and at most ``limit`` of them;
+    every other value (an admin acting for an arbitrary name, overflow) is folded into "other".
+    Without this, anyone who can name a tenant can grow Prometheus' series without bound."""
+
+    OTHER = "other"
+
+    def __init__(self, limit: int = 500) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()  # metering admits from worker threads
+
+    def admit(self, tenant: str) -> None:
+        """Mark ``tenant`` as known (its key was verified), while there is room."""
+        with self._lock:
+            if tenant and len(self._known) < self._limit:
+                self._known.add(tenant)
+
+    def label(self, tenant: str) -> str:
+        """``tenant`` when known, else "other"."""
+        return tenant if tenant in self._known else self.OTHER
+
+
+# One per process, like the metrics it bounds.
+TENANT_LABELS = TenantLabels()
+# Requests an admin key made for a tenant it named (the audit trail beside the log line).
+ADMIN_ACTING = Counter(
+    "xrouter_admin_acting_for_tenant", "Requests an admin key made on behalf of a tenant it named, by key id",
+    ["key_id"])

@@ -13,6 +13,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+
+from xrouter.common.tls import TlsFiles, channel_credentials, channel_options
+
 # Health probes would otherwise put one trace per probe into the collector.
 _NOT_HEALTH = filters.negate(filters.health_check())
 
@@ -45,6 +48,16 @@ def insecure_channel(target: str, provider: TracerProvider) -> grpc.aio.Channel:
     """A client channel whose calls carry the current trace context downstream."""
     return grpc.aio.insecure_channel(
         target, interceptors=aio_client_interceptors(tracer_provider=provider, filter_=_NOT_HEALTH))
+
+
+def channel(target: str, provider: TracerProvider, tls: TlsFiles | None = None) -> grpc.aio.Channel:
+    """A traced client channel: TLS (mutual when ``tls`` has a certificate) when ``tls`` is set,
+    plaintext otherwise."""
+    if tls is None or not tls.enabled:
+        return insecure_channel(target, provider)
+    return grpc.aio.secure_channel(
+        target, channel_credentials(tls), options=channel_options(tls),
+        interceptors=aio_client_interceptors(tracer_provider=provider, filter_=_NOT_HEALTH))
 
 
 def current_trace_id() -> str:

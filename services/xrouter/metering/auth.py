@@ -8,8 +8,10 @@ unsalted hash resists brute force as well as a slow one would, and lets a key be
 
 Roles:
 - ``service`` (the router): writes the ledger (Authorize, Record, Settle, RecordScore) for any
-  tenant, and reads any tenant's usage. It is trusted to name the tenant it acts for.
-- ``admin``: budgets, API keys, any tenant's usage. It cannot write spend.
+  tenant, reads any tenant's usage, and resolves the keys its own callers send (Authenticate).
+  It is trusted to name the tenant it acts for.
+- ``admin``: budgets, API keys, any tenant's usage. It cannot write spend. Admin keys are the
+  configured hashes or ``api_keys`` rows with role "admin" (``xrouter keys create --admin``).
 - ``tenant``: its own usage, nothing else.
 - ``local``: auth is off (``XROUTER_METERING_AUTH=off``, allowed only on a loopback address):
   every caller may do everything, as in the single-machine embedded default.
@@ -51,10 +53,11 @@ class Permission(enum.Enum):
     READ_ANY_USAGE = "read any tenant's usage"
     SET_BUDGETS = "set budgets"
     MANAGE_KEYS = "manage API keys"
+    VERIFY_KEYS = "resolve API keys"
 
 
 _RIGHTS: dict[Role, frozenset[Permission]] = {
-    Role.SERVICE: frozenset({Permission.WRITE_LEDGER, Permission.READ_ANY_USAGE}),
+    Role.SERVICE: frozenset({Permission.WRITE_LEDGER, Permission.READ_ANY_USAGE, Permission.VERIFY_KEYS}),
     Role.ADMIN: frozenset({Permission.READ_ANY_USAGE, Permission.SET_BUDGETS, Permission.MANAGE_KEYS}),
     Role.TENANT: frozenset(),
     Role.LOCAL: frozenset(Permission),
@@ -63,7 +66,8 @@ _RIGHTS: dict[Role, frozenset[Permission]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """An authenticated caller; ``tenant`` is set for tenant keys only."""
+    """An authenticated caller; ``tenant`` is set for keys stored in the ledger (an admin key's
+    tenant is the one it bills when it names none)."""
 
     role: Role
     tenant: str = ""
@@ -134,9 +138,10 @@ class Authenticator:
         self._find = find_tenant_key
 
     @classmethod
-    def off(cls) -> Authenticator:
-        """No authentication: every caller is trusted (loopback-only embedded default)."""
-        return cls(False, frozenset(), frozenset(), lambda _: None)
+    def off(cls, find_tenant_key: Callable[[str], Identity | None] = lambda _: None) -> Authenticator:
+        """No authentication of this service's callers: every caller is trusted (loopback-only
+        embedded default). ``find_tenant_key`` still resolves the keys the router's callers send."""
+        return cls(False, frozenset(), frozenset(), find_tenant_key)
 
     def identify_without_lookup(self, metadata: Iterable[tuple[str, str | bytes]]) -> Identity | None:
         """The caller's identity when no database lookup is needed (auth off, the service or an
@@ -161,6 +166,18 @@ class Authenticator:
             raise Unauthenticated("unknown or revoked API key")
         return identity
 
+    def resolve(self, digest: str) -> Identity | None:
+        """Whose key has SHA-256 ``digest`` (for the router's public faces, whatever this service's
+        own auth mode): a configured admin hash, else a live ledger key, else None. The service key
+        is not a client's key. Blocks on the ledger."""
+        if not SHA256_HEX.match(digest):
+            raise InvalidArgument("key_sha256", "must be 64 lowercase hex characters (a SHA-256)")
+        if digest in self._admin:
+            return Identity(Role.ADMIN, key_id="configured-admin")
+        if digest in self._service:  # the router's own credential is no client's key
+            return None
+        return self._find(digest)
+
     @staticmethod
     def _digest(metadata: Iterable[tuple[str, str | bytes]]) -> str:
         key = key_from_metadata(metadata)
@@ -171,19 +188,59 @@ class Authenticator:
 
 # --- tenant keys in the ledger -------------------------------------------------------------------
 
+KEY_ROLES = ("tenant", "admin")
+
+
 def find_tenant_key(session: Session, digest: str) -> Identity | None:
-    """The tenant identity of an unrevoked key with this hash."""
+    """The identity (tenant or admin) of an unrevoked key with this hash."""
     row = session.scalar(sa.select(ApiKey).where(ApiKey.key_sha256 == digest, ApiKey.revoked_at.is_(None)))
-    return None if row is None else Identity(Role.TENANT, tenant=row.tenant, key_id=row.id)
+    if row is None:
+        return None
+    return Identity(Role.ADMIN if row.role == "admin" else Role.TENANT, tenant=row.tenant, key_id=row.id)
 
 
-def create_key(session: Session, tenant: str, label: str, now: dt.datetime) -> tuple[str, str]:
+def create_key(session: Session, tenant: str, label: str, now: dt.datetime, role: str = "tenant") -> tuple[str, str]:
     """A new key for ``tenant``: returns (key id, secret); only the secret's hash is stored."""
     if not tenant:
         raise InvalidArgument("tenant", "must not be empty")
+    if role not in KEY_ROLES:
+        raise InvalidArgument("role", f"must be one of {', '.join(KEY_ROLES)}, got {role!r}")
     key_id, secret = f"key_{secrets.token_hex(8)}", f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(id=key_id, key_sha256=hash_key(secret), tenant=tenant, label=label, created_at=now))
+    session.add(ApiKey(id=key_id, key_sha256=hash_key(secret), tenant=tenant, label=label, created_at=now,
+                       role=role))
     return key_id, secret
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown about a key: never the secret nor its hash."""
+
+    key_id: str
+    tenant: str
+    role: str
+    label: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+def list_keys(session: Session, tenant: str = "", include_revoked: bool = False) -> list[KeyInfo]:
+    """Keys, oldest first; only ``tenant``'s when set."""
+    query = sa.select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant:
+        query = query.where(ApiKey.tenant == tenant)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return [KeyInfo(r.id, r.tenant, r.role, r.label, r.created_at, r.revoked_at) for r in session.scalars(query)]
+
+
+def rotate_key(session: Session, key_id: str, now: dt.datetime) -> tuple[str, str]:
+    """Replace a live key by a new one of the same tenant, role and label, revoking the old one
+    in the same transaction: (new key id, secret). For an overlap, create a key and revoke later."""
+    row = session.get(ApiKey, key_id) if key_id else None
+    if row is None or row.revoked_at is not None:
+        raise NotFound(f"key_id: no live API key {key_id!r}")
+    row.revoked_at = now
+    return create_key(session, row.tenant, row.label, now, row.role)
 
 
 def revoke_key(session: Session, key_id: str, now: dt.datetime) -> None:

@@ -272,9 +272,18 @@ class Ledger:
         with session_scope(self._sessions) as session:
             return auth.find_tenant_key(session, digest)
 
-    def create_api_key(self, tenant: str, label: str = "") -> tuple[str, str]:
+    def create_api_key(self, tenant: str, label: str = "", role: str = "tenant") -> tuple[str, str]:
         """Issue a key for ``tenant``: (key id, secret). The secret is not stored."""
-        return self._transaction(lambda s: auth.create_key(s, tenant, label, self.now()))
+        return self._transaction(lambda s: auth.create_key(s, tenant, label, self.now(), role))
+
+    def list_api_keys(self, tenant: str = "", include_revoked: bool = False) -> list[auth.KeyInfo]:
+        """Keys (never their secrets), oldest first."""
+        with session_scope(self._sessions) as session:
+            return auth.list_keys(session, tenant, include_revoked)
+
+    def rotate_api_key(self, key_id: str) -> tuple[str, str]:
+        """A new key in place of ``key_id`` (revoked at once): (new key id, secret)."""
+        return self._transaction(lambda s: auth.rotate_key(s, key_id, self.now()))
 
     def revoke_api_key(self, key_id: str) -> None:
         """Revoke a key by id."""

@@ -138,8 +138,9 @@ class Budget(Base):
 
 
 class ApiKey(Base):
-    """A tenant's API key, stored only as the SHA-256 of the secret (keys are 256-bit random, so
-    an unsalted hash cannot be brute-forced; the hash is what a lookup needs)."""
+    """A tenant's (or an admin's) API key, stored only as the SHA-256 of the secret (keys are
+    256-bit random, so an unsalted hash cannot be brute-forced; the hash is what a lookup needs).
+    ``role`` is "tenant" or "admin": an admin key may act for a named tenant on the public faces."""
 
     __tablename__ = "api_keys"
 
@@ -149,3 +150,4 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(server_default="")
     created_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
+    role: Mapped[str] = mapped_column(sa.String(16), server_default="tenant")

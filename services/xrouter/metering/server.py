@@ -17,10 +17,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.common import grpc_server, settings, telemetry
+from xrouter.common import metrics as common_metrics
 from xrouter.common.errors import InvalidArgument
 from xrouter.common.grpc_server import GrpcServer, Register
 from xrouter.metering import metrics, migrate
-from xrouter.metering.auth import Authenticator, Identity, Permission
+from xrouter.metering.auth import Authenticator, Identity, Permission, Role
 from xrouter.metering.batching import RecordBatcher
 from xrouter.metering.durability import StoreGuard, is_store_down
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
@@ -83,7 +84,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         granted = await self._db(self._ledger.authorize, request.request_id, request.tenant,
                                    request.estimate_micro_usd, list(request.models))
         if granted.soft_limit_exceeded:
-            metrics.SOFT_LIMIT_EXCEEDED.labels(request.tenant).inc()
+            metrics.SOFT_LIMIT_EXCEEDED.labels(common_metrics.TENANT_LABELS.label(request.tenant)).inc()
         return metering_pb2.AuthorizeResponse(
             reservation_id=granted.reservation_id, remaining_micro_usd=granted.remaining_micro_usd,
             soft_limit_exceeded=granted.soft_limit_exceeded, warnings=list(granted.warnings),
@@ -153,8 +154,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def CreateApiKey(self, request: metering_pb2.CreateApiKeyRequest,
                            context: grpc.aio.ServicerContext) -> metering_pb2.CreateApiKeyResponse:
         await self._caller(context, Permission.MANAGE_KEYS)
-        key_id, secret = await self._db(self._ledger.create_api_key, request.tenant, request.label)
-        log.info("API key %s issued for tenant %s", key_id, request.tenant)
+        role = "admin" if request.admin else "tenant"
+        key_id, secret = await self._db(self._ledger.create_api_key, request.tenant, request.label, role)
+        log.info("API key %s (%s) issued for tenant %s", key_id, role, request.tenant)
         return metering_pb2.CreateApiKeyResponse(key_id=key_id, api_key=secret)
 
     async def RevokeApiKey(self, request: metering_pb2.RevokeApiKeyRequest,
@@ -164,13 +166,24 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         log.info("API key %s revoked", request.key_id)
         return metering_pb2.RevokeApiKeyResponse()
 
+    async def Authenticate(self, request: metering_pb2.AuthenticateRequest,
+                           context: grpc.aio.ServicerContext) -> metering_pb2.AuthenticateResponse:
+        await self._caller(context, Permission.VERIFY_KEYS)
+        identity = await asyncio.to_thread(self._auth.resolve, request.key_sha256)
+        if identity is None:  # an answer, not an error: UNAUTHENTICATED here means the router's own key
+            return metering_pb2.AuthenticateResponse()
+        if identity.role is Role.TENANT:
+            common_metrics.TENANT_LABELS.admit(identity.tenant)  # a tenant with a key: worth a label
+        return metering_pb2.AuthenticateResponse(tenant=identity.tenant, admin=identity.role is Role.ADMIN,
+                                                 key_id=identity.key_id)
+
 
 def register(ledger: Ledger, authenticator: Authenticator | None = None,
              guard: StoreGuard | None = None) -> Register:
     """How to add the metering servicer to a server; the callback returns the service names.
     Defaults: no authentication (loopback embedded use) and no spool."""
     guard = guard or StoreGuard(ledger, None)
-    authenticator = authenticator or Authenticator.off()
+    authenticator = authenticator or Authenticator.off(lambda digest: guard.call(ledger.find_tenant_key, digest))
 
     def add(server: grpc.aio.Server) -> list[str]:
         metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(guard, authenticator), server)
@@ -197,7 +210,7 @@ async def serve(config: MeteringSettings) -> None:
         serving = await asyncio.to_thread(guard.check)  # replays what a previous run left in the spool
         provider = telemetry.tracer_provider("xrouter-metering")
         server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard), provider,
-                            host=config.host, port=config.port)
+                            host=config.host, port=config.port, tls=config.tls(), health_port=config.health_port)
         if config.metrics_port:
             from prometheus_client import start_http_server
 

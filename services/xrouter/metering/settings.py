@@ -8,6 +8,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.metering.auth import parse_key_hashes
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
@@ -39,9 +40,22 @@ class MeteringSettings:
     spool_max_entries: int = env("XROUTER_METERING_SPOOL_MAX_ENTRIES", 100_000)
     # How often the database is pinged (health, spool replay).
     health_interval_s: float = env("XROUTER_METERING_HEALTH_INTERVAL_S", 1.0)
+    # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
+    # are checked against. All empty: plaintext (the local default).
+    tls_cert_file: str = env("XROUTER_METERING_TLS_CERT_FILE", "")
+    tls_key_file: str = env("XROUTER_METERING_TLS_KEY_FILE", "")
+    tls_ca_file: str = env("XROUTER_METERING_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_METERING_HEALTH_PORT", 0)
+
+    def tls(self) -> TlsFiles:
+        """The TLS files of this service (all empty: plaintext)."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` naming the variable of the first bad value."""
+        self.tls().validate("XROUTER_METERING")
         try:
             backend = make_url(self.database_url).get_backend_name()
         except ArgumentError:

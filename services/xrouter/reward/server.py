@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
-from xrouter.common import grpc_server, settings
+from xrouter.common import grpc_server, settings, telemetry
 from xrouter.common.errors import PermissionDenied, XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.reward.core import Reference, ScoreResult, Scorer
@@ -188,7 +188,7 @@ def main() -> None:
         math = MathVerifier(config.math_workers, config.math_deadline_s,
                             memory_bytes=config.math_memory_mb * 2**20)
         await asyncio.to_thread(math.start)
-        channel = grpc.aio.insecure_channel(config.adapters_target) if config.judge_model else None
+        channel = telemetry.channel(config.adapters_target, provider, config.tls()) if config.judge_model else None
         judge = Judge(channel, config.judge_model, config.judge_timeout_s) if channel else None
         scorer = Scorer(recorded, reward, sandbox=sandbox, math=math, judge=judge)
 
@@ -199,4 +199,5 @@ def main() -> None:
         return register(scorer, config.max_parallel, config.client_tests), close
 
     asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port))
+                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls(),
+                                        health_port=config.health_port))

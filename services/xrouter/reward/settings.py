@@ -8,6 +8,7 @@ import pathlib
 
 from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.reward.sandbox import SandboxLimits
 
 # A sandboxed run's own processes besides the program's: unshare (C) and PID 1 (boot.py, a
@@ -61,6 +62,14 @@ class RewardSettings:
     adapters_target: str = env("XROUTER_REWARD_ADAPTERS_TARGET", "")
     judge_model: str = env("XROUTER_REWARD_JUDGE_MODEL", "")
     judge_timeout_s: float = env("XROUTER_REWARD_JUDGE_TIMEOUT_S", 60.0)
+    # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
+    # are checked against (also used on the judge's channel to the adapters). Empty: plaintext.
+    tls_cert_file: str = env("XROUTER_REWARD_TLS_CERT_FILE", "")
+    tls_key_file: str = env("XROUTER_REWARD_TLS_KEY_FILE", "")
+    tls_ca_file: str = env("XROUTER_REWARD_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_REWARD_HEALTH_PORT", 0)
 
     def sandbox_limits(self) -> SandboxLimits:
         """The per-run limits of the code sandbox."""
@@ -108,8 +117,13 @@ class RewardSettings:
             pairs[name] = resolved
         return pairs
 
+    def tls(self) -> TlsFiles:
+        """The TLS files of this service (all empty: plaintext)."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file)
+
     def validate(self) -> None:
         """Fail fast, naming the variable, on values the service could not run with."""
+        self.tls().validate("XROUTER_REWARD")
         for var, port in (("XROUTER_REWARD_PORT", self.port),
                           ("XROUTER_REWARD_METRICS_PORT", self.metrics_port)):
             if not 0 <= port <= 65535:

@@ -12,7 +12,8 @@ from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
-from xrouter.common.errors import from_rpc_error
+from xrouter.common.errors import Unavailable, from_rpc_error
+from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
 from xrouter.router.ports import ModelReply, ScoringReference
 
@@ -89,6 +90,19 @@ class MeteringClient:
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
             messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]), timeout)
+
+    async def authenticate(self, key_sha256: str, timeout: float = 5.0) -> Caller | None:
+        """Whose key has this SHA-256 (None: no live key). Metering refusing the router's own
+        key is the operator's problem, not the caller's: reported as UNAVAILABLE."""
+        try:
+            reply = await self._stub.Authenticate(metering_pb2.AuthenticateRequest(key_sha256=key_sha256),
+                                                  timeout=timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise Unavailable(f"metering refused the router's service key ({error.details()}): check "
+                                  "XROUTER_ROUTER_METERING_API_KEY") from None
+            raise from_rpc_error(error, "metering") from None
+        return Caller(reply.tenant, reply.admin, reply.key_id) if reply.key_id else None
 
     async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                            timeout: float) -> None:

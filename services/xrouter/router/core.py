@@ -213,7 +213,7 @@ class RouterCore:
         attempted = [c for c in state.calls if c.attempted]
         for call in attempted:
             if call.ok:
-                metrics.COST.labels(call.model, tenant).inc(call.cost_micro_usd / 1e6)
+                metrics.COST.labels(call.model, metrics.TENANT_LABELS.label(tenant)).inc(call.cost_micro_usd / 1e6)
             await self._meter.record(request_id, tenant, call, policy.version, trace_id, _left(deadline, floor=5.0))
         await self._meter.settle(
             request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),

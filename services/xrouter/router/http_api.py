@@ -1,9 +1,12 @@
 """The OpenAI-compatible HTTP face: ``POST /v1/chat/completions`` (plain and SSE streaming) and
 ``GET /v1/models``, over the same core as the gRPC face. ``model`` is ``xrouter`` or
-``xrouter:<lambda>``; router controls ride in an optional ``xrouter`` object of the body."""
+``xrouter:<lambda>``; router controls ride in an optional ``xrouter`` object of the body.
+Callers authenticate with ``Authorization: Bearer <key>`` (router/auth.py); Prometheus metrics are
+not served here (they carry every tenant's spend) but on the metrics port."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -11,16 +14,17 @@ from typing import Any
 from aiohttp import web
 from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from xrouter.adapters.catalog import micro_to_usd
 from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
+from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.ports import ScoringReference
 
 MODEL = "xrouter"
 _STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
            "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+_STATUS["UNAUTHENTICATED"] = 401  # a missing, unknown or revoked API key (router/auth.py)
 _CONTROLS = {"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"}
 
 
@@ -32,7 +36,10 @@ def _error(status: int, message: str, kind: str, param: str | None = None) -> we
 def _domain_error(error: XRouterError) -> web.Response:
     status = _STATUS.get(error.code.name, 500)
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return _error(status, error.message, kind, getattr(error, "field", None))
+    response = _error(status, error.message, kind, getattr(error, "field", None))
+    if status == 401:  # RFC 6750: say which scheme to use
+        response.headers["WWW-Authenticate"] = 'Bearer realm="xrouter"'
+    return response
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], field: str, what: str) -> Any:
@@ -118,8 +125,12 @@ def _xrouter_block(result: RouteResult) -> dict[str, Any]:
 class ChatCompletions:
     """aiohttp handlers over a :class:`RouterCore`."""
 
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: RouterCore, auth: RouterAuth) -> None:
         self._core = core
+        self._auth = auth
+
+    async def _caller(self, request: web.Request) -> Caller:
+        return await self._auth.caller(key_from_authorization(request.headers.get("Authorization")))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         # Continue the caller's W3C trace (traceparent header), as the gRPC face does.
@@ -131,12 +142,19 @@ class ChatCompletions:
             otel_context.detach(token)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        try:  # before the body is even read: strangers get nothing parsed
+            caller = await self._caller(request)
+        except XRouterError as error:
+            return _domain_error(error)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
         try:
             route_request, stream, include_usage = parse_chat_request(body, request.headers.get("X-Tenant", ""))
+            # The key decides the tenant; a named one (body or X-Tenant) must be its own, or the key an admin's.
+            route_request = dataclasses.replace(route_request,
+                                                tenant=self._auth.tenant_for(caller, route_request.tenant))
             if stream:
                 return await self._stream(request, route_request, include_usage, body["model"])
             result = await self._core.route(route_request)
@@ -173,31 +191,30 @@ class ChatCompletions:
         return response
 
     async def models(self, request: web.Request) -> web.Response:
+        try:
+            await self._caller(request)
+        except XRouterError as error:
+            return _domain_error(error)
         return web.json_response({"object": "list", "data": [
             {"id": MODEL, "object": "model", "created": 0, "owned_by": "xrouter"}]})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(core: RouterCore) -> web.Application:
-    handlers = ChatCompletions(core)
+def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
+    handlers = ChatCompletions(core, auth)
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
-    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     return app
 
 
-async def start_http(core: RouterCore, host: str, port: int) -> web.AppRunner:
+async def start_http(core: RouterCore, host: str, port: int, auth: RouterAuth) -> web.AppRunner:
     """Serve the HTTP face on ``host:port`` (0: a free port; read it from the runner's addresses)."""
-    runner = web.AppRunner(make_app(core), access_log=None)
+    runner = web.AppRunner(make_app(core, auth), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

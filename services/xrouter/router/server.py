@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ from xrouter.common.grpc_server import Register
 from xrouter.router import convert
 from xrouter.router.policy_store import PolicyStore, build_policy
 from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
-from xrouter.router.core import RouterCore
+from xrouter.router.auth import Caller, RouterAuth, key_from_metadata
+from xrouter.router.core import RouteRequest, RouterCore
 from xrouter.router.episode import Event
 from xrouter.router.settings import RouterSettings
 
@@ -28,19 +30,30 @@ _DONE = object()
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    """proto → core → proto."""
+    """proto → core → proto; every RPC authenticated first (router/auth.py)."""
 
-    def __init__(self, core: RouterCore, store: PolicyStore) -> None:
+    def __init__(self, core: RouterCore, store: PolicyStore, auth: RouterAuth) -> None:
         self._core = core
         self._store = store
+        self._auth = auth
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return await self._auth.caller(key_from_metadata(context.invocation_metadata() or ()))
+
+    async def _route_request(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> RouteRequest:
+        """The domain request, billed to the tenant of the caller's key (never one it merely names)."""
+        caller = await self._caller(context)
+        parsed = convert.route_request(request)
+        return dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
 
     async def Route(self, request: router_pb2.RouteRequest,
                     context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
-        result = await self._core.route(convert.route_request(request), context.time_remaining())
+        result = await self._core.route(await self._route_request(request, context), context.time_remaining())
         return convert.route_response(result)
 
     async def RouteStream(self, request: router_pb2.RouteRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
+        route_request = await self._route_request(request, context)
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         async def on_event(event: Event) -> None:
@@ -49,7 +62,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         async def run() -> router_pb2.RouteResponse:
             try:
                 return convert.route_response(
-                    await self._core.route(convert.route_request(request), context.time_remaining(), on_event))
+                    await self._core.route(route_request, context.time_remaining(), on_event))
             finally:
                 await queue.put(_DONE)
 
@@ -66,20 +79,24 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def GetPolicy(self, request: router_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
+        await self._caller(context)
         policy = self._core.policy
         return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._store.source)
 
     async def LoadPolicy(self, request: router_pb2.LoadPolicyRequest,
                          context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
+        caller = await self._caller(context)
+        self._auth.require_admin(caller, "LoadPolicy")
+        log.warning("audit: admin key %s loads policy %r", caller.key_id, request.source)
         policy = await self._store.load(request.source)
         return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._store.source)
 
 
-def register(core: RouterCore, store: PolicyStore | None = None) -> Register:
+def register(core: RouterCore, store: PolicyStore | None, auth: RouterAuth) -> Register:
     store = store or PolicyStore(core, core.policy.kind)
 
     def add(server: grpc.aio.Server) -> list[str]:
-        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core, store), server)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core, store, auth), server)
         return [SERVICE]
     return add
 
@@ -87,12 +104,13 @@ def register(core: RouterCore, store: PolicyStore | None = None) -> Register:
 async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[RouterCore, list[grpc.aio.Channel]]:
     """Open channels to the other services, fetch the catalog (waiting for the adapters to come up)
     and build the core."""
-    channels = [telemetry.insecure_channel(config.adapters_target, provider),
-                telemetry.insecure_channel(config.metering_target, provider)]
+    tls = config.tls()
+    channels = [telemetry.channel(config.adapters_target, provider, tls),
+                telemetry.channel(config.metering_target, provider, tls)]
     adapters, meter = AdaptersClient(channels[0]), MeteringClient(channels[1], config.metering_api_key)
     scorer = None
     if config.reward_target:
-        channels.append(telemetry.insecure_channel(config.reward_target, provider))
+        channels.append(telemetry.channel(config.reward_target, provider, tls))
         scorer = RewardClient(channels[2])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + config.startup_timeout_s
@@ -109,6 +127,12 @@ async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[Rou
     return core, channels
 
 
+def make_auth(config: RouterSettings, metering_channel: grpc.aio.Channel) -> RouterAuth:
+    """API-key authentication of the public faces, resolved by metering over ``metering_channel``."""
+    meter = MeteringClient(metering_channel, config.metering_api_key)
+    return RouterAuth(meter.authenticate, config.default_tenant, config.key_cache_s)
+
+
 def main() -> None:
     grpc_server.configure_logging()
     try:
@@ -118,6 +142,7 @@ def main() -> None:
 
     async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
         core, channels = await connect(config, provider)
+        auth = make_auth(config, channels[1])
         store = PolicyStore(core, config.policy, config.lm_generation())
         from xrouter.router.policy_watch import start_policy_watch  # the kubernetes client only when used
 
@@ -126,7 +151,7 @@ def main() -> None:
         if config.http_port:
             from xrouter.router.http_api import start_http
 
-            http = await start_http(core, config.host, config.http_port)
+            http = await start_http(core, config.host, config.http_port, auth)
 
         async def close() -> None:
             if watcher is not None:
@@ -135,11 +160,14 @@ def main() -> None:
                 await http.cleanup()
             for channel in channels:
                 await channel.close()
-        return register(core, store), close
+        return register(core, store, auth), close
 
     try:
         asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
-                                            grace=config.grace_s, metrics_port=config.metrics_port))
+                                            grace=config.grace_s, metrics_port=config.metrics_port,
+                                            # The public port: callers prove who they are with API keys.
+                                            tls=config.tls(), require_client_cert=False,
+                                            health_port=config.health_port))
     except XRouterError as error:
         sys.exit(f"xrouter-router: {error.message}")
     except settings.SettingsError as error:  # e.g. a policy pointer to watch but no Kubernetes credentials

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 from xrouter.common.settings import SettingsError, env
+from xrouter.common.tls import TlsFiles
 from xrouter.router.core import Limits
 from xrouter.router.policy_store import LMGeneration
 
@@ -45,6 +46,19 @@ class RouterSettings:
     # checkpoint's version (for `--served-model-name VERSION`).
     lm_generation_url: str = env("XROUTER_ROUTER_LM_GENERATION_URL", "")
     lm_served_model: str = env("XROUTER_ROUTER_LM_SERVED_MODEL", "")
+    # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
+    # are checked against. All empty: plaintext (the local default).
+    tls_cert_file: str = env("XROUTER_ROUTER_TLS_CERT_FILE", "")
+    tls_key_file: str = env("XROUTER_ROUTER_TLS_KEY_FILE", "")
+    tls_ca_file: str = env("XROUTER_ROUTER_TLS_CA_FILE", "")
+    # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
+    # speak TLS to the service port.
+    health_port: int = env("XROUTER_ROUTER_HEALTH_PORT", 0)
+    # The name expected in the other services' certificates when it is not the target's host.
+    tls_server_name: str = env("XROUTER_ROUTER_TLS_SERVER_NAME", "")
+    # How long a verified API key is trusted without asking metering again: the bound on how late
+    # a revocation takes effect (router/auth.py).
+    key_cache_s: float = env("XROUTER_ROUTER_KEY_CACHE_S", 30.0)
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
@@ -53,7 +67,12 @@ class RouterSettings:
     def lm_generation(self) -> LMGeneration:
         return LMGeneration(self.lm_generation_url, self.lm_served_model)
 
+    def tls(self) -> TlsFiles:
+        """The TLS files of this service (all empty: plaintext)."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_server_name)
+
     def validate(self) -> None:
+        self.tls().validate("XROUTER_ROUTER")
         for name, value in (("XROUTER_ROUTER_ADAPTERS_TARGET", self.adapters_target),
                             ("XROUTER_ROUTER_METERING_TARGET", self.metering_target)):
             if ":" not in value:
@@ -64,6 +83,9 @@ class RouterSettings:
                             ("XROUTER_ROUTER_CALL_TIMEOUT_S", self.call_timeout_s)):
             if value <= 0:
                 raise SettingsError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.key_cache_s <= 3600:
+            raise SettingsError(f"XROUTER_ROUTER_KEY_CACHE_S must be within [0, 3600] seconds (how late a revoked "
+                                f"key may still work), got {self.key_cache_s}")
         if self.default_cost_lambda < 0:
             raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")
         for name, value in (("XROUTER_ROUTER_POLICY_CONFIGMAP", self.policy_configmap),

@@ -210,12 +210,14 @@ class RecordScoreResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("tenant", "label")
+    __slots__ = ("tenant", "label", "admin")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     label: str
-    def __init__(self, tenant: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    admin: bool
+    def __init__(self, tenant: _Optional[str] = ..., label: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("key_id", "api_key")
@@ -234,3 +236,19 @@ class RevokeApiKeyRequest(_message.Message):
 class RevokeApiKeyResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AuthenticateRequest(_message.Message):
+    __slots__ = ("key_sha256",)
+    KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    key_sha256: str
+    def __init__(self, key_sha256: _Optional[str] = ...) -> None: ...
+
+class AuthenticateResponse(_message.Message):
+    __slots__ = ("tenant", "admin", "key_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    admin: bool
+    key_id: str
+    def __init__(self, tenant: _Optional[str] = ..., admin: _Optional[bool] = ..., key_id: _Optional[str] = ...) -> None: ...

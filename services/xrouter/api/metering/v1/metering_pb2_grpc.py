@@ -86,6 +86,11 @@ class MeteringServiceStub:
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.Authenticate = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/Authenticate',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -170,6 +175,16 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Authenticate(self, request, context):
+        """Whose key this is: the router resolves the keys its own callers send
+        (and caches the answer briefly). Service identity only. An unknown or
+        revoked key is an empty response (key_id ""), so that UNAUTHENTICATED always
+        means the caller's own key. The service key itself is no client's key: empty.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +227,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +462,33 @@ class MeteringService:
             '/xrouter.metering.v1.MeteringService/RevokeApiKey',
             xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyRequest.SerializeToString,
             xrouter_dot_metering_dot_v1_dot_metering__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/Authenticate',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.AuthenticateResponse.FromString,
             options,
             channel_credentials,
             insecure,
