@@ -102,6 +102,8 @@ CASES = [
     case("reference-gold-too-long", "reference.gold", reference={"task_type": "exact_match", "gold": "g" * 100_001}),
     case("reference-dataset-too-long", "reference.dataset",
          reference={"task_type": "recorded_label", "dataset": "d" * 300, "prompt_id": "p"}),
+    case("reference-prompt-id-with-nul", "reference.prompt_id",  # PostgreSQL text cannot hold NUL
+         reference={"task_type": "recorded_label", "dataset": "routerbench", "prompt_id": "p\x00"}),
 ]
 
 

@@ -186,3 +186,17 @@ async def test_an_abandoned_attempt_is_refused_not_re_run(running, faces, monkey
     status, message, _ = await faces("grpc", tenant, request_id)
     assert status == grpc.StatusCode.ALREADY_EXISTS and "never finished" in message
     assert (ledger_rows(stack), counting.calls) == (rows, calls)
+
+
+async def test_answers_are_kept_only_under_a_client_chosen_id(running, faces) -> None:  # type: ignore[no-untyped-def]
+    # A request without request_id gets a generated one; its answer is not stored (only a client
+    # that chose an id retries with it), so sending the generated id back is refused, not re-run.
+    stack, counting = running
+    tenant, _ = ids()
+    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+        reply = await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=arc_prompt())], tenant=tenant), timeout=60)
+    rows, calls = ledger_rows(stack), counting.calls
+    status, message, _ = await faces("http", tenant, reply.request_id)
+    assert status == 409 and "not kept" in message
+    assert (ledger_rows(stack), counting.calls) == (rows, calls)

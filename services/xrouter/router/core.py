@@ -127,15 +127,17 @@ class RouterCore:
                 result = RouteResult(episode.answer, state.calls, total, episode.strategy, episode.turns_used,
                                      episode.turn_limit_reached, episode.selected_call, policy.kind,
                                      policy.version, request_id, trace_id, score, reward)
-                stored = replay.encode_result(result, print_)
+                # Kept only under a client's own id: only a client that chose the id retries with it,
+                # and answers are not kept for nothing.
+                stored = replay.encode_result(result, print_) if request.request_id else ""
             except XRouterError as error:
                 outcome = f"error:{error.code.name}"
-                stored = replay.encode_error(error, print_)
+                stored = replay.encode_error(error, print_) if request.request_id else ""
                 raise
             except BaseException as error:  # cancelled, or a bug: a retry learns the attempt died
                 outcome = "error:CANCELLED" if isinstance(error, asyncio.CancelledError) else "error:INTERNAL"
                 stored = replay.encode_error(XRouterError(f"the attempt ended without an answer ({outcome[6:]})"),
-                                             print_)
+                                             print_) if request.request_id else ""
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
                 await self._account(request_id, tenant, policy, trace_id, state, request.reference, deadline,
@@ -295,10 +297,12 @@ def _check_reference(reference: ScoringReference) -> None:
     if reference.task_type not in TASK_TYPES:
         raise InvalidArgument("reference.task_type", f"unknown task type {bounds.shown(reference.task_type)}; use "
                               f"one of {', '.join(TASK_TYPES)}")
-    for name in ("dataset", "prompt_id"):
+    for name in ("dataset", "prompt_id"):  # stored in the ledger's settled row
         if len(getattr(reference, name)) > MAX_NAME_CHARS:
             raise InvalidArgument(f"reference.{name}", f"is {len(getattr(reference, name))} characters; at most "
                                   f"{MAX_NAME_CHARS}")
+        if not getattr(reference, name).isprintable():  # PostgreSQL text cannot hold NUL, logs no controls
+            raise InvalidArgument(f"reference.{name}", "must be printable characters")
     texts = [("gold", reference.gold), ("rubric", reference.rubric), ("options", reference.options)]
     texts += [(f"aliases[{n}]", alias) for n, alias in enumerate(reference.aliases)]
     if reference.code is not None:

@@ -2,7 +2,8 @@
 request_id gets it back.
 
 The first attempt stores its final response (or its error) as JSON with the settled request in the
-ledger (``SettleRequest.response_json``). A retry is recognised by metering's Authorize before
+ledger (``SettleRequest.response_json``), when the client chose the request_id (only such a client
+retries with it; answers are not kept otherwise). A retry is recognised by metering's Authorize before
 anything is reserved or spent: it gets that response back, marked ``replayed``, and no model is
 called again. The stored JSON carries a fingerprint of the request; the same id sent with a
 different request is refused (ALREADY_EXISTS) rather than answered with an unrelated response.
@@ -45,13 +46,12 @@ def fingerprint(request: RouteRequest) -> str:
 def encode_result(result: RouteResult, print_: str) -> str:
     """The response to store; the calls' texts are dropped when it would not fit."""
     body = {"v": VERSION, "fingerprint": print_, "result": _result_dict(result)}
-    text = json.dumps(body)
+    text = json.dumps(body, ensure_ascii=False)  # characters, not \u escapes, count against the limit
     if len(text) > MAX_STORED_CHARS:
         for call in body["result"]["calls"]:
             call["text"] = ""
-        body["result"]["answer"] = body["result"]["answer"][:MAX_STORED_CHARS // 2]
-        text = json.dumps(body)
-    return text
+        text = json.dumps(body, ensure_ascii=False)
+    return text if len(text) <= MAX_STORED_CHARS else ""  # not kept: a retry is told so
 
 
 def encode_error(error: XRouterError, print_: str) -> str:
@@ -65,7 +65,8 @@ def decode(stored: str, request_id: str, print_: str) -> RouteResult:
     ALREADY_EXISTS when the id was used for a different request or nothing was kept."""
     if not stored:
         raise AlreadyExists(f"request_id {request_id} was already used and has finished, but its response was "
-                            "not kept (settled before responses were stored): send a new request_id")
+                            "not kept (the id was not the client's, or the response was too large to keep): "
+                            "send a new request_id")
     body = json.loads(stored)
     if body.get("fingerprint") != print_:
         raise AlreadyExists(f"request_id {request_id} was already used for a different request (other "
@@ -76,8 +77,7 @@ def decode(stored: str, request_id: str, print_: str) -> RouteResult:
         if code == "INVALID_ARGUMENT":
             field, _, problem = message.partition(": ")
             raise errors.InvalidArgument(field, f"{problem} (request_id {request_id} already failed with this)")
-        cls = _ERRORS.get(code, errors.Unavailable)
-        raise cls(replayed)
+        raise _ERRORS.get(code, XRouterError)(replayed)  # INTERNAL (a bug, a cancelled attempt): 500
     return _result(body["result"])
 
 
