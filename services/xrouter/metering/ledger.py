@@ -271,7 +271,7 @@ class Ledger:
               model: str = "", bucket: str | None = None) -> Usage:
         """Spend of ``tenant`` by model over calls made in [start, end) (an unset bound is open),
         only ``model`` when set, and per UTC ``bucket`` ("hour", "day", "month") when asked."""
-        _require(tenant, "tenant")
+        check_identifier(tenant, "tenant")
         if start is not None and end is not None and end < start:
             raise InvalidArgument("end", "must not be before start")
         if bucket is not None and bucket not in BUCKETS:
