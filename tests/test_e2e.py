@@ -124,7 +124,7 @@ async def test_failed_calls_are_still_recorded(stack, router) -> None:  # type: 
     ({"messages": []}, grpc.StatusCode.INVALID_ARGUMENT, "messages"),
     ({"messages": [common_pb2.ChatMessage(role="robot", content="hi")]}, grpc.StatusCode.INVALID_ARGUMENT,
      "messages[0].role"),
-    ({"allowed_models": ["gpt-9"]}, grpc.StatusCode.NOT_FOUND, "allowed_models"),
+    ({"allowed_models": ["gpt-9"]}, grpc.StatusCode.INVALID_ARGUMENT, "allowed_models[0]"),
     ({"cost_lambda": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "cost_lambda"),
     ({"max_cost_usd": -0.5}, grpc.StatusCode.INVALID_ARGUMENT, "max_cost_usd"),
     ({"max_turns": 99}, grpc.StatusCode.INVALID_ARGUMENT, "max_turns"),
@@ -146,13 +146,25 @@ async def test_bad_input_names_the_field_and_records_nothing(stack, router, fiel
     assert not stack.ledger.usage(tenant).models
 
 
-async def test_unknown_reference_type_is_refused_after_billing_the_calls(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_reference_type_is_refused_before_any_call(stack, router, recorded) -> None:  # type: ignore[no-untyped-def]
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await router.Route(request(recorded[ARC][""], tenant=tenant, policy="cheapest",
                                    reference=reward_pb2.Reference(task_type="vibes")))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith("reference.task_type: ")
+    assert not stack.ledger.usage(tenant).models  # checked at the edge: nothing spent
+
+
+async def test_a_reference_only_the_reward_service_can_refuse_is_refused_after_billing_the_calls(  # type: ignore[no-untyped-def]
+        stack, router, recorded) -> None:
+    # Which recorded data sets exist is the reward service's knowledge, not the router's.
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await router.Route(request(recorded[ARC][""], tenant=tenant, policy="cheapest", reference=reward_pb2.Reference(
+            task_type="recorded_label", dataset="nope", prompt_id=ARC)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith("reference.dataset: ")
     assert sum(m.calls for m in stack.ledger.usage(tenant).models) == 1  # the call made is not lost
 
 

@@ -185,7 +185,7 @@ def _create(model: str = "xrouter", messages=None, **controls):  # type: ignore[
 @pytest.mark.parametrize(("kwargs", "error", "status", "names"), [
     pytest.param(_create(messages=[]), openai.BadRequestError, 400, "messages", id="empty-messages"),
     pytest.param(_create(model="gpt-4o"), openai.NotFoundError, 404, "model", id="unknown-model-name"),
-    pytest.param(_create(allowed_models=["gpt-9"]), openai.NotFoundError, 404, "allowed_models",
+    pytest.param(_create(allowed_models=["gpt-9"]), openai.BadRequestError, 400, "allowed_models[0]",
                  id="unknown-allowed-model"),
     pytest.param(_create(model="xrouter:-1"), openai.BadRequestError, 400, "cost_lambda", id="negative-lambda"),
     pytest.param(_create(model="xrouter:cheap"), openai.BadRequestError, 400, "model", id="non-numeric-lambda"),

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
-from xrouter.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from xrouter.common.errors import AlreadyExists, InvalidArgument, PermissionDenied, ResourceExhausted
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.common.settings import SettingsError, load
 from xrouter.metering import server as metering_server
@@ -88,10 +88,13 @@ def test_concurrent_retries_record_exactly_once(ledger: Ledger) -> None:
 
 def test_authorize_without_budget_is_unlimited_and_idempotent(ledger: Ledger) -> None:
     first = ledger.authorize("req-1", "acme", 5_000_000)
-    assert first.remaining_micro_usd == -1
-    assert ledger.authorize("req-1", "acme", 5_000_000).reservation_id == first.reservation_id
+    assert first.remaining_micro_usd == -1 and first.state == "new"
+    again = ledger.authorize("req-1", "acme", 5_000_000)
+    # A repeat reserves nothing new and says the first is still running (the router then waits).
+    assert again.reservation_id == first.reservation_id and again.state == "in_flight"
     assert count(ledger, Reservation) == 1
-    with pytest.raises(AlreadyExists):
+    # Another tenant's id is refused for good (403: retrying cannot help), not ALREADY_EXISTS.
+    with pytest.raises(PermissionDenied):
         ledger.authorize("req-1", "other-tenant", 1)
 
 

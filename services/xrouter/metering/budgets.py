@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from xrouter.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
-from xrouter.metering.schema import UTC, Budget, LedgerCall, Reservation, ReservationModel
+from xrouter.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from xrouter.metering.schema import UTC, Budget, LedgerCall, RequestSummary, Reservation, ReservationModel
 
 PERIODS = ("day", "month")
 _WORD = {"day": "daily", "month": "monthly"}
@@ -40,6 +40,10 @@ class Authorization:
     remaining_micro_usd: int
     expires_at: dt.datetime
     warnings: tuple[str, ...] = ()
+    # "new" (reserved now), or what an earlier request with this id is doing: "in_flight",
+    # "settled" (with the response it stored, JSON) or "abandoned" (never settled, expired).
+    state: str = "new"
+    response_json: str = ""
 
     @property
     def soft_limit_exceeded(self) -> bool:
@@ -98,15 +102,26 @@ def _scope(budget: Budget) -> str:
 def authorize(session: Session, request_id: str, tenant: str, estimate: int, models: Sequence[str],
               now: dt.datetime, ttl: dt.timedelta) -> Authorization:
     """Reserve ``estimate`` for the request, or raise ResourceExhausted naming the budget it would
-    pass. Authorizing the same request again returns its reservation (and never refuses it)."""
+    pass. A request_id seen before reserves nothing and is never refused for budget: the result's
+    ``state`` says what that request is doing (the router replays, waits or refuses; it never
+    spends again under the same id). Another tenant's request_id is PERMISSION_DENIED."""
     models = sorted(set(models))
     budgets = session.scalars(sa.select(Budget).where(Budget.tenant == tenant)
                               .order_by(Budget.model, Budget.period).with_for_update()).all()
     existing = session.scalar(sa.select(Reservation).where(Reservation.request_id == request_id))
-    if existing is not None and existing.tenant != tenant:
-        raise AlreadyExists(f"request {request_id} is already authorized for another tenant")
-    if existing is not None:
-        estimate = 0  # already among the outstanding reservations (while it is active)
+    summary = session.get(RequestSummary, request_id)
+    if any(row is not None and row.tenant != tenant for row in (existing, summary)):
+        # Not ALREADY_EXISTS: that says "retry" to HTTP clients (409), and this never succeeds.
+        # The owner is not named; the message says what to do instead.
+        raise PermissionDenied(f"request_id {request_id} is already used by another tenant: send a new, "
+                               "unguessable id (a random UUID)")
+    state = "new"
+    if summary is not None and summary.outcome:  # settled (a row made by a score alone has no outcome)
+        state = "settled"
+    elif existing is not None:
+        state = "in_flight" if not existing.released and existing.expires_at > now else "abandoned"
+    if state != "new":
+        estimate = 0  # reserves nothing; the budgets below are only reported
     remaining: int | None = None
     warnings: list[str] = []
     for budget in budgets:
@@ -118,7 +133,7 @@ def authorize(session: Session, request_id: str, tenant: str, estimate: int, mod
         spent, outstanding = int(spent), int(outstanding)  # PostgreSQL sums bigint as numeric
         after = spent + outstanding + estimate
         if budget.limit_micro_usd is not None:
-            if after > budget.limit_micro_usd and existing is None:
+            if after > budget.limit_micro_usd and state == "new":
                 _refuse(budget, spent, outstanding, estimate, models, now)
             left = budget.limit_micro_usd - after
             remaining = left if remaining is None else min(remaining, left)
@@ -126,8 +141,10 @@ def authorize(session: Session, request_id: str, tenant: str, estimate: int, mod
             warnings.append(f"{_scope(budget)}: {_WORD[budget.period]} soft limit "
                             f"{usd(budget.soft_limit_micro_usd)} passed ({usd(after)} spent or reserved)")
     remaining_value = -1 if remaining is None else max(0, remaining)
-    if existing is not None:
-        return Authorization(existing.id, remaining_value, existing.expires_at, tuple(warnings))
+    if state != "new":
+        return Authorization(existing.id if existing else "", remaining_value,
+                             existing.expires_at if existing else now, tuple(warnings), state,
+                             (summary.response_json or "") if summary is not None and state == "settled" else "")
     reservation = Reservation(id=str(uuid.uuid4()), request_id=request_id, tenant=tenant,
                               estimate_micro_usd=estimate, consumed_micro_usd=0, created_at=now,
                               expires_at=now + ttl, released=False)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy.exc as sa_exc
 
-from xrouter.common.errors import Unavailable, XRouterError
+from xrouter.common.errors import AlreadyExists, InvalidArgument, Unavailable, XRouterError
 from xrouter.metering import metrics
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement, is_transient, validate_score
 from xrouter.metering.spool import Entry, Spool
@@ -33,14 +33,48 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+# SQLSTATE classes that mean the server cannot serve at all: connection exceptions (08),
+# insufficient resources (53: too many connections, disk full, out of memory), system errors
+# (58: I/O), and operator intervention's shutdown states (57P01-57P05). Everything else with a
+# SQLSTATE came from a server that answered, so it is about this statement, not an outage.
+_OUTAGE_CLASSES = ("08", "53", "58")
+
+
+def _sqlstate(error: sa_exc.DBAPIError) -> str:
+    return str(getattr(error.orig, "sqlstate", "") or "")
+
+
 def is_store_down(error: BaseException) -> bool:
     """Whether ``error`` means the database could not be reached (as opposed to refusing a write,
-    or aborting a transaction in a deadlock, which drivers also report as operational errors)."""
+    or aborting a transaction in a deadlock, which drivers also report as operational errors).
+
+    psycopg reports a refused statement as OperationalError too (program_limit_exceeded: an
+    index row over PostgreSQL's size limit, a 3 KB tenant), so a SQLSTATE decides first: a server
+    that answered with a statement-level error is up. Errors without a SQLSTATE (a refused TCP
+    connection, SQLite's I/O errors) keep the driver's classification."""
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, sa_exc.DBAPIError) and (state := _sqlstate(error)):
+        return state[:2] in _OUTAGE_CLASSES or state.startswith("57P")
     if isinstance(error, sa_exc.DBAPIError) and is_transient(error):
         return False
-    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
-        return True
-    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
+    return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
+
+
+def refusal(error: BaseException) -> XRouterError | None:
+    """The client error for a statement the database refused because of its values (SQLSTATE 22:
+    data exception, 54: program limit, 23: integrity), so that the caller gets a 4xx-class status
+    instead of INTERNAL or, worse, an outage; None for anything else. Edge validation should make
+    these unreachable: this is the backstop, and it must not mark the database down."""
+    if not isinstance(error, sa_exc.DBAPIError):
+        return None
+    state = _sqlstate(error)
+    what = f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0][:200]}"
+    if state[:2] in ("22", "54") or isinstance(error, sa_exc.DataError):
+        return InvalidArgument("request", f"the ledger refused a value ({what})")
+    if state[:2] == "23" or isinstance(error, sa_exc.IntegrityError):
+        return AlreadyExists(f"the ledger refused a conflicting write ({what})")
+    return None
 
 
 class StoreGuard:
@@ -90,7 +124,7 @@ class StoreGuard:
             return method(*args)
         except Exception as error:
             if not is_store_down(error):
-                raise
+                raise refusal(error) or error from None
             self._mark_down(error)
             raise Unavailable(f"metering: the ledger database is unreachable ({type(error).__name__}); "
                               "retry shortly") from None
@@ -106,7 +140,7 @@ class StoreGuard:
                 result = direct()
             except Exception as error:
                 if not is_store_down(error):
-                    raise
+                    raise refusal(error) or error from None
                 self._mark_down(error)
             else:
                 self._mark_up()

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from xrouter.common.bounds import check_identifier, check_micro_usd
 from xrouter.common.errors import AlreadyExists, InvalidArgument
 from xrouter.metering import auth, budgets, calls, migrate, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
@@ -31,6 +32,7 @@ __all__ = ["Authorization", "CallRecord", "Ledger", "LedgerCall", "ModelUsage", 
 CALL_STATUSES = frozenset(
     {"CALL_STATUS_OK", "CALL_STATUS_ERROR", "CALL_STATUS_TIMEOUT", "CALL_STATUS_SKIPPED_BUDGET"})
 MAX_MESSAGES_CHARS = 1_000_000  # a kept conversation larger than this is refused, not truncated
+MAX_RESPONSE_CHARS = 4_000_000  # a stored response (for idempotent retries); the router keeps under it
 T = TypeVar("T")
 
 
@@ -57,10 +59,11 @@ class CallRecord:
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
-        for field in ("request_id", "tenant", "model"):
-            _require(getattr(self, field), field)
+        _ids(self.request_id, self.tenant)
+        _require(self.model, "model")
         for field in ("call_index", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms"):
             _non_negative(getattr(self, field), field)
+        check_micro_usd(self.cost_micro_usd, "cost_micro_usd")
         if self.status not in CALL_STATUSES:
             raise InvalidArgument("status", f"must be one of {', '.join(sorted(CALL_STATUSES))}, got {self.status!r}")
 
@@ -81,16 +84,19 @@ class Settlement:
     dataset: str = ""
     prompt_id: str = ""
     messages: tuple[tuple[str, str], ...] = ()  # (role, content), only when the router keeps them
+    response_json: str = ""  # the router's final response or error, replayed to a retry of request_id
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
-        _require(self.request_id, "request_id")
-        _require(self.tenant, "tenant")
+        _ids(self.request_id, self.tenant)
         _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
         _non_negative(self.calls, "calls")
         size = sum(len(role) + len(content) for role, content in self.messages)
         if size > MAX_MESSAGES_CHARS:
             raise InvalidArgument("messages", f"{size} characters; at most {MAX_MESSAGES_CHARS} are kept")
+        if len(self.response_json) > MAX_RESPONSE_CHARS:
+            raise InvalidArgument("response_json", f"{len(self.response_json)} characters; at most "
+                                  f"{MAX_RESPONSE_CHARS} are kept")
 
 
 def is_transient(error: sa.exc.DBAPIError) -> bool:
@@ -100,10 +106,16 @@ def is_transient(error: sa.exc.DBAPIError) -> bool:
 
 def validate_score(request_id: str, tenant: str, score: float) -> None:
     """Raise InvalidArgument naming the first bad field of a RecordScore."""
-    _require(request_id, "request_id")
-    _require(tenant, "tenant")
+    _ids(request_id, tenant)
     if not 0.0 <= score <= 1.0:
         raise InvalidArgument("score", f"must be within [0, 1], got {score}")
+
+
+def _ids(request_id: str, tenant: str) -> None:
+    """Both bounded (common/bounds.py): an oversized key would fail in the database's index, which
+    must never look like an outage."""
+    check_identifier(request_id, "request_id")
+    check_identifier(tenant, "tenant")
 
 
 def _require(value: str, field: str) -> None:
@@ -167,9 +179,8 @@ class Ledger:
                   models: Sequence[str] = ()) -> Authorization:
         """Reserve ``estimate_micro_usd`` for a request that may call ``models`` (empty: any), or
         raise ResourceExhausted naming the hard budget it would pass (see budgets.py)."""
-        _require(request_id, "request_id")
-        _require(tenant, "tenant")
-        _non_negative(estimate_micro_usd, "estimate_micro_usd")
+        _ids(request_id, tenant)
+        check_micro_usd(estimate_micro_usd, "estimate_micro_usd")
         if any(not model for model in models):
             raise InvalidArgument("models", "must not contain an empty model name")
         return self._transaction(lambda s: budgets.authorize(
@@ -179,7 +190,7 @@ class Ledger:
                    soft_limit_micro_usd: int | None = None, model: str = "") -> None:
         """Set a tenant's hard and soft limits for "day" or "month", for all models ("") or one;
         None is no limit, and a budget with neither is removed."""
-        _require(tenant, "tenant")
+        check_identifier(tenant, "tenant")
         self._transaction(lambda s: budgets.set_budget(
             s, tenant, period, limit_micro_usd, soft_limit_micro_usd, model, self.now()))
 
@@ -209,7 +220,8 @@ class Ledger:
 
     def settle(self, summary: Settlement, at: dt.datetime | None = None) -> None:
         """Release the request's reservation and store (or overwrite) its summary; repeatable.
-        A score already recorded for the request is kept."""
+        A score already recorded for the request is kept, and so is a stored response when this
+        settlement carries none."""
         summary.validate()
         values = dict(
             tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
@@ -218,6 +230,8 @@ class Ledger:
             dataset=summary.dataset, prompt_id=summary.prompt_id,
             messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
             if summary.messages else None)
+        if summary.response_json:
+            values["response_json"] = summary.response_json
 
         def work(session: Session) -> None:
             budgets.release(session, summary.request_id)
@@ -257,7 +271,7 @@ class Ledger:
               model: str = "", bucket: str | None = None) -> Usage:
         """Spend of ``tenant`` by model over calls made in [start, end) (an unset bound is open),
         only ``model`` when set, and per UTC ``bucket`` ("hour", "day", "month") when asked."""
-        _require(tenant, "tenant")
+        check_identifier(tenant, "tenant")
         if start is not None and end is not None and end < start:
             raise InvalidArgument("end", "must not be before start")
         if bucket is not None and bucket not in BUCKETS:

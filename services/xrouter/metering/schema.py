@@ -91,6 +91,8 @@ class RequestSummary(Base):
     prompt_id: Mapped[str] = mapped_column(server_default="")
     # JSON list of {"role", "content"}; only when the router keeps conversations for training.
     messages_json: Mapped[str | None] = mapped_column(sa.Text)
+    # The router's final response (or error) as JSON, replayed to a retry with the same request_id.
+    response_json: Mapped[str | None] = mapped_column(sa.Text)
     score: Mapped[float | None] = mapped_column(sa.Double)
     reward: Mapped[float | None] = mapped_column(sa.Double)
     scored_at: Mapped[dt.datetime | None]

@@ -34,6 +34,8 @@ SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 _PERIODS = {metering_pb2.BUDGET_PERIOD_DAY: "day", metering_pb2.BUDGET_PERIOD_MONTH: "month"}
 _BUCKETS = {metering_pb2.TIME_BUCKET_HOUR: "hour", metering_pb2.TIME_BUCKET_DAY: "day",
             metering_pb2.TIME_BUCKET_MONTH: "month"}
+_STATES = {"new": metering_pb2.REQUEST_STATE_NEW, "in_flight": metering_pb2.REQUEST_STATE_IN_FLIGHT,
+           "settled": metering_pb2.REQUEST_STATE_SETTLED, "abandoned": metering_pb2.REQUEST_STATE_ABANDONED}
 T = TypeVar("T")
 
 
@@ -88,7 +90,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         return metering_pb2.AuthorizeResponse(
             reservation_id=granted.reservation_id, remaining_micro_usd=granted.remaining_micro_usd,
             soft_limit_exceeded=granted.soft_limit_exceeded, warnings=list(granted.warnings),
-            expires_at=_timestamp(granted.expires_at))
+            expires_at=_timestamp(granted.expires_at), state=_STATES[granted.state],
+            response_json=granted.response_json)
 
     async def Record(self, request: metering_pb2.RecordRequest,
                      context: grpc.aio.ServicerContext) -> metering_pb2.RecordResponse:
@@ -111,7 +114,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             policy_version=request.policy_version, trace_id=request.trace_id,
             cost_lambda=request.cost_lambda if request.HasField("cost_lambda") else None,
             dataset=request.dataset, prompt_id=request.prompt_id,
-            messages=tuple((m.role, m.content) for m in request.messages))
+            messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json)
         spooled = await asyncio.to_thread(self._guard.settle, summary)
         return metering_pb2.SettleResponse(spooled=spooled)
 

@@ -15,7 +15,11 @@ from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
 from xrouter.common.errors import Unavailable, from_rpc_error
 from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
-from xrouter.router.ports import ModelReply, ScoringReference
+from xrouter.router.ports import Admission, ModelReply, ScoringReference
+
+
+_STATES = {metering_pb2.REQUEST_STATE_IN_FLIGHT: "in_flight", metering_pb2.REQUEST_STATE_SETTLED: "settled",
+           metering_pb2.REQUEST_STATE_ABANDONED: "abandoned"}  # NEW and UNSPECIFIED (an older metering): new
 
 
 class AdaptersClient:
@@ -28,7 +32,7 @@ class AdaptersClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "adapters") from None
         return [ModelOption(m.id, m.input_usd_per_mtok, m.output_usd_per_mtok, m.description, tuple(m.tags),
-                            m.context_tokens)
+                            m.context_tokens, m.max_output_tokens)
                 for m in reply.models]
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
@@ -63,12 +67,14 @@ class MeteringClient:
             raise from_rpc_error(error, "metering") from None
 
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
-                        models: Sequence[str] = ()) -> None:
+                        models: Sequence[str] = ()) -> Admission:
         """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
-        budgets apply (empty: all of them)."""
-        await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
+        budgets apply (empty: all of them). A request_id seen before reserves nothing: the
+        admission says what that request is doing."""
+        reply = await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
             request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models)),
             timeout)
+        return Admission(_STATES.get(reply.state, "new"), reply.response_json)
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None:
@@ -82,14 +88,15 @@ class MeteringClient:
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "", prompt_id: str = "",
-                     messages: Sequence[tuple[str, str]] = ()) -> None:
+                     messages: Sequence[tuple[str, str]] = (), response_json: str = "") -> None:
         """Close the request. The keyword fields feed the training export (metering/EXPORT.md);
         ``messages`` only when conversations may be kept."""
         await self._call(self._stub.Settle, metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
-            messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages]), timeout)
+            messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+            response_json=response_json), timeout)
 
     async def authenticate(self, key_sha256: str, timeout: float = 5.0) -> Caller | None:
         """Whose key has this SHA-256 (None: no live key). Metering refusing the router's own

@@ -39,7 +39,7 @@ def route_response(result: RouteResult) -> router_pb2.RouteResponse:
         strategy=router_pb2.Strategy.Value(result.strategy.value), turns_used=result.turns_used,
         turn_limit_reached=result.turn_limit_reached, policy_kind=result.policy_kind,
         policy_version=result.policy_version, request_id=result.request_id, trace_id=result.trace_id,
-        selected_call=result.selected_call)
+        selected_call=result.selected_call, replayed=result.replayed)
     if result.score is not None:
         response.score = result.score
     if result.reward is not None:

@@ -7,23 +7,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-import re
 import time
 import uuid
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xrouter.common import metrics
-from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, XRouterError
+from xrouter.common import bounds, metrics
+from xrouter.common.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, XRouterError
 from xrouter.common.telemetry import current_trace_id
+from xrouter.reward.core import TASK_TYPES
+from xrouter.router import replay
 from xrouter.router.baselines import make_baseline
 from xrouter.router.episode import OnEvent, _no_event, run_episode
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Meter, Scorer, ScoringReference
 
 ROLES = frozenset({"system", "user", "assistant"})
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
+MAX_COST_LAMBDA = 1e6  # λ·cost stays a sane reward; the bundled policy is trained on λ ≤ 1000
+MAX_NAME_CHARS = 256  # policy specs, reference dataset and prompt ids
+MAX_REFERENCE_CHARS = 100_000  # gold, rubric, each alias, the code tests
+MAX_ALIASES = 100
+_NEEDS_GOLD = ("multiple_choice", "exact_match", "token_f1", "math")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,10 @@ class Limits:
     default_tenant: str = "default"
     request_timeout_s: float = 60.0
     call_timeout_s: float = 30.0
+    max_messages: int = 1_000
+    # How long a retry waits for an earlier attempt with the same request_id to finish before
+    # answering ALREADY_EXISTS (nothing spent either way); bounded by the request's deadline.
+    in_flight_wait_s: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +78,7 @@ class RouteResult:
     trace_id: str
     score: float | None = None
     reward: float | None = None
+    replayed: bool = False  # the stored response of an earlier request with this request_id
 
 
 class RouterCore:
@@ -85,50 +96,95 @@ class RouterCore:
                     on_event: OnEvent = _no_event) -> RouteResult:
         deadline = time.monotonic() + min(timeout or math.inf, self.limits.request_timeout_s)
         started = time.perf_counter()
-        policy, state, tenant = self._prepare(request)
-        metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
+        policy, state, tenant = self._prepare(request)  # every field checked before anything is spent
         request_id = request.request_id or uuid.uuid4().hex
+        print_ = replay.fingerprint(request)
         with self._tracer.start_as_current_span("xrouter.route") as span:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
                                  "xrouter.policy": f"{policy.kind}@{policy.version}",
                                  "xrouter.cost_lambda": state.cost_lambda})
             trace_id = current_trace_id()
             model_seconds = [0.0]
-            # Only the per-model budgets of models this request may call apply to it.
-            await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
-                                        models=[option.id for option in state.pool])
-            outcome, result = "ok", None
+            # Reserve (the budget check) for new work, or get back what an earlier request with
+            # this id answered. Only the per-model budgets of models this request may call apply.
+            earlier = await self._admit(request_id, tenant, state, deadline, print_)
+            if earlier is not None:
+                span.set_attribute("xrouter.replayed", True)
+                return earlier
+            metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
+            outcome, episode, result, stored = "ok", None, None, ""
             try:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds)
-                result = await run_episode(_Traced(policy, self._tracer), state, invoke, on_event)
+                episode = await run_episode(_Traced(policy, self._tracer), state, invoke, on_event)
+                total = sum(c.cost_micro_usd for c in state.calls)
+                span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
+                                     "xrouter.calls": len(state.calls)})
+                score = reward = None
+                if request.reference is not None and self._scorer is not None:
+                    score, reward = await self._scorer.score(
+                        state.prompt, episode.answer, request.reference, total / 1e6, state.cost_lambda,
+                        _left(deadline))
+                result = RouteResult(episode.answer, state.calls, total, episode.strategy, episode.turns_used,
+                                     episode.turn_limit_reached, episode.selected_call, policy.kind,
+                                     policy.version, request_id, trace_id, score, reward)
+                # Kept only under a client's own id: only a client that chose the id retries with it,
+                # and answers are not kept for nothing.
+                stored = replay.encode_result(result, print_) if request.request_id else ""
             except XRouterError as error:
                 outcome = f"error:{error.code.name}"
+                stored = replay.encode_error(error, print_) if request.request_id else ""
                 raise
-            finally:  # calls made are billed whatever happened to the episode
+            except BaseException as error:  # cancelled, or a bug: a retry learns the attempt died
+                outcome = "error:CANCELLED" if isinstance(error, asyncio.CancelledError) else "error:INTERNAL"
+                stored = replay.encode_error(XRouterError(f"the attempt ended without an answer ({outcome[6:]})"),
+                                             print_) if request.request_id else ""
+                raise
+            finally:  # calls made are billed whatever happened to the episode; the response is kept
                 await self._account(request_id, tenant, policy, trace_id, state, request.reference, deadline,
-                                    result.strategy.value if result else "", outcome)
-            total = sum(c.cost_micro_usd for c in state.calls)
-            span.set_attributes({"xrouter.strategy": result.strategy.value, "xrouter.cost_usd": total / 1e6,
-                                 "xrouter.calls": len(state.calls)})
-            score = reward = None
-            if request.reference is not None and self._scorer is not None:
-                score, reward = await self._scorer.score(
-                    state.prompt, result.answer, request.reference, total / 1e6, state.cost_lambda, _left(deadline))
+                                    episode.strategy.value if episode else "", outcome, stored)
+            if result.score is not None:
                 # The scored episode becomes training data (metering's export).
-                await self._meter.record_score(request_id, tenant, score, reward, _left(deadline, floor=5.0))
+                await self._meter.record_score(request_id, tenant, result.score, result.reward or 0.0,
+                                               _left(deadline, floor=5.0))
         metrics.ROUTING_OVERHEAD.observe(max(0.0, time.perf_counter() - started - model_seconds[0]))
-        return RouteResult(result.answer, state.calls, total, result.strategy, result.turns_used,
-                           result.turn_limit_reached, result.selected_call, policy.kind, policy.version,
-                           request_id, trace_id, score, reward)
+        return result
+
+    async def _admit(self, request_id: str, tenant: str, state: EpisodeState, deadline: float,
+                     print_: str) -> RouteResult | None:
+        """None when this is new work (reserved now, after the budget check); the earlier response
+        when the id was answered before; waits (bounded) while an earlier attempt is in flight,
+        then ALREADY_EXISTS. Nothing is spent on any path but the first."""
+        give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)
+        delay = 0.05
+        while True:
+            admission = await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
+                                                    models=[option.id for option in state.pool])
+            seen = admission.state if admission is not None else "new"
+            if seen == "new":
+                return None
+            if seen == "settled":
+                return replay.decode(admission.response_json, request_id, print_)  # type: ignore[union-attr]
+            if seen == "abandoned":
+                raise AlreadyExists(f"request_id {request_id} was started earlier and never finished (that attempt "
+                                    "died and its reservation expired; calls it made are billed): send a new "
+                                    "request_id")
+            if time.monotonic() + delay > give_up:
+                raise AlreadyExists(f"request_id {request_id} is still being answered by an earlier attempt: "
+                                    "retry with the same request_id shortly to get its response")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _prepare(self, request: RouteRequest) -> tuple[Policy, EpisodeState, str]:
-        """Validate the request (every error names its field) and build the first episode state."""
+        """Validate the request (every error names its field, every field is bounded) and build
+        the first episode state. Runs before anything is reserved or spent."""
         limits = self.limits
         if not request.messages:
             raise InvalidArgument("messages", "at least one message is required")
+        if len(request.messages) > limits.max_messages:
+            raise InvalidArgument("messages", f"{len(request.messages)} messages; the limit is {limits.max_messages}")
         for number, (role, content) in enumerate(request.messages):
             if role not in ROLES:
-                raise InvalidArgument(f"messages[{number}].role", f"{role!r} is not one of {sorted(ROLES)}")
+                raise InvalidArgument(f"messages[{number}].role", f"{bounds.shown(role)} is not one of {sorted(ROLES)}")
             if not content.strip():
                 raise InvalidArgument(f"messages[{number}].content", "must not be empty")
         if not any(role == "user" for role, _ in request.messages):
@@ -136,24 +192,36 @@ class RouterCore:
         size = sum(len(content) for _, content in request.messages)
         if size > limits.max_prompt_chars:
             raise InvalidArgument("messages", f"the conversation is {size} characters; the limit is {limits.max_prompt_chars}")
-        for model in request.allowed_models:
+        bounds.check_identifier(request.tenant, "tenant", required=False)
+        bounds.check_identifier(request.request_id, "request_id", required=False)
+        if len(request.allowed_models) > len(self.catalog):
+            raise InvalidArgument("allowed_models", f"{len(request.allowed_models)} entries; the catalog has "
+                                  f"{len(self.catalog)} models")
+        for number, model in enumerate(request.allowed_models):
             if model not in self.catalog:
-                raise NotFound(f"allowed_models: unknown model {model!r} (the catalog has: {', '.join(self.catalog)})")
+                raise InvalidArgument(f"allowed_models[{number}]", f"unknown model {bounds.shown(model)} (the catalog "
+                                      f"has: {', '.join(self.catalog)})")
         lam = limits.default_cost_lambda if request.cost_lambda is None else request.cost_lambda
-        if not math.isfinite(lam) or lam < 0:
-            raise InvalidArgument("cost_lambda", f"must be a finite number >= 0, got {lam}")
-        if request.max_cost_usd is not None and not (math.isfinite(request.max_cost_usd) and request.max_cost_usd > 0):
-            raise InvalidArgument("max_cost_usd", f"must be a positive number of dollars, got {request.max_cost_usd}")
-        if request.max_tokens < 0:
-            raise InvalidArgument("max_tokens", f"must be >= 0, got {request.max_tokens}")
-        if request.request_id and not _REQUEST_ID.match(request.request_id):
-            raise InvalidArgument("request_id", "must be 1-128 characters of letters, digits and . _ : -")
+        if not (math.isfinite(lam) and 0 <= lam <= MAX_COST_LAMBDA):
+            raise InvalidArgument("cost_lambda", f"must be a finite number within [0, {MAX_COST_LAMBDA:.0f}], got {lam}")
+        if request.max_cost_usd is not None:
+            bounds.check_usd(request.max_cost_usd, "max_cost_usd")
+        if len(request.policy) > MAX_NAME_CHARS:
+            raise InvalidArgument("policy", f"is {len(request.policy)} characters; at most {MAX_NAME_CHARS}")
+        if request.reference is not None:
+            _check_reference(request.reference)
         policy = make_baseline(request.policy, set(self.catalog)) if request.policy else self.policy
         max_turns = request.max_turns or limits.default_max_turns
         if not policy.min_turns <= max_turns <= limits.max_turns:
             raise InvalidArgument("max_turns", f"must be within [{policy.min_turns}, {limits.max_turns}] "
                                   f"for policy {policy.kind}, got {max_turns}")
         pool = [self.catalog[m] for m in dict.fromkeys(request.allowed_models)] or list(self.catalog.values())
+        # Each call is held to its own model's limit (the invoker clamps); past the largest, no
+        # model could honour the request.
+        most = max(option.max_output_tokens for option in pool)
+        if request.max_tokens < 0 or (most and request.max_tokens > most):
+            raise InvalidArgument("max_tokens", f"must be within [0, {most or 'the models limits'}] for the models "
+                                  f"this request may call, got {request.max_tokens}")
         state = EpisodeState(list(request.messages), pool, lam, request.max_cost_usd, max_turns, request.max_tokens)
         return policy, state, request.tenant or limits.default_tenant
 
@@ -162,7 +230,7 @@ class RouterCore:
         if state.max_cost_usd is not None:
             return round(state.max_cost_usd * 1e6)
         dearest = max(state.estimate_call_usd(option) for option in state.pool)
-        return math.ceil(dearest * 2 * (state.max_turns - 1) * 1e6)
+        return min(math.ceil(dearest * 2 * (state.max_turns - 1) * 1e6), bounds.MAX_REQUEST_MICRO_USD)
 
     def _invoker(self, request_id: str, max_tokens: int, deadline: float,  # type: ignore[no-untyped-def]
                  model_seconds: list[float]):
@@ -175,9 +243,10 @@ class RouterCore:
             with self._tracer.start_as_current_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT) as span:
                 span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.request.model": call.model,
                                      "gen_ai.request.temperature": call.temperature, "xrouter.call_index": index})
+                limit = self.catalog[call.model].max_output_tokens if call.model in self.catalog else 0
                 try:
                     reply = await self._adapters.invoke(
-                        call.model, messages, call.temperature, max_tokens,
+                        call.model, messages, call.temperature, min(max_tokens, limit) if limit else max_tokens,
                         request_id, index, min(_left(deadline), self.limits.call_timeout_s))
                 except XRouterError as error:
                     outcome.status = CallStatus.TIMEOUT if isinstance(error, DeadlineExceeded) else CallStatus.ERROR
@@ -207,7 +276,8 @@ class RouterCore:
         return invoke
 
     async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str, state: EpisodeState,
-                       reference: ScoringReference | None, deadline: float, strategy: str, outcome: str) -> None:
+                       reference: ScoringReference | None, deadline: float, strategy: str, outcome: str,
+                       response_json: str = "") -> None:
         """Record every attempted call (failed ones too: they may be billed), then settle with what the
         training export needs (the conversation itself is not kept)."""
         attempted = [c for c in state.calls if c.attempted]
@@ -219,7 +289,40 @@ class RouterCore:
             request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),
             _left(deadline, floor=5.0), policy_version=f"{policy.kind}@{policy.version}", trace_id=trace_id,
             cost_lambda=state.cost_lambda, dataset=reference.dataset if reference else "",
-            prompt_id=reference.prompt_id if reference else "")
+            prompt_id=reference.prompt_id if reference else "", response_json=response_json)
+
+
+def _check_reference(reference: ScoringReference) -> None:
+    """What the reward service would refuse after the calls were paid for, refused first."""
+    if reference.task_type not in TASK_TYPES:
+        raise InvalidArgument("reference.task_type", f"unknown task type {bounds.shown(reference.task_type)}; use "
+                              f"one of {', '.join(TASK_TYPES)}")
+    for name in ("dataset", "prompt_id"):  # stored in the ledger's settled row
+        if len(getattr(reference, name)) > MAX_NAME_CHARS:
+            raise InvalidArgument(f"reference.{name}", f"is {len(getattr(reference, name))} characters; at most "
+                                  f"{MAX_NAME_CHARS}")
+        if not getattr(reference, name).isprintable():  # PostgreSQL text cannot hold NUL, logs no controls
+            raise InvalidArgument(f"reference.{name}", "must be printable characters")
+    texts = [("gold", reference.gold), ("rubric", reference.rubric), ("options", reference.options)]
+    texts += [(f"aliases[{n}]", alias) for n, alias in enumerate(reference.aliases)]
+    if reference.code is not None:
+        code = reference.code
+        texts += [("code", "\n".join((*code.asserts, code.setup, code.check, code.entry_point, code.prefix)))]
+    for name, text in texts:
+        if len(text) > MAX_REFERENCE_CHARS:
+            raise InvalidArgument(f"reference.{name}", f"is {len(text)} characters; at most {MAX_REFERENCE_CHARS}")
+    if len(reference.aliases) > MAX_ALIASES:
+        raise InvalidArgument("reference.aliases", f"{len(reference.aliases)} aliases; at most {MAX_ALIASES}")
+    if reference.task_type in _NEEDS_GOLD and not reference.gold.strip():
+        raise InvalidArgument("reference.gold", f"is required for {reference.task_type}")
+    if reference.task_type == "recorded_label":
+        for name in ("dataset", "prompt_id"):
+            if not getattr(reference, name):
+                raise InvalidArgument(f"reference.{name}", "is required for recorded_label")
+    if reference.task_type == "code":
+        if reference.code is None:
+            raise InvalidArgument("reference.code", "is required for code: set asserts or check and entry_point")
+        reference.code.validate()
 
 
 class _Traced:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import time
 from typing import Any
 
@@ -16,11 +18,13 @@ from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
 
 from xrouter.adapters.catalog import micro_to_usd
+from xrouter.common.bounds import shown
 from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
 from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.ports import ScoringReference
 
+log = logging.getLogger(__name__)
 MODEL = "xrouter"
 _STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
            "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
@@ -51,6 +55,15 @@ def _typed(value: Any, kind: type | tuple[type, ...], field: str, what: str) -> 
     return value
 
 
+def _number(value: Any, field: str) -> float:
+    """A JSON number as a float; an integer too large for one (1e400 written out) is refused, not a 500."""
+    _typed(value, (int, float), field, "a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgument(field, f"{len(str(value))}-digit integer is out of range") from None
+
+
 def _reference(value: Any) -> ScoringReference | None:
     if value is None:
         return None
@@ -66,13 +79,15 @@ def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, boo
     _typed(body, dict, "body", "a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + ":")):
-        raise NotFound(f"model: {model!r} does not exist; use {MODEL!r} or '{MODEL}:<lambda>'")
+        raise NotFound(f"model: {shown(model)} does not exist; use {MODEL!r} or '{MODEL}:<lambda>'")
     cost_lambda = None
     if model != MODEL:
         try:
             cost_lambda = float(model.split(":", 1)[1])
         except ValueError:
-            raise InvalidArgument("model", f"{model!r}: the part after 'xrouter:' must be a number") from None
+            raise InvalidArgument("model", f"{shown(model)}: the part after 'xrouter:' must be a number") from None
+        if math.isnan(cost_lambda) or math.isinf(cost_lambda):
+            raise InvalidArgument("model", f"{shown(model)}: lambda must be a finite number")
     messages = _typed(body.get("messages"), list, "messages", "a list of {role, content} objects")
     parsed = []
     for number, message in enumerate(messages):
@@ -89,8 +104,7 @@ def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, boo
     request = RouteRequest(
         messages=parsed, cost_lambda=cost_lambda, max_tokens=max_tokens,
         allowed_models=[_typed(m, str, "xrouter.allowed_models", "a list of model ids") for m in allowed],
-        max_cost_usd=None if max_cost is None else float(_typed(max_cost, (int, float), "xrouter.max_cost_usd",
-                                                               "a number")),
+        max_cost_usd=None if max_cost is None else _number(max_cost, "xrouter.max_cost_usd"),
         max_turns=_typed(controls.get("max_turns") or 0, int, "xrouter.max_turns", "an integer"),
         tenant=_typed(controls.get("tenant") or tenant_header, str, "xrouter.tenant", "a string"),
         policy=_typed(controls.get("policy") or "", str, "xrouter.policy", "a string"),
@@ -114,7 +128,7 @@ def _xrouter_block(result: RouteResult) -> dict[str, Any]:
         "turns_used": result.turns_used, "turn_limit_reached": result.turn_limit_reached,
         "policy": {"kind": result.policy_kind, "version": result.policy_version},
         "total_cost_usd": micro_to_usd(result.total_cost_micro_usd), "selected_call": result.selected_call,
-        "score": result.score, "reward": result.reward,
+        "score": result.score, "reward": result.reward, "replayed": result.replayed,
         "calls": [{"index": c.index, "turn": c.turn, "model": c.model, "status": c.status.name.lower(),
                    "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
                    "tokens_estimated": c.tokens_estimated, "cost_usd": micro_to_usd(c.cost_micro_usd),
@@ -203,9 +217,31 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own refusals (unknown path 404, wrong method 405, body over the limit 413) and
+    uncaught exceptions come back in OpenAI's error shape, as the handlers' errors do, not as
+    aiohttp's plain text (OpenAI clients parse the JSON body for the message)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        response = _error(error.status, error.text or error.reason,
+                          "invalid_request_error" if error.status < 500 else "server_error",
+                          "body" if error.status == 413 else None)
+        if "Allow" in error.headers:
+            response.headers["Allow"] = error.headers["Allow"]
+        return response
+    except Exception as error:  # noqa: BLE001 - logged here, answered as JSON without internals
+        log.exception("%s %s failed unexpectedly", request.method, request.path)
+        return _error(500, f"internal error ({type(error).__name__}); the server log has the details",
+                      "server_error")
+
+
 def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     handlers = ChatCompletions(core, auth)
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_json_errors])
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_get("/healthz", _healthz)

@@ -25,6 +25,7 @@ class ModelOption:
     description: str = ""
     tags: tuple[str, ...] = ()
     context_tokens: int = 0  # 0: not stated
+    max_output_tokens: int = 0  # 0: not stated (no limit checked)
 
     def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok) / 1e6

@@ -10,7 +10,16 @@ from typing import Protocol
 from xrouter.reward.core import Reference as ScoringReference
 from xrouter.router.policy import CallOutcome, ModelOption
 
-__all__ = ["Adapters", "Meter", "ModelReply", "Scorer", "ScoringReference"]
+__all__ = ["Adapters", "Admission", "Meter", "ModelReply", "Scorer", "ScoringReference"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """Authorize's answer: "new" (reserved: do the work), or what an earlier request with the same
+    id is doing: "in_flight", "settled" (with its stored response JSON) or "abandoned"."""
+
+    state: str = "new"
+    response_json: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +42,7 @@ class Adapters(Protocol):
 
 class Meter(Protocol):
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
-                        models: Sequence[str] = ()) -> None: ...
+                        models: Sequence[str] = ()) -> Admission | None: ...
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None: ...
@@ -41,7 +50,7 @@ class Meter(Protocol):
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "",
-                     prompt_id: str = "") -> None: ...
+                     prompt_id: str = "", response_json: str = "") -> None: ...
 
     async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                            timeout: float) -> None: ...

@@ -11,6 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REQUEST_STATE_UNSPECIFIED: _ClassVar[RequestState]
+    REQUEST_STATE_NEW: _ClassVar[RequestState]
+    REQUEST_STATE_IN_FLIGHT: _ClassVar[RequestState]
+    REQUEST_STATE_SETTLED: _ClassVar[RequestState]
+    REQUEST_STATE_ABANDONED: _ClassVar[RequestState]
+
 class TimeBucket(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TIME_BUCKET_UNSPECIFIED: _ClassVar[TimeBucket]
@@ -23,6 +31,11 @@ class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+REQUEST_STATE_UNSPECIFIED: RequestState
+REQUEST_STATE_NEW: RequestState
+REQUEST_STATE_IN_FLIGHT: RequestState
+REQUEST_STATE_SETTLED: RequestState
+REQUEST_STATE_ABANDONED: RequestState
 TIME_BUCKET_UNSPECIFIED: TimeBucket
 TIME_BUCKET_HOUR: TimeBucket
 TIME_BUCKET_DAY: TimeBucket
@@ -44,18 +57,22 @@ class AuthorizeRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., estimate_micro_usd: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("reservation_id", "remaining_micro_usd", "soft_limit_exceeded", "warnings", "expires_at")
+    __slots__ = ("reservation_id", "remaining_micro_usd", "soft_limit_exceeded", "warnings", "expires_at", "state", "response_json")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     REMAINING_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     SOFT_LIMIT_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     remaining_micro_usd: int
     soft_limit_exceeded: bool
     warnings: _containers.RepeatedScalarFieldContainer[str]
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, reservation_id: _Optional[str] = ..., remaining_micro_usd: _Optional[int] = ..., soft_limit_exceeded: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    state: RequestState
+    response_json: str
+    def __init__(self, reservation_id: _Optional[str] = ..., remaining_micro_usd: _Optional[int] = ..., soft_limit_exceeded: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[RequestState, str]] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
     __slots__ = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms", "status", "policy_version", "trace_id")
@@ -92,7 +109,7 @@ class RecordResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., spooled: _Optional[bool] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages")
+    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages", "response_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +122,7 @@ class SettleRequest(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     strategy: str
@@ -117,7 +135,8 @@ class SettleRequest(_message.Message):
     dataset: str
     prompt_id: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    response_json: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
     __slots__ = ("spooled",)

@@ -113,6 +113,9 @@ class MeteringServiceServicer:
         QuotaFailure, ErrorInfo and RetryInfo details) when a hard budget cannot
         cover it; a passed soft limit is allowed and flagged in the response.
         UNAVAILABLE while the ledger's database is down (budgets fail closed).
+        Also the idempotency gate: a request_id seen before reserves nothing and
+        says what that request is doing (state), with its stored response once
+        settled; a request_id of another tenant is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

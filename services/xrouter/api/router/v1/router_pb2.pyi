@@ -79,7 +79,7 @@ class ModelCall(_message.Message):
     def __init__(self, index: _Optional[int] = ..., turn: _Optional[int] = ..., model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., temperature: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., error: _Optional[str] = ..., response: _Optional[str] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
-    __slots__ = ("answer", "calls", "total_cost_usd", "total_cost_micro_usd", "strategy", "turns_used", "turn_limit_reached", "policy_kind", "policy_version", "request_id", "trace_id", "score", "reward", "selected_call")
+    __slots__ = ("answer", "calls", "total_cost_usd", "total_cost_micro_usd", "strategy", "turns_used", "turn_limit_reached", "policy_kind", "policy_version", "request_id", "trace_id", "score", "reward", "selected_call", "replayed")
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class RouteResponse(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     SELECTED_CALL_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     answer: str
     calls: _containers.RepeatedCompositeFieldContainer[ModelCall]
     total_cost_usd: float
@@ -108,7 +109,8 @@ class RouteResponse(_message.Message):
     score: float
     reward: float
     selected_call: int
-    def __init__(self, answer: _Optional[str] = ..., calls: _Optional[_Iterable[_Union[ModelCall, _Mapping]]] = ..., total_cost_usd: _Optional[float] = ..., total_cost_micro_usd: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., turns_used: _Optional[int] = ..., turn_limit_reached: _Optional[bool] = ..., policy_kind: _Optional[str] = ..., policy_version: _Optional[str] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., score: _Optional[float] = ..., reward: _Optional[float] = ..., selected_call: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, answer: _Optional[str] = ..., calls: _Optional[_Iterable[_Union[ModelCall, _Mapping]]] = ..., total_cost_usd: _Optional[float] = ..., total_cost_micro_usd: _Optional[int] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., turns_used: _Optional[int] = ..., turn_limit_reached: _Optional[bool] = ..., policy_kind: _Optional[str] = ..., policy_version: _Optional[str] = ..., request_id: _Optional[str] = ..., trace_id: _Optional[str] = ..., score: _Optional[float] = ..., reward: _Optional[float] = ..., selected_call: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class RouteEvent(_message.Message):
     __slots__ = ("decision", "call_started", "call_finished", "answer_chunk", "done")

@@ -1,0 +1,63 @@
+"""Bounds on the values clients write, shared by the edge (the router's faces) and the ledger.
+
+The router checks every field against these before anything is reserved or spent; metering
+checks the same ones again, so a value that reaches the database always fits it (PostgreSQL
+refuses an index row over ~2.7 KB: a 3 KB tenant must be a 400, not an "outage").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from xrouter.common.errors import InvalidArgument
+
+# Tenants and request ids: 1-128 characters of letters, digits and . _ : @ - (no spaces, no
+# control characters, nothing that needs escaping in a log line, a label or a URL).
+IDENTIFIER_ALPHABET = "letters, digits and . _ : @ -"
+MAX_IDENTIFIER_CHARS = 128
+_IDENTIFIER = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+# Money is integer micro-dollars in a signed 64-bit column. One request may reserve at most a
+# million dollars: far below int64 (9.2e12 dollars), so that the sums the ledger takes over many
+# reservations and calls (SQLite's SUM overflows at int64) stay exact.
+MICRO = 1_000_000
+MAX_REQUEST_USD = 1_000_000.0
+MAX_REQUEST_MICRO_USD = round(MAX_REQUEST_USD * MICRO)
+MIN_REQUEST_USD = 1 / MICRO  # a cap below one micro-dollar would round to nothing
+
+# Characters of a value echoed back in an error message: a refused 8 MB string is not returned.
+SHOWN_CHARS = 48
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def check_identifier(value: str, field: str, *, required: bool = True) -> None:
+    """A tenant or request id: 1-128 characters of the identifier alphabet (empty allowed when not
+    ``required``)."""
+    if not value and not required:
+        return
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > MAX_IDENTIFIER_CHARS:
+        raise InvalidArgument(field, f"is {len(value)} characters; at most {MAX_IDENTIFIER_CHARS} of "
+                              f"{IDENTIFIER_ALPHABET}")
+    if not _IDENTIFIER.fullmatch(value):
+        raise InvalidArgument(field, f"{shown(value)} has characters outside {IDENTIFIER_ALPHABET}")
+
+
+def check_micro_usd(value: int, field: str) -> None:
+    """An amount of one request (an estimate, a call's cost): 0 to a million dollars in micro-USD."""
+    if not 0 <= value <= MAX_REQUEST_MICRO_USD:
+        raise InvalidArgument(field, f"must be within [0, {MAX_REQUEST_MICRO_USD}] micro-dollars, got {value}")
+
+
+def check_usd(value: float, field: str) -> None:
+    """A dollar cap of one request: finite, within [one micro-dollar, a million dollars]."""
+    if not (math.isfinite(value) and MIN_REQUEST_USD <= value <= MAX_REQUEST_USD):
+        raise InvalidArgument(field, f"must be a number of dollars within [{MIN_REQUEST_USD:.6f}, "
+                              f"{MAX_REQUEST_USD:.0f}], got {value}")
