@@ -190,6 +190,8 @@ class ChatCompletions:
                 await sse.send({"choices": [], "usage": _usage(result)})
             await sse.end()
             return sse.response
+        except ConnectionResetError:  # the client went away mid-stream: nobody is left to answer
+            return sse.response
         finally:
             task.cancel()  # the client went away (a failed write, or aiohttp cancelled us): stop the backend
 
