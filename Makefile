@@ -33,6 +33,10 @@ test: $(STAMP) protos-check chart-check ## the whole test suite (Postgres tests 
 bench: $(STAMP) ## benchmarks; figures land in bench-results/*.json
 	$(PY) -m bench.run
 
+bench-gateway: $(STAMP) ## xrouter vs LiteLLM's proxy vs the bare backend under h2load; bench/results/gateway.{json,png}
+	@command -v h2load >/dev/null || { echo "installing h2load (Debian nghttp2-client)"; apt-get install -y -q nghttp2-client; }
+	$(PY) -m bench.gateway
+
 protos: $(STAMP) ## regenerate _pb2, _grpc and .pyi from protos/ into services/xrouter/api
 	$(PY) scripts/gen_protos.py services/xrouter/api
 

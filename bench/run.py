@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench.encoder_throughput",
     "bench.eval_throughput",
     "bench.traffic_learning",
+    "bench.streaming_ttft",
 )
 
 

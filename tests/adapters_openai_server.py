@@ -23,7 +23,9 @@ from local_http import LocalHttpServer
 
 @dataclasses.dataclass
 class Fault:
-    """One scripted reply. ``kind``: ok, status, sleep, malformed, truncate, trickle."""
+    """One scripted reply. ``kind``: ok, status, sleep, malformed, truncate, trickle; mid-stream:
+    pace (each chunk ``seconds`` apart), gate (``chunks`` chunks, then wait for the server's ``gate``),
+    stall (``chunks`` chunks, then silence), garbage (``chunks`` chunks, then a malformed event)."""
 
     kind: str = "ok"
     status: int = 200
@@ -43,6 +45,8 @@ class OpenAIProtocolServer(LocalHttpServer):
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.disconnects: list[float] = []  # when a client went away mid-stream (time.monotonic)
+        self.completed = 0  # streams sent to their end ([DONE])
+        self.gate = asyncio.Event()  # what a "gate" stream waits for after its first chunks
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -73,6 +77,7 @@ class OpenAIProtocolServer(LocalHttpServer):
             return web.Response(status=200, text='{"id": "x", "choices": [', content_type="application/json")
         prompt = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
         words = f"echo: {prompt}".split(" ")
+        finish = "length" if body.get("max_tokens") and len(words) > body["max_tokens"] else "stop"
         if body.get("max_tokens"):
             words = words[: body["max_tokens"]]
         usage = {"prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in body["messages"]),
@@ -81,15 +86,16 @@ class OpenAIProtocolServer(LocalHttpServer):
         if not body.get("stream"):
             reply = {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                                  "finish_reason": "stop"}]}
+                                  "finish_reason": finish}]}
             if fault.usage:
                 reply["usage"] = usage
             return web.json_response(reply)
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await self._stream(request, model, words, usage if fault.usage and wants_usage else None, fault)
+        return await self._stream(request, model, words, usage if fault.usage and wants_usage else None, fault,
+                                  finish)
 
     async def _stream(self, request: web.Request, model: str, words: list[str], usage: dict[str, int] | None,
-                      fault: Fault) -> web.StreamResponse:
+                      fault: Fault, finish: str = "stop") -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
 
@@ -108,19 +114,40 @@ class OpenAIProtocolServer(LocalHttpServer):
                     assert request.transport is not None
                     request.transport.close()  # cut mid-stream: no final chunk, no [DONE]
                     return response
+                if number == fault.chunks and fault.kind in ("gate", "stall", "garbage"):
+                    if fault.kind == "garbage":
+                        await response.write(b'data: {"choices": [{"delta": \n\n')
+                    elif not await self._wait(request, self.gate if fault.kind == "gate" else asyncio.Event()):
+                        self.disconnects.append(time.monotonic())  # the client went away while we waited
+                        return response
                 await response.write(chunk({"content": piece}))
-                if fault.kind == "trickle":
+                if fault.kind in ("trickle", "pace"):
                     await asyncio.sleep(fault.seconds)
-            await response.write(chunk({}, "stop"))
+            await response.write(chunk({}, finish))
             if usage is not None:
                 last = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "choices": [], "usage": usage}
                 await response.write(f"data: {json.dumps(last)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
+            self.completed += 1
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnects.append(time.monotonic())
             raise
         return response
+
+
+    @staticmethod
+    async def _wait(request: web.Request, gate: asyncio.Event) -> bool:
+        """Wait for ``gate``; False as soon as the client closes the connection instead. (aiohttp does
+        not cancel a handler whose client left, so the transport is watched.)"""
+        while not gate.is_set():
+            if request.transport is None or request.transport.is_closing():
+                return False
+            try:
+                await asyncio.wait_for(gate.wait(), 0.01)
+            except TimeoutError:
+                pass
+        return True
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None, retry_after: str | None = None,

@@ -129,8 +129,10 @@ async def test_events_follow_the_episode() -> None:
 
     await run_episode(SingleModelPolicy("fixed:medium", "medium"), state(), invoke, record)
     kinds = [type(e).__name__ + (("+" if e.started else "-") if isinstance(e, CallEvent) else "") for e in events]
-    assert kinds == ["Decision", "CallEvent+", "CallEvent-", "Decision"]
-    assert isinstance(events[-1], Decision) and events[-1].action == "select"
+    # Not streaming: the answer goes out whole once the policy has selected it.
+    assert kinds == ["Decision", "CallEvent+", "CallEvent-", "Decision", "AnswerDelta"]
+    assert isinstance(events[-2], Decision) and events[-2].action == "select"
+    assert (events[-1].text, events[-1].call_index) == ("B", 0)
 
 
 async def test_cascade_keeps_the_cheap_answer_when_two_cheap_models_agree() -> None:

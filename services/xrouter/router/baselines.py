@@ -42,7 +42,7 @@ class SingleModelPolicy:
         selected = _last_ok(state)
         if selected is not None or state.final_turn:
             return SelectResponse(-1 if selected is None else selected)
-        return CallModels((ToolCall(self.choose(state), SYSTEM_PROMPT),))
+        return CallModels((ToolCall(self.choose(state), SYSTEM_PROMPT),), final=True)  # selected once it succeeds
 
 
 def answer_key(text: str) -> str:
@@ -83,7 +83,7 @@ class CascadePolicy:
         if agree or escalate in pair or state.final_turn:
             best = first_round[0].index if first_round else _last_ok(state)
             return SelectResponse(-1 if best is None else best)
-        return CallModels((ToolCall(escalate, SYSTEM_PROMPT),))
+        return CallModels((ToolCall(escalate, SYSTEM_PROMPT),), final=True)  # an escalated answer is selected
 
 
 BASELINES = ("cheapest", "cascade", "cascade:<cheap>,<cheap>[,<strong>]", "fixed:<model>")

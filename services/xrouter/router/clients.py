@@ -3,7 +3,7 @@ Each call carries the remaining deadline, and a failed call comes back as a doma
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -37,18 +37,56 @@ class AdaptersClient:
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
                      request_id: str, call_index: int, timeout: float) -> ModelReply:
-        request = adapters_pb2.InvokeRequest(
-            model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
-            temperature=temperature, max_tokens=max_tokens, request_id=request_id, call_index=call_index)
+        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index)
         try:
             reply = await self._stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
-            failure = from_rpc_error(error, "adapters")
-            # What the failed call consumed (tokens, cost), so that it is still recorded and billed.
-            failure.failed_call = failed_call_from_rpc_error(error)  # type: ignore[attr-defined]
-            raise failure from None
-        return ModelReply(reply.text, reply.input_tokens, reply.output_tokens, reply.tokens_estimated,
-                          reply.cost_micro_usd, reply.latency_ms, reply.finish_reason)
+            raise _failure(error) from None
+        return _reply(reply)
+
+    async def invoke_stream(self, model: str, messages: list[tuple[str, str]], temperature: float,
+                            max_tokens: int, request_id: str, call_index: int,
+                            timeout: float) -> AsyncIterator[str | ModelReply]:
+        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index)
+        call = self._stub.InvokeStream(request, timeout=timeout)
+        try:
+            async for chunk in call:
+                if chunk.HasField("done"):
+                    yield _reply(chunk.done)
+                    return
+                yield chunk.delta
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error) from None
+        finally:
+            # Closed early (the client went away, or the episode was cancelled): cancelling the RPC
+            # makes the adapters cancel the backend call, so generation stops being paid for.
+            call.cancel()
+        raise _failure_without_status(model)
+
+
+def _invoke_request(model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
+                    request_id: str, call_index: int) -> adapters_pb2.InvokeRequest:
+    return adapters_pb2.InvokeRequest(
+        model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+        temperature=temperature, max_tokens=max_tokens, request_id=request_id, call_index=call_index)
+
+
+def _reply(reply: adapters_pb2.InvokeResponse) -> ModelReply:
+    return ModelReply(reply.text, reply.input_tokens, reply.output_tokens, reply.tokens_estimated,
+                      reply.cost_micro_usd, reply.latency_ms, reply.finish_reason)
+
+
+def _failure(error: grpc.aio.AioRpcError) -> Exception:
+    failure = from_rpc_error(error, "adapters")
+    # What the failed call consumed (tokens, cost), so that it is still recorded and billed.
+    failure.failed_call = failed_call_from_rpc_error(error)  # type: ignore[attr-defined]
+    return failure
+
+
+def _failure_without_status(model: str) -> Exception:
+    failure = Unavailable(f"adapters: the stream of {model!r} ended without its final chunk")
+    failure.failed_call = None  # type: ignore[attr-defined]
+    return failure
 
 
 class MeteringClient:

@@ -6,7 +6,7 @@ from xrouter.adapters.catalog import micro_to_usd
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2
 from xrouter.router.core import RouteRequest, RouteResult
-from xrouter.router.episode import CallEvent, Decision, Event
+from xrouter.router.episode import AnswerDelta, CallEvent, Decision, Event
 from xrouter.router.policy import CallOutcome
 from xrouter.reward.server import to_reference
 
@@ -28,7 +28,8 @@ def model_call(call: CallOutcome) -> router_pb2.ModelCall:
         temperature=call.temperature, input_tokens=call.input_tokens, output_tokens=call.output_tokens,
         tokens_estimated=call.tokens_estimated, cost_micro_usd=call.cost_micro_usd,
         cost_usd=micro_to_usd(call.cost_micro_usd), latency_ms=call.latency_ms,
-        status=common_pb2.CallStatus.Value(call.status.value), error=call.error, response=call.text)
+        status=common_pb2.CallStatus.Value(call.status.value), error=call.error, response=call.text,
+        finish_reason=call.finish_reason)
 
 
 def route_response(result: RouteResult) -> router_pb2.RouteResponse:
@@ -51,6 +52,8 @@ def route_event(event: Event) -> router_pb2.RouteEvent:
     if isinstance(event, Decision):
         return router_pb2.RouteEvent(decision=router_pb2.Decision(
             turn=event.turn, action=event.action, models=event.models, selected_call=event.selected_call))
+    if isinstance(event, AnswerDelta):
+        return router_pb2.RouteEvent(answer_chunk=event.text)
     assert isinstance(event, CallEvent)
     if event.started:
         return router_pb2.RouteEvent(call_started=model_call(event.call))

@@ -5,23 +5,27 @@ convert into and out of it), collaborators passed in through the constructor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import time
 import uuid
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
+from xrouter.adapters.backends import estimate_tokens
 from xrouter.common import bounds, metrics
-from xrouter.common.errors import AlreadyExists, DeadlineExceeded, InvalidArgument, XRouterError
+from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
+                                   XRouterError)
 from xrouter.common.telemetry import current_trace_id
 from xrouter.reward.core import TASK_TYPES
 from xrouter.router import replay
 from xrouter.router.baselines import make_baseline
-from xrouter.router.episode import OnEvent, _no_event, run_episode
+from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
-from xrouter.router.ports import Adapters, Meter, Scorer, ScoringReference
+from xrouter.router.ports import Adapters, Meter, ModelReply, Scorer, ScoringReference
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
@@ -93,7 +97,10 @@ class RouterCore:
         self._tracer = tracer or trace.get_tracer("xrouter.router")
 
     async def route(self, request: RouteRequest, timeout: float | None = None,
-                    on_event: OnEvent = _no_event) -> RouteResult:
+                    on_event: OnEvent = _no_event, stream: bool = False) -> RouteResult:
+        """``stream``: the answer reaches ``on_event`` as AnswerDelta events — a final call's text as
+        its backend generates it. Cancelling the route cancels the model calls in flight; what they
+        consumed is still recorded."""
         deadline = time.monotonic() + min(timeout or math.inf, self.limits.request_timeout_s)
         started = time.perf_counter()
         policy, state, tenant = self._prepare(request)  # every field checked before anything is spent
@@ -113,9 +120,10 @@ class RouterCore:
                 return earlier
             metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
             outcome, episode, result, stored = "ok", None, None, ""
+            in_flight: dict[int, CallOutcome] = {}
             try:
-                invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds)
-                episode = await run_episode(_Traced(policy, self._tracer), state, invoke, on_event)
+                invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight)
+                episode = await run_episode(_Traced(policy, self._tracer), state, invoke, on_event, stream)
                 total = sum(c.cost_micro_usd for c in state.calls)
                 span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
                                      "xrouter.calls": len(state.calls)})
@@ -134,14 +142,17 @@ class RouterCore:
                 outcome = f"error:{error.code.name}"
                 stored = replay.encode_error(error, print_) if request.request_id else ""
                 raise
-            except BaseException as error:  # cancelled, or a bug: a retry learns the attempt died
-                outcome = "error:CANCELLED" if isinstance(error, asyncio.CancelledError) else "error:INTERNAL"
-                stored = replay.encode_error(XRouterError(f"the attempt ended without an answer ({outcome[6:]})"),
+            except BaseException as error:  # cancelled (the client went away), or a bug: a retry learns the attempt died
+                outcome = "cancelled" if isinstance(error, asyncio.CancelledError) else "error:INTERNAL"
+                stored = replay.encode_error(XRouterError(f"the attempt ended without an answer ({outcome})"),
                                              print_) if request.request_id else ""
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
-                await self._account(request_id, tenant, policy, trace_id, state, request.reference, deadline,
-                                    episode.strategy.value if episode else "", outcome, stored)
+                state.calls.extend(sorted(in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
+                # Shielded: a second cancel (client gone during accounting) must not lose ledger rows.
+                await asyncio.shield(self._account(request_id, tenant, policy, trace_id, state, request.reference,
+                                                   deadline, episode.strategy.value if episode else "", outcome,
+                                                   stored))
             if result.score is not None:
                 # The scored episode becomes training data (metering's export).
                 await self._meter.record_score(request_id, tenant, result.score, result.reward or 0.0,
@@ -233,21 +244,35 @@ class RouterCore:
         return min(math.ceil(dearest * 2 * (state.max_turns - 1) * 1e6), bounds.MAX_REQUEST_MICRO_USD)
 
     def _invoker(self, request_id: str, max_tokens: int, deadline: float,  # type: ignore[no-untyped-def]
-                 model_seconds: list[float]):
+                 model_seconds: list[float], in_flight: dict[int, CallOutcome]):
         turn_wall: dict[int, float] = {}
 
-        async def invoke(call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int) -> CallOutcome:
+        async def invoke(call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int,
+                         on_delta: OnDelta | None = None) -> CallOutcome:
             outcome = CallOutcome(index, turn, call.model, call.system_prompt, call.temperature, CallStatus.OK,
                                   attempted=True)
             started = time.perf_counter()
+            received: list[str] = []  # streamed text, to account a call cut off by a cancel
+            in_flight[index] = outcome
             with self._tracer.start_as_current_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT) as span:
                 span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.request.model": call.model,
                                      "gen_ai.request.temperature": call.temperature, "xrouter.call_index": index})
                 limit = self.catalog[call.model].max_output_tokens if call.model in self.catalog else 0
                 try:
-                    reply = await self._adapters.invoke(
-                        call.model, messages, call.temperature, min(max_tokens, limit) if limit else max_tokens,
-                        request_id, index, min(_left(deadline), self.limits.call_timeout_s))
+                    timeout = min(_left(deadline), self.limits.call_timeout_s)
+                    if on_delta is None:
+                        reply = await self._adapters.invoke(
+                            call.model, messages, call.temperature, min(max_tokens, limit) if limit else max_tokens,
+                            request_id, index, timeout)
+                    else:
+                        reply = await self._stream(call, messages, min(max_tokens, limit) if limit else max_tokens,
+                                                   request_id, index, timeout,
+                                                   on_delta, received)
+                except asyncio.CancelledError:
+                    outcome.status, outcome.error = CallStatus.ERROR, "cancelled: the client went away"
+                    outcome.latency_ms = (time.perf_counter() - started) * 1000
+                    self._estimate_used(outcome, messages, received)
+                    raise
                 except XRouterError as error:
                     outcome.status = CallStatus.TIMEOUT if isinstance(error, DeadlineExceeded) else CallStatus.ERROR
                     outcome.error = error.message
@@ -255,6 +280,8 @@ class RouterCore:
                     if billed is not None:
                         outcome.input_tokens, outcome.output_tokens = billed.input_tokens, billed.output_tokens
                         outcome.tokens_estimated, outcome.cost_micro_usd = billed.tokens_estimated, billed.cost_micro_usd
+                    elif received:  # streamed text but no account from the adapters
+                        self._estimate_used(outcome, messages, received)
                     span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
                     metrics.MODEL_CALL_ERRORS.labels(call.model, outcome.status.name).inc()
                 else:
@@ -266,6 +293,7 @@ class RouterCore:
                                          "gen_ai.usage.output_tokens": reply.output_tokens,
                                          "gen_ai.response.finish_reasons": [reply.finish_reason],
                                          "xrouter.cost_usd": reply.cost_micro_usd / 1e6})
+            del in_flight[index]
             metrics.MODEL_CALLS.labels(call.model, outcome.status.name).inc()
             wall = time.perf_counter() - started
             outcome.latency_ms = wall * 1000
@@ -274,6 +302,30 @@ class RouterCore:
             turn_wall[turn] = max(turn_wall.get(turn, 0.0), wall)
             return outcome
         return invoke
+
+    async def _stream(self, call: ToolCall, messages: list[tuple[str, str]], max_tokens: int, request_id: str,
+                      index: int, timeout: float, on_delta: OnDelta, received: list[str]) -> ModelReply:
+        """One streamed call: each delta goes to ``on_delta`` as it arrives; returns the accounted reply."""
+        async with contextlib.aclosing(self._adapters.invoke_stream(
+                call.model, messages, call.temperature, max_tokens, request_id, index, timeout)) as chunks:
+            async for item in chunks:
+                if isinstance(item, ModelReply):
+                    return item
+                received.append(item)
+                await on_delta(item)
+        raise Unavailable(f"adapters: the stream of {call.model!r} ended without its final reply")
+
+    def _estimate_used(self, outcome: CallOutcome, messages: list[tuple[str, str]], received: list[str]) -> None:
+        """Account a call cut off in flight (the caller went away). The adapters' own account cannot
+        reach a cancelled caller, so the router estimates what was used from the prompt and the text
+        received, priced from the catalog as the adapters price it."""
+        outcome.input_tokens = sum(estimate_tokens(content) for _, content in messages)
+        outcome.output_tokens, outcome.tokens_estimated = estimate_tokens("".join(received)), True
+        option = self.catalog.get(outcome.model)
+        if option is not None:
+            exact = (outcome.input_tokens * Decimal(str(option.input_usd_per_mtok))
+                     + outcome.output_tokens * Decimal(str(option.output_usd_per_mtok)))
+            outcome.cost_micro_usd = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
     async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str, state: EpisodeState,
                        reference: ScoringReference | None, deadline: float, strategy: str, outcome: str,

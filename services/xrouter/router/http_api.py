@@ -6,11 +6,13 @@ not served here (they carry every tenant's spend) but on the metrics port."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import math
 import time
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +24,7 @@ from xrouter.common.bounds import shown
 from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
 from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
+from xrouter.router.episode import AnswerDelta, Event
 from xrouter.router.ports import ScoringReference
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ MODEL = "xrouter"
 _STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
            "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 _STATUS["UNAUTHENTICATED"] = 401  # a missing, unknown or revoked API key (router/auth.py)
+_DONE = object()
 _CONTROLS = {"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"}
 
 
@@ -178,31 +182,49 @@ class ChatCompletions:
             "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "usage": _usage(result), "xrouter": _xrouter_block(result),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                         "finish_reason": "stop", "logprobs": None}]})
+                         "finish_reason": _finish_reason(result), "logprobs": None}]})
 
     async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool,
                       model: str) -> web.StreamResponse:
-        # Route first so that a bad request still gets a plain JSON error status, not a broken stream.
-        result = await self._core.route(request)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(http)
-        base = {"id": f"chatcmpl-{result.request_id}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model}
+        """SSE with the answer's text as the backend generates it (see RouterCore.route's ``stream``).
+        The response starts with the first piece of the answer: a refusal or a failure before it is
+        a plain JSON error with its HTTP status; a failure after it is a terminal ``error`` event."""
+        request = dataclasses.replace(request, request_id=request.request_id or uuid.uuid4().hex)
+        sse = _Sse(http, {"id": f"chatcmpl-{request.request_id}", "object": "chat.completion.chunk",
+                          "created": int(time.time()), "model": model})
+        queue: asyncio.Queue[object] = asyncio.Queue()
 
-        async def send(payload: dict[str, Any]) -> None:
-            await response.write(f"data: {json.dumps({**base, **payload})}\n\n".encode())
+        async def on_event(event: Event) -> None:
+            if isinstance(event, AnswerDelta) and event.text:
+                queue.put_nowait(event.text)
 
-        await send({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        for start in range(0, len(result.answer), 64):
-            await send({"choices": [{"index": 0, "delta": {"content": result.answer[start:start + 64]},
-                                     "finish_reason": None}]})
-        await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                    "xrouter": _xrouter_block(result)})
-        if include_usage:
-            await send({"choices": [], "usage": _usage(result)})
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        async def run() -> RouteResult:
+            try:
+                return await self._core.route(request, on_event=on_event, stream=True)
+            finally:
+                queue.put_nowait(_DONE)
+
+        task = asyncio.create_task(run())
+        try:
+            while (item := await queue.get()) is not _DONE:
+                await sse.send({"choices": [{"index": 0, "delta": {"content": item}, "finish_reason": None}]})
+            try:
+                result = await task
+            except XRouterError as error:
+                if not sse.started:
+                    return _domain_error(error)
+                await sse.fail(error)
+                return sse.response
+            await sse.send({"choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(result)}],
+                            "xrouter": _xrouter_block(result)})
+            if include_usage:
+                await sse.send({"choices": [], "usage": _usage(result)})
+            await sse.end()
+            return sse.response
+        except ConnectionResetError:  # the client went away mid-stream: nobody is left to answer
+            return sse.response
+        finally:
+            task.cancel()  # the client went away (a failed write, or aiohttp cancelled us): stop the backend
 
     async def models(self, request: web.Request) -> web.Response:
         try:
@@ -211,6 +233,46 @@ class ChatCompletions:
             return _domain_error(error)
         return web.json_response({"object": "list", "data": [
             {"id": MODEL, "object": "model", "created": 0, "owned_by": "xrouter"}]})
+
+
+class _Sse:
+    """An OpenAI-style event stream, opened on its first event (so that an earlier error can still be
+    a plain HTTP error)."""
+
+    def __init__(self, http: web.Request, base: dict[str, Any]) -> None:
+        self._http, self._base = http, base
+        self.response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        self.started = False
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        if not self.started:
+            self.started = True
+            await self.response.prepare(self._http)
+            await self._write({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]})
+        await self._write(payload)
+
+    async def _write(self, payload: dict[str, Any]) -> None:
+        await self.response.write(f"data: {json.dumps({**self._base, **payload})}\n\n".encode())
+
+    async def fail(self, error: XRouterError) -> None:
+        """The terminal error event (the shape OpenAI sends mid-stream; its client raises APIError on
+        it), and no ``[DONE]``: the answer is incomplete."""
+        kind = "invalid_request_error" if _STATUS.get(error.code.name, 500) < 500 else "server_error"
+        event = {"error": {"message": error.message, "type": kind, "param": getattr(error, "field", None),
+                           "code": error.code.name.lower()}}
+        await self.response.write(f"data: {json.dumps(event)}\n\n".encode())
+        await self.response.write_eof()
+
+    async def end(self) -> None:
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+
+
+def _finish_reason(result: RouteResult) -> str:
+    """The backend's finish reason for the returned call ("length" when it was cut at max_tokens)."""
+    chosen = next((c for c in result.calls if c.index == result.selected_call), None)
+    return (chosen.finish_reason if chosen is not None else "") or "stop"
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -250,7 +312,9 @@ def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
 
 async def start_http(core: RouterCore, host: str, port: int, auth: RouterAuth) -> web.AppRunner:
     """Serve the HTTP face on ``host:port`` (0: a free port; read it from the runner's addresses)."""
-    runner = web.AppRunner(make_app(core, auth), access_log=None)
+    # A client that disconnects cancels its handler, and so the episode and the backend call in
+    # flight (what they consumed is still recorded); aiohttp would otherwise let them run to the end.
+    runner = web.AppRunner(make_app(core, auth), access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

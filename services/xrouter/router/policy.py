@@ -57,9 +57,13 @@ class ToolCall:
 
 @dataclasses.dataclass(frozen=True)
 class CallModels:
-    """Call one or more models; the calls of one turn run in parallel."""
+    """Call one or more models; the calls of one turn run in parallel.
+
+    ``final``: the policy promises to return this (single) call's answer unchanged if it succeeds, so
+    the answer may stream from the backend to the user while it is generated."""
 
     calls: tuple[ToolCall, ...]
+    final: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from xrouter.reward.core import Reference as ScoringReference
@@ -38,6 +38,12 @@ class Adapters(Protocol):
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float,
                      max_tokens: int, request_id: str, call_index: int, timeout: float) -> ModelReply: ...
+
+    def invoke_stream(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
+                      request_id: str, call_index: int, timeout: float) -> AsyncIterator[str | ModelReply]:
+        """Text deltas as the backend produces them, then the accounted :class:`ModelReply`. A failure
+        raises a domain error carrying ``failed_call`` (what the call consumed), like :meth:`invoke`."""
+        ...
 
 
 class Meter(Protocol):

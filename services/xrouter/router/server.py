@@ -25,7 +25,6 @@ from xrouter.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
-ANSWER_CHUNK_CHARS = 64
 _DONE = object()
 
 
@@ -53,28 +52,27 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def RouteStream(self, request: router_pb2.RouteRequest,
                           context: grpc.aio.ServicerContext) -> AsyncIterator[router_pb2.RouteEvent]:
+        # Events (and the answer's chunks, as the backend generates them) go out as they happen.
         route_request = await self._route_request(request, context)
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         async def on_event(event: Event) -> None:
-            await queue.put(convert.route_event(event))
+            queue.put_nowait(convert.route_event(event))
 
         async def run() -> router_pb2.RouteResponse:
             try:
-                return convert.route_response(
-                    await self._core.route(route_request, context.time_remaining(), on_event))
+                return convert.route_response(await self._core.route(
+                    route_request, context.time_remaining(), on_event, stream=True))
             finally:
-                await queue.put(_DONE)
+                queue.put_nowait(_DONE)
 
         task = asyncio.create_task(run())
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item
-            response = await task  # re-raises the routing error, if any
+            response = await task  # re-raises the routing error, if any: the stream's terminal status
         finally:
-            task.cancel()
-        for start in range(0, len(response.answer), ANSWER_CHUNK_CHARS):
-            yield router_pb2.RouteEvent(answer_chunk=response.answer[start:start + ANSWER_CHUNK_CHARS])
+            task.cancel()  # the caller went away: cancel the episode (and the backend call); no-op when done
         yield router_pb2.RouteEvent(done=response)
 
     async def GetPolicy(self, request: router_pb2.GetPolicyRequest,

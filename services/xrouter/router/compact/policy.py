@@ -162,7 +162,10 @@ def _action(state: EpisodeState, arrays: StateArrays, chosen: Actions) -> Action
     calls = [arrays.models[int(chosen.first[0])]]
     if int(chosen.second[0]) >= 0:
         calls.append(arrays.models[int(chosen.second[0])])
-    return CallModels(tuple(ToolCall(model, SYSTEM_PROMPT) for model in calls))
+    # A single call made when only the selecting turn remains and nothing else succeeded is the one
+    # answer the policy can return: it may stream to the user as it is generated.
+    final = len(calls) == 1 and state.turn + 1 >= state.max_turns and not any(c.ok for c in state.calls)
+    return CallModels(tuple(ToolCall(model, SYSTEM_PROMPT) for model in calls), final=final)
 
 
 class _Batcher:

@@ -72,7 +72,12 @@ class RouterServiceServicer:
 
     def RouteStream(self, request, context):
         """Same as Route, streamed: decisions, calls as they start and finish, the
-        answer in chunks, then a final event with the whole RouteResponse.
+        answer in chunks, then a final event with the whole RouteResponse. When the
+        policy's last call returns its answer unchanged (a fixed policy, a cascade's
+        escalation), the chunks are that call's text as the backend generates it;
+        otherwise the answer comes whole once the policy has decided. An error after
+        the first chunk ends the stream with the error's status; what the calls
+        consumed is recorded. Cancelling the stream cancels the backend call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
