@@ -28,6 +28,7 @@ from xrouter.adapters.core import AdapterCore
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack
+from xrouter.router.auth import bearer_interceptors
 from xrouter.router.baselines import SYSTEM_PROMPT
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.postgres]
@@ -85,7 +86,7 @@ class Http:
     name = "http"
 
     def __init__(self, stack: InProcessStack) -> None:
-        self.client = openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key="unused", max_retries=0,
+        self.client = openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key=stack.admin_key, max_retries=0,
                                          timeout=PATIENCE_S)
         self._stream: Any = None
 
@@ -124,7 +125,7 @@ class Grpc:
     name = "grpc"
 
     def __init__(self, stack: InProcessStack) -> None:
-        self.channel = grpc.aio.insecure_channel(stack.router_target)
+        self.channel = grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key))
         self._call: Any = None
 
     async def open(self, model: str, tenant: str, **extra: Any) -> AsyncIterator[tuple[str, Any]]:
