@@ -20,6 +20,7 @@ from security.ledger_stack import arc_prompt, ledger_rows, postgres_stack
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.reward.v1 import reward_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.router.auth import bearer_interceptors
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.postgres]
 
@@ -35,13 +36,16 @@ async def running(postgres_server_url):  # type: ignore[no-untyped-def]
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def router(running):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(running[0].router_target) as channel:
+    # The stack's admin key acting for each case's tenant: a well-authenticated caller's bad fields.
+    async with grpc.aio.insecure_channel(running[0].router_target,
+                                         interceptors=bearer_interceptors(running[0].admin_key)) as channel:
         yield router_pb2_grpc.RouterServiceStub(channel)
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def http():  # type: ignore[no-untyped-def]
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+async def http(running):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     headers={"Authorization": f"Bearer {running[0].admin_key}"}) as session:
         yield session
 
 

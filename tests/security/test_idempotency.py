@@ -23,6 +23,7 @@ import pytest_asyncio
 from security.ledger_stack import arc_prompt, ledger_rows, postgres_stack
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.router.auth import bearer_interceptors
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.postgres]
 
@@ -39,8 +40,10 @@ async def running(postgres_server_url):  # type: ignore[no-untyped-def]
 async def faces(running):  # type: ignore[no-untyped-def]
     """route(face, tenant, request_id, prompt) → (status, answer or error message, replayed)."""
     stack, _ = running
-    async with grpc.aio.insecure_channel(stack.router_target) as channel, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+    # The stack's admin key acting for each test's tenants (tenants are named per request).
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel, \
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                  headers={"Authorization": f"Bearer {stack.admin_key}"}) as http:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         async def route(face: str, tenant: str, request_id: str, prompt: str | None = None) -> tuple[Any, str, bool]:
@@ -193,7 +196,7 @@ async def test_answers_are_kept_only_under_a_client_chosen_id(running, faces) ->
     # that chose an id retries with it), so sending the generated id back is refused, not re-run.
     stack, counting = running
     tenant, _ = ids()
-    async with grpc.aio.insecure_channel(stack.router_target) as channel:
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel:
         reply = await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
             messages=[common_pb2.ChatMessage(role="user", content=arc_prompt())], tenant=tenant), timeout=60)
     rows, calls = ledger_rows(stack), counting.calls
