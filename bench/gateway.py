@@ -5,7 +5,8 @@ on one machine, loaded by h2load over HTTP/1.1 at c=1, 16 and 64.
   50 ms apart);
 - LiteLLM proxy, one worker, in its own throwaway virtualenv under .cache/ (pip ``litellm[proxy]``;
   bench-only, never a dependency of xrouter);
-- xrouter: four service processes, Postgres ledger (SQLite when no Postgres answers), fixed policy.
+- xrouter: four service processes, Postgres ledger (SQLite when no Postgres answers), fixed policy;
+  called with a tenant key issued for the run (``xrouter keys create --tenant bench``).
 
 Per gateway and concurrency: req/s, mean/p50/p99 latency (h2load's per-request log), the mean added
 over the bare backend, and req/s as a ratio to LiteLLM's; TTFT of a stream (the official ``openai``
@@ -39,8 +40,9 @@ from bench.streaming_ttft import one, summary
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 LITELLM_VENV = pathlib.Path(".cache/litellm-venv")
 CONCURRENCY = (1, 16, 64)
-# LiteLLM refuses to start without a master key; every gateway is sent it (the others ignore it).
-API_KEY = "sk-bench-" + "0" * 32
+# LiteLLM refuses to start without a master key: it is sent that one (the bare backend ignores keys);
+# xrouter is sent a tenant key of its own ledger, issued when its stack starts.
+LITELLM_KEY = "sk-bench-" + "0" * 32
 PROMPT = [{"role": "user", "content": "count to twenty"}]
 
 
@@ -65,7 +67,7 @@ def litellm(home: pathlib.Path, backend_url: str) -> Iterator[str]:
     process = subprocess.Popen([str(ensure_litellm()), "--config", str(config), "--host", "127.0.0.1",
                                 "--port", str(port), "--num_workers", "1"], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
-                                    "LITELLM_MASTER_KEY": API_KEY})
+                                    "LITELLM_MASTER_KEY": LITELLM_KEY})
     try:
         gateway_stack.wait_http(f"http://127.0.0.1:{port}/health/liveliness", process, timeout=180)
         yield f"http://127.0.0.1:{port}/v1"
@@ -73,7 +75,8 @@ def litellm(home: pathlib.Path, backend_url: str) -> Iterator[str]:
         gateway_stack.stop([process])
 
 
-def h2load(url: str, body: dict[str, Any], clients: int, seconds: float, folder: pathlib.Path) -> dict[str, float]:
+def h2load(url: str, key: str, body: dict[str, Any], clients: int, seconds: float,
+           folder: pathlib.Path) -> dict[str, float]:
     """Load ``url`` for ``seconds`` (after a 1 s warm-up) with ``clients`` connections, one request in
     flight each; latency figures from h2load's per-request log (microseconds)."""
     data, log = folder / "body.json", folder / f"h2load-{clients}.log"
@@ -81,7 +84,7 @@ def h2load(url: str, body: dict[str, Any], clients: int, seconds: float, folder:
     log.unlink(missing_ok=True)
     run = subprocess.run(["h2load", "--h1", "-c", str(clients), "-t", "1", "-m", "1", "-D", str(int(seconds)),
                           "--warm-up-time", "1", "-d", str(data), "-H", "Content-Type: application/json",
-                          "-H", f"Authorization: Bearer {API_KEY}", "--log-file", str(log), url],
+                          "-H", f"Authorization: Bearer {key}", "--log-file", str(log), url],
                          capture_output=True, text=True, check=True)
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
     ok = sorted(int(r[2]) / 1000 for r in rows if r[1] == "200")
@@ -92,10 +95,10 @@ def h2load(url: str, body: dict[str, Any], clients: int, seconds: float, folder:
             "p99_ms": round(ok[min(len(ok) - 1, int(0.99 * len(ok)))], 3)}
 
 
-async def ttft(url: str, model: str, extra: dict[str, Any], requests: int) -> dict[str, float]:
+async def ttft(url: str, key: str, model: str, extra: dict[str, Any], requests: int) -> dict[str, float]:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=url, api_key=API_KEY, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0)
     await one(client, model, extra)  # warm-up
     values = [(await one(client, model, extra))[0] for _ in range(requests)]
     await client.close()
@@ -117,20 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = pathlib.Path(folder)
         backend = stack.enter_context(gateway_stack.backend(gap_ms=50))
         database_url, result["ledger"] = stack.enter_context(gateway_stack.ledger_database())
-        gateways = {"backend": (backend, "instant", {}),
-                    "litellm": (stack.enter_context(litellm(home, backend)), "instant", {}),
-                    "xrouter": (stack.enter_context(gateway_stack.xrouter(home / "xrouter", backend, database_url,
-                                                                          "fixed:instant")), "xrouter",
-                                {"xrouter": {"policy": "fixed:instant"}})}
-        for name, (url, model, extra) in gateways.items():
+        litellm_url = stack.enter_context(litellm(home, backend))
+        xrouter_url, xrouter_key = stack.enter_context(gateway_stack.xrouter(home / "xrouter", backend,
+                                                                             database_url, "fixed:instant"))
+        gateways = {"backend": (backend, LITELLM_KEY, "instant", {}),  # the bare backend ignores the key
+                    "litellm": (litellm_url, LITELLM_KEY, "instant", {}),
+                    "xrouter": (xrouter_url, xrouter_key, "xrouter", {"xrouter": {"policy": "fixed:instant"}})}
+        for name, (url, key, model, extra) in gateways.items():
             result["load"][name] = {}
             for clients in CONCURRENCY:
                 body = {"model": model, "messages": PROMPT, **extra}
-                figures = h2load(f"{url}/chat/completions", body, clients, seconds, home)
+                figures = h2load(f"{url}/chat/completions", key, body, clients, seconds, home)
                 result["load"][name][f"c{clients}"] = figures
                 print(f"  {name:<8} c={clients:<3} {figures}", flush=True)
             slow_extra = {"xrouter": {"policy": "fixed:slow"}} if name == "xrouter" else {}
-            result["ttft_ms"][name] = asyncio.run(ttft(url, "slow" if name != "xrouter" else "xrouter",
+            result["ttft_ms"][name] = asyncio.run(ttft(url, key, "slow" if name != "xrouter" else "xrouter",
                                                        slow_extra, requests))
             print(f"  {name:<8} streaming TTFT {result['ttft_ms'][name]}", flush=True)
     compare(result)

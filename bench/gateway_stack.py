@@ -1,6 +1,7 @@
 """Processes for the gateway benches: the bench backend, and xrouter as in production — four
 services, each its own process (the entry points the containers use), a Postgres ledger (a throwaway
-schema; SQLite when no Postgres answers), a catalog whose models are the bench backend's."""
+schema; SQLite when no Postgres answers), a catalog whose models are the bench backend's — and a
+tenant API key for it, issued as an operator does (``xrouter keys create`` against the ledger)."""
 
 from __future__ import annotations
 
@@ -99,10 +100,24 @@ def ledger_database() -> Iterator[tuple[str, str]]:
         engine.dispose()
 
 
+def create_key(database_url: str, tenant: str = "bench") -> str:
+    """A new API key of ``tenant``: ``xrouter keys create`` against the ledger (the key is printed once)."""
+    run = subprocess.run([sys.executable, "-m", "xrouter.cli", "keys", "create", "--url", database_url,
+                          "--tenant", tenant, "--label", "bench"], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"xrouter keys create failed ({run.returncode}): {run.stderr.strip()}")
+    for line in run.stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "api_key" and value.strip():
+            return value.strip()
+    raise RuntimeError(f"xrouter keys create printed no api_key:\n{run.stdout}")
+
+
 @contextlib.contextmanager
 def xrouter(home: pathlib.Path, backend_url: str, database_url: str, policy: str,
-            models: tuple[str, ...] = ("instant", "slow")) -> Iterator[str]:
-    """The four services as processes; yields the OpenAI face's ``/v1`` base URL."""
+            models: tuple[str, ...] = ("instant", "slow"), tenant: str = "bench") -> Iterator[tuple[str, str]]:
+    """The four services as processes; yields the OpenAI face's ``/v1`` base URL and an API key of
+    ``tenant`` (the faces answer 401 without one)."""
     home.mkdir(parents=True, exist_ok=True)
     catalog = home / "catalog.yaml"
     catalog.write_text(CATALOG.format(entries="".join(ENTRY.format(model=m, url=backend_url) for m in models)))
@@ -119,6 +134,6 @@ def xrouter(home: pathlib.Path, backend_url: str, database_url: str, policy: str
             supervisor.wait_serving(f"127.0.0.1:{envs[name][f'XROUTER_{name.upper()}_PORT']}", processes[-1], name, 60)
         http = f"http://127.0.0.1:{envs['router']['XROUTER_ROUTER_HTTP_PORT']}"
         wait_http(f"{http}/healthz", processes[-1])
-        yield f"{http}/v1"
+        yield f"{http}/v1", create_key(database_url, tenant)  # after metering has migrated the ledger
     finally:
         stop(processes)

@@ -3,7 +3,8 @@ tokens 50 ms apart, directly and through xrouter's OpenAI face (fixed policy, fo
 Postgres ledger when one answers). Requests alternate between the two paths, one at a time.
 
 TTFT is the time from sending the request to the first non-empty content delta; "total" is to the
-end of the stream. The target (issue 14): through xrouter ≤ direct + 5 ms.
+end of the stream. The target (issue 14): through xrouter ≤ direct + 5 ms. xrouter is sent a tenant
+key issued for the run (``xrouter keys create``); the bare backend ignores keys.
 
     .venv/bin/python -m bench.streaming_ttft [--quick]
 
@@ -50,9 +51,9 @@ def summary(values: list[float]) -> dict[str, float]:
             "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2), "min": round(ordered[0], 2)}
 
 
-async def measure(backend_url: str, xrouter_url: str, requests: int) -> dict[str, Any]:
-    direct = openai.AsyncOpenAI(base_url=backend_url, api_key="unused", max_retries=0)
-    routed = openai.AsyncOpenAI(base_url=xrouter_url, api_key="unused", max_retries=0)
+async def measure(backend_url: str, xrouter_url: str, xrouter_key: str, requests: int) -> dict[str, Any]:
+    direct = openai.AsyncOpenAI(base_url=backend_url, api_key="unused", max_retries=0)  # the backend ignores keys
+    routed = openai.AsyncOpenAI(base_url=xrouter_url, api_key=xrouter_key, max_retries=0)
     paths = {"direct": (direct, "slow", {}), "xrouter": (routed, "xrouter", {"xrouter": {"policy": "fixed:slow"}})}
     for client, model, extra in paths.values():  # warm-up: connections, first-request paths
         await one(client, model, extra)
@@ -79,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     requests = 5 if args.quick else args.requests
     with tempfile.TemporaryDirectory() as home, gateway_stack.backend(gap_ms=50) as backend_url, \
             gateway_stack.ledger_database() as (database_url, ledger), \
-            gateway_stack.xrouter(pathlib.Path(home), backend_url, database_url, "fixed:slow") as xrouter_url:
-        figures = asyncio.run(measure(backend_url, xrouter_url, requests))
+            gateway_stack.xrouter(pathlib.Path(home), backend_url, database_url, "fixed:slow") as (xrouter_url, key):
+        figures = asyncio.run(measure(backend_url, xrouter_url, key, requests))
     result = {"benchmark": "streaming_ttft", "requests_per_path": requests, "ledger": ledger,
               "backend": "20 tokens, 50 ms apart", "cpus": os.cpu_count(), **figures}
     print(f"TTFT over {requests} requests each ({ledger} ledger), ms:   mean    p50    p90")
