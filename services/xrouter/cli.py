@@ -137,7 +137,7 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     from xrouter_training.traffic import run
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
-                 pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed)
+                 pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts)
     ceiling = report.get("ceiling", {}).get("apgr")
     print(f"{args.source}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
           f"{report['traffic']} requests" + (f" (ceiling {ceiling:.3f})" if ceiling is not None else "")
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     learn_sim.add_argument("--every", type=int, default=50, help="evaluate after every N requests")
     learn_sim.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the first call")
     learn_sim.add_argument("--seed", type=int, default=0)
+    learn_sim.add_argument("--verdicts", choices=("returned", "called"), default="returned",
+                           help="returned: a verdict on the answer given (thumbs); called: every answered call "
+                           "scored (requests with a reference)")
     learn_sim.set_defaults(run=cmd_learn_sim)
     bundle = sub.add_parser("bundle", help="write the small shipped copy of a checkpoint (encoder by hash)")
     bundle.add_argument("checkpoint")

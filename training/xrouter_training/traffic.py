@@ -61,7 +61,11 @@ def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> 
 
 
 async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
-                   epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS) -> dict:
+                   epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned") -> dict:
+    """``verdicts``: "returned" — the score of the answer the user got (a thumbs up/down); "called" —
+    every answered call scored (a request carrying a reference, scored by the reward service)."""
+    if verdicts not in ("returned", "called"):
+        raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
     env = MixedEnvironment([source])
     options = list(env.options.values())
     pool = sorted(env.options)
@@ -92,11 +96,15 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
         episode = await env.play(behaviour, prompt, pool, cost_lambda)
         if episode.result is not None:
             answered = episode.calls[episode.result.selected_call].model
-            policy.memory.add(prompt.text, policy.query_vector(prompt.text), {answered: episode.score})
+            outcomes = {answered: episode.score}
+            if verdicts == "called":
+                outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
+            policy.memory.add(prompt.text, policy.query_vector(prompt.text), outcomes)
             policy.forget_memory_cache()
         if served % every == 0 or served == len(traffic):
             await measure(served)
     report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
+              "verdicts": verdicts,
               "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
               "weak": vars(gap.weak), "strong": vars(gap.strong), "curve": curve,
               "explored_share": float(np.mean([e.explored for e in behaviour.log])) if behaviour.log else 0.0,
@@ -133,9 +141,9 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 
 def run(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, out: pathlib.Path, requests: int = 500,
-        every: int = 50, epsilon: float = 0.1, seed: int = 0) -> dict:
+        every: int = 50, epsilon: float = 0.1, seed: int = 0, verdicts: str = "returned") -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed))
+    report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed, verdicts=verdicts))
     (out / "traffic_learning.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "traffic_learning.png")
     return report
