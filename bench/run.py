@@ -21,6 +21,7 @@ BENCHMARKS = (
     "bench.answer_checks",
     "bench.encoder_throughput",
     "bench.eval_throughput",
+    "bench.memory_kernel",
     "bench.traffic_learning",
     "bench.streaming_ttft",
 )

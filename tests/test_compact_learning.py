@@ -12,8 +12,9 @@ import torch
 
 from test_training import fake_embed
 from xrouter.router.compact.distribution import Masks, first_logits
-from xrouter.router.compact.features import GLOBAL_FEATURES, LAMBDA_COLUMN, MODEL_FEATURES, lambda_feature
-from xrouter.router.compact.network import INITIAL_SHARPNESS, CompactRouter
+from xrouter.router.compact.features import (
+    EVIDENCE_COLUMN, GLOBAL_FEATURES, LAMBDA_COLUMN, LOCAL_MEAN_COLUMN, MODEL_FEATURES, lambda_feature)
+from xrouter.router.compact.network import INITIAL_PSEUDO_COUNT, INITIAL_SHARPNESS, CompactRouter
 from xrouter_training import grpo, warm_start
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import ReplayEnvironment
@@ -70,6 +71,32 @@ def test_no_lambda_makes_the_dearer_model_attractive_again() -> None:
     for cost_lambda in (200.0, 1e3, 1e4, 1e6):
         calls = _prior(network, cost_lambda)["call"][0]
         assert calls[1] > calls[0], cost_lambda
+
+
+def test_memory_evidence_moves_the_prediction_as_observations_would_and_only_through_the_update() -> None:
+    """p = (a·p_net + E·mean) / (a + E): no evidence leaves the network's prediction alone; a few
+    verdicts on a model move it part of the way, many almost all of it; the trunk never reads the
+    local mean, so the network cannot learn to ignore it (the sparse rows of live traffic)."""
+    torch.manual_seed(0)
+    network = CompactRouter(n_models=2, n_tags=0, hidden=8).eval()
+    query, global_x = torch.randn(1, 384), torch.zeros(1, GLOBAL_FEATURES)
+    ids, present = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool)
+
+    def p_correct(evidence: float, mean: float) -> torch.Tensor:
+        model_x = torch.zeros(1, 2, MODEL_FEATURES)
+        model_x[..., EVIDENCE_COLUMN], model_x[..., LOCAL_MEAN_COLUMN] = evidence, mean
+        with torch.no_grad():
+            return torch.sigmoid(network(query, global_x, ids, model_x, present)["correct"])[0]
+
+    alone = p_correct(0.0, 0.0)
+    assert p_correct(0.0, 1.0).tolist() == pytest.approx(alone.tolist(), abs=1e-6)  # no evidence, no say
+    a = INITIAL_PSEUDO_COUNT
+    for evidence in (1.0, 4.0, 100.0):
+        expected = (a * alone + evidence * 0.0) / (a + evidence)
+        assert p_correct(evidence, 0.0).tolist() == pytest.approx(expected.clamp(min=1e-4).tolist(), rel=1e-4)
+    assert (p_correct(100.0, 1.0) > 0.95).all() and (p_correct(100.0, 0.0) < 0.05).all()
+    # Once the model's answer is in hand, the answer weighs more against the memory (a larger a).
+    assert network.log_pseudo_count[1] > network.log_pseudo_count[0]
 
 
 def test_greedy_first_choice_never_gets_dearer_as_lambda_grows() -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xrouter.router.compact.memory import MEMORY_FEATURES, OutcomeMemory
+from xrouter.router.compact.memory import (
+    CLOSENESS, EVIDENCE, GLOBAL_COUNT, GLOBAL_MEAN, KNOWN, LOCAL_MEAN, MEMORY_FEATURES, OutcomeMemory)
 
 
 def _unit(*values: float) -> np.ndarray:
@@ -44,7 +45,7 @@ def test_a_prompt_never_reads_its_own_outcomes() -> None:
 
 def test_a_model_the_memory_knows_nothing_of_reads_zeros() -> None:
     features = _memory().features(_unit(1, 0, 0), "q", ["brand-new", "big"])
-    assert features[0].tolist() == [0.0, 0.0, 0.0] and features[1, 2] == 1.0
+    assert features[0].tolist() == [0.0] * MEMORY_FEATURES and features[1, KNOWN] == 1.0
 
 
 def test_added_rows_count_at_the_next_lookup() -> None:
@@ -66,10 +67,30 @@ def test_saved_memory_loads_back_to_the_same_answers(tmp_path) -> None:
                                memory.features(query, "q", ["small", "big"]), atol=0.02)
     # Leave-one-out keys survive: "poetry" still skips its own row (which would read 1.0).
     assert loaded.features(VECTORS["poetry"], "poetry", ["small"])[0, 0] == pytest.approx(
-        memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0], abs=1e-3) and \
+        memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0], abs=0.01) and \
         memory.features(VECTORS["poetry"], "poetry", ["small"])[0, 0] < 0.6
 
 
 def test_inconsistent_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="memory shapes disagree"):
         OutcomeMemory(np.zeros((2, 3), np.float32), [b"12345678"], ["m"], np.zeros((2, 1), np.float32))
+
+
+def test_the_whole_memory_gives_each_model_its_mean_and_count_without_the_prompt_itself() -> None:
+    memory = _memory()
+    small = memory.features(_unit(1, 0, 0), "a new question", ["small"])[0]
+    assert small[GLOBAL_MEAN] == pytest.approx(1 / 3) and small[GLOBAL_COUNT] == pytest.approx(np.log1p(3) / 10)
+    # Asked again, "poetry" (small: 1.0) is not counted in its own model's mean either.
+    assert memory.features(VECTORS["poetry"], "poetry", ["small"])[0, GLOBAL_MEAN] == pytest.approx(0.0)
+
+
+def test_evidence_is_the_kernel_weight_of_the_neighbours_so_far_rows_weigh_little() -> None:
+    memory = OutcomeMemory.from_outcomes(["near", "far"], [{"m": 1.0}, {"m": 0.0}],
+                                         {"near": _unit(1, 0.1, 0), "far": _unit(0, 1, 0)}.__getitem__,
+                                         k=2, temperature=0.5)
+    features = memory.features(_unit(1, 0, 0), "q", ["m"])[0]
+    near, far = float(_unit(1, 0.1, 0) @ _unit(1, 0, 0)), 0.0
+    weights = np.exp((np.array([near, far]) - 1) / 0.5)
+    assert features[EVIDENCE] == pytest.approx(weights.sum(), rel=1e-4)
+    assert features[LOCAL_MEAN] == pytest.approx(weights[0] / weights.sum(), rel=1e-4)
+    assert features[CLOSENESS] == pytest.approx((near + far) / 2, rel=1e-4)

@@ -55,9 +55,11 @@ class TrainConfig:
     parallel_calls: bool = True  # the policy may call two models in one turn (off: an ablation)
     answer_checks: bool = True  # the policy reads cheap checks of each answer (off: an ablation)
     # The policy reads an outcome memory of the train split (router/compact/memory.py): each pool
-    # model's scores on the memory_k prompts most like the query. Off: an ablation.
+    # model's scores on the memory_k prompts most like the query, weighted exp((sim - 1) / temperature).
+    # Off: an ablation.
     use_memory: bool = False
-    memory_k: int = 32
+    memory_k: int = 64
+    memory_temperature: float = 0.5
     id_dropout: float = 0.0  # warm start: share of model ids hidden so descriptions carry the prediction
     seed: int = 0
     steps: int = 120
@@ -139,6 +141,8 @@ class TrainConfig:
             if getattr(self, name) < (0 if name == "steps" and self.sft_teacher else 1):
                 alone = " (0 only with policy: lm and an sft_teacher: the warm start alone)" if name == "steps" else ""
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1{alone}")
+        if not (math.isfinite(self.memory_temperature) and self.memory_temperature > 0):
+            raise ConfigError(f"memory_temperature={self.memory_temperature}: must be a number > 0")
         if self.advantage_scale not in ("batch", "group"):
             raise ConfigError(f"advantage_scale={self.advantage_scale!r}: use 'batch' or 'group'")
         if self.warm_start_epochs < 0 or self.warm_start_states_per_prompt < 1:

@@ -114,7 +114,7 @@ class Trainer:
             self.memory = OutcomeMemory.from_outcomes(
                 [p.text for p in self.train_prompts],
                 [{m: s for m, s in self.env.scores[p.prompt_id].items() if m not in excluded} for p in self.train_prompts],
-                embed, k=config.memory_k)
+                embed, k=config.memory_k, temperature=config.memory_temperature)
         self.policy = CompactPolicy(self.network, self.vocabulary, embed, greedy=False, memory=self.memory,
                                     seed=config.seed * 1000 + self.rank, lambda_top=config.lambda_max,
                                     use_descriptors=config.use_descriptors, use_query=config.use_query,

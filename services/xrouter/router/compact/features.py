@@ -22,7 +22,7 @@ import numpy as np
 
 from xrouter.common.outcomes import is_placeholder
 from xrouter.router.compact.answer_checks import CHECK_NAMES, as_features, check_answer
-from xrouter.router.compact.memory import MEMORY_FEATURES
+from xrouter.router.compact.memory import EVIDENCE, LOCAL_MEAN, MEMORY_FEATURES
 from xrouter.router.baselines import answer_key
 from xrouter.router.policy import EpisodeState, ModelOption
 
@@ -32,6 +32,9 @@ from xrouter.router.policy import EpisodeState, ModelOption
 BASE_FEATURES = 12
 MEMORY_COLUMNS = slice(BASE_FEATURES + len(CHECK_NAMES), BASE_FEATURES + len(CHECK_NAMES) + MEMORY_FEATURES)
 MODEL_FEATURES = MEMORY_COLUMNS.stop
+# The local evidence the network's Bayesian update reads (network.py) and its trunk does not.
+LOCAL_MEAN_COLUMN, EVIDENCE_COLUMN = MEMORY_COLUMNS.start + LOCAL_MEAN, MEMORY_COLUMNS.start + EVIDENCE
+ANSWERED_COLUMN = 3  # model_x: the model's call succeeded
 ESTIMATE_COLUMN = 9  # model_x: log(estimated call cost in micro-dollars + 1) / COST_SCALE
 COST_SCALE = 10.0
 GLOBAL_FEATURES = 6
@@ -82,7 +85,7 @@ class StateArrays:
 def encode_state(state: EpisodeState, vocabulary: Vocabulary, lambda_top: float = math.inf,
                  answer_checks: bool = True, memory_x: np.ndarray | None = None) -> StateArrays:
     """The arrays of one decision; λ above ``lambda_top`` (the top of the trained range) counts as it;
-    ``answer_checks=False`` leaves the answer-check columns at 0 (an ablation); ``memory_x`` [M, 3] is
+    ``answer_checks=False`` leaves the answer-check columns at 0 (an ablation); ``memory_x`` [M, MEMORY_FEATURES] is
     the outcome memory's view of each pool model (``OutcomeMemory.features``; None: zeros)."""
     cost_lambda = min(state.cost_lambda, lambda_top)
     models = [option.id for option in state.pool]

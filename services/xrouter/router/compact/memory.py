@@ -1,10 +1,21 @@
 """Outcome memory: recorded (prompt, model, score) outcomes, looked up by query similarity.
 
 For each pool model the compact policy reads what the memory says about prompts like this one: the
-similarity-weighted mean score of that model on the nearest prompts it was recorded on, how close
-those prompts are, and whether it has any. The network learns how far to trust it (through
-``features.encode_state``), so the policy is never worse than ignoring it and, in practice, stacks a
-kNN router's evidence under its own learned prediction.
+similarity-weighted mean score of that model on the nearest prompts it was recorded on and how much
+evidence that is (the sum of the weights), how close those prompts are, whether it has any, and the
+model's mean score and number of rows over the whole memory.
+
+The network does not learn how far to trust the local evidence: it is a Bayesian update of the
+network's own prediction, ``p = (a·p_net + E·mean) / (a + E)`` with one learned pseudo-count ``a``
+(network.py). So a handful of verdicts on a new model moves its prediction at once, as far as they
+are evidence and no further, and a dense memory makes the policy at least a kNN router. (The first
+memory let the network learn the trust from dense rows alone; with the sparse rows of live traffic
+it then ignored them.)
+
+Weights are ``exp((sim − 1) / temperature)`` over the ``k`` nearest rows recorded on the model. A
+sharp kernel (temperature 0.05) is a mean of two or three prompts: on LLMRouter's train split as a
+kNN router it recovered 0.57 of the gap where temperature 0.5 and k = 64 recover 1.08
+(``bench/memory_kernel.py``).
 
 Why a memory and not only weights: a platform team's own traffic, and models added after training,
 are learned by adding rows (``add``) — the routing changes at the next request, without a gradient
@@ -24,7 +35,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-MEMORY_FEATURES = 3  # mean score of the model on the neighbours, their mean similarity, any at all
+# Per model: neighbours' weighted mean score, their mean similarity, any at all, evidence (sum of
+# weights), the model's mean score over the whole memory, log(1 + its rows) / COUNT_SCALE.
+MEMORY_FEATURES = 6
+LOCAL_MEAN, CLOSENESS, KNOWN, EVIDENCE, GLOBAL_MEAN, GLOBAL_COUNT = range(MEMORY_FEATURES)
+COUNT_SCALE = 10.0
+DEFAULT_K, DEFAULT_TEMPERATURE = 64, 0.5
 FILE = "memory.npz"
 
 
@@ -34,7 +50,7 @@ def text_key(text: str) -> bytes:
 
 class OutcomeMemory:
     def __init__(self, vectors: np.ndarray, keys: Sequence[bytes], models: Sequence[str], scores: np.ndarray,
-                 k: int = 32, temperature: float = 0.05) -> None:
+                 k: int = DEFAULT_K, temperature: float = DEFAULT_TEMPERATURE) -> None:
         """vectors [N, D] L2-normalised; keys [N] text hashes; scores [N, len(models)] (NaN: unknown)."""
         if len(vectors) != len(keys) or scores.shape != (len(keys), len(models)):
             raise ValueError(f"memory shapes disagree: {vectors.shape}, {len(keys)} keys, {scores.shape}, "
@@ -46,6 +62,7 @@ class OutcomeMemory:
         self.column = {model: j for j, model in enumerate(self.models)}
         self.scores = np.asarray(scores, dtype=np.float32)
         self._rows: dict[tuple[int, ...], np.ndarray] = {}
+        self._totals: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -77,10 +94,11 @@ class OutcomeMemory:
         self.keys = np.append(self.keys, int.from_bytes(text_key(text), "little", signed=True))
         self.scores = np.concatenate([self.scores, row])
         self._rows.clear()
+        self._totals = None
 
     def features(self, query: np.ndarray, text: str, models: Sequence[str]) -> np.ndarray:
-        """[len(models), MEMORY_FEATURES]: per model (mean neighbour score, mean neighbour similarity,
-        1), or zeros for a model the memory holds nothing on. Rows of ``text`` itself are skipped.
+        """[len(models), MEMORY_FEATURES] (see the constants above), zeros for a model the memory holds
+        nothing on. Rows of ``text`` itself are skipped, in the local and the global figures.
 
         The neighbours of each model are its ``k`` nearest among the ``4k`` nearest rows on which
         any pool model is recorded: exact when the pool's models are recorded on the same prompts
@@ -90,13 +108,23 @@ class OutcomeMemory:
         if not columns or not len(self.keys):
             return out
         slots, cols = (list(x) for x in zip(*columns))
+        own = self.keys == int.from_bytes(text_key(text), "little", signed=True)
+        total, count = self._global_totals()
+        total, count = total[cols].copy(), count[cols].copy()
+        if own.any():
+            mine = self.scores[own][:, cols]
+            total -= np.nansum(mine, 0)
+            count -= (~np.isnan(mine)).sum(0)
+        seen = count > 0
+        out[slots, GLOBAL_MEAN] = np.where(seen, total / np.maximum(count, 1), 0)
+        out[slots, GLOBAL_COUNT] = np.log1p(count) / COUNT_SCALE
         candidates = self._rows_for(tuple(cols))
         if not len(candidates):
             return out
         # All rows (cheaper than gathering); through torch, whose thread count the router and the
         # trainer set to 1 — numpy's BLAS threads made this 5x slower on a busy 2-core machine.
         similarity = (torch.from_numpy(self.vectors) @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
-        similarity[self.keys == int.from_bytes(text_key(text), "little", signed=True)] = -np.inf
+        similarity[own] = -np.inf
         similarity = similarity[candidates]
         width = min(4 * self.k, len(candidates))
         nearest = np.argpartition(-similarity, width - 1)[:width]
@@ -105,13 +133,24 @@ class OutcomeMemory:
         scores = self.scores[candidates[nearest]][:, cols]  # [width, m], nearest first
         use = ~np.isnan(scores) & np.isfinite(sims)[:, None]
         use &= np.cumsum(use, axis=0) <= self.k
-        weights = np.exp((np.where(np.isfinite(sims), sims, 0.0) - 1.0) / self.temperature)[:, None] * use
+        finite = np.where(np.isfinite(sims), sims, 0.0)
+        weights = np.exp((finite - 1.0) / self.temperature)[:, None] * use
         count = use.sum(0)
         known = count > 0
-        mean = (weights * np.nan_to_num(scores)).sum(0) / np.maximum(weights.sum(0), 1e-30)
-        closeness = (np.where(use, np.where(np.isfinite(sims), sims, 0.0)[:, None], 0.0)).sum(0) / np.maximum(count, 1)
-        out[slots] = np.stack([np.where(known, mean, 0), np.where(known, closeness, 0), known], 1)
+        evidence = weights.sum(0)
+        mean = (weights * np.nan_to_num(scores)).sum(0) / np.maximum(evidence, 1e-30)
+        closeness = np.where(use, finite[:, None], 0.0).sum(0) / np.maximum(count, 1)
+        out[slots, LOCAL_MEAN] = np.where(known, mean, 0)
+        out[slots, CLOSENESS] = np.where(known, closeness, 0)
+        out[slots, KNOWN] = known
+        out[slots, EVIDENCE] = evidence
         return out
+
+    def _global_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per model column: the sum of its recorded scores and their number (cached until ``add``)."""
+        if self._totals is None:
+            self._totals = (np.nansum(self.scores, 0).astype(np.float64), (~np.isnan(self.scores)).sum(0))
+        return self._totals
 
     def _rows_for(self, cols: tuple[int, ...]) -> np.ndarray:
         """Rows where any of these models is recorded (cached per pool; ``add`` clears the cache)."""

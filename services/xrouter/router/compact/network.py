@@ -10,6 +10,10 @@ answer to this query is right (``correct``) and what the call will cost (``log_c
 micro-dollars, as a correction to the catalog-price estimate), given what the episode has seen so
 far. A model is known by its id embedding (row 0 for a model never trained with) plus its catalog
 description embedded by the query encoder, so a new model is routable from its catalog entry alone.
+The outcome memory's local evidence (memory.py: the neighbours' weighted mean score and the sum of
+their weights E) is not an input: the predicted score is updated by it as by observations,
+``p = (a·p_net + E·mean) / (a + E)``, with learned pseudo-counts ``a`` (one before the model's answer
+is seen, one after), so a few verdicts on a new model count at once and as much as they weigh.
 
 λ never enters a learned part. The prior logit of each choice is its expected utility,
 ``K·p − λ·ĉ`` (the cost is paid whether the answer is right or not), times a learned sharpness,
@@ -25,9 +29,11 @@ import torch
 from torch import nn
 
 from xrouter.router.compact.features import (
-    COST_SCALE, ESTIMATE_COLUMN, GLOBAL_FEATURES, LAMBDA_COLUMN, LAMBDA_SCALE, MODEL_FEATURES, SPENT_COLUMN)
+    ANSWERED_COLUMN, COST_SCALE, ESTIMATE_COLUMN, EVIDENCE_COLUMN, GLOBAL_FEATURES, LAMBDA_COLUMN, LAMBDA_SCALE, LOCAL_MEAN_COLUMN, MODEL_FEATURES, SPENT_COLUMN)
 
 INITIAL_SHARPNESS = 20.0  # prior logits are expected utilities (about 0..1) times this
+# Pseudo-counts of the network's prediction against the memory's evidence (sum of kernel weights).
+INITIAL_PSEUDO_COUNT, INITIAL_PSEUDO_COUNT_ANSWERED = 4.0, 16.0
 CONTEXT_FEATURES = GLOBAL_FEATURES - 2  # the λ-free global columns the learned parts see
 DESCRIPTOR_DIM = 384
 
@@ -63,6 +69,7 @@ class CompactRouter(nn.Module):
         self.select_head = nn.Linear(hidden, 1)
         self.stop_head = nn.Sequential(nn.Linear(2 * hidden + CONTEXT_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 2))
         self.log_sharpness = nn.Parameter(torch.tensor(float(INITIAL_SHARPNESS)).log())
+        self.log_pseudo_count = nn.Parameter(torch.tensor([INITIAL_PSEUDO_COUNT, INITIAL_PSEUDO_COUNT_ANSWERED]).log())
         for head in (self.call_head, self.select_head, self.stop_head[-1]):  # residuals start at zero
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -83,7 +90,10 @@ class CompactRouter(nn.Module):
         model = self.model_embedding(model_ids)
         if descriptors is not None:
             model = model + self.descriptor(descriptors)
-        x = torch.cat([torch.cat([q, context], -1)[:, None, :].expand(-1, m, -1), model, model_x], dim=-1)
+        trunk_x = model_x.clone()
+        trunk_x[..., LOCAL_MEAN_COLUMN] = 0.0  # read by the Bayesian update below, not learned from
+        trunk_x[..., EVIDENCE_COLUMN] = 0.0
+        x = torch.cat([torch.cat([q, context], -1)[:, None, :].expand(-1, m, -1), model, trunk_x], dim=-1)
         h = self.trunk(x)
         weights = present.float()[..., None]
         pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
@@ -92,11 +102,22 @@ class CompactRouter(nn.Module):
                    + self.correct_head(h).squeeze(-1))
         log_cost = (model_x[..., ESTIMATE_COLUMN] * COST_SCALE + self.cost_readout(q).gather(1, model_ids)
                     + self.cost_head(h).squeeze(-1))
-        prior = self._prior(torch.sigmoid(correct), log_cost, global_x, selectable)
+        p_correct = self._update(torch.sigmoid(correct), model_x)
+        correct = torch.logit(p_correct)
+        prior = self._prior(p_correct, log_cost, global_x, selectable)
         return {"call": prior["call"] + self.call_head(h).squeeze(-1),
                 "select": prior["select"] + self.select_head(h).squeeze(-1),
                 "stop": prior["stop"] + stop_more[:, 0], "more": stop_more[:, 1], "penalty": prior["penalty"],
                 "correct": correct, "log_cost": log_cost}
+
+    def _update(self, p_net: torch.Tensor, model_x: torch.Tensor) -> torch.Tensor:
+        """The network's prediction updated by the memory's local evidence (a weighted mean of recorded
+        scores over the evidence E): (a·p_net + E·mean) / (a + E); with no evidence, p_net."""
+        evidence = model_x[..., EVIDENCE_COLUMN].clamp(min=0.0)
+        answered = model_x[..., ANSWERED_COLUMN] > 0.5
+        pseudo = torch.where(answered, self.log_pseudo_count[1], self.log_pseudo_count[0]).exp()
+        p = (pseudo * p_net + evidence * model_x[..., LOCAL_MEAN_COLUMN]) / (pseudo + evidence)
+        return p.clamp(1e-4, 1 - 1e-4)
 
     def _prior(self, p_correct: torch.Tensor, log_cost: torch.Tensor, global_x: torch.Tensor,
                selectable: torch.Tensor | None) -> dict[str, torch.Tensor]:
