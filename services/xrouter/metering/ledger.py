@@ -97,9 +97,8 @@ class Settlement:
         _ids(self.request_id, self.tenant)
         _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
         _non_negative(self.calls, "calls")
-        if self.returned_call_index is not None and not 0 <= self.returned_call_index < max(self.calls, 1):
-            raise InvalidArgument("returned_call_index", f"must be the index of one of the request's {self.calls} "
-                                  f"calls, got {self.returned_call_index}")
+        if self.returned_call_index is not None:
+            _non_negative(self.returned_call_index, "returned_call_index")
         if self.exploration_epsilon is not None:
             if not 0.0 < self.exploration_epsilon <= 1.0:
                 raise InvalidArgument("exploration.epsilon", f"must be within (0, 1], got {self.exploration_epsilon}")
