@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
-from security.conftest import bearer, chat, new_tenant, post_chat
+from security.conftest import ARC, bearer, chat, new_tenant, post_chat
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack
 from xrouter.metering import export
@@ -163,9 +163,15 @@ async def test_only_the_requests_tenant_may_rate_it(stack, send, prompt, face) -
 
 async def test_the_export_has_the_verdict_the_returned_call_and_no_exploration_by_default(
         stack, send, prompt) -> None:  # type: ignore[no-untyped-def]
+    """A request carrying a reference is scored by the reward service as before; the user's verdict
+    lands beside that score, so a learner reads both (and which call they are about)."""
     tenant = new_tenant()
     key = stack.tenant_key(tenant)
-    block = await routed(stack, prompt, key)
+    reference = {"task_type": "recorded_label", "dataset": "routerbench", "prompt_id": ARC}
+    status, body, _ = await post_chat(stack, chat(prompt, reference=reference), bearer(key))
+    assert status == 200, body
+    block = body["xrouter"]
+    assert block["score"] is not None
     assert block["selected_call"] >= 0  # the cheapest model's answer, returned verbatim
     await send("http", key, {"request_id": block["request_id"], "thumbs": "down", "comment": "wrong letter"})
     (episode,) = list(export.episodes(stack.ledger.engine, tenant=tenant))
@@ -173,5 +179,6 @@ async def test_the_export_has_the_verdict_the_returned_call_and_no_exploration_b
     assert episode["returned_call"] == {"index": block["selected_call"], "model": returned["model"]}
     assert episode["feedback"]["score"] == 0.0 and episode["feedback"]["comment"] == "wrong letter"
     assert episode["feedback"]["source"] == "user" and episode["exploration"] is None
+    assert (episode["score"], episode["prompt"]) == (block["score"], {"dataset": "routerbench", "prompt_id": ARC})
     assert [e["request_id"] for e in export.episodes(stack.ledger.engine, tenant=tenant, scored_only=True)] == [
         block["request_id"]]  # a verdict counts as a learning signal
