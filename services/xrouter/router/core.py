@@ -22,12 +22,12 @@ from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgum
                                    XRouterError)
 from xrouter.common.telemetry import current_trace_id
 from xrouter.router import replay
-from xrouter.router.reference_check import MAX_NAME_CHARS, check_reference
 from xrouter.router.baselines import make_baseline
 from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
 from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.reference_check import MAX_NAME_CHARS, check_reference
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
@@ -157,9 +157,9 @@ class RouterCore:
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
                 state.calls.extend(sorted(in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
-                # Shielded: a second cancel (client gone during accounting) must not lose ledger rows.
                 # What a verdict on the answer is about: the call whose text the user got, if one did.
                 returned = episode.selected_call if episode and outcome == "ok" and episode.selected_call >= 0 else None
+                # Shielded: a second cancel (client gone during accounting) must not lose ledger rows.
                 await asyncio.shield(self._account(request_id, tenant, policy, trace_id, state, request.reference,
                                                    deadline, episode.strategy.value if episode else "", outcome,
                                                    stored, returned, _behaviour(explorer)))
