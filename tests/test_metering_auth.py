@@ -111,6 +111,10 @@ async def test_a_tenant_cannot_change_a_budget_or_write_spend(served, ledger: Le
         (stub.Authorize, metering_pb2.AuthorizeRequest(request_id="r", tenant="acme"), "write the ledger"),
         (stub.Settle, metering_pb2.SettleRequest(request_id="r", tenant="acme"), "write the ledger"),
         (stub.RecordScore, metering_pb2.RecordScoreRequest(request_id="r", tenant="acme"), "write the ledger"),
+        # Verdicts come through the router's faces, which authenticate the user: never straight from a tenant.
+        (stub.RecordFeedback, metering_pb2.RecordFeedbackRequest(request_id="r", tenant="acme", score=1.0,
+                                                                 source=metering_pb2.FEEDBACK_SOURCE_USER),
+         "write the ledger"),
         (stub.CreateApiKey, metering_pb2.CreateApiKeyRequest(tenant="globex"), "manage API keys"),
     ]
     for rpc, request, right in attempts:

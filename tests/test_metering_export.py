@@ -59,7 +59,12 @@ async def test_settled_and_scored_requests_export_as_episodes(
         await stub.Settle(metering_pb2.SettleRequest(
             request_id="q1", tenant="acme", strategy="cascade", outcome="ok", total_cost_micro_usd=4_030, calls=2,
             policy_version="cascade@1", trace_id="ab" * 16, cost_lambda=2.0, dataset="routerbench",
-            prompt_id="mmlu-123", messages=[common_pb2.ChatMessage(role="user", content="2+2? A) 4 B) 5")]))
+            prompt_id="mmlu-123", messages=[common_pb2.ChatMessage(role="user", content="2+2? A) 4 B) 5")],
+            returned_call_index=0, exploration=metering_pb2.Exploration(
+                epsilon=0.1, first_call_probability=0.05, explored=True)))
+        # The user's verdict beside the verifier's score: a learner reads both.
+        await stub.RecordFeedback(metering_pb2.RecordFeedbackRequest(
+            request_id="q1", tenant="acme", score=0.0, source=metering_pb2.FEEDBACK_SOURCE_USER, comment="wrong"))
         await stub.RecordScore(metering_pb2.RecordScoreRequest(request_id="q1", tenant="acme", score=1.0,
                                                                reward=0.991940))
         clock.now = NOON + dt.timedelta(hours=1)
@@ -94,9 +99,13 @@ async def test_settled_and_scored_requests_export_as_episodes(
             {"index": 1, "model": "gpt-4", "status": "timeout", "input_tokens": 101, "output_tokens": 20,
              "cost_micro_usd": 4_000, "latency_ms": 250.5, "at": "2025-03-15T12:00:00Z"}],
         "reported_cost_micro_usd": 4_030, "cost_micro_usd": 4_030, "cost_usd": "0.004030",
-        "score": 1.0, "reward": 0.99194, "scored_at": "2025-03-15T12:00:00Z"}
-    assert (second["request_id"], second["prompt"], second["messages"], second["score"], second["cost_lambda"]) == (
-        "q2", None, None, None, None)
+        "score": 1.0, "reward": 0.99194, "scored_at": "2025-03-15T12:00:00Z",
+        "returned_call": {"index": 0, "model": "mistral-7b"},
+        "exploration": {"epsilon": 0.1, "first_call_probability": 0.05, "first_call_explored": True},
+        "feedback": {"score": 0.0, "source": "user", "comment": "wrong", "at": "2025-03-15T12:00:00Z"}}
+    assert (second["request_id"], second["prompt"], second["messages"], second["score"], second["cost_lambda"],
+            second["returned_call"], second["exploration"], second["feedback"]) == (
+        "q2", None, None, None, None, None, None, None)
 
     scored = tmp_path / "scored.jsonl"
     assert cli.main(["export-episodes", "--url", database_url, "--out", str(scored), "--scored-only"]) == 0

@@ -61,3 +61,22 @@ def check_usd(value: float, field: str) -> None:
     if not (math.isfinite(value) and MIN_REQUEST_USD <= value <= MAX_REQUEST_USD):
         raise InvalidArgument(field, f"must be a number of dollars within [{MIN_REQUEST_USD:.6f}, "
                               f"{MAX_REQUEST_USD:.0f}], got {value}")
+
+
+# A feedback comment is free text for people reading the ledger, not a document.
+MAX_COMMENT_CHARS = 2_000
+
+
+def check_score(value: float, field: str) -> None:
+    """A verdict on an answer: a finite number within [0, 1] (NaN compares false: refused too)."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise InvalidArgument(field, f"must be a number within [0, 1], got {value}")
+
+
+def check_comment(value: str, field: str) -> None:
+    """Free text of at most MAX_COMMENT_CHARS, without control characters other than newlines and
+    tabs (PostgreSQL text cannot hold NUL; logs and exports should not carry terminal escapes)."""
+    if len(value) > MAX_COMMENT_CHARS:
+        raise InvalidArgument(field, f"is {len(value)} characters; at most {MAX_COMMENT_CHARS}")
+    if any(not (ch.isprintable() or ch in "\n\t") for ch in value):
+        raise InvalidArgument(field, "must not contain control characters (other than newlines and tabs)")

@@ -7,8 +7,9 @@ rotation), tenant keys live in ``api_keys`` as their SHA-256. Keys are 256-bit r
 unsalted hash resists brute force as well as a slow one would, and lets a key be found by lookup.
 
 Roles:
-- ``service`` (the router): writes the ledger (Authorize, Record, Settle, RecordScore) for any
-  tenant, reads any tenant's usage, and resolves the keys its own callers send (Authenticate).
+- ``service`` (the router): writes the ledger (Authorize, Record, Settle, RecordScore,
+  RecordFeedback) for any tenant, reads any tenant's usage, and resolves the keys its own callers
+  send (Authenticate).
   It is trusted to name the tenant it acts for.
 - ``admin``: budgets, API keys, any tenant's usage. It cannot write spend. Admin keys are the
   configured hashes or ``api_keys`` rows with role "admin" (``xrouter keys create --admin``).

@@ -104,5 +104,5 @@ def add_parsers(sub: Any) -> None:
     episodes.add_argument("--since", type=_when, help="only requests settled at or after (ISO, UTC)")
     episodes.add_argument("--until", type=_when, help="only requests settled before (ISO, UTC)")
     episodes.add_argument("--tenant", default="", help="only this tenant")
-    episodes.add_argument("--scored-only", action="store_true", help="only requests with a score")
+    episodes.add_argument("--scored-only", action="store_true", help="only requests with a verifier score or feedback")
     episodes.set_defaults(run=cmd_export)

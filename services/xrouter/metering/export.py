@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from xrouter.metering.schema import UTC, LedgerCall, RequestSummary
+from xrouter.metering import feedback
+from xrouter.metering.schema import UTC, Feedback, LedgerCall, RequestSummary
 
 SCHEMA = "xrouter.episode/v1"
 PAGE = 500
@@ -31,7 +32,28 @@ def _usd(micro: int) -> str:
     return str(Decimal(micro).scaleb(-6).quantize(Decimal("0.000001")))
 
 
-def _episode(summary: RequestSummary, calls: list[LedgerCall]) -> dict[str, Any]:
+def _returned_call(summary: RequestSummary, calls: list[LedgerCall]) -> dict[str, Any] | None:
+    """The call whose answer the user got (what a user's verdict is about), by index and model."""
+    if summary.returned_call_index is None:
+        return None
+    model = next((c.model for c in calls if c.call_index == summary.returned_call_index), None)
+    return {"index": summary.returned_call_index, "model": model}
+
+
+def _exploration(summary: RequestSummary) -> dict[str, Any] | None:
+    if summary.exploration_epsilon is None:
+        return None
+    return {"epsilon": summary.exploration_epsilon, "first_call_probability": summary.first_call_probability,
+            "first_call_explored": summary.first_call_explored}
+
+
+def _feedback(row: Feedback | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"score": row.score, "source": row.source, "comment": row.comment, "at": _iso(row.created_at)}
+
+
+def _episode(summary: RequestSummary, calls: list[LedgerCall], verdict: Feedback | None = None) -> dict[str, Any]:
     recorded = sum(c.cost_micro_usd for c in calls)
     return {
         "schema": SCHEMA,
@@ -57,12 +79,16 @@ def _episode(summary: RequestSummary, calls: list[LedgerCall]) -> dict[str, Any]
         "score": summary.score,
         "reward": summary.reward,
         "scored_at": _iso(summary.scored_at),
+        "returned_call": _returned_call(summary, calls),
+        "exploration": _exploration(summary),
+        "feedback": _feedback(verdict),
     }
 
 
 def episodes(engine: Engine, since: dt.datetime | None = None, until: dt.datetime | None = None,
              tenant: str = "", scored_only: bool = False) -> Iterator[dict[str, Any]]:
-    """Episodes of requests settled in [since, until), oldest first."""
+    """Episodes of requests settled in [since, until), oldest first; ``scored_only``: those with a
+    verifier's score or feedback."""
     where = []
     if since is not None:
         where.append(RequestSummary.settled_at >= since)
@@ -70,8 +96,9 @@ def episodes(engine: Engine, since: dt.datetime | None = None, until: dt.datetim
         where.append(RequestSummary.settled_at < until)
     if tenant:
         where.append(RequestSummary.tenant == tenant)
-    if scored_only:
-        where.append(RequestSummary.score.is_not(None))
+    if scored_only:  # a verifier's score or a verdict: either is a learning signal
+        where.append(sa.or_(RequestSummary.score.is_not(None),
+                            sa.exists().where(Feedback.request_id == RequestSummary.request_id)))
     after: tuple[dt.datetime, str] | None = None
     while True:
         page_where = list(where)
@@ -88,8 +115,9 @@ def episodes(engine: Engine, since: dt.datetime | None = None, until: dt.datetim
             for call in session.scalars(sa.select(LedgerCall).where(LedgerCall.request_id.in_(ids))
                                         .order_by(LedgerCall.request_id, LedgerCall.call_index)):
                 by_request[call.request_id].append(call)
+            verdicts = feedback.stored(session, ids)
         for summary in summaries:
-            yield _episode(summary, by_request[summary.request_id])
+            yield _episode(summary, by_request[summary.request_id], verdicts.get(summary.request_id))
         after = (summaries[-1].settled_at, summaries[-1].request_id)
 
 

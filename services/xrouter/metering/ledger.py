@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 
 from xrouter.common.bounds import check_identifier, check_micro_usd
 from xrouter.common.errors import AlreadyExists, InvalidArgument
-from xrouter.metering import auth, budgets, calls, migrate, usage
+from xrouter.metering import auth, budgets, calls, feedback, migrate, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
+from xrouter.metering.feedback import FeedbackRecord
 from xrouter.metering.schema import UTC, LedgerCall, RequestSummary, Reservation
 from xrouter.metering.store import session_factory, session_scope
 from xrouter.metering.usage import BUCKETS, ModelUsage, Usage, UsageBucket
 
-__all__ = ["Authorization", "CallRecord", "Ledger", "LedgerCall", "ModelUsage", "PERIODS", "Reservation",
+__all__ = ["Authorization", "CallRecord", "FeedbackRecord", "Ledger", "LedgerCall", "ModelUsage", "PERIODS", "Reservation",
            "Settlement", "Usage", "UsageBucket", "period_start", "usd", "utc_now"]
 
 CALL_STATUSES = frozenset(
@@ -85,12 +86,25 @@ class Settlement:
     prompt_id: str = ""
     messages: tuple[tuple[str, str], ...] = ()  # (role, content), only when the router keeps them
     response_json: str = ""  # the router's final response or error, replayed to a retry of request_id
+    returned_call_index: int | None = None  # whose answer the user got verbatim; None: no single call's
+    # How an exploring router chose the first call (all None when it did not explore).
+    exploration_epsilon: float | None = None
+    first_call_probability: float | None = None
+    first_call_explored: bool | None = None
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
         _ids(self.request_id, self.tenant)
         _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
         _non_negative(self.calls, "calls")
+        if self.returned_call_index is not None:
+            _non_negative(self.returned_call_index, "returned_call_index")
+        if self.exploration_epsilon is not None:
+            if not 0.0 < self.exploration_epsilon <= 1.0:
+                raise InvalidArgument("exploration.epsilon", f"must be within (0, 1], got {self.exploration_epsilon}")
+            if not 0.0 < (self.first_call_probability or 0.0) <= 1.0:
+                raise InvalidArgument("exploration.first_call_probability",
+                                      f"must be within (0, 1], got {self.first_call_probability}")
         size = sum(len(role) + len(content) for role, content in self.messages)
         if size > MAX_MESSAGES_CHARS:
             raise InvalidArgument("messages", f"{size} characters; at most {MAX_MESSAGES_CHARS} are kept")
@@ -227,7 +241,9 @@ class Ledger:
             tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
             total_cost_micro_usd=summary.total_cost_micro_usd, calls=summary.calls, settled_at=at or self.now(),
             policy_version=summary.policy_version, trace_id=summary.trace_id, cost_lambda=summary.cost_lambda,
-            dataset=summary.dataset, prompt_id=summary.prompt_id,
+            dataset=summary.dataset, prompt_id=summary.prompt_id, returned_call_index=summary.returned_call_index,
+            exploration_epsilon=summary.exploration_epsilon, first_call_probability=summary.first_call_probability,
+            first_call_explored=summary.first_call_explored,
             messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
             if summary.messages else None)
         if summary.response_json:
@@ -264,6 +280,13 @@ class Ledger:
             session.flush()
 
         self._transaction(work)
+
+    def record_feedback(self, item: FeedbackRecord, at: dt.datetime | None = None) -> tuple[bool, float]:
+        """Store a verdict on a settled request's answer (metering/feedback.py): (duplicate, score
+        stored). A concurrent identical verdict loses the key's race and is retried as a duplicate."""
+        item.validate()
+        when = at or self.now()
+        return self._transaction(lambda s: feedback.record(s, item, when))
 
     # --- reads ----------------------------------------------------------------------------------
 

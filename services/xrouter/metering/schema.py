@@ -75,7 +75,10 @@ class RequestSummary(Base):
     """What a settled request did in total, and how it was scored (the episode's header)."""
 
     __tablename__ = "request_summaries"
-    __table_args__ = (sa.Index("ix_request_summaries_settled", "settled_at", "request_id"),)
+    __table_args__ = (sa.Index("ix_request_summaries_settled", "settled_at", "request_id"),
+                      # Trivially unique (request_id is the key); it lets feedback reference the pair,
+                      # so that the database itself refuses a verdict filed under another tenant.
+                      sa.UniqueConstraint("tenant", "request_id", name="uq_request_summaries_tenant_request"))
 
     request_id: Mapped[str] = mapped_column(primary_key=True)
     tenant: Mapped[str] = mapped_column(index=True)
@@ -96,6 +99,35 @@ class RequestSummary(Base):
     score: Mapped[float | None] = mapped_column(sa.Double)
     reward: Mapped[float | None] = mapped_column(sa.Double)
     scored_at: Mapped[dt.datetime | None]
+    # The call whose answer the user got verbatim (NULL: none, e.g. a synthesis or an error): what a
+    # user's verdict is about.
+    returned_call_index: Mapped[int | None] = mapped_column(sa.Integer)
+    # Set only when the first call came from an exploring behaviour policy (router/exploration.py):
+    # its rate, the probability of the first call taken, and whether that call was drawn at random.
+    exploration_epsilon: Mapped[float | None] = mapped_column(sa.Double)
+    first_call_probability: Mapped[float | None] = mapped_column(sa.Double)
+    first_call_explored: Mapped[bool | None]
+
+
+class Feedback(Base):
+    """A verdict on the answer a settled request returned (a user's, or a later reference score).
+    One per request: the key makes a repeat a duplicate in the database, not only in Python, and the
+    foreign key to (tenant, request_id) makes a verdict under another tenant impossible."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(["tenant", "request_id"],
+                                ["request_summaries.tenant", "request_summaries.request_id"],
+                                name="fk_feedback_request_summaries", ondelete="CASCADE"),
+        sa.CheckConstraint("score >= 0 AND score <= 1", name="ck_feedback_score_range"),
+        sa.CheckConstraint("source IN ('user', 'reference')", name="ck_feedback_source"))
+
+    tenant: Mapped[str] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(primary_key=True)
+    score: Mapped[float] = mapped_column(sa.Double)
+    source: Mapped[str] = mapped_column(sa.String(16))  # "user" | "reference"
+    comment: Mapped[str] = mapped_column(sa.Text, server_default="")
+    created_at: Mapped[dt.datetime]
 
 
 class Reservation(Base):

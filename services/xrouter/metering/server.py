@@ -24,7 +24,7 @@ from xrouter.metering import metrics, migrate
 from xrouter.metering.auth import Authenticator, Identity, Permission, Role
 from xrouter.metering.batching import RecordBatcher
 from xrouter.metering.durability import StoreGuard, is_store_down
-from xrouter.metering.ledger import CallRecord, Ledger, Settlement
+from xrouter.metering.ledger import CallRecord, FeedbackRecord, Ledger, Settlement
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine
@@ -34,6 +34,7 @@ SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 _PERIODS = {metering_pb2.BUDGET_PERIOD_DAY: "day", metering_pb2.BUDGET_PERIOD_MONTH: "month"}
 _BUCKETS = {metering_pb2.TIME_BUCKET_HOUR: "hour", metering_pb2.TIME_BUCKET_DAY: "day",
             metering_pb2.TIME_BUCKET_MONTH: "month"}
+_SOURCES = {metering_pb2.FEEDBACK_SOURCE_USER: "user", metering_pb2.FEEDBACK_SOURCE_REFERENCE: "reference"}
 _STATES = {"new": metering_pb2.REQUEST_STATE_NEW, "in_flight": metering_pb2.REQUEST_STATE_IN_FLIGHT,
            "settled": metering_pb2.REQUEST_STATE_SETTLED, "abandoned": metering_pb2.REQUEST_STATE_ABANDONED}
 T = TypeVar("T")
@@ -56,6 +57,15 @@ def _timestamp(value: dt.datetime) -> Timestamp:
 def _model_usage(usage) -> metering_pb2.ModelUsage:  # type: ignore[no-untyped-def]
     return metering_pb2.ModelUsage(model=usage.model, calls=usage.calls, input_tokens=usage.input_tokens,
                                    output_tokens=usage.output_tokens, cost_micro_usd=usage.cost_micro_usd)
+
+
+def _exploration(request: metering_pb2.SettleRequest) -> dict[str, object]:
+    """Settlement's exploration fields (all None when the router did not explore)."""
+    if not request.HasField("exploration"):
+        return {}
+    return {"exploration_epsilon": request.exploration.epsilon,
+            "first_call_probability": request.exploration.first_call_probability,
+            "first_call_explored": request.exploration.explored}
 
 
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
@@ -114,7 +124,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             policy_version=request.policy_version, trace_id=request.trace_id,
             cost_lambda=request.cost_lambda if request.HasField("cost_lambda") else None,
             dataset=request.dataset, prompt_id=request.prompt_id,
-            messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json)
+            messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json,
+            returned_call_index=request.returned_call_index if request.HasField("returned_call_index") else None,
+            **_exploration(request))
         spooled = await asyncio.to_thread(self._guard.settle, summary)
         return metering_pb2.SettleResponse(spooled=spooled)
 
@@ -124,6 +136,17 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         await asyncio.to_thread(self._guard.record_score, request.request_id, request.tenant,
                                 request.score, request.reward)
         return metering_pb2.RecordScoreResponse()
+
+    async def RecordFeedback(self, request: metering_pb2.RecordFeedbackRequest,
+                             context: grpc.aio.ServicerContext) -> metering_pb2.RecordFeedbackResponse:
+        await self._caller(context, Permission.WRITE_LEDGER)
+        source = _SOURCES.get(request.source)
+        if source is None:
+            raise InvalidArgument("source", "must be FEEDBACK_SOURCE_USER or FEEDBACK_SOURCE_REFERENCE")
+        # Not spooled: a verdict needs its settled request to check against, and the caller can retry.
+        duplicate, score = await self._db(self._ledger.record_feedback, FeedbackRecord(
+            request.request_id, request.tenant, request.score, source, request.comment))
+        return metering_pb2.RecordFeedbackResponse(duplicate=duplicate, score=score)
 
     async def GetUsage(self, request: metering_pb2.GetUsageRequest,
                        context: grpc.aio.ServicerContext) -> metering_pb2.GetUsageResponse:

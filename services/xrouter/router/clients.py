@@ -15,7 +15,7 @@ from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
 from xrouter.common.errors import Unavailable, from_rpc_error
 from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
-from xrouter.router.ports import Admission, ModelReply, ScoringReference
+from xrouter.router.ports import Admission, Exploration, ModelReply, ScoringReference
 
 
 _STATES = {metering_pb2.REQUEST_STATE_IN_FLIGHT: "in_flight", metering_pb2.REQUEST_STATE_SETTLED: "settled",
@@ -126,15 +126,28 @@ class MeteringClient:
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "", prompt_id: str = "",
-                     messages: Sequence[tuple[str, str]] = (), response_json: str = "") -> None:
+                     messages: Sequence[tuple[str, str]] = (), response_json: str = "",
+                     returned_call_index: int | None = None, exploration: Exploration | None = None) -> None:
         """Close the request. The keyword fields feed the training export (metering/EXPORT.md);
         ``messages`` only when conversations may be kept."""
+        explored = None if exploration is None else metering_pb2.Exploration(
+            epsilon=exploration.epsilon, first_call_probability=exploration.first_call_probability,
+            explored=exploration.explored)
         await self._call(self._stub.Settle, metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
             messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
-            response_json=response_json), timeout)
+            response_json=response_json, returned_call_index=returned_call_index, exploration=explored), timeout)
+
+    async def record_feedback(self, request_id: str, tenant: str, score: float, comment: str,
+                              timeout: float) -> tuple[bool, float]:
+        """File a user's verdict (metering checks ownership and keeps one per request): (duplicate,
+        the score stored)."""
+        reply = await self._call(self._stub.RecordFeedback, metering_pb2.RecordFeedbackRequest(
+            request_id=request_id, tenant=tenant, score=score, source=metering_pb2.FEEDBACK_SOURCE_USER,
+            comment=comment), timeout)
+        return reply.duplicate, reply.score
 
     async def authenticate(self, key_sha256: str, timeout: float = 5.0) -> Caller | None:
         """Whose key has this SHA-256 (None: no live key). Metering refusing the router's own

@@ -7,6 +7,7 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2
 from xrouter.router.core import RouteRequest, RouteResult
 from xrouter.router.episode import AnswerDelta, CallEvent, Decision, Event
+from xrouter.router.feedback import FeedbackRequest
 from xrouter.router.policy import CallOutcome
 from xrouter.reward.server import to_reference
 
@@ -20,6 +21,18 @@ def route_request(message: router_pb2.RouteRequest) -> RouteRequest:
         max_cost_usd=message.max_cost_usd if message.HasField("max_cost_usd") else None,
         max_turns=message.max_turns, max_tokens=message.max_tokens, tenant=message.tenant,
         policy=message.policy, reference=reference, request_id=message.request_id)
+
+
+_THUMBS = {router_pb2.THUMBS_UP: "up", router_pb2.THUMBS_DOWN: "down"}
+
+
+def feedback_request(message: router_pb2.FeedbackRequest) -> FeedbackRequest:
+    # An enum number this version does not know stays visible (as a number) so that it is refused.
+    thumbs = None if message.thumbs == router_pb2.THUMBS_UNSPECIFIED else _THUMBS.get(message.thumbs,
+                                                                                       str(message.thumbs))
+    return FeedbackRequest(request_id=message.request_id,
+                           score=message.score if message.HasField("score") else None, thumbs=thumbs,
+                           comment=message.comment, tenant=message.tenant)
 
 
 def model_call(call: CallOutcome) -> router_pb2.ModelCall:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import random
 import time
 import uuid
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -20,20 +21,17 @@ from xrouter.common import bounds, metrics
 from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
                                    XRouterError)
 from xrouter.common.telemetry import current_trace_id
-from xrouter.reward.core import TASK_TYPES
 from xrouter.router import replay
 from xrouter.router.baselines import make_baseline
 from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
+from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
-from xrouter.router.ports import Adapters, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.reference_check import MAX_NAME_CHARS, check_reference
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
 MAX_COST_LAMBDA = 1e6  # λ·cost stays a sane reward; the bundled policy is trained on λ ≤ 1000
-MAX_NAME_CHARS = 256  # policy specs, reference dataset and prompt ids
-MAX_REFERENCE_CHARS = 100_000  # gold, rubric, each alias, the code tests
-MAX_ALIASES = 100
-_NEEDS_GOLD = ("multiple_choice", "exact_match", "token_f1", "math")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +49,8 @@ class Limits:
     # How long a retry waits for an earlier attempt with the same request_id to finish before
     # answering ALREADY_EXISTS (nothing spent either way); bounded by the request's deadline.
     in_flight_wait_s: float = 10.0
+    # ε-exploration of the first call, per tenant (router/exploration.py); none by default.
+    exploration: ExplorationRates = ExplorationRates()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +95,12 @@ class RouterCore:
         self.policy = policy
         self.limits = limits
         self._tracer = tracer or trace.get_tracer("xrouter.router")
+        self._rng = random.Random()  # exploration's draws (shared by the per-request wrappers)
+
+    @property
+    def meter(self) -> Meter:
+        """The ledger's client (the feedback desk writes through it too)."""
+        return self._meter
 
     async def route(self, request: RouteRequest, timeout: float | None = None,
                     on_event: OnEvent = _no_event, stream: bool = False) -> RouteResult:
@@ -104,6 +110,7 @@ class RouterCore:
         deadline = time.monotonic() + min(timeout or math.inf, self.limits.request_timeout_s)
         started = time.perf_counter()
         policy, state, tenant = self._prepare(request)  # every field checked before anything is spent
+        explorer = self._explorer(policy, tenant, request)
         request_id = request.request_id or uuid.uuid4().hex
         print_ = replay.fingerprint(request)
         with self._tracer.start_as_current_span("xrouter.route") as span:
@@ -123,7 +130,8 @@ class RouterCore:
             in_flight: dict[int, CallOutcome] = {}
             try:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight)
-                episode = await run_episode(_Traced(policy, self._tracer), state, invoke, on_event, stream)
+                episode = await run_episode(_Traced(explorer or policy, self._tracer), state, invoke, on_event,
+                                            stream)
                 total = sum(c.cost_micro_usd for c in state.calls)
                 span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
                                      "xrouter.calls": len(state.calls)})
@@ -149,16 +157,27 @@ class RouterCore:
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
                 state.calls.extend(sorted(in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
+                # What a verdict on the answer is about: the call whose text the user got, if one did.
+                returned = episode.selected_call if episode and outcome == "ok" and episode.selected_call >= 0 else None
                 # Shielded: a second cancel (client gone during accounting) must not lose ledger rows.
                 await asyncio.shield(self._account(request_id, tenant, policy, trace_id, state, request.reference,
                                                    deadline, episode.strategy.value if episode else "", outcome,
-                                                   stored))
+                                                   stored, returned, _behaviour(explorer)))
             if result.score is not None:
                 # The scored episode becomes training data (metering's export).
                 await self._meter.record_score(request_id, tenant, result.score, result.reward or 0.0,
                                                _left(deadline, floor=5.0))
         metrics.ROUTING_OVERHEAD.observe(max(0.0, time.perf_counter() - started - model_seconds[0]))
         return result
+
+    def _explorer(self, policy: Policy, tenant: str, request: RouteRequest) -> ExploringPolicy | None:
+        """The serving policy wrapped for ε-exploration when the tenant's rate is above 0; None serves it
+        as is. Only the compact policy explores: its later turns were trained on first calls it did not
+        choose, which baselines and the LM policy were not; a per-request override is an evaluation."""
+        epsilon = self.limits.exploration.rate(tenant)
+        if epsilon <= 0.0 or request.policy or policy.kind != "compact":
+            return None
+        return ExploringPolicy(policy, epsilon, rng=self._rng)
 
     async def _admit(self, request_id: str, tenant: str, state: EpisodeState, deadline: float,
                      print_: str) -> RouteResult | None:
@@ -220,7 +239,7 @@ class RouterCore:
         if len(request.policy) > MAX_NAME_CHARS:
             raise InvalidArgument("policy", f"is {len(request.policy)} characters; at most {MAX_NAME_CHARS}")
         if request.reference is not None:
-            _check_reference(request.reference)
+            check_reference(request.reference)
         policy = make_baseline(request.policy, set(self.catalog)) if request.policy else self.policy
         max_turns = request.max_turns or limits.default_max_turns
         if not policy.min_turns <= max_turns <= limits.max_turns:
@@ -329,7 +348,8 @@ class RouterCore:
 
     async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str, state: EpisodeState,
                        reference: ScoringReference | None, deadline: float, strategy: str, outcome: str,
-                       response_json: str = "") -> None:
+                       response_json: str = "", returned_call: int | None = None,
+                       exploration: Exploration | None = None) -> None:
         """Record every attempted call (failed ones too: they may be billed), then settle with what the
         training export needs (the conversation itself is not kept)."""
         attempted = [c for c in state.calls if c.attempted]
@@ -341,40 +361,17 @@ class RouterCore:
             request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),
             _left(deadline, floor=5.0), policy_version=f"{policy.kind}@{policy.version}", trace_id=trace_id,
             cost_lambda=state.cost_lambda, dataset=reference.dataset if reference else "",
-            prompt_id=reference.prompt_id if reference else "", response_json=response_json)
+            prompt_id=reference.prompt_id if reference else "", response_json=response_json,
+            returned_call_index=returned_call, exploration=exploration)
 
 
-def _check_reference(reference: ScoringReference) -> None:
-    """What the reward service would refuse after the calls were paid for, refused first."""
-    if reference.task_type not in TASK_TYPES:
-        raise InvalidArgument("reference.task_type", f"unknown task type {bounds.shown(reference.task_type)}; use "
-                              f"one of {', '.join(TASK_TYPES)}")
-    for name in ("dataset", "prompt_id"):  # stored in the ledger's settled row
-        if len(getattr(reference, name)) > MAX_NAME_CHARS:
-            raise InvalidArgument(f"reference.{name}", f"is {len(getattr(reference, name))} characters; at most "
-                                  f"{MAX_NAME_CHARS}")
-        if not getattr(reference, name).isprintable():  # PostgreSQL text cannot hold NUL, logs no controls
-            raise InvalidArgument(f"reference.{name}", "must be printable characters")
-    texts = [("gold", reference.gold), ("rubric", reference.rubric), ("options", reference.options)]
-    texts += [(f"aliases[{n}]", alias) for n, alias in enumerate(reference.aliases)]
-    if reference.code is not None:
-        code = reference.code
-        texts += [("code", "\n".join((*code.asserts, code.setup, code.check, code.entry_point, code.prefix)))]
-    for name, text in texts:
-        if len(text) > MAX_REFERENCE_CHARS:
-            raise InvalidArgument(f"reference.{name}", f"is {len(text)} characters; at most {MAX_REFERENCE_CHARS}")
-    if len(reference.aliases) > MAX_ALIASES:
-        raise InvalidArgument("reference.aliases", f"{len(reference.aliases)} aliases; at most {MAX_ALIASES}")
-    if reference.task_type in _NEEDS_GOLD and not reference.gold.strip():
-        raise InvalidArgument("reference.gold", f"is required for {reference.task_type}")
-    if reference.task_type == "recorded_label":
-        for name in ("dataset", "prompt_id"):
-            if not getattr(reference, name):
-                raise InvalidArgument(f"reference.{name}", "is required for recorded_label")
-    if reference.task_type == "code":
-        if reference.code is None:
-            raise InvalidArgument("reference.code", "is required for code: set asserts or check and entry_point")
-        reference.code.validate()
+def _behaviour(explorer: ExploringPolicy | None) -> Exploration | None:
+    """How the first call was chosen, for off-policy correction; None when the router did not explore,
+    or when the first action was not a call (exploration only ever draws calls)."""
+    if explorer is None or not explorer.log:
+        return None
+    first = explorer.log[0]
+    return Exploration(explorer.epsilon, first.probability, first.explored)
 
 
 class _Traced:

@@ -1,13 +1,20 @@
 """Exploration at serving: with a small probability a request's first call goes to a pool model
 drawn uniformly, so that models the policy would not pick yet (a new model, a source it never saw)
 get tried and their verdicts reach the outcome memory. Off by default; each decision records the
-probability the behaviour policy gave the action it took, for off-policy use of the logs."""
+probability the behaviour policy gave the action it took, for off-policy use of the logs.
+
+Serving turns it on per tenant (``XROUTER_ROUTER_EXPLORATION_EPSILON`` for every tenant,
+``XROUTER_ROUTER_EXPLORATION_TENANTS`` to override it for some): exploring spends a tenant's
+requests on answers the policy thinks worse, so it is that tenant's choice, not a global one."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 
+from xrouter.common.bounds import check_identifier
+from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.policy import Action, CallModels, EpisodeState, Policy, ToolCall
 
@@ -24,14 +31,16 @@ class Explored:
 
 
 class ExploringPolicy:
-    """``policy`` with ε-uniform exploration of the first call (later turns are the policy's own)."""
+    """``policy`` with ε-uniform exploration of the first call (later turns are the policy's own).
+    ``rng``: shared by the per-request wrappers of a serving router; else seeded from ``seed``."""
 
-    def __init__(self, policy: Policy, epsilon: float, seed: int | None = None) -> None:
+    def __init__(self, policy: Policy, epsilon: float, seed: int | None = None,
+                 rng: random.Random | None = None) -> None:
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"exploration epsilon must be within [0, 1], got {epsilon}")
         self.policy, self.epsilon = policy, epsilon
         self.kind, self.version, self.min_turns = policy.kind, policy.version, policy.min_turns
-        self._rng = random.Random(seed)
+        self._rng = rng or random.Random(seed)
         self.log: list[Explored] = []
 
     async def decide(self, state: EpisodeState) -> Action:
@@ -46,3 +55,45 @@ class ExploringPolicy:
         if isinstance(action, CallModels) and action.calls:
             self.log.append(Explored(action.calls[0].model, False, 1.0 - self.epsilon + share))
         return action
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplorationRates:
+    """ε per tenant: ``tenants`` overrides ``default`` (0: no exploration) for the tenants it names."""
+
+    default: float = 0.0
+    tenants: tuple[tuple[str, float], ...] = ()
+
+    def rate(self, tenant: str) -> float:
+        return dict(self.tenants).get(tenant, self.default)
+
+
+def check_epsilon(value: float, setting: str) -> float:
+    """An exploration rate within [0, 1]; ValueError naming ``setting`` otherwise (NaN included)."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{setting} must be an exploration rate within [0, 1], got {value}")
+    return value
+
+
+def parse_tenants(raw: str, setting: str) -> tuple[tuple[str, float], ...]:
+    """``"tenantA=0.05,tenantB=0.1"`` → ((tenant, ε), …); ValueError naming ``setting`` and the bad
+    entry (a tenant named twice, a missing ``=``, a rate outside [0, 1], a malformed tenant)."""
+    parsed: dict[str, float] = {}
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        tenant, sep, value = (side.strip() for side in entry.partition("="))
+        if not sep:
+            raise ValueError(f"{setting}: {entry!r} is not tenant=rate (e.g. \"acme=0.05,globex=0.1\")")
+        try:
+            check_identifier(tenant, "tenant")
+        except InvalidArgument as error:
+            raise ValueError(f"{setting}: {entry!r}: {error.message}") from None
+        if tenant in parsed:
+            raise ValueError(f"{setting}: tenant {tenant!r} is named twice")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ValueError(f"{setting}: {entry!r}: the rate must be a number within [0, 1]") from None
+        parsed[tenant] = check_epsilon(rate, f"{setting} ({tenant})")
+    return tuple(parsed.items())

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible HTTP face: ``POST /v1/chat/completions`` (plain and SSE streaming) and
-``GET /v1/models``, over the same core as the gRPC face. ``model`` is ``xrouter`` or
+"""The OpenAI-compatible HTTP face: ``POST /v1/chat/completions`` (plain and SSE streaming),
+``GET /v1/models`` and ``POST /v1/feedback`` (router/feedback.py), over the same core as the gRPC face. ``model`` is ``xrouter`` or
 ``xrouter:<lambda>``; router controls ride in an optional ``xrouter`` object of the body.
 Callers authenticate with ``Authorization: Bearer <key>`` (router/auth.py); Prometheus metrics are
 not served here (they carry every tenant's spend) but on the metrics port."""
@@ -25,6 +25,7 @@ from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
 from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.episode import AnswerDelta, Event
+from xrouter.router.feedback import FeedbackDesk, parse_body
 from xrouter.router.ports import ScoringReference
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class ChatCompletions:
     def __init__(self, core: RouterCore, auth: RouterAuth) -> None:
         self._core = core
         self._auth = auth
+        self._feedback = FeedbackDesk(core.meter, core.limits.request_timeout_s)
 
     async def _caller(self, request: web.Request) -> Caller:
         return await self._auth.caller(key_from_authorization(request.headers.get("Authorization")))
@@ -225,6 +227,25 @@ class ChatCompletions:
             return sse.response
         finally:
             task.cancel()  # the client went away (a failed write, or aiohttp cancelled us): stop the backend
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        """A verdict on a settled request's answer; authenticated (and the tenant decided) as for chat."""
+        try:
+            caller = await self._caller(request)
+        except XRouterError as error:
+            return _domain_error(error)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
+        try:
+            parsed = parse_body(body, request.headers.get("X-Tenant", ""))
+            parsed = dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
+            result = await self._feedback.submit(parsed)
+        except XRouterError as error:
+            return _domain_error(error)
+        return web.json_response({"object": "xrouter.feedback", "request_id": result.request_id,
+                                  "score": result.score, "duplicate": result.duplicate})
 
     async def models(self, request: web.Request) -> web.Response:
         try:
@@ -306,6 +327,7 @@ def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_json_errors])
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_post("/v1/feedback", handlers.feedback)
     app.router.add_get("/healthz", _healthz)
     return app
 

@@ -10,7 +10,7 @@ from typing import Protocol
 from xrouter.reward.core import Reference as ScoringReference
 from xrouter.router.policy import CallOutcome, ModelOption
 
-__all__ = ["Adapters", "Admission", "Meter", "ModelReply", "Scorer", "ScoringReference"]
+__all__ = ["Adapters", "Admission", "Exploration", "Meter", "ModelReply", "Scorer", "ScoringReference"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +20,16 @@ class Admission:
 
     state: str = "new"
     response_json: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Exploration:
+    """How an exploring router chose a request's first call: its rate ε, the behaviour policy's
+    probability of the call it made, and whether that call was drawn at random."""
+
+    epsilon: float
+    first_call_probability: float
+    explored: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +66,16 @@ class Meter(Protocol):
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "",
-                     prompt_id: str = "", response_json: str = "") -> None: ...
+                     prompt_id: str = "", response_json: str = "", returned_call_index: int | None = None,
+                     exploration: Exploration | None = None) -> None: ...
 
     async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                            timeout: float) -> None: ...
+
+    async def record_feedback(self, request_id: str, tenant: str, score: float, comment: str,
+                              timeout: float) -> tuple[bool, float]:
+        """A user's verdict on a settled request's answer: (duplicate, the score stored)."""
+        ...
 
 
 class Scorer(Protocol):

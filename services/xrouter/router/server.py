@@ -21,6 +21,7 @@ from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
 from xrouter.router.auth import Caller, RouterAuth, key_from_metadata
 from xrouter.router.core import RouteRequest, RouterCore
 from xrouter.router.episode import Event
+from xrouter.router.feedback import FeedbackDesk
 from xrouter.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._core = core
         self._store = store
         self._auth = auth
+        self._feedback = FeedbackDesk(core.meter, core.limits.request_timeout_s)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         return await self._auth.caller(key_from_metadata(context.invocation_metadata() or ()))
@@ -74,6 +76,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             task.cancel()  # the caller went away: cancel the episode (and the backend call); no-op when done
         yield router_pb2.RouteEvent(done=response)
+
+    async def Feedback(self, request: router_pb2.FeedbackRequest,
+                       context: grpc.aio.ServicerContext) -> router_pb2.FeedbackResponse:
+        caller = await self._caller(context)
+        parsed = convert.feedback_request(request)
+        parsed = dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
+        result = await self._feedback.submit(parsed, context.time_remaining())
+        return router_pb2.FeedbackResponse(request_id=result.request_id, score=result.score,
+                                           duplicate=result.duplicate)
 
     async def GetPolicy(self, request: router_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:

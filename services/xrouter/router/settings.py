@@ -8,6 +8,7 @@ import re
 from xrouter.common.settings import SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.router.core import Limits
+from xrouter.router.exploration import ExplorationRates, check_epsilon, parse_tenants
 from xrouter.router.policy_store import LMGeneration
 
 
@@ -59,10 +60,24 @@ class RouterSettings:
     # How long a verified API key is trusted without asking metering again: the bound on how late
     # a revocation takes effect (router/auth.py).
     key_cache_s: float = env("XROUTER_ROUTER_KEY_CACHE_S", 30.0)
+    # ε-exploration of the first call (router/exploration.py), for the compact policy only: the rate
+    # for every tenant (0: none, the default), and per-tenant overrides ("acme=0.05,globex=0.1").
+    # Each explored request records the behaviour probability of its first call with its settlement.
+    exploration_epsilon: float = env("XROUTER_ROUTER_EXPLORATION_EPSILON", 0.0)
+    exploration_tenants: str = env("XROUTER_ROUTER_EXPLORATION_TENANTS", "")
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
-                      self.default_tenant, self.request_timeout_s, self.call_timeout_s)
+                      self.default_tenant, self.request_timeout_s, self.call_timeout_s,
+                      exploration=self.exploration())
+
+    def exploration(self) -> ExplorationRates:
+        """The exploration rates; SettingsError naming the variable when one is malformed."""
+        try:
+            return ExplorationRates(check_epsilon(self.exploration_epsilon, "XROUTER_ROUTER_EXPLORATION_EPSILON"),
+                                    parse_tenants(self.exploration_tenants, "XROUTER_ROUTER_EXPLORATION_TENANTS"))
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
 
     def lm_generation(self) -> LMGeneration:
         return LMGeneration(self.lm_generation_url, self.lm_served_model)
@@ -86,6 +101,7 @@ class RouterSettings:
         if not 0 <= self.key_cache_s <= 3600:
             raise SettingsError(f"XROUTER_ROUTER_KEY_CACHE_S must be within [0, 3600] seconds (how late a revoked "
                                 f"key may still work), got {self.key_cache_s}")
+        self.exploration()
         if self.default_cost_lambda < 0:
             raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")
         for name, value in (("XROUTER_ROUTER_POLICY_CONFIGMAP", self.policy_configmap),

@@ -26,19 +26,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from xrouter.api.common.v1 import common_pb2 as xrouter_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"xrouter/metering/v1/metering.proto\x12\x13xrouter.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1exrouter/common/v1/common.proto\"b\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1a\n\x12\x65stimate_micro_usd\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\"\xf0\x01\n\x11\x41uthorizeResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x1b\n\x13remaining_micro_usd\x18\x02 \x01(\x03\x12\x1b\n\x13soft_limit_exceeded\x18\x03 \x01(\x08\x12\x10\n\x08warnings\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.xrouter.metering.v1.RequestState\x12\x15\n\rresponse_json\x18\x07 \x01(\t\"\x88\x02\n\rRecordRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncall_index\x18\x02 \x01(\x05\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_micro_usd\x18\x07 \x01(\x03\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12-\n\x06status\x18\t \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\"4\n\x0eRecordResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0f\n\x07spooled\x18\x02 \x01(\x08\"\xc4\x02\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x1c\n\x14total_cost_micro_usd\x18\x05 \x01(\x03\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x18\n\x0b\x63ost_lambda\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x61taset\x18\n \x01(\t\x12\x11\n\tprompt_id\x18\x0b \x01(\t\x12\x30\n\x08messages\x18\x0c \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x15\n\rresponse_json\x18\r \x01(\tB\x0e\n\x0c_cost_lambda\"!\n\x0eSettleResponse\x12\x0f\n\x07spooled\x18\x01 \x01(\x08\"\xb5\x01\n\x0fGetUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12/\n\x06\x62ucket\x18\x05 \x01(\x0e\x32\x1f.xrouter.metering.v1.TimeBucket\"o\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x16\n\x0e\x63ost_micro_usd\x18\x05 \x01(\x03\"h\n\x0bUsageBucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.xrouter.metering.v1.ModelUsage\"\xb6\x01\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.xrouter.metering.v1.ModelUsage\x12\x1c\n\x14total_cost_micro_usd\x18\x03 \x01(\x03\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x31\n\x07\x62uckets\x18\x05 \x03(\x0b\x32 .xrouter.metering.v1.UsageBucket\"\xb9\x01\n\x10SetBudgetRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x31\n\x06period\x18\x02 \x01(\x0e\x32!.xrouter.metering.v1.BudgetPeriod\x12\x17\n\x0flimit_micro_usd\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12!\n\x14soft_limit_micro_usd\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_soft_limit_micro_usd\"\x13\n\x11SetBudgetResponse\"W\n\x12RecordScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0e\n\x06reward\x18\x04 \x01(\x01\"\x15\n\x13RecordScoreResponse\"C\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\"7\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\")\n\x13\x41uthenticateRequest\x12\x12\n\nkey_sha256\x18\x01 \x01(\t\"E\n\x14\x41uthenticateResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t*\x99\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11REQUEST_STATE_NEW\x10\x01\x12\x1b\n\x17REQUEST_STATE_IN_FLIGHT\x10\x02\x12\x19\n\x15REQUEST_STATE_SETTLED\x10\x03\x12\x1b\n\x17REQUEST_STATE_ABANDONED\x10\x04*k\n\nTimeBucket\x12\x1b\n\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x14\n\x10TIME_BUCKET_HOUR\x10\x01\x12\x13\n\x0fTIME_BUCKET_DAY\x10\x02\x12\x15\n\x11TIME_BUCKET_MONTH\x10\x03*]\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42UDGET_PERIOD_DAY\x10\x01\x12\x17\n\x13\x42UDGET_PERIOD_MONTH\x10\x02\x32\xd9\x06\n\x0fMeteringService\x12Z\n\tAuthorize\x12%.xrouter.metering.v1.AuthorizeRequest\x1a&.xrouter.metering.v1.AuthorizeResponse\x12Q\n\x06Record\x12\".xrouter.metering.v1.RecordRequest\x1a#.xrouter.metering.v1.RecordResponse\x12Q\n\x06Settle\x12\".xrouter.metering.v1.SettleRequest\x1a#.xrouter.metering.v1.SettleResponse\x12W\n\x08GetUsage\x12$.xrouter.metering.v1.GetUsageRequest\x1a%.xrouter.metering.v1.GetUsageResponse\x12Z\n\tSetBudget\x12%.xrouter.metering.v1.SetBudgetRequest\x1a&.xrouter.metering.v1.SetBudgetResponse\x12`\n\x0bRecordScore\x12\'.xrouter.metering.v1.RecordScoreRequest\x1a(.xrouter.metering.v1.RecordScoreResponse\x12\x63\n\x0c\x43reateApiKey\x12(.xrouter.metering.v1.CreateApiKeyRequest\x1a).xrouter.metering.v1.CreateApiKeyResponse\x12\x63\n\x0cRevokeApiKey\x12(.xrouter.metering.v1.RevokeApiKeyRequest\x1a).xrouter.metering.v1.RevokeApiKeyResponse\x12\x63\n\x0c\x41uthenticate\x12(.xrouter.metering.v1.AuthenticateRequest\x1a).xrouter.metering.v1.AuthenticateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"xrouter/metering/v1/metering.proto\x12\x13xrouter.metering.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1exrouter/common/v1/common.proto\"b\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1a\n\x12\x65stimate_micro_usd\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\"\xf0\x01\n\x11\x41uthorizeResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x1b\n\x13remaining_micro_usd\x18\x02 \x01(\x03\x12\x1b\n\x13soft_limit_exceeded\x18\x03 \x01(\x08\x12\x10\n\x08warnings\x18\x04 \x03(\t\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.xrouter.metering.v1.RequestState\x12\x15\n\rresponse_json\x18\x07 \x01(\t\"\x88\x02\n\rRecordRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ncall_index\x18\x02 \x01(\x05\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x16\n\x0e\x63ost_micro_usd\x18\x07 \x01(\x03\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12-\n\x06status\x18\t \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\"4\n\x0eRecordResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0f\n\x07spooled\x18\x02 \x01(\x08\"\xb5\x03\n\rSettleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x1c\n\x14total_cost_micro_usd\x18\x05 \x01(\x03\x12\r\n\x05\x63\x61lls\x18\x06 \x01(\x05\x12\x16\n\x0epolicy_version\x18\x07 \x01(\t\x12\x10\n\x08trace_id\x18\x08 \x01(\t\x12\x18\n\x0b\x63ost_lambda\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x61taset\x18\n \x01(\t\x12\x11\n\tprompt_id\x18\x0b \x01(\t\x12\x30\n\x08messages\x18\x0c \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x15\n\rresponse_json\x18\r \x01(\t\x12 \n\x13returned_call_index\x18\x0e \x01(\x05H\x01\x88\x01\x01\x12\x35\n\x0b\x65xploration\x18\x0f \x01(\x0b\x32 .xrouter.metering.v1.ExplorationB\x0e\n\x0c_cost_lambdaB\x16\n\x14_returned_call_index\"P\n\x0b\x45xploration\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x1e\n\x16\x66irst_call_probability\x18\x02 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x03 \x01(\x08\"!\n\x0eSettleResponse\x12\x0f\n\x07spooled\x18\x01 \x01(\x08\"\xb5\x01\n\x0fGetUsageRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x04 \x01(\t\x12/\n\x06\x62ucket\x18\x05 \x01(\x0e\x32\x1f.xrouter.metering.v1.TimeBucket\"o\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x16\n\x0e\x63ost_micro_usd\x18\x05 \x01(\x03\"h\n\x0bUsageBucket\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.xrouter.metering.v1.ModelUsage\"\xb6\x01\n\x10GetUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12/\n\x06models\x18\x02 \x03(\x0b\x32\x1f.xrouter.metering.v1.ModelUsage\x12\x1c\n\x14total_cost_micro_usd\x18\x03 \x01(\x03\x12\x10\n\x08requests\x18\x04 \x01(\x03\x12\x31\n\x07\x62uckets\x18\x05 \x03(\x0b\x32 .xrouter.metering.v1.UsageBucket\"\xb9\x01\n\x10SetBudgetRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x31\n\x06period\x18\x02 \x01(\x0e\x32!.xrouter.metering.v1.BudgetPeriod\x12\x17\n\x0flimit_micro_usd\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12!\n\x14soft_limit_micro_usd\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x17\n\x15_soft_limit_micro_usd\"\x13\n\x11SetBudgetResponse\"W\n\x12RecordScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0e\n\x06reward\x18\x04 \x01(\x01\"\x15\n\x13RecordScoreResponse\"\x90\x01\n\x15RecordFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x33\n\x06source\x18\x04 \x01(\x0e\x32#.xrouter.metering.v1.FeedbackSource\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\":\n\x16RecordFeedbackResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x01\"C\n\x13\x43reateApiKeyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\"7\n\x14\x43reateApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x16\n\x14RevokeApiKeyResponse\")\n\x13\x41uthenticateRequest\x12\x12\n\nkey_sha256\x18\x01 \x01(\t\"E\n\x14\x41uthenticateResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t*\x99\x01\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11REQUEST_STATE_NEW\x10\x01\x12\x1b\n\x17REQUEST_STATE_IN_FLIGHT\x10\x02\x12\x19\n\x15REQUEST_STATE_SETTLED\x10\x03\x12\x1b\n\x17REQUEST_STATE_ABANDONED\x10\x04*k\n\nTimeBucket\x12\x1b\n\x17TIME_BUCKET_UNSPECIFIED\x10\x00\x12\x14\n\x10TIME_BUCKET_HOUR\x10\x01\x12\x13\n\x0fTIME_BUCKET_DAY\x10\x02\x12\x15\n\x11TIME_BUCKET_MONTH\x10\x03*]\n\x0c\x42udgetPeriod\x12\x1d\n\x19\x42UDGET_PERIOD_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42UDGET_PERIOD_DAY\x10\x01\x12\x17\n\x13\x42UDGET_PERIOD_MONTH\x10\x02*j\n\x0e\x46\x65\x65\x64\x62\x61\x63kSource\x12\x1f\n\x1b\x46\x45\x45\x44\x42\x41\x43K_SOURCE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46\x45\x45\x44\x42\x41\x43K_SOURCE_USER\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_SOURCE_REFERENCE\x10\x02\x32\xc4\x07\n\x0fMeteringService\x12Z\n\tAuthorize\x12%.xrouter.metering.v1.AuthorizeRequest\x1a&.xrouter.metering.v1.AuthorizeResponse\x12Q\n\x06Record\x12\".xrouter.metering.v1.RecordRequest\x1a#.xrouter.metering.v1.RecordResponse\x12Q\n\x06Settle\x12\".xrouter.metering.v1.SettleRequest\x1a#.xrouter.metering.v1.SettleResponse\x12W\n\x08GetUsage\x12$.xrouter.metering.v1.GetUsageRequest\x1a%.xrouter.metering.v1.GetUsageResponse\x12Z\n\tSetBudget\x12%.xrouter.metering.v1.SetBudgetRequest\x1a&.xrouter.metering.v1.SetBudgetResponse\x12`\n\x0bRecordScore\x12\'.xrouter.metering.v1.RecordScoreRequest\x1a(.xrouter.metering.v1.RecordScoreResponse\x12i\n\x0eRecordFeedback\x12*.xrouter.metering.v1.RecordFeedbackRequest\x1a+.xrouter.metering.v1.RecordFeedbackResponse\x12\x63\n\x0c\x43reateApiKey\x12(.xrouter.metering.v1.CreateApiKeyRequest\x1a).xrouter.metering.v1.CreateApiKeyResponse\x12\x63\n\x0cRevokeApiKey\x12(.xrouter.metering.v1.RevokeApiKeyRequest\x1a).xrouter.metering.v1.RevokeApiKeyResponse\x12\x63\n\x0c\x41uthenticate\x12(.xrouter.metering.v1.AuthenticateRequest\x1a).xrouter.metering.v1.AuthenticateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xrouter.metering.v1.metering_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REQUESTSTATE']._serialized_start=2363
-  _globals['_REQUESTSTATE']._serialized_end=2516
-  _globals['_TIMEBUCKET']._serialized_start=2518
-  _globals['_TIMEBUCKET']._serialized_end=2625
-  _globals['_BUDGETPERIOD']._serialized_start=2627
-  _globals['_BUDGETPERIOD']._serialized_end=2720
+  _globals['_REQUESTSTATE']._serialized_start=2765
+  _globals['_REQUESTSTATE']._serialized_end=2918
+  _globals['_TIMEBUCKET']._serialized_start=2920
+  _globals['_TIMEBUCKET']._serialized_end=3027
+  _globals['_BUDGETPERIOD']._serialized_start=3029
+  _globals['_BUDGETPERIOD']._serialized_end=3122
+  _globals['_FEEDBACKSOURCE']._serialized_start=3124
+  _globals['_FEEDBACKSOURCE']._serialized_end=3230
   _globals['_AUTHORIZEREQUEST']._serialized_start=124
   _globals['_AUTHORIZEREQUEST']._serialized_end=222
   _globals['_AUTHORIZERESPONSE']._serialized_start=225
@@ -48,37 +50,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDRESPONSE']._serialized_start=734
   _globals['_RECORDRESPONSE']._serialized_end=786
   _globals['_SETTLEREQUEST']._serialized_start=789
-  _globals['_SETTLEREQUEST']._serialized_end=1113
-  _globals['_SETTLERESPONSE']._serialized_start=1115
-  _globals['_SETTLERESPONSE']._serialized_end=1148
-  _globals['_GETUSAGEREQUEST']._serialized_start=1151
-  _globals['_GETUSAGEREQUEST']._serialized_end=1332
-  _globals['_MODELUSAGE']._serialized_start=1334
-  _globals['_MODELUSAGE']._serialized_end=1445
-  _globals['_USAGEBUCKET']._serialized_start=1447
-  _globals['_USAGEBUCKET']._serialized_end=1551
-  _globals['_GETUSAGERESPONSE']._serialized_start=1554
-  _globals['_GETUSAGERESPONSE']._serialized_end=1736
-  _globals['_SETBUDGETREQUEST']._serialized_start=1739
-  _globals['_SETBUDGETREQUEST']._serialized_end=1924
-  _globals['_SETBUDGETRESPONSE']._serialized_start=1926
-  _globals['_SETBUDGETRESPONSE']._serialized_end=1945
-  _globals['_RECORDSCOREREQUEST']._serialized_start=1947
-  _globals['_RECORDSCOREREQUEST']._serialized_end=2034
-  _globals['_RECORDSCORERESPONSE']._serialized_start=2036
-  _globals['_RECORDSCORERESPONSE']._serialized_end=2057
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2059
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2126
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2128
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2183
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2185
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2222
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2224
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2246
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=2248
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=2289
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=2291
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=2360
-  _globals['_METERINGSERVICE']._serialized_start=2723
-  _globals['_METERINGSERVICE']._serialized_end=3580
+  _globals['_SETTLEREQUEST']._serialized_end=1226
+  _globals['_EXPLORATION']._serialized_start=1228
+  _globals['_EXPLORATION']._serialized_end=1308
+  _globals['_SETTLERESPONSE']._serialized_start=1310
+  _globals['_SETTLERESPONSE']._serialized_end=1343
+  _globals['_GETUSAGEREQUEST']._serialized_start=1346
+  _globals['_GETUSAGEREQUEST']._serialized_end=1527
+  _globals['_MODELUSAGE']._serialized_start=1529
+  _globals['_MODELUSAGE']._serialized_end=1640
+  _globals['_USAGEBUCKET']._serialized_start=1642
+  _globals['_USAGEBUCKET']._serialized_end=1746
+  _globals['_GETUSAGERESPONSE']._serialized_start=1749
+  _globals['_GETUSAGERESPONSE']._serialized_end=1931
+  _globals['_SETBUDGETREQUEST']._serialized_start=1934
+  _globals['_SETBUDGETREQUEST']._serialized_end=2119
+  _globals['_SETBUDGETRESPONSE']._serialized_start=2121
+  _globals['_SETBUDGETRESPONSE']._serialized_end=2140
+  _globals['_RECORDSCOREREQUEST']._serialized_start=2142
+  _globals['_RECORDSCOREREQUEST']._serialized_end=2229
+  _globals['_RECORDSCORERESPONSE']._serialized_start=2231
+  _globals['_RECORDSCORERESPONSE']._serialized_end=2252
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=2255
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=2399
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=2401
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=2459
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=2461
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=2528
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=2530
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=2585
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=2587
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=2624
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=2626
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2648
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=2650
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=2691
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=2693
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=2762
+  _globals['_METERINGSERVICE']._serialized_start=3233
+  _globals['_METERINGSERVICE']._serialized_end=4197
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,12 @@ class BudgetPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUDGET_PERIOD_UNSPECIFIED: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_DAY: _ClassVar[BudgetPeriod]
     BUDGET_PERIOD_MONTH: _ClassVar[BudgetPeriod]
+
+class FeedbackSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_SOURCE_UNSPECIFIED: _ClassVar[FeedbackSource]
+    FEEDBACK_SOURCE_USER: _ClassVar[FeedbackSource]
+    FEEDBACK_SOURCE_REFERENCE: _ClassVar[FeedbackSource]
 REQUEST_STATE_UNSPECIFIED: RequestState
 REQUEST_STATE_NEW: RequestState
 REQUEST_STATE_IN_FLIGHT: RequestState
@@ -43,6 +49,9 @@ TIME_BUCKET_MONTH: TimeBucket
 BUDGET_PERIOD_UNSPECIFIED: BudgetPeriod
 BUDGET_PERIOD_DAY: BudgetPeriod
 BUDGET_PERIOD_MONTH: BudgetPeriod
+FEEDBACK_SOURCE_UNSPECIFIED: FeedbackSource
+FEEDBACK_SOURCE_USER: FeedbackSource
+FEEDBACK_SOURCE_REFERENCE: FeedbackSource
 
 class AuthorizeRequest(_message.Message):
     __slots__ = ("request_id", "tenant", "estimate_micro_usd", "models")
@@ -109,7 +118,7 @@ class RecordResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., spooled: _Optional[bool] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages", "response_json")
+    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages", "response_json", "returned_call_index", "exploration")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +132,8 @@ class SettleRequest(_message.Message):
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_CALL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     strategy: str
@@ -136,7 +147,19 @@ class SettleRequest(_message.Message):
     prompt_id: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     response_json: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response_json: _Optional[str] = ...) -> None: ...
+    returned_call_index: int
+    exploration: Exploration
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response_json: _Optional[str] = ..., returned_call_index: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ...) -> None: ...
+
+class Exploration(_message.Message):
+    __slots__ = ("epsilon", "first_call_probability", "explored")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CALL_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    first_call_probability: float
+    explored: bool
+    def __init__(self, epsilon: _Optional[float] = ..., first_call_probability: _Optional[float] = ..., explored: _Optional[bool] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
     __slots__ = ("spooled",)
@@ -227,6 +250,28 @@ class RecordScoreRequest(_message.Message):
 class RecordScoreResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "tenant", "score", "source", "comment")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tenant: str
+    score: float
+    source: FeedbackSource
+    comment: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[_Union[FeedbackSource, str]] = ..., comment: _Optional[str] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("duplicate", "score")
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    score: float
+    def __init__(self, duplicate: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
     __slots__ = ("tenant", "label", "admin")

@@ -31,8 +31,8 @@ class MeteringServiceStub:
 
     Callers identify themselves with an API key in the `authorization` metadata
     ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
-    - the service identity (the router) may Authorize, Record, Settle and
-    RecordScore for any tenant;
+    - the service identity (the router) may Authorize, Record, Settle,
+    RecordScore and RecordFeedback for any tenant;
     - an admin identity may also SetBudget, read any tenant's usage and manage
     API keys;
     - a tenant key may only read its own usage (GetUsage).
@@ -76,6 +76,11 @@ class MeteringServiceStub:
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.SerializeToString,
                 response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/RecordFeedback',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/xrouter.metering.v1.MeteringService/CreateApiKey',
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyRequest.SerializeToString,
@@ -99,8 +104,8 @@ class MeteringServiceServicer:
 
     Callers identify themselves with an API key in the `authorization` metadata
     ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
-    - the service identity (the router) may Authorize, Record, Settle and
-    RecordScore for any tenant;
+    - the service identity (the router) may Authorize, Record, Settle,
+    RecordScore and RecordFeedback for any tenant;
     - an admin identity may also SetBudget, read any tenant's usage and manage
     API keys;
     - a tenant key may only read its own usage (GetUsage).
@@ -158,6 +163,19 @@ class MeteringServiceServicer:
     def RecordScore(self, request, context):
         """Stores the verifier's score and reward of a request (for the training
         export). Repeatable; the last score wins.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """Stores a verdict on a settled request's answer (a user's feedback) beside
+        it, for the training export. One per request, enforced by the database:
+        the same feedback again is a duplicate (stored once), different feedback
+        is ALREADY_EXISTS. NOT_FOUND when no request with this id has settled;
+        PERMISSION_DENIED when it belongs to another tenant; INVALID_ARGUMENT when
+        the request ended in an error (no answer to rate). Not spooled: UNAVAILABLE
+        while the database is down (the caller may retry; it is idempotent).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +239,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.FromString,
                     response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.SerializeToString,
             ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.CreateApiKeyRequest.FromString,
@@ -250,8 +273,8 @@ class MeteringService:
 
     Callers identify themselves with an API key in the `authorization` metadata
     ("Bearer <key>") when the service runs with XROUTER_METERING_AUTH=required:
-    - the service identity (the router) may Authorize, Record, Settle and
-    RecordScore for any tenant;
+    - the service identity (the router) may Authorize, Record, Settle,
+    RecordScore and RecordFeedback for any tenant;
     - an admin identity may also SetBudget, read any tenant's usage and manage
     API keys;
     - a tenant key may only read its own usage (GetUsage).
@@ -411,6 +434,33 @@ class MeteringService:
             '/xrouter.metering.v1.MeteringService/RecordScore',
             xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreRequest.SerializeToString,
             xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/RecordFeedback',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

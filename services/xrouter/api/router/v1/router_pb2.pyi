@@ -16,11 +16,20 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_SELECT: _ClassVar[Strategy]
     STRATEGY_SYNTHESIZE: _ClassVar[Strategy]
     STRATEGY_FALLBACK: _ClassVar[Strategy]
+
+class Thumbs(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    THUMBS_UNSPECIFIED: _ClassVar[Thumbs]
+    THUMBS_UP: _ClassVar[Thumbs]
+    THUMBS_DOWN: _ClassVar[Thumbs]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_DIRECT: Strategy
 STRATEGY_SELECT: Strategy
 STRATEGY_SYNTHESIZE: Strategy
 STRATEGY_FALLBACK: Strategy
+THUMBS_UNSPECIFIED: Thumbs
+THUMBS_UP: Thumbs
+THUMBS_DOWN: Thumbs
 
 class RouteRequest(_message.Message):
     __slots__ = ("messages", "allowed_models", "cost_lambda", "max_cost_usd", "max_turns", "max_tokens", "tenant", "policy", "reference", "request_id")
@@ -159,3 +168,27 @@ class LoadPolicyRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     source: str
     def __init__(self, source: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "score", "thumbs", "comment", "tenant")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THUMBS_FIELD_NUMBER: _ClassVar[int]
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    score: float
+    thumbs: Thumbs
+    comment: str
+    tenant: str
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., thumbs: _Optional[_Union[Thumbs, str]] = ..., comment: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("request_id", "score", "duplicate")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    score: float
+    duplicate: bool
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., duplicate: _Optional[bool] = ...) -> None: ...

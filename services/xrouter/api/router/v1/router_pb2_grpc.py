@@ -56,6 +56,11 @@ class RouterServiceStub:
                 request_serializer=xrouter_dot_router_dot_v1_dot_router__pb2.LoadPolicyRequest.SerializeToString,
                 response_deserializer=xrouter_dot_router_dot_v1_dot_router__pb2.PolicyInfo.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/xrouter.router.v1.RouterService/Feedback',
+                request_serializer=xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -97,6 +102,18 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A verdict on the answer a settled request returned, stored beside it in the
+        ledger for learning. Idempotent per request: the same feedback again is
+        answered with duplicate = true and stored once; different feedback for a
+        request already rated is ALREADY_EXISTS. An unknown request_id (or one not
+        settled yet) is NOT_FOUND; another tenant's is PERMISSION_DENIED, as for
+        Route's request_id; bad input is INVALID_ARGUMENT naming the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -119,6 +136,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.LoadPolicy,
                     request_deserializer=xrouter_dot_router_dot_v1_dot_router__pb2.LoadPolicyRequest.FromString,
                     response_serializer=xrouter_dot_router_dot_v1_dot_router__pb2.PolicyInfo.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -231,6 +253,33 @@ class RouterService:
             '/xrouter.router.v1.RouterService/LoadPolicy',
             xrouter_dot_router_dot_v1_dot_router__pb2.LoadPolicyRequest.SerializeToString,
             xrouter_dot_router_dot_v1_dot_router__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.router.v1.RouterService/Feedback',
+            xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackRequest.SerializeToString,
+            xrouter_dot_router_dot_v1_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,97 @@
+"""Feedback in (issue 17): a user's verdict on the answer a routed request returned, filed under
+that request's id and stored beside it in the ledger, where the training export reads it together
+with the verifier's score and the call whose answer was returned.
+
+Both faces (``POST /v1/feedback``, ``RouterService.Feedback``) parse into :class:`FeedbackRequest`
+and go through :class:`FeedbackDesk`. The verdict is ``score`` in [0, 1] or ``thumbs`` ("up" = 1,
+"down" = 0), exactly one of them, with an optional comment. The desk checks the input (every
+refusal names its field) and metering decides the rest in its database: no settled request with
+this id → NOT_FOUND; another tenant's → PERMISSION_DENIED (as Route answers for another tenant's
+request_id: the id namespace is shared, so a 404 here would hide nothing Route does not already
+tell); the same verdict again → a duplicate, stored once; a different one → ALREADY_EXISTS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from xrouter.common.bounds import check_comment, check_identifier, check_score
+from xrouter.common.errors import InvalidArgument
+from xrouter.router.ports import Meter
+
+THUMBS = {"up": 1.0, "down": 0.0}
+_FIELDS = {"request_id", "score", "thumbs", "comment", "tenant"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackRequest:
+    """A verdict as a face received it (``tenant`` as named in the request; the faces replace it
+    with the one the caller's key may act for)."""
+
+    request_id: str
+    score: float | None = None
+    thumbs: str | None = None
+    comment: str = ""
+    tenant: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackResult:
+    request_id: str
+    score: float  # the score stored for the request
+    duplicate: bool  # this verdict had been stored before: nothing new was written
+
+
+def verdict(request: FeedbackRequest) -> float:
+    """The score a request gives, after checking every field (InvalidArgument names the first bad one)."""
+    check_identifier(request.request_id, "request_id")
+    if request.score is not None and request.thumbs is not None:
+        raise InvalidArgument("score", "give either score or thumbs, not both")
+    if request.thumbs is not None:
+        if request.thumbs not in THUMBS:
+            raise InvalidArgument("thumbs", f"must be 'up' or 'down', got {request.thumbs!r}")
+        score = THUMBS[request.thumbs]
+    elif request.score is not None:
+        check_score(request.score, "score")
+        score = request.score
+    else:
+        raise InvalidArgument("score", "a verdict is required: score (a number within [0, 1]) or thumbs ('up' or "
+                              "'down')")
+    check_comment(request.comment, "comment")
+    return score
+
+
+class FeedbackDesk:
+    """Files verdicts with metering, which checks ownership and keeps one per request."""
+
+    def __init__(self, meter: Meter, timeout_s: float = 10.0) -> None:
+        self._meter = meter
+        self._timeout_s = timeout_s
+
+    async def submit(self, request: FeedbackRequest, timeout: float | None = None) -> FeedbackResult:
+        score = verdict(request)
+        duplicate, stored = await self._meter.record_feedback(
+            request.request_id, request.tenant, score, request.comment, min(timeout or self._timeout_s,
+                                                                            self._timeout_s))
+        return FeedbackResult(request.request_id, stored, duplicate)
+
+
+def parse_body(body: Any, tenant_header: str) -> FeedbackRequest:
+    """The JSON body of ``POST /v1/feedback``; strict about types (JSON true is not a number)."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("body", f"must be a JSON object, got {type(body).__name__}")
+    if not set(body) <= _FIELDS:
+        raise InvalidArgument("body", f"unknown keys {sorted(set(body) - _FIELDS)}; known: {sorted(_FIELDS)}")
+    score = body.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise InvalidArgument("score", f"must be a number within [0, 1], got {score!r}")
+    for name in ("request_id", "thumbs", "comment", "tenant"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InvalidArgument(name, f"must be a string, got {body[name]!r}")
+    try:
+        number = None if score is None else float(score)
+    except OverflowError:  # an integer written out with 400 digits
+        raise InvalidArgument("score", "must be a number within [0, 1]") from None
+    return FeedbackRequest(request_id=body.get("request_id") or "", score=number, thumbs=body.get("thumbs"),
+                           comment=body.get("comment") or "", tenant=body.get("tenant") or tenant_header)
