@@ -26,6 +26,7 @@ class SingleModelPolicy:
 
     version = "1"
     min_turns = 2
+    one_answer = True  # the answer is the call's, unchanged: tool calls and formats pass through
 
     def __init__(self, kind: str, model: str | None = None) -> None:
         self.kind = kind
