@@ -252,8 +252,8 @@ async def test_a_body_that_is_not_an_object_is_a_400(stack, http) -> None:  # ty
 
 @pytest.mark.parametrize(("body", "param"), [
     pytest.param({"max_tokens": 0.5}, "max_tokens", id="fractional-max-tokens"),
-    pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, "messages[0]",
-                 id="content-parts"),
+    pytest.param({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+                 "messages[0].content", id="image-content-part"),
     pytest.param({"xrouter": {"max_turns": "abc"}}, "xrouter.max_turns", id="non-numeric-max-turns"),
     pytest.param({"xrouter": {"max_cost_usd": "abc"}}, "xrouter.max_cost_usd", id="non-numeric-max-cost"),
     pytest.param({"xrouter": {"colour": "blue"}}, "xrouter", id="unknown-control"),
