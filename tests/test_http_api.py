@@ -177,6 +177,27 @@ async def test_the_models_list_offers_xrouter(client) -> None:  # type: ignore[n
     assert all(m.object == "model" for m in models)
 
 
+async def test_a_recorded_model_honours_stop_and_refuses_what_a_recording_cannot(  # type: ignore[no-untyped-def]
+        stack, client, recorded, prompt) -> None:
+    # A catalog model named as ``model`` is called directly; its replay backend cuts at a stop
+    # sequence as a generating model would, and refuses options a recording cannot honour.
+    mistral = "mistralai/mistral-7b-chat"
+    assert recorded[ARC][mistral] == "A\n"
+    tenant = new_tenant()
+    completion = await client.chat.completions.create(model=mistral, messages=user(prompt), stop=["\n"],
+                                                      extra_body={"xrouter": {"tenant": tenant}})
+    assert (completion.model, completion.choices[0].message.content) == (mistral, "A")
+    assert [m.model for m in stack.ledger.usage(tenant).models] == [mistral]
+    for field, value in (("top_p", 0.5), ("response_format", {"type": "json_object"}),
+                         ("tools", [{"type": "function", "function": {"name": "f"}}])):
+        tenant = new_tenant()
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(model=mistral, messages=user(prompt), **{field: value},
+                                                 extra_body={"xrouter": {"tenant": tenant}})
+        assert raised.value.param == field and raised.value.code == "invalid_value"
+        assert stack.ledger.usage(tenant).requests == 0
+
+
 def _create(model: str = "xrouter", messages=None, **controls):  # type: ignore[no-untyped-def]
     return {"model": model, "messages": user("hi") if messages is None else messages,
             "extra_body": {"xrouter": controls}}
