@@ -6,6 +6,7 @@ a catalog model named as ``model`` is called directly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -220,6 +221,15 @@ async def test_a_bad_key_is_invalid_api_key(stack) -> None:  # type: ignore[no-u
         with pytest.raises(openai.AuthenticationError) as raised:
             await stranger.chat.completions.create(**ask(new_tenant()))
     assert raised.value.code == "invalid_api_key"
+
+
+async def test_a_spent_budget_is_429_insufficient_quota_with_when_it_resets(stack, client) -> None:  # type: ignore[no-untyped-def]
+    tenant = new_tenant()
+    await asyncio.to_thread(stack.ledger.set_budget, tenant, "month", 1)  # one micro-dollar: refused
+    with pytest.raises(openai.RateLimitError) as raised:
+        await client.chat.completions.create(**ask(tenant))
+    assert raised.value.code == "insufficient_quota" and raised.value.status_code == 429
+    assert 0 < int(raised.value.response.headers["Retry-After"]) <= 32 * 86_400  # the month's end
 
 
 @pytest.mark.parametrize(("method", "path", "status", "code"), [

@@ -32,6 +32,11 @@ class SingleModelPolicy:
         self.kind = kind
         self._model = model
 
+    @property
+    def model(self) -> str | None:
+        """The one model a ``fixed:<model>`` policy calls (None: the cheapest of the pool)."""
+        return self._model
+
     def choose(self, state: EpisodeState) -> str:
         if self._model is None:
             return _by_price(state)[0].id

@@ -28,6 +28,9 @@ def pool_for_options(pool: list[ModelOption], options: CallOptions, policy: Poli
         raise InvalidArgument(structured[0], f"the {policy.kind} policy compares or rewrites answers, so it cannot "
                               "return a model's tool calls or schema-shaped answer unchanged; name a catalog model "
                               "as the model (or use policy fixed:<model> or cheapest)")
+    pinned = getattr(policy, "model", None)  # fixed:<model>: only its own backend's options count
+    if pinned is not None and options.used():
+        pool = [option for option in pool if option.id == pinned] or pool
     for name in options.used():
         if not any(name in option.options for option in pool):
             raise InvalidArgument(name, f"none of the models this request may call honours it ("
