@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import grpc
 import openai
 import pytest
 import pytest_asyncio
@@ -22,7 +23,10 @@ from test_adapters_openai import entry
 from xrouter.adapters.backends.openai_http import OpenAIBackend
 from xrouter.adapters.catalog import parse_catalog
 from xrouter.adapters.core import AdapterCore
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack
+from xrouter.router.auth import bearer_interceptors
 from xrouter.router.openai_request import PRESETS
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.postgres]
@@ -149,6 +153,19 @@ async def test_tools_pass_through_to_a_directly_called_model(backend, client, st
     assert body["tools"] == TOOLS and body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
 
 
+async def test_the_grpc_face_takes_the_same_options(stack, backend) -> None:  # type: ignore[no-untyped-def]
+    before = len(backend.bodies)
+    async with grpc.aio.insecure_channel(stack.router_target,
+                                         interceptors=bearer_interceptors(stack.admin_key)) as channel:
+        reply = await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=PROMPT)], tenant=new_tenant(), policy="fixed:beta",
+            temperature=0.5, seed=11, stop=["x"], user="u-2", tools_json=json.dumps(TOOLS)), timeout=30)
+    [call] = reply.calls
+    assert (call.finish_reason, json.loads(call.tool_calls_json)[0]["function"]["name"]) == ("tool_calls", "lookup")
+    [body] = backend.bodies[before:]
+    assert (body["temperature"], body["seed"], body["stop"], body["user"], body["tools"]) == (0.5, 11, ["x"], "u-2", TOOLS)
+
+
 async def test_response_format_passes_through_to_a_directly_called_model(client) -> None:  # type: ignore[no-untyped-def]
     reply = await client.chat.completions.create(**ask(new_tenant(), model="alpha",
                                                        response_format={"type": "json_object"}))
@@ -158,6 +175,7 @@ async def test_response_format_passes_through_to_a_directly_called_model(client)
 async def test_sdk_defaults_are_accepted(client) -> None:  # type: ignore[no-untyped-def]
     reply = await client.chat.completions.create(**ask(
         new_tenant(), n=1, store=False, presence_penalty=0, frequency_penalty=0, logprobs=False,
+        response_format={"type": "text"},
         messages=[{"role": "developer", "content": "Be brief."},
                   {"role": "user", "content": [{"type": "text", "text": "one two "}, {"type": "text", "text": "three"}]}]))
     assert reply.choices[0].message.content == "echo: one two three"

@@ -131,6 +131,8 @@ def _messages(value: Any) -> list[tuple[str, str]]:
 
 def _json_option(body: dict[str, Any], field: str) -> str:
     value = body.get(field)
+    if field == "response_format" and value == {"type": "text"}:
+        return ""  # plain text is what every answer is: nothing to ask of the model (and any policy may serve it)
     return "" if value is None else json.dumps(value)
 
 
