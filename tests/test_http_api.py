@@ -173,8 +173,9 @@ async def test_streaming_without_include_usage_sends_no_usage_chunk(client, prom
 
 async def test_the_models_list_offers_xrouter(client) -> None:  # type: ignore[no-untyped-def]
     models = [model async for model in client.models.list()]
-    assert "xrouter" in {m.id for m in models}
+    assert {"xrouter", "xrouter-cheap", GPT4, "mistralai/mistral-7b-chat"} <= {m.id for m in models}
     assert all(m.object == "model" for m in models)
+    assert (await client.models.retrieve("mistralai/mistral-7b-chat")).id == "mistralai/mistral-7b-chat"
 
 
 async def test_a_recorded_model_honours_stop_and_refuses_what_a_recording_cannot(  # type: ignore[no-untyped-def]

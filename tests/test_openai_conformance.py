@@ -221,6 +221,11 @@ async def test_an_unknown_model_is_not_found(client) -> None:  # type: ignore[no
 async def test_the_models_list_has_the_router_its_presets_and_the_catalog(client) -> None:  # type: ignore[no-untyped-def]
     ids = [model.id async for model in client.models.list()]
     assert ids == ["xrouter", *(f"xrouter-{p}" for p in PRESETS), "alpha", "beta"]
+    assert (await client.models.retrieve("xrouter-cheap")).owned_by == "xrouter"
+    assert (await client.models.retrieve("beta")).id == "beta"
+    with pytest.raises(openai.NotFoundError) as raised:
+        await client.models.retrieve("gpt-9")
+    assert raised.value.code == "model_not_found"
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -178,16 +178,31 @@ class ChatCompletions:
         finally:
             task.cancel()  # the client went away (a failed write, or aiohttp cancelled us): stop the backend
 
+    def _models(self) -> dict[str, dict[str, Any]]:
+        """The router, its named cost presets, then every catalog model (each callable directly)."""
+        owners = {MODEL: "xrouter", **{f"{MODEL}-{preset}": "xrouter" for preset in PRESETS},
+                  **{model: "xrouter-catalog" for model in self._core.catalog}}
+        return {model: {"id": model, "object": "model", "created": 0, "owned_by": owner}
+                for model, owner in owners.items()}
+
     async def models(self, request: web.Request) -> web.Response:
         try:
             await self._caller(request)
         except XRouterError as error:
             return _domain_error(error)
-        # The router, its named cost presets, then every catalog model (each callable directly).
-        owners = {MODEL: "xrouter", **{f"{MODEL}-{preset}": "xrouter" for preset in PRESETS},
-                  **{model: "xrouter-catalog" for model in self._core.catalog}}
-        return web.json_response({"object": "list", "data": [
-            {"id": model, "object": "model", "created": 0, "owned_by": owner} for model, owner in owners.items()]})
+        return web.json_response({"object": "list", "data": list(self._models().values())})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """``GET /v1/models/{id}`` (ids may hold slashes: ``mistralai/mistral-7b-chat``)."""
+        try:
+            await self._caller(request)
+        except XRouterError as error:
+            return _domain_error(error)
+        found = self._models().get(request.match_info["model"])
+        if found is None:
+            return _error(404, f"model: {request.match_info['model'][:64]!r} does not exist", "model",
+                          "model_not_found")
+        return web.json_response(found)
 
 
 class _Sse:
@@ -267,6 +282,7 @@ def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_json_errors])
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
+    app.router.add_get("/v1/models/{model:.+}", handlers.model)
     app.router.add_get("/healthz", _healthz)
     return app
 
