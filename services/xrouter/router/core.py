@@ -17,16 +17,16 @@ from opentelemetry.trace import Tracer
 
 from xrouter.adapters.backends import estimate_tokens
 from xrouter.common import bounds, metrics
+from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
                                    XRouterError)
 from xrouter.common.telemetry import current_trace_id
-from xrouter.common.call_options import CallOptions
 from xrouter.router import replay
-from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 from xrouter.router.baselines import make_baseline
 from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
