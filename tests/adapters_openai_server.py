@@ -2,7 +2,10 @@
 events), for testing the adapters' OpenAI backend without a paid API.
 
 It answers deterministically ("echo: <last user message>", usage counted in whitespace words so that
-it differs from the adapters' own estimate), and each model name can be scripted with the faults a
+it differs from the adapters' own estimate), honours ``stop`` (cut before the first stop sequence),
+``response_format`` json_object (the echo as a JSON object) and ``tools`` (a call of the first tool,
+or the one ``tool_choice`` names, with the prompt as its argument; streamed in pieces, as OpenAI
+streams them), and each model name can be scripted with the faults a
 real provider shows: HTTP errors with OpenAI error bodies and Retry-After, slowness, malformed JSON,
 truncated streams, a slow trickle. The official ``openai`` client is tested against it too.
 """
@@ -76,7 +79,14 @@ class OpenAIProtocolServer(LocalHttpServer):
         if fault.kind == "malformed":
             return web.Response(status=200, text='{"id": "x", "choices": [', content_type="application/json")
         prompt = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
-        words = f"echo: {prompt}".split(" ")
+        if body.get("tools"):
+            return await self._tool_call(request, body, prompt)
+        text = f"echo: {prompt}"
+        if (body.get("response_format") or {}).get("type") == "json_object":
+            text = json.dumps({"echo": prompt})
+        for stop in body.get("stop") or ():
+            text = text.split(stop, 1)[0]
+        words = text.split(" ")
         finish = "length" if body.get("max_tokens") and len(words) > body["max_tokens"] else "stop"
         if body.get("max_tokens"):
             words = words[: body["max_tokens"]]
@@ -135,6 +145,34 @@ class OpenAIProtocolServer(LocalHttpServer):
             raise
         return response
 
+
+    async def _tool_call(self, request: web.Request, body: dict[str, Any], prompt: str) -> web.StreamResponse:
+        """A call of the first tool (or the one tool_choice names), arguments {"query": prompt}."""
+        choice = body.get("tool_choice")
+        name = choice["function"]["name"] if isinstance(choice, dict) else body["tools"][0]["function"]["name"]
+        arguments = json.dumps({"query": prompt})
+        call = {"id": "call_test_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+        usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+                "usage": usage, "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": None, "tool_calls": [call]}}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        half = len(arguments) // 2
+        pieces = [{"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}},
+                  {"index": 0, "function": {"arguments": arguments[:half]}},
+                  {"index": 0, "function": {"arguments": arguments[half:]}}]
+        for piece in pieces:
+            event = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        last = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}], "usage": usage}
+        await response.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
 
     @staticmethod
     async def _wait(request: web.Request, gate: asyncio.Event) -> bool:

@@ -21,6 +21,7 @@ from xrouter.adapters.backends import estimate_tokens  # noqa: E402
 from xrouter.adapters.backends.kserve_oip import KServeBackend  # noqa: E402
 from xrouter.adapters.catalog import parse_catalog  # noqa: E402
 from xrouter.adapters.core import AdapterCore, failed_call  # noqa: E402
+from xrouter.common.call_options import CallOptions  # noqa: E402
 from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable  # noqa: E402
 
 SERVER = pathlib.Path(__file__).with_name("adapters_kserve_server.py")
@@ -174,3 +175,14 @@ async def test_nothing_listening_is_unavailable_after_retries(protocol: str) -> 
     assert time.monotonic() - started < 3.5
     assert failed_call(raised.value).attempts == 3  # type: ignore[union-attr]
     await core.aclose()
+
+
+@pytest.mark.parametrize("options", [CallOptions(seed=1), CallOptions(stop=("x",)),
+                                     CallOptions(tools='[{"type": "function", "function": {"name": "f"}}]')])
+async def test_an_option_the_protocol_cannot_carry_is_refused_not_dropped(core: AdapterCore, options) -> None:  # type: ignore[no-untyped-def]
+    # The Open Inference Protocol has no seed, stop sequences or tools: a caller that set one must
+    # not get an answer made without it, and the model is not called.
+    with pytest.raises(InvalidArgument) as raised:
+        await core.invoke("kserve-echo", ASK, options=options, timeout=10)
+    assert raised.value.field == options.used()[0] and "(kserve backend) cannot honour" in raised.value.message
+    assert failed_call(raised.value) is None

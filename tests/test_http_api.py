@@ -173,8 +173,30 @@ async def test_streaming_without_include_usage_sends_no_usage_chunk(client, prom
 
 async def test_the_models_list_offers_xrouter(client) -> None:  # type: ignore[no-untyped-def]
     models = [model async for model in client.models.list()]
-    assert "xrouter" in {m.id for m in models}
+    assert {"xrouter", "xrouter-cheap", GPT4, "mistralai/mistral-7b-chat"} <= {m.id for m in models}
     assert all(m.object == "model" for m in models)
+    assert (await client.models.retrieve("mistralai/mistral-7b-chat")).id == "mistralai/mistral-7b-chat"
+
+
+async def test_a_recorded_model_honours_stop_and_refuses_what_a_recording_cannot(  # type: ignore[no-untyped-def]
+        stack, client, recorded, prompt) -> None:
+    # A catalog model named as ``model`` is called directly; its replay backend cuts at a stop
+    # sequence as a generating model would, and refuses options a recording cannot honour.
+    mistral = "mistralai/mistral-7b-chat"
+    assert recorded[ARC][mistral] == "A\n"
+    tenant = new_tenant()
+    completion = await client.chat.completions.create(model=mistral, messages=user(prompt), stop=["\n"],
+                                                      extra_body={"xrouter": {"tenant": tenant}})
+    assert (completion.model, completion.choices[0].message.content) == (mistral, "A")
+    assert [m.model for m in stack.ledger.usage(tenant).models] == [mistral]
+    for field, value in (("top_p", 0.5), ("response_format", {"type": "json_object"}),
+                         ("tools", [{"type": "function", "function": {"name": "f"}}])):
+        tenant = new_tenant()
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.chat.completions.create(model=mistral, messages=user(prompt), **{field: value},
+                                                 extra_body={"xrouter": {"tenant": tenant}})
+        assert raised.value.param == field and raised.value.code == "invalid_value"
+        assert stack.ledger.usage(tenant).requests == 0
 
 
 def _create(model: str = "xrouter", messages=None, **controls):  # type: ignore[no-untyped-def]
@@ -252,8 +274,8 @@ async def test_a_body_that_is_not_an_object_is_a_400(stack, http) -> None:  # ty
 
 @pytest.mark.parametrize(("body", "param"), [
     pytest.param({"max_tokens": 0.5}, "max_tokens", id="fractional-max-tokens"),
-    pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, "messages[0]",
-                 id="content-parts"),
+    pytest.param({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+                 "messages[0].content", id="image-content-part"),
     pytest.param({"xrouter": {"max_turns": "abc"}}, "xrouter.max_turns", id="non-numeric-max-turns"),
     pytest.param({"xrouter": {"max_cost_usd": "abc"}}, "xrouter.max_cost_usd", id="non-numeric-max-cost"),
     pytest.param({"xrouter": {"colour": "blue"}}, "xrouter", id="unknown-control"),

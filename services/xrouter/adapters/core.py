@@ -14,6 +14,7 @@ from xrouter.adapters import metrics
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import Attempts, BackendError, ModelGuard
+from xrouter.common.call_options import CallOptions, check_options
 from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, XRouterError
 
 __all__ = ["AdapterCore", "Backend", "Invocation", "StreamingBackend", "backend_key", "failed_call"]
@@ -23,7 +24,11 @@ Messages = Sequence[tuple[str, str]]
 
 
 class Backend(Protocol):
-    """Answers one call on a catalog model (raising :class:`BackendError` for a failed attempt)."""
+    """Answers one call on a catalog model (raising :class:`BackendError` for a failed attempt).
+
+    A backend that honours generation options lists their names in an ``options`` attribute
+    (a frozenset; absent: none) and takes them as ``options=`` (a :class:`CallOptions`); it is
+    passed only when some are set, and only to a backend that lists them all."""
 
     async def invoke(self, spec: ModelSpec, messages: Messages, temperature: float,
                      max_tokens: int) -> BackendReply: ...
@@ -50,6 +55,7 @@ class Invocation:
     finish_reason: str
     status: str = "OK"  # a common.v1.CallStatus name without its prefix: OK, ERROR, TIMEOUT
     attempts: int = 1
+    tool_calls: str = ""  # JSON array of OpenAI tool calls; "" when none
 
 
 def failed_call(error: BaseException) -> Invocation | None:
@@ -72,25 +78,34 @@ class AdapterCore:
         self._streaming = {key for key, backend in self._backends.items() if callable(getattr(backend, "stream", None))}
         self._on_call = on_call
 
+    def options(self, spec: ModelSpec) -> frozenset[str]:
+        """The generation options ``spec``'s backend honours (see :class:`Backend`)."""
+        return frozenset(getattr(self._backends[backend_key(spec)], "options", ()))
+
     async def invoke(self, model: str, messages: Messages, temperature: float = 0.0,
-                     max_tokens: int = 0, timeout: float | None = None) -> Invocation:
+                     max_tokens: int = 0, timeout: float | None = None,
+                     options: CallOptions = CallOptions()) -> Invocation:
         """One call, answered whole. ``timeout`` is the caller's (the model's own may be shorter)."""
-        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout)
+        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout, options)
         backend = self._backends[backend_key(spec)]
+        extra = {"options": options} if options != CallOptions() else {}
         attempts, started = Attempts(), time.perf_counter()
         try:
             reply = await self.guards[model].run(
-                lambda: backend.invoke(spec, messages, temperature, max_tokens), deadline, attempts)
+                lambda: backend.invoke(spec, messages, temperature, max_tokens, **extra), deadline, attempts)
         except (XRouterError, asyncio.CancelledError) as error:
             raise self._failed(spec, error, attempts, started) from None
         return self._succeeded(spec, reply, attempts, started)
 
     async def invoke_stream(self, model: str, messages: Messages, temperature: float = 0.0,
-                            max_tokens: int = 0, timeout: float | None = None) -> AsyncIterator[str | Invocation]:
-        """One call, streamed: text deltas, then the accounted :class:`Invocation`. Retries happen only
-        before the first delta; a backend without streaming sends its whole text as one delta."""
-        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout)
+                            max_tokens: int = 0, timeout: float | None = None,
+                            options: CallOptions = CallOptions()) -> AsyncIterator[str | Invocation]:
+        """One call, streamed: text deltas, then the accounted :class:`Invocation` (which carries any
+        tool calls). Retries happen only before the first delta; a backend without streaming sends
+        its whole text as one delta."""
+        spec, deadline = self._prepare(model, messages, temperature, max_tokens, timeout, options)
         backend = self._backends[backend_key(spec)]
+        extra = {"options": options} if options != CallOptions() else {}
         streaming = backend_key(spec) in self._streaming
         attempts, started = Attempts(), time.perf_counter()
         queue: asyncio.Queue[str | BackendReply | BaseException] = asyncio.Queue()
@@ -98,8 +113,8 @@ class AdapterCore:
 
         async def attempt() -> BackendReply:
             if not streaming:
-                return await backend.invoke(spec, messages, temperature, max_tokens)
-            async for item in backend.stream(spec, messages, temperature, max_tokens):  # type: ignore[attr-defined]
+                return await backend.invoke(spec, messages, temperature, max_tokens, **extra)
+            async for item in backend.stream(spec, messages, temperature, max_tokens, **extra):  # type: ignore[attr-defined]
                 if isinstance(item, BackendReply):
                     return item
                 sent[0] = True
@@ -140,11 +155,18 @@ class AdapterCore:
         yield self._succeeded(spec, item, attempts, started)
 
     def _prepare(self, model: str, messages: Messages, temperature: float, max_tokens: int,
-                 timeout: float | None) -> tuple[ModelSpec, float]:
+                 timeout: float | None, options: CallOptions) -> tuple[ModelSpec, float]:
         spec = self.catalog.get(model)
         if spec is None:
             raise NotFound(f"model: {model!r} is not in the catalog")
         _validate(spec, messages, temperature, max_tokens)
+        check_options(options)
+        # Refused, not dropped: a caller that asked for a seed or a tool must not get an answer
+        # made without it and believe otherwise.
+        missing = [name for name in options.used() if name not in self.options(spec)]
+        if missing:
+            raise InvalidArgument(missing[0], f"model {spec.id!r} ({spec.backend} backend) cannot honour "
+                                  f"{', '.join(missing)}; it honours {sorted(self.options(spec)) or 'none of them'}")
         budget = spec.policy.timeout_s if timeout is None else min(timeout, spec.policy.timeout_s)
         return spec, asyncio.get_running_loop().time() + max(0.0, budget)
 
@@ -157,7 +179,8 @@ class AdapterCore:
         invocation = Invocation(
             spec.id, reply.text, reply.input_tokens + attempts.input_tokens,
             reply.output_tokens + attempts.output_tokens, reply.tokens_estimated or attempts.tokens_estimated,
-            cost, (time.perf_counter() - started) * 1000, reply.finish_reason, "OK", attempts.count)
+            cost, (time.perf_counter() - started) * 1000, reply.finish_reason, "OK", attempts.count,
+            reply.tool_calls)
         self._on_call(invocation)
         return invocation
 

@@ -15,6 +15,7 @@ from xrouter.adapters.settings import AdapterSettings
 from xrouter.adapters.status import failed_call_status
 from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.common import grpc_server, settings
+from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import XRouterError
 from xrouter.common.grpc_server import Register
 
@@ -32,7 +33,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         try:
             result = await self._core.invoke(
                 request.model, [(m.role, m.content) for m in request.messages], request.temperature,
-                request.max_tokens, timeout=_time_left(context))
+                request.max_tokens, timeout=_time_left(context), options=call_options(request))
         except XRouterError as error:
             await _abort_with_account(context, error)
         return invocation_to_proto(result)
@@ -41,7 +42,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
                            context: grpc.aio.ServicerContext) -> AsyncIterator[adapters_pb2.InvokeChunk]:
         stream = self._core.invoke_stream(
             request.model, [(m.role, m.content) for m in request.messages], request.temperature,
-            request.max_tokens, timeout=_time_left(context))
+            request.max_tokens, timeout=_time_left(context), options=call_options(request))
         try:
             async for item in stream:
                 if isinstance(item, Invocation):
@@ -57,8 +58,16 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
             adapters_pb2.ModelInfo(
                 id=spec.id, backend=spec.backend, input_usd_per_mtok=float(spec.input_usd_per_mtok),
                 output_usd_per_mtok=float(spec.output_usd_per_mtok), context_tokens=spec.context_tokens,
-                max_output_tokens=spec.max_output_tokens, description=spec.description, tags=spec.tags)
+                max_output_tokens=spec.max_output_tokens, description=spec.description, tags=spec.tags,
+                options=sorted(self._core.options(spec)))
             for spec in self._core.catalog.values()])
+
+
+def call_options(request: adapters_pb2.InvokeRequest) -> CallOptions:
+    return CallOptions(top_p=request.top_p if request.HasField("top_p") else None, stop=tuple(request.stop),
+                       seed=request.seed if request.HasField("seed") else None, user=request.user,
+                       tools=request.tools_json, tool_choice=request.tool_choice_json,
+                       response_format=request.response_format_json)
 
 
 def invocation_to_proto(result: Invocation) -> adapters_pb2.InvokeResponse:
@@ -66,7 +75,8 @@ def invocation_to_proto(result: Invocation) -> adapters_pb2.InvokeResponse:
         model=result.model, text=result.text, input_tokens=result.input_tokens,
         output_tokens=result.output_tokens, tokens_estimated=result.tokens_estimated,
         cost_micro_usd=result.cost_micro_usd, cost_usd=micro_to_usd(result.cost_micro_usd),
-        latency_ms=result.latency_ms, finish_reason=result.finish_reason, attempts=result.attempts)
+        latency_ms=result.latency_ms, finish_reason=result.finish_reason, attempts=result.attempts,
+        tool_calls_json=result.tool_calls)
 
 
 def _time_left(context: grpc.aio.ServicerContext) -> float | None:

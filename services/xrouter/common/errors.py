@@ -106,7 +106,26 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> XRouterError:
         field, _, problem = (error.details() or "").partition(": ")
         return InvalidArgument(field, problem or message)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ResourceExhausted(message)
+        return _exhausted(error, message)
     if code in _BY_CODE:
         return _BY_CODE[code](message)
     return Unavailable(f"{message} ({code.name})")
+
+
+def _exhausted(error: grpc.aio.AioRpcError, message: str) -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED with what its rich details said (which limit; when it resets), so that a
+    face further up can tell a budget from a rate limit and say when to retry."""
+    subject, retry_after_s = "", None
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                quota = error_details_pb2.QuotaFailure()
+                detail.Unpack(quota)
+                subject = quota.violations[0].subject if quota.violations else subject
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
+    return ResourceExhausted(message, subject, retry_after_s=retry_after_s)

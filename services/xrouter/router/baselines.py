@@ -26,10 +26,16 @@ class SingleModelPolicy:
 
     version = "1"
     min_turns = 2
+    one_answer = True  # the answer is the call's, unchanged: tool calls and formats pass through
 
     def __init__(self, kind: str, model: str | None = None) -> None:
         self.kind = kind
         self._model = model
+
+    @property
+    def model(self) -> str | None:
+        """The one model a ``fixed:<model>`` policy calls (None: the cheapest of the pool)."""
+        return self._model
 
     def choose(self, state: EpisodeState) -> str:
         if self._model is None:

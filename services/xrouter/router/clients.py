@@ -12,6 +12,7 @@ from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
+from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import Unavailable, from_rpc_error
 from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
@@ -32,12 +33,13 @@ class AdaptersClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "adapters") from None
         return [ModelOption(m.id, m.input_usd_per_mtok, m.output_usd_per_mtok, m.description, tuple(m.tags),
-                            m.context_tokens, m.max_output_tokens)
+                            m.context_tokens, m.max_output_tokens, frozenset(m.options))
                 for m in reply.models]
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
-                     request_id: str, call_index: int, timeout: float) -> ModelReply:
-        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index)
+                     request_id: str, call_index: int, timeout: float,
+                     options: CallOptions = CallOptions()) -> ModelReply:
+        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index, options)
         try:
             reply = await self._stub.Invoke(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
@@ -45,9 +47,9 @@ class AdaptersClient:
         return _reply(reply)
 
     async def invoke_stream(self, model: str, messages: list[tuple[str, str]], temperature: float,
-                            max_tokens: int, request_id: str, call_index: int,
-                            timeout: float) -> AsyncIterator[str | ModelReply]:
-        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index)
+                            max_tokens: int, request_id: str, call_index: int, timeout: float,
+                            options: CallOptions = CallOptions()) -> AsyncIterator[str | ModelReply]:
+        request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index, options)
         call = self._stub.InvokeStream(request, timeout=timeout)
         try:
             async for chunk in call:
@@ -65,15 +67,17 @@ class AdaptersClient:
 
 
 def _invoke_request(model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
-                    request_id: str, call_index: int) -> adapters_pb2.InvokeRequest:
+                    request_id: str, call_index: int, options: CallOptions) -> adapters_pb2.InvokeRequest:
     return adapters_pb2.InvokeRequest(
         model=model, messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
-        temperature=temperature, max_tokens=max_tokens, request_id=request_id, call_index=call_index)
+        temperature=temperature, max_tokens=max_tokens, request_id=request_id, call_index=call_index,
+        top_p=options.top_p, stop=list(options.stop), seed=options.seed, user=options.user,
+        tools_json=options.tools, tool_choice_json=options.tool_choice, response_format_json=options.response_format)
 
 
 def _reply(reply: adapters_pb2.InvokeResponse) -> ModelReply:
     return ModelReply(reply.text, reply.input_tokens, reply.output_tokens, reply.tokens_estimated,
-                      reply.cost_micro_usd, reply.latency_ms, reply.finish_reason)
+                      reply.cost_micro_usd, reply.latency_ms, reply.finish_reason, reply.tool_calls_json)
 
 
 def _failure(error: grpc.aio.AioRpcError) -> Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from xrouter.adapters.catalog import micro_to_usd
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2
+from xrouter.common.call_options import CallOptions
 from xrouter.router.core import RouteRequest, RouteResult
 from xrouter.router.episode import AnswerDelta, CallEvent, Decision, Event
 from xrouter.router.feedback import FeedbackRequest
@@ -20,7 +21,12 @@ def route_request(message: router_pb2.RouteRequest) -> RouteRequest:
         cost_lambda=message.cost_lambda if message.HasField("cost_lambda") else None,
         max_cost_usd=message.max_cost_usd if message.HasField("max_cost_usd") else None,
         max_turns=message.max_turns, max_tokens=message.max_tokens, tenant=message.tenant,
-        policy=message.policy, reference=reference, request_id=message.request_id)
+        policy=message.policy, reference=reference, request_id=message.request_id,
+        temperature=message.temperature if message.HasField("temperature") else None,
+        options=CallOptions(top_p=message.top_p if message.HasField("top_p") else None, stop=tuple(message.stop),
+                            seed=message.seed if message.HasField("seed") else None, user=message.user,
+                            tools=message.tools_json, tool_choice=message.tool_choice_json,
+                            response_format=message.response_format_json))
 
 
 _THUMBS = {router_pb2.THUMBS_UP: "up", router_pb2.THUMBS_DOWN: "down"}
@@ -42,7 +48,7 @@ def model_call(call: CallOutcome) -> router_pb2.ModelCall:
         tokens_estimated=call.tokens_estimated, cost_micro_usd=call.cost_micro_usd,
         cost_usd=micro_to_usd(call.cost_micro_usd), latency_ms=call.latency_ms,
         status=common_pb2.CallStatus.Value(call.status.value), error=call.error, response=call.text,
-        finish_reason=call.finish_reason)
+        finish_reason=call.finish_reason, tool_calls_json=call.tool_calls)
 
 
 def route_response(result: RouteResult) -> router_pb2.RouteResponse:

@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 
 from xrouter.adapters.backends import estimate_tokens
 from xrouter.common import bounds, metrics
+from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
                                    XRouterError)
 from xrouter.common.telemetry import current_trace_id
@@ -27,7 +28,7 @@ from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
 from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
-from xrouter.router.reference_check import MAX_NAME_CHARS, check_reference
+from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
@@ -65,6 +66,8 @@ class RouteRequest:
     policy: str = ""
     reference: ScoringReference | None = None
     request_id: str = ""
+    temperature: float | None = None  # replaces the policy's own for every call when set
+    options: CallOptions = CallOptions()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,8 @@ class RouterCore:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
                                  "xrouter.policy": f"{policy.kind}@{policy.version}",
                                  "xrouter.cost_lambda": state.cost_lambda})
+            if request.options.user:  # the caller's end user, for abuse tracing (OpenAI's ``user``)
+                span.set_attribute("xrouter.end_user", request.options.user)
             trace_id = current_trace_id()
             model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
@@ -129,7 +134,7 @@ class RouterCore:
             outcome, episode, result, stored = "ok", None, None, ""
             in_flight: dict[int, CallOutcome] = {}
             try:
-                invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight)
+                invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
                 episode = await run_episode(_Traced(explorer or policy, self._tracer), state, invoke, on_event,
                                             stream)
                 total = sum(c.cost_micro_usd for c in state.calls)
@@ -240,12 +245,16 @@ class RouterCore:
             raise InvalidArgument("policy", f"is {len(request.policy)} characters; at most {MAX_NAME_CHARS}")
         if request.reference is not None:
             check_reference(request.reference)
+        if request.temperature is not None and not (math.isfinite(request.temperature)
+                                                    and 0.0 <= request.temperature <= 2.0):
+            raise InvalidArgument("temperature", f"must be within [0, 2], got {request.temperature}")
         policy = make_baseline(request.policy, set(self.catalog)) if request.policy else self.policy
         max_turns = request.max_turns or limits.default_max_turns
         if not policy.min_turns <= max_turns <= limits.max_turns:
             raise InvalidArgument("max_turns", f"must be within [{policy.min_turns}, {limits.max_turns}] "
                                   f"for policy {policy.kind}, got {max_turns}")
         pool = [self.catalog[m] for m in dict.fromkeys(request.allowed_models)] or list(self.catalog.values())
+        pool = pool_for_options(pool, request.options, policy)
         # Each call is held to its own model's limit (the invoker clamps); past the largest, no
         # model could honour the request.
         most = max(option.max_output_tokens for option in pool)
@@ -263,11 +272,14 @@ class RouterCore:
         return min(math.ceil(dearest * 2 * (state.max_turns - 1) * 1e6), bounds.MAX_REQUEST_MICRO_USD)
 
     def _invoker(self, request_id: str, max_tokens: int, deadline: float,  # type: ignore[no-untyped-def]
-                 model_seconds: list[float], in_flight: dict[int, CallOutcome]):
+                 model_seconds: list[float], in_flight: dict[int, CallOutcome], request: RouteRequest):
         turn_wall: dict[int, float] = {}
+        options = request.options
 
         async def invoke(call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int,
                          on_delta: OnDelta | None = None) -> CallOutcome:
+            if request.temperature is not None:  # the caller's temperature wins over the policy's
+                call = dataclasses.replace(call, temperature=request.temperature)
             outcome = CallOutcome(index, turn, call.model, call.system_prompt, call.temperature, CallStatus.OK,
                                   attempted=True)
             started = time.perf_counter()
@@ -282,11 +294,10 @@ class RouterCore:
                     if on_delta is None:
                         reply = await self._adapters.invoke(
                             call.model, messages, call.temperature, min(max_tokens, limit) if limit else max_tokens,
-                            request_id, index, timeout)
+                            request_id, index, timeout, **_given(options))
                     else:
                         reply = await self._stream(call, messages, min(max_tokens, limit) if limit else max_tokens,
-                                                   request_id, index, timeout,
-                                                   on_delta, received)
+                                                   request_id, index, timeout, on_delta, received, options)
                 except asyncio.CancelledError:
                     outcome.status, outcome.error = CallStatus.ERROR, "cancelled: the client went away"
                     outcome.latency_ms = (time.perf_counter() - started) * 1000
@@ -305,6 +316,7 @@ class RouterCore:
                     metrics.MODEL_CALL_ERRORS.labels(call.model, outcome.status.name).inc()
                 else:
                     outcome.text, outcome.finish_reason = reply.text, reply.finish_reason
+                    outcome.tool_calls = reply.tool_calls
                     outcome.input_tokens, outcome.output_tokens = reply.input_tokens, reply.output_tokens
                     outcome.tokens_estimated, outcome.cost_micro_usd = reply.tokens_estimated, reply.cost_micro_usd
                     span.set_attributes({"gen_ai.response.model": call.model,
@@ -323,10 +335,12 @@ class RouterCore:
         return invoke
 
     async def _stream(self, call: ToolCall, messages: list[tuple[str, str]], max_tokens: int, request_id: str,
-                      index: int, timeout: float, on_delta: OnDelta, received: list[str]) -> ModelReply:
+                      index: int, timeout: float, on_delta: OnDelta, received: list[str],
+                      options: CallOptions) -> ModelReply:
         """One streamed call: each delta goes to ``on_delta`` as it arrives; returns the accounted reply."""
         async with contextlib.aclosing(self._adapters.invoke_stream(
-                call.model, messages, call.temperature, max_tokens, request_id, index, timeout)) as chunks:
+                call.model, messages, call.temperature, max_tokens, request_id, index, timeout,
+                **_given(options))) as chunks:
             async for item in chunks:
                 if isinstance(item, ModelReply):
                     return item
@@ -374,12 +388,19 @@ def _behaviour(explorer: ExploringPolicy | None) -> Exploration | None:
     return Exploration(explorer.epsilon, first.probability, first.explored)
 
 
+def _given(options: CallOptions) -> dict[str, CallOptions]:
+    """``options=`` only when some are set: in-process adapters written before options existed
+    (training's, tests') keep working for requests that set none."""
+    return {"options": options} if options != CallOptions() else {}
+
+
 class _Traced:
     """Wraps a policy so that each decision is a span."""
 
     def __init__(self, policy: Policy, tracer: Tracer) -> None:
         self._policy, self._tracer = policy, tracer
         self.kind, self.version, self.min_turns = policy.kind, policy.version, policy.min_turns
+        self.one_answer = getattr(policy, "one_answer", False)
 
     async def decide(self, state: EpisodeState):  # type: ignore[no-untyped-def]
         with self._tracer.start_as_current_span("xrouter.decide") as span:

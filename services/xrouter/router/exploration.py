@@ -40,6 +40,7 @@ class ExploringPolicy:
             raise ValueError(f"exploration epsilon must be within [0, 1], got {epsilon}")
         self.policy, self.epsilon = policy, epsilon
         self.kind, self.version, self.min_turns = policy.kind, policy.version, policy.min_turns
+        self.one_answer = getattr(policy, "one_answer", False)  # an explored call is still one answer
         self._rng = rng or random.Random(seed)
         self.log: list[Explored] = []
 

@@ -1,6 +1,8 @@
 """The OpenAI-compatible HTTP face: ``POST /v1/chat/completions`` (plain and SSE streaming),
-``GET /v1/models`` and ``POST /v1/feedback`` (router/feedback.py), over the same core as the gRPC face. ``model`` is ``xrouter`` or
-``xrouter:<lambda>``; router controls ride in an optional ``xrouter`` object of the body.
+``GET /v1/models`` and ``POST /v1/feedback`` (router/feedback.py), over the same core as the gRPC face.
+The chat body is read by openai_request.py (``model``: ``xrouter``, ``xrouter:<lambda>``,
+``xrouter-<preset>`` or a catalog model; router controls in an optional ``xrouter`` object). Every
+error is OpenAI's shape with a string ``code``.
 Callers authenticate with ``Authorization: Bearer <key>`` (router/auth.py); Prometheus metrics are
 not served here (they carry every tenant's spend) but on the metrics port."""
 
@@ -10,7 +12,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import math
 import time
 import uuid
 from typing import Any
@@ -20,105 +21,49 @@ from opentelemetry import context as otel_context
 from opentelemetry.propagate import extract
 
 from xrouter.adapters.catalog import micro_to_usd
-from xrouter.common.bounds import shown
-from xrouter.common.errors import InvalidArgument, NotFound, XRouterError
+from xrouter.common.errors import ResourceExhausted, XRouterError
 from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.episode import AnswerDelta, Event
 from xrouter.router.feedback import FeedbackDesk, parse_body
-from xrouter.router.ports import ScoringReference
+from xrouter.router.openai_request import MODEL, PRESETS, parse_chat_request
 
 log = logging.getLogger(__name__)
-MODEL = "xrouter"
 _STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
            "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 _STATUS["UNAUTHENTICATED"] = 401  # a missing, unknown or revoked API key (router/auth.py)
 _DONE = object()
-_CONTROLS = {"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"}
+# OpenAI's ``code`` for each status (clients branch on it; OpenAI's own where it has one).
+_CODES = {400: "invalid_value", 401: "invalid_api_key", 403: "permission_denied", 404: "not_found",
+          405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 429: "insufficient_quota",
+          500: "internal_error", 503: "service_unavailable", 504: "timeout"}
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                             status=status)
+def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> web.Response:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return web.json_response({"error": {"message": message, "type": kind, "param": param,
+                                        "code": code or _CODES.get(status, "error")}}, status=status)
+
+
+def _code(error: XRouterError, status: int) -> str:
+    if getattr(error, "openai_code", None):  # a field refused as unsupported (openai_request.py)
+        return str(error.openai_code)  # type: ignore[attr-defined]
+    if status == 404 and getattr(error, "field", None) == "model":
+        return "model_not_found"
+    if isinstance(error, ResourceExhausted) and error.subject.startswith("model:"):
+        return "rate_limit_exceeded"  # the backend's rate limit, not the tenant's budget
+    return _CODES.get(status, "error")
 
 
 def _domain_error(error: XRouterError) -> web.Response:
     status = _STATUS.get(error.code.name, 500)
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    response = _error(status, error.message, kind, getattr(error, "field", None))
+    response = _error(status, error.message, getattr(error, "field", None), _code(error, status))
     if status == 401:  # RFC 6750: say which scheme to use
         response.headers["WWW-Authenticate"] = 'Bearer realm="xrouter"'
+    retry = getattr(error, "retry_after_s", None)
+    if retry is not None:  # when a budget resets: OpenAI clients wait this long before retrying
+        response.headers["Retry-After"] = str(max(1, round(retry)))
     return response
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], field: str, what: str) -> Any:
-    # bool is an int in Python; JSON true is never a number here.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise InvalidArgument(field, f"must be {what}, got {value!r}")
-    if not isinstance(value, kind):
-        raise InvalidArgument(field, f"must be {what}, got {value!r}")
-    return value
-
-
-def _number(value: Any, field: str) -> float:
-    """A JSON number as a float; an integer too large for one (1e400 written out) is refused, not a 500."""
-    _typed(value, (int, float), field, "a number")
-    try:
-        return float(value)
-    except OverflowError:
-        raise InvalidArgument(field, f"{len(str(value))}-digit integer is out of range") from None
-
-
-def _reference(value: Any) -> ScoringReference | None:
-    if value is None:
-        return None
-    _typed(value, dict, "xrouter.reference", "an object")
-    fields = {"task_type", "gold", "dataset", "prompt_id"}
-    if not set(value) <= fields or not isinstance(value.get("task_type"), str):
-        raise InvalidArgument("xrouter.reference", f"needs a string task_type and keys among {sorted(fields)}")
-    return ScoringReference(**{k: _typed(v, str, f"xrouter.reference.{k}", "a string") for k, v in value.items()})
-
-
-def parse_chat_request(body: Any, tenant_header: str) -> tuple[RouteRequest, bool, bool]:
-    """OpenAI chat body → (route request, stream?, include usage in stream?); strict about types."""
-    _typed(body, dict, "body", "a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not (model == MODEL or model.startswith(MODEL + ":")):
-        raise NotFound(f"model: {shown(model)} does not exist; use {MODEL!r} or '{MODEL}:<lambda>'")
-    cost_lambda = None
-    if model != MODEL:
-        try:
-            cost_lambda = float(model.split(":", 1)[1])
-        except ValueError:
-            raise InvalidArgument("model", f"{shown(model)}: the part after 'xrouter:' must be a number") from None
-        if math.isnan(cost_lambda) or math.isinf(cost_lambda):
-            raise InvalidArgument("model", f"{shown(model)}: lambda must be a finite number")
-    messages = _typed(body.get("messages"), list, "messages", "a list of {role, content} objects")
-    parsed = []
-    for number, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise InvalidArgument(f"messages[{number}]", "must be an object with string role and content")
-        parsed.append((str(message.get("role")), message["content"]))
-    max_tokens = _typed(body.get("max_completion_tokens", body.get("max_tokens")) or 0, int, "max_tokens",
-                        "an integer")
-    controls = _typed(body.get("xrouter") or {}, dict, "xrouter", "an object")
-    if not set(controls) <= _CONTROLS:
-        raise InvalidArgument("xrouter", f"unknown keys {sorted(set(controls) - _CONTROLS)}; known: {sorted(_CONTROLS)}")
-    allowed = _typed(controls.get("allowed_models") or [], list, "xrouter.allowed_models", "a list of model ids")
-    max_cost = controls.get("max_cost_usd")
-    request = RouteRequest(
-        messages=parsed, cost_lambda=cost_lambda, max_tokens=max_tokens,
-        allowed_models=[_typed(m, str, "xrouter.allowed_models", "a list of model ids") for m in allowed],
-        max_cost_usd=None if max_cost is None else _number(max_cost, "xrouter.max_cost_usd"),
-        max_turns=_typed(controls.get("max_turns") or 0, int, "xrouter.max_turns", "an integer"),
-        tenant=_typed(controls.get("tenant") or tenant_header, str, "xrouter.tenant", "a string"),
-        policy=_typed(controls.get("policy") or "", str, "xrouter.policy", "a string"),
-        reference=_reference(controls.get("reference")),
-        request_id=_typed(controls.get("request_id") or "", str, "xrouter.request_id", "a string"))
-    stream = _typed(body.get("stream", False), bool, "stream", "true or false")
-    options = _typed(body.get("stream_options") or {}, dict, "stream_options", "an object")
-    include_usage = _typed(options.get("include_usage", False), bool, "stream_options.include_usage", "true or false")
-    return request, stream, include_usage
 
 
 def _usage(result: RouteResult) -> dict[str, int]:
@@ -169,22 +114,26 @@ class ChatCompletions:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-            return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
+            return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
         try:
-            route_request, stream, include_usage = parse_chat_request(body, request.headers.get("X-Tenant", ""))
+            chat = parse_chat_request(body, request.headers.get("X-Tenant", ""), self._core.catalog)
             # The key decides the tenant; a named one (body or X-Tenant) must be its own, or the key an admin's.
-            route_request = dataclasses.replace(route_request,
-                                                tenant=self._auth.tenant_for(caller, route_request.tenant))
-            if stream:
-                return await self._stream(request, route_request, include_usage, body["model"])
+            route_request = dataclasses.replace(chat.route, tenant=self._auth.tenant_for(caller, chat.route.tenant))
+            if chat.stream:
+                return await self._stream(request, route_request, chat.include_usage, chat.model)
             result = await self._core.route(route_request)
         except XRouterError as error:
             return _domain_error(error)
+        tool_calls = _tool_calls(result)
+        message: dict[str, Any] = {"role": "assistant", "content": result.answer if result.answer or not tool_calls
+                                   else None, "refusal": None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return web.json_response({
             "id": f"chatcmpl-{result.request_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"], "usage": _usage(result), "xrouter": _xrouter_block(result),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                         "finish_reason": _finish_reason(result), "logprobs": None}]})
+            "model": chat.model, "usage": _usage(result), "xrouter": _xrouter_block(result),
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result),
+                         "logprobs": None}]})
 
     async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool,
                       model: str) -> web.StreamResponse:
@@ -217,6 +166,10 @@ class ChatCompletions:
                     return _domain_error(error)
                 await sse.fail(error)
                 return sse.response
+            tool_calls = _tool_calls(result)
+            if tool_calls:  # whole, in one delta (OpenAI's clients join pieces; one piece is a valid stream)
+                await sse.send({"choices": [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+                    {"index": number, **call} for number, call in enumerate(tool_calls)]}}]})
             await sse.send({"choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(result)}],
                             "xrouter": _xrouter_block(result)})
             if include_usage:
@@ -237,7 +190,7 @@ class ChatCompletions:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-            return _error(400, f"body: malformed JSON ({error})", "invalid_request_error", "body")
+            return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
         try:
             parsed = parse_body(body, request.headers.get("X-Tenant", ""))
             parsed = dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
@@ -247,13 +200,31 @@ class ChatCompletions:
         return web.json_response({"object": "xrouter.feedback", "request_id": result.request_id,
                                   "score": result.score, "duplicate": result.duplicate})
 
+    def _models(self) -> dict[str, dict[str, Any]]:
+        """The router, its named cost presets, then every catalog model (each callable directly)."""
+        owners = {MODEL: "xrouter", **{f"{MODEL}-{preset}": "xrouter" for preset in PRESETS},
+                  **{model: "xrouter-catalog" for model in self._core.catalog}}
+        return {model: {"id": model, "object": "model", "created": 0, "owned_by": owner}
+                for model, owner in owners.items()}
+
     async def models(self, request: web.Request) -> web.Response:
         try:
             await self._caller(request)
         except XRouterError as error:
             return _domain_error(error)
-        return web.json_response({"object": "list", "data": [
-            {"id": MODEL, "object": "model", "created": 0, "owned_by": "xrouter"}]})
+        return web.json_response({"object": "list", "data": list(self._models().values())})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """``GET /v1/models/{id}`` (ids may hold slashes: ``mistralai/mistral-7b-chat``)."""
+        try:
+            await self._caller(request)
+        except XRouterError as error:
+            return _domain_error(error)
+        found = self._models().get(request.match_info["model"])
+        if found is None:
+            return _error(404, f"model: {request.match_info['model'][:64]!r} does not exist", "model",
+                          "model_not_found")
+        return web.json_response(found)
 
 
 class _Sse:
@@ -279,9 +250,9 @@ class _Sse:
     async def fail(self, error: XRouterError) -> None:
         """The terminal error event (the shape OpenAI sends mid-stream; its client raises APIError on
         it), and no ``[DONE]``: the answer is incomplete."""
-        kind = "invalid_request_error" if _STATUS.get(error.code.name, 500) < 500 else "server_error"
-        event = {"error": {"message": error.message, "type": kind, "param": getattr(error, "field", None),
-                           "code": error.code.name.lower()}}
+        status = _STATUS.get(error.code.name, 500)
+        event = {"error": {"message": error.message, "type": "invalid_request_error" if status < 500
+                           else "server_error", "param": getattr(error, "field", None), "code": _code(error, status)}}
         await self.response.write(f"data: {json.dumps(event)}\n\n".encode())
         await self.response.write_eof()
 
@@ -291,9 +262,17 @@ class _Sse:
 
 
 def _finish_reason(result: RouteResult) -> str:
-    """The backend's finish reason for the returned call ("length" when it was cut at max_tokens)."""
+    """The backend's finish reason for the returned call ("length" when it was cut at max_tokens,
+    "tool_calls" when the model called tools); "stop" for an answer the policy wrote itself."""
     chosen = next((c for c in result.calls if c.index == result.selected_call), None)
     return (chosen.finish_reason if chosen is not None else "") or "stop"
+
+
+def _tool_calls(result: RouteResult) -> list[dict[str, Any]]:
+    """The returned call's tool calls, as its backend wrote them (only a one-answer policy may be
+    asked for tools, so the returned call is the one that answered the tools it was given)."""
+    chosen = next((c for c in result.calls if c.index == result.selected_call), None)
+    return json.loads(chosen.tool_calls) if chosen is not None and chosen.tool_calls else []
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -310,16 +289,14 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        response = _error(error.status, error.text or error.reason,
-                          "invalid_request_error" if error.status < 500 else "server_error",
-                          "body" if error.status == 413 else None)
+        code = "unknown_url" if isinstance(error, web.HTTPNotFound) else None
+        response = _error(error.status, error.text or error.reason, "body" if error.status == 413 else None, code)
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response
     except Exception as error:  # noqa: BLE001 - logged here, answered as JSON without internals
         log.exception("%s %s failed unexpectedly", request.method, request.path)
-        return _error(500, f"internal error ({type(error).__name__}); the server log has the details",
-                      "server_error")
+        return _error(500, f"internal error ({type(error).__name__}); the server log has the details")
 
 
 def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
@@ -328,6 +305,7 @@ def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_post("/v1/feedback", handlers.feedback)
+    app.router.add_get("/v1/models/{model:.+}", handlers.model)
     app.router.add_get("/healthz", _healthz)
     return app
 
@@ -346,4 +324,4 @@ def bound_port(runner: web.AppRunner) -> int:
     return runner.addresses[0][1]
 
 
-__all__ = ["make_app", "start_http", "bound_port", "parse_chat_request"]
+__all__ = ["make_app", "start_http", "bound_port"]

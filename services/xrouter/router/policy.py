@@ -26,6 +26,7 @@ class ModelOption:
     tags: tuple[str, ...] = ()
     context_tokens: int = 0  # 0: not stated
     max_output_tokens: int = 0  # 0: not stated (no limit checked)
+    options: frozenset[str] = frozenset()  # generation options its backend honours (common/call_options.py)
 
     def estimate_cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_usd_per_mtok + output_tokens * self.output_usd_per_mtok) / 1e6
@@ -101,6 +102,7 @@ class CallOutcome:
     latency_ms: float = 0.0
     finish_reason: str = ""
     error: str = ""
+    tool_calls: str = ""  # JSON array of the model's tool calls; "" when none
     attempted: bool = False  # reached the adapters (so it is recorded, and may be billed)
 
     @property
@@ -151,7 +153,10 @@ class EpisodeState:
 
 class Policy(Protocol):
     """Decides one turn at a time. ``kind`` and ``version`` are reported with every response;
-    ``min_turns`` is the fewest turns the policy can finish in (requests with fewer are refused)."""
+    ``min_turns`` is the fewest turns the policy can finish in (requests with fewer are refused).
+    A policy whose answer is always one call's answer unchanged (it never compares, selects among
+    or rewrites answers) says so with ``one_answer = True``: only such a policy can hand back a
+    model's tool calls or schema-shaped answer (tools, response_format); absent means False."""
 
     kind: str
     version: str

@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
+from xrouter.common.call_options import CallOptions
 from xrouter.reward.core import Reference as ScoringReference
 from xrouter.router.policy import CallOutcome, ModelOption
 
@@ -41,16 +42,19 @@ class ModelReply:
     cost_micro_usd: int
     latency_ms: float
     finish_reason: str
+    tool_calls: str = ""  # JSON array of the model's tool calls; "" when none
 
 
 class Adapters(Protocol):
     async def list_models(self) -> list[ModelOption]: ...
 
     async def invoke(self, model: str, messages: list[tuple[str, str]], temperature: float,
-                     max_tokens: int, request_id: str, call_index: int, timeout: float) -> ModelReply: ...
+                     max_tokens: int, request_id: str, call_index: int, timeout: float,
+                     options: CallOptions = CallOptions()) -> ModelReply: ...
 
     def invoke_stream(self, model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
-                      request_id: str, call_index: int, timeout: float) -> AsyncIterator[str | ModelReply]:
+                      request_id: str, call_index: int, timeout: float,
+                      options: CallOptions = CallOptions()) -> AsyncIterator[str | ModelReply]:
         """Text deltas as the backend produces them, then the accounted :class:`ModelReply`. A failure
         raises a domain error carrying ``failed_call`` (what the call consumed), like :meth:`invoke`."""
         ...

@@ -37,9 +37,12 @@ _ERRORS = {cls.code.name: cls for cls in (errors.NotFound, AlreadyExists, errors
 def fingerprint(request: RouteRequest) -> str:
     """SHA-256 of what the request asks for (not its id or tenant: those are the key)."""
     reference = dataclasses.asdict(request.reference) if request.reference is not None else None
-    canonical = json.dumps([request.messages, request.allowed_models, request.cost_lambda, request.max_cost_usd,
-                            request.max_turns, request.max_tokens, request.policy, reference],
-                           sort_keys=True, default=str)
+    asked = [request.messages, request.allowed_models, request.cost_lambda, request.max_cost_usd,
+             request.max_turns, request.max_tokens, request.policy, reference]
+    if request.temperature is not None or request.options != type(request.options)():
+        # Only when set: the fingerprints of requests stored before these options existed still match.
+        asked += [request.temperature, dataclasses.asdict(request.options)]
+    canonical = json.dumps(asked, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -15,6 +15,7 @@ class BackendReply:
     tokens_estimated: bool
     finish_reason: str
     cost_micro_usd: int | None = None
+    tool_calls: str = ""  # JSON array of OpenAI tool calls; "" when the model made none
 
 
 def estimate_tokens(text: str) -> int:

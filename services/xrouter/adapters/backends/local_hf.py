@@ -24,6 +24,7 @@ from typing import Any
 
 from xrouter.adapters.backends import BackendReply
 from xrouter.adapters.catalog import ModelSpec
+from xrouter.common.call_options import CallOptions
 
 __all__ = ["LocalModel", "LocalModelBackend", "load_local_model"]
 
@@ -38,8 +39,9 @@ class LocalModel:
         self.model, self.tokenizer, self.source, self.load_s = model, tokenizer, source, load_s
 
     def generate(self, messages: Sequence[tuple[str, str]], temperature: float, max_new_tokens: int,
-                 stop: threading.Event, on_text: Any = None) -> BackendReply:
-        """Generate a reply (blocking); ``on_text(delta)`` is called as text is decoded."""
+                 stop: threading.Event, on_text: Any = None, options_: CallOptions = CallOptions()) -> BackendReply:
+        """Generate a reply (blocking); ``on_text(delta)`` is called as text is decoded.
+        ``options_``: top_p and seed (sampling only happens at temperature > 0; greedy decoding is deterministic)."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -55,6 +57,12 @@ class LocalModel:
                                    "stopping_criteria": StoppingCriteriaList([_Stop()])}
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature)
+            if options_.top_p is not None:
+                options["top_p"] = options_.top_p
+            if options_.seed is not None:
+                # Generation runs on one worker thread, one call at a time: seeding the global
+                # generator right before this call makes its sample reproducible.
+                torch.manual_seed(options_.seed)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         streamer = None
@@ -121,28 +129,31 @@ def load_local_model(package: str, weights_file: str, cache_dir: pathlib.Path | 
 class LocalModelBackend:
     """Serves every catalog model backed by one package's weights (loaded at construction)."""
 
+    options = frozenset({"top_p", "seed"})
+
     def __init__(self, package: str, weights_file: str, cache_dir: pathlib.Path | str) -> None:
         self.model = load_local_model(package, weights_file, cache_dir)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"generate-{package}")
 
     async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                     max_tokens: int) -> BackendReply:
+                     max_tokens: int, options: CallOptions = CallOptions()) -> BackendReply:
         stop = threading.Event()
         future = asyncio.get_running_loop().run_in_executor(
-            self._worker, self.model.generate, messages, temperature, max_tokens or spec.max_output_tokens, stop)
+            self._worker, self.model.generate, messages, temperature, max_tokens or spec.max_output_tokens, stop,
+            None, options)
         try:
             return await asyncio.shield(future)
         finally:
             stop.set()  # deadline or caller gone: the generation ends at its next token
 
     async def stream(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                     max_tokens: int) -> AsyncIterator[str | BackendReply]:
+                     max_tokens: int, options: CallOptions = CallOptions()) -> AsyncIterator[str | BackendReply]:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str] = asyncio.Queue()
         stop = threading.Event()
         future = loop.run_in_executor(
             self._worker, self.model.generate, messages, temperature, max_tokens or spec.max_output_tokens, stop,
-            lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text))
+            lambda text: loop.call_soon_threadsafe(deltas.put_nowait, text), options)
         try:
             while not (future.done() and deltas.empty()):
                 getter = asyncio.ensure_future(deltas.get())

@@ -21,6 +21,7 @@ import aiohttp
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import BackendError
+from xrouter.common.call_options import SAMPLING, STRUCTURED, CallOptions
 from xrouter.common.errors import (
     InvalidArgument,
     NotFound,
@@ -38,7 +39,10 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 class OpenAIBackend:
     """Calls ``{spec.endpoint}/chat/completions``; one connection pool for every model it serves.
 
-    ``api_keys`` maps a catalog ``credentials_env`` name to its value (read once at start-up)."""
+    ``api_keys`` maps a catalog ``credentials_env`` name to its value (read once at start-up).
+    Every generation option is the protocol's own field: all are passed through as written."""
+
+    options = frozenset((*SAMPLING, *STRUCTURED))
 
     def __init__(self, api_keys: Mapping[str, str] | None = None, read_timeout_s: float | None = None) -> None:
         self._api_keys = dict(api_keys or {})
@@ -71,11 +75,12 @@ class OpenAIBackend:
             await self._session.close()
 
     def _request(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                 max_tokens: int, stream: bool) -> tuple[str, dict[str, Any], dict[str, str]]:
+                 max_tokens: int, stream: bool, options: CallOptions) -> tuple[str, dict[str, Any], dict[str, str]]:
         body: dict[str, Any] = {"model": spec.served_name, "temperature": temperature,
                                 "messages": [{"role": role, "content": content} for role, content in messages]}
         if max_tokens:
             body["max_tokens"] = max_tokens
+        body.update(_option_fields(options))
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -85,9 +90,9 @@ class OpenAIBackend:
         return spec.endpoint.rstrip("/") + "/chat/completions", body, headers
 
     async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                     max_tokens: int) -> BackendReply:
+                     max_tokens: int, options: CallOptions = CallOptions()) -> BackendReply:
         """One non-streamed chat completion."""
-        url, body, headers = self._request(spec, messages, temperature, max_tokens, stream=False)
+        url, body, headers = self._request(spec, messages, temperature, max_tokens, False, options)
         async with _connect(spec, self._client().post(url, json=body, headers=headers)) as response:
             raw = await _read(spec, response)
             if response.status >= 400:
@@ -97,19 +102,22 @@ class OpenAIBackend:
             choice = document["choices"][0]
             text = choice["message"].get("content") or ""
             finish = choice.get("finish_reason") or "stop"
+            tool_calls = choice["message"].get("tool_calls") or []
         except (KeyError, IndexError, TypeError, AttributeError):
             raise BackendError(Unavailable(f"model {spec.id!r}: reply has no choices[0].message: "
                                            f"{raw[:200]!r}")) from None
-        return _reply(spec, messages, text, finish, document.get("usage"))
+        return _reply(spec, messages, text, finish, document.get("usage"), tool_calls)
 
     async def stream(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                     max_tokens: int) -> AsyncIterator[str | BackendReply]:
-        """A streamed chat completion: text deltas as they arrive, then the complete reply.
+                     max_tokens: int, options: CallOptions = CallOptions()) -> AsyncIterator[str | BackendReply]:
+        """A streamed chat completion: text deltas as they arrive, then the complete reply (with the
+        tool calls, assembled from their streamed pieces).
 
         A stream that ends before ``data: [DONE]`` is truncated: it fails, and the text it carried is
         counted (estimated) as consumed."""
-        url, body, headers = self._request(spec, messages, temperature, max_tokens, stream=True)
+        url, body, headers = self._request(spec, messages, temperature, max_tokens, True, options)
         parts: list[str] = []
+        tools: dict[int, dict[str, Any]] = {}
         finish, usage, done = "", None, False
         async with _connect(spec, self._client().post(url, json=body, headers=headers)) as response:
             if response.status >= 400:
@@ -128,12 +136,45 @@ class OpenAIBackend:
                         if delta:
                             parts.append(delta)
                             yield delta
+                        _gather_tool_calls(tools, (choice.get("delta") or {}).get("tool_calls"))
                         finish = choice.get("finish_reason") or finish
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.IncompleteReadError) as error:
                 raise _truncated(spec, messages, parts, f"{type(error).__name__}: {error}") from None
         if not done:
             raise _truncated(spec, messages, parts, "the connection closed before data: [DONE]")
-        yield _reply(spec, messages, "".join(parts), finish or "stop", usage)
+        yield _reply(spec, messages, "".join(parts), finish or "stop", usage, [tools[n] for n in sorted(tools)])
+
+
+def _option_fields(options: CallOptions) -> dict[str, Any]:
+    """The request fields for the options set (the JSON ones exactly as the caller wrote them)."""
+    fields: dict[str, Any] = {}
+    if options.top_p is not None:
+        fields["top_p"] = options.top_p
+    if options.stop:
+        fields["stop"] = list(options.stop)
+    if options.seed is not None:
+        fields["seed"] = options.seed
+    if options.user:
+        fields["user"] = options.user
+    for name in STRUCTURED:
+        if getattr(options, name):
+            fields[name] = json.loads(getattr(options, name))
+    return fields
+
+
+def _gather_tool_calls(tools: dict[int, dict[str, Any]], pieces: Any) -> None:
+    """Streamed tool calls come in pieces by index: the id, type and name once, the arguments as
+    text fragments to concatenate."""
+    for piece in pieces if isinstance(pieces, list) else ():
+        if not isinstance(piece, dict):
+            continue
+        call = tools.setdefault(int(piece.get("index") or 0),
+                                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = piece.get("id") or call["id"]
+        call["type"] = piece.get("type") or call["type"]
+        function = piece.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
 
 
 def _connect(spec: ModelSpec, request: Any) -> Any:
@@ -205,12 +246,13 @@ def _truncated(spec: ModelSpec, messages: Sequence[tuple[str, str]], parts: list
 
 
 def _reply(spec: ModelSpec, messages: Sequence[tuple[str, str]], text: str, finish: str,
-           usage: Any) -> BackendReply:
+           usage: Any, tool_calls: Any = ()) -> BackendReply:
+    calls = json.dumps(tool_calls) if tool_calls else ""
     if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
             and isinstance(usage.get("completion_tokens"), int):
-        return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish)
+        return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish, tool_calls=calls)
     return BackendReply(text, sum(estimate_tokens(content) for _, content in messages),
-                        estimate_tokens(text), True, finish)
+                        estimate_tokens(text + calls), True, finish, tool_calls=calls)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

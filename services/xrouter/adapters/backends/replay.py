@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec, usd_to_micro
+from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import NotFound
 from xrouter.common.outcomes import is_placeholder, placeholder_text, read_outcomes
 
@@ -40,7 +41,13 @@ class ReplayBackend:
 
     A prompt recorded as a JSON list of turns is also found by the text of its last turn (what a
     chat client sends as its last user message), unless another prompt has exactly that text.
+
+    Options: ``stop`` cuts the recording where a generating model would have stopped; ``seed`` asks
+    for a reproducible answer, which a recording always is. Other sampling options would change a
+    sample the recording cannot redraw, and tools it never saw: those are refused.
     """
+
+    options = frozenset({"stop", "seed"})
 
     def __init__(self, name: str, path: pathlib.Path | str) -> None:
         started = time.perf_counter()
@@ -71,7 +78,7 @@ class ReplayBackend:
         return {model for _, model in self._answers}
 
     async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
-                     max_tokens: int) -> BackendReply:
+                     max_tokens: int, options: CallOptions = CallOptions()) -> BackendReply:
         prompt = next((content for role, content in reversed(messages) if role == "user"), "")
         prompt_id = self._prompt_ids.get(prompt)
         if prompt_id is None:
@@ -82,6 +89,12 @@ class ReplayBackend:
             raise NotFound(f"replay {self.name}: model {spec.id!r} has no recorded answer to {prompt_id}")
         text, cost = recorded
         input_tokens = sum(estimate_tokens(content) for _, content in messages)
+        cut = min((text.find(s) for s in options.stop if s in text), default=-1)
+        if cut >= 0 and not is_placeholder(text):  # generation ends before the stop sequence
+            text = text[:cut]
+            cost = None  # priced for the tokens "generated" up to the stop, as the cut below
+            if not max_tokens or estimate_tokens(text) <= max_tokens:
+                return BackendReply(text, input_tokens, estimate_tokens(text), True, "stop")
         output_tokens = estimate_tokens(text)
         if is_placeholder(text):
             # No recorded text: the row's (recorded or priced) cost stands, the text is never cut.

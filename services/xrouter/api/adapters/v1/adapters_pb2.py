@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xrouter.api.common.v1 import common_pb2 as xrouter_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"xrouter/adapters/v1/adapters.proto\x12\x13xrouter.adapters.v1\x1a\x1exrouter/common/v1/common.proto\"\xa1\x01\n\rInvokeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ncall_index\x18\x06 \x01(\x05\"\xdb\x01\n\x0eInvokeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\"\\\n\x0bInvokeChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x33\n\x04\x64one\x18\x02 \x01(\x0b\x32#.xrouter.adapters.v1.InvokeResponseH\x00\x42\x07\n\x05\x63hunk\"\xcf\x01\n\nFailedCall\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\x06 \x01(\x03\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"\x13\n\x11ListModelsRequest\"\xb7\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x03 \x01(\x01\x12\x1b\n\x13output_usd_per_mtok\x18\x04 \x01(\x01\x12\x16\n\x0e\x63ontext_tokens\x18\x05 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.xrouter.adapters.v1.ModelInfo2\x9a\x02\n\x0e\x41\x64\x61pterService\x12Q\n\x06Invoke\x12\".xrouter.adapters.v1.InvokeRequest\x1a#.xrouter.adapters.v1.InvokeResponse\x12V\n\x0cInvokeStream\x12\".xrouter.adapters.v1.InvokeRequest\x1a .xrouter.adapters.v1.InvokeChunk0\x01\x12]\n\nListModels\x12&.xrouter.adapters.v1.ListModelsRequest\x1a\'.xrouter.adapters.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"xrouter/adapters/v1/adapters.proto\x12\x13xrouter.adapters.v1\x1a\x1exrouter/common/v1/common.proto\"\xc3\x02\n\rInvokeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\ncall_index\x18\x06 \x01(\x05\x12\x12\n\x05top_p\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04user\x18\n \x01(\t\x12\x12\n\ntools_json\x18\x0b \x01(\t\x12\x18\n\x10tool_choice_json\x18\x0c \x01(\t\x12\x1c\n\x14response_format_json\x18\r \x01(\tB\x08\n\x06_top_pB\x07\n\x05_seed\"\xf4\x01\n\x0eInvokeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\x06 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x01\x12\x15\n\rfinish_reason\x18\t \x01(\t\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12\x17\n\x0ftool_calls_json\x18\x0b \x01(\t\"\\\n\x0bInvokeChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x33\n\x04\x64one\x18\x02 \x01(\x0b\x32#.xrouter.adapters.v1.InvokeResponseH\x00\x42\x07\n\x05\x63hunk\"\xcf\x01\n\nFailedCall\x12\r\n\x05model\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\x14\n\x0cinput_tokens\x18\x03 \x01(\x03\x12\x15\n\routput_tokens\x18\x04 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x05 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\x06 \x01(\x03\x12\x12\n\nlatency_ms\x18\x07 \x01(\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"\x13\n\x11ListModelsRequest\"\xc8\x01\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x03 \x01(\x01\x12\x1b\n\x13output_usd_per_mtok\x18\x04 \x01(\x01\x12\x16\n\x0e\x63ontext_tokens\x18\x05 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x0f\n\x07options\x18\t \x03(\t\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.xrouter.adapters.v1.ModelInfo2\x9a\x02\n\x0e\x41\x64\x61pterService\x12Q\n\x06Invoke\x12\".xrouter.adapters.v1.InvokeRequest\x1a#.xrouter.adapters.v1.InvokeResponse\x12V\n\x0cInvokeStream\x12\".xrouter.adapters.v1.InvokeRequest\x1a .xrouter.adapters.v1.InvokeChunk0\x01\x12]\n\nListModels\x12&.xrouter.adapters.v1.ListModelsRequest\x1a\'.xrouter.adapters.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xrouter.adapters.v1.adapter
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVOKEREQUEST']._serialized_start=92
-  _globals['_INVOKEREQUEST']._serialized_end=253
-  _globals['_INVOKERESPONSE']._serialized_start=256
-  _globals['_INVOKERESPONSE']._serialized_end=475
-  _globals['_INVOKECHUNK']._serialized_start=477
-  _globals['_INVOKECHUNK']._serialized_end=569
-  _globals['_FAILEDCALL']._serialized_start=572
-  _globals['_FAILEDCALL']._serialized_end=779
-  _globals['_LISTMODELSREQUEST']._serialized_start=781
-  _globals['_LISTMODELSREQUEST']._serialized_end=800
-  _globals['_MODELINFO']._serialized_start=803
-  _globals['_MODELINFO']._serialized_end=986
-  _globals['_LISTMODELSRESPONSE']._serialized_start=988
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1056
-  _globals['_ADAPTERSERVICE']._serialized_start=1059
-  _globals['_ADAPTERSERVICE']._serialized_end=1341
+  _globals['_INVOKEREQUEST']._serialized_end=415
+  _globals['_INVOKERESPONSE']._serialized_start=418
+  _globals['_INVOKERESPONSE']._serialized_end=662
+  _globals['_INVOKECHUNK']._serialized_start=664
+  _globals['_INVOKECHUNK']._serialized_end=756
+  _globals['_FAILEDCALL']._serialized_start=759
+  _globals['_FAILEDCALL']._serialized_end=966
+  _globals['_LISTMODELSREQUEST']._serialized_start=968
+  _globals['_LISTMODELSREQUEST']._serialized_end=987
+  _globals['_MODELINFO']._serialized_start=990
+  _globals['_MODELINFO']._serialized_end=1190
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1192
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1260
+  _globals['_ADAPTERSERVICE']._serialized_start=1263
+  _globals['_ADAPTERSERVICE']._serialized_end=1545
 # @@protoc_insertion_point(module_scope)

@@ -26,37 +26,37 @@ from xrouter.api.common.v1 import common_pb2 as xrouter_dot_common_dot_v1_dot_co
 from xrouter.api.reward.v1 import reward_pb2 as xrouter_dot_reward_dot_v1_dot_reward__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exrouter/router/v1/router.proto\x12\x11xrouter.router.v1\x1a\x1exrouter/common/v1/common.proto\x1a\x1exrouter/reward/v1/reward.proto\"\xba\x02\n\x0cRouteRequest\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x18\n\x0b\x63ost_lambda\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tmax_turns\x18\x05 \x01(\x05\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12/\n\treference\x18\t \x01(\x0b\x32\x1c.xrouter.reward.v1.Reference\x12\x12\n\nrequest_id\x18\n \x01(\tB\x0e\n\x0c_cost_lambdaB\x0f\n\r_max_cost_usd\"\xcf\x02\n\tModelCall\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\x12\x13\n\x0btemperature\x18\x05 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x08 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\t \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12-\n\x06status\x18\x0c \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x10\n\x08response\x18\x0e \x01(\t\x12\x15\n\rfinish_reason\x18\x0f \x01(\t\"\x9b\x03\n\rRouteResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12+\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x1c.xrouter.router.v1.ModelCall\x12\x16\n\x0etotal_cost_usd\x18\x03 \x01(\x01\x12\x1c\n\x14total_cost_micro_usd\x18\x04 \x01(\x03\x12-\n\x08strategy\x18\x05 \x01(\x0e\x32\x1b.xrouter.router.v1.Strategy\x12\x12\n\nturns_used\x18\x06 \x01(\x05\x12\x1a\n\x12turn_limit_reached\x18\x07 \x01(\x08\x12\x13\n\x0bpolicy_kind\x18\x08 \x01(\t\x12\x16\n\x0epolicy_version\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x12\n\x05score\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06reward\x18\r \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rselected_call\x18\x0e \x01(\x05\x12\x10\n\x08replayed\x18\x0f \x01(\x08\x42\x08\n\x06_scoreB\t\n\x07_reward\"\xfd\x01\n\nRouteEvent\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.xrouter.router.v1.DecisionH\x00\x12\x34\n\x0c\x63\x61ll_started\x18\x02 \x01(\x0b\x32\x1c.xrouter.router.v1.ModelCallH\x00\x12\x35\n\rcall_finished\x18\x03 \x01(\x0b\x32\x1c.xrouter.router.v1.ModelCallH\x00\x12\x16\n\x0c\x61nswer_chunk\x18\x04 \x01(\tH\x00\x12\x30\n\x04\x64one\x18\x05 \x01(\x0b\x32 .xrouter.router.v1.RouteResponseH\x00\x42\x07\n\x05\x65vent\"O\n\x08\x44\x65\x63ision\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x15\n\rselected_call\x18\x04 \x01(\x05\"\x12\n\x10GetPolicyRequest\";\n\nPolicyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"#\n\x11LoadPolicyRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\"\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12)\n\x06thumbs\x18\x03 \x01(\x0e\x32\x19.xrouter.router.v1.Thumbs\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\tB\x08\n\x06_score\"H\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\tduplicate\x18\x03 \x01(\x08*~\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_DIRECT\x10\x01\x12\x13\n\x0fSTRATEGY_SELECT\x10\x02\x12\x17\n\x13STRATEGY_SYNTHESIZE\x10\x03\x12\x15\n\x11STRATEGY_FALLBACK\x10\x04*@\n\x06Thumbs\x12\x16\n\x12THUMBS_UNSPECIFIED\x10\x00\x12\r\n\tTHUMBS_UP\x10\x01\x12\x0f\n\x0bTHUMBS_DOWN\x10\x02\x32\xa5\x03\n\rRouterService\x12J\n\x05Route\x12\x1f.xrouter.router.v1.RouteRequest\x1a .xrouter.router.v1.RouteResponse\x12O\n\x0bRouteStream\x12\x1f.xrouter.router.v1.RouteRequest\x1a\x1d.xrouter.router.v1.RouteEvent0\x01\x12O\n\tGetPolicy\x12#.xrouter.router.v1.GetPolicyRequest\x1a\x1d.xrouter.router.v1.PolicyInfo\x12Q\n\nLoadPolicy\x12$.xrouter.router.v1.LoadPolicyRequest\x1a\x1d.xrouter.router.v1.PolicyInfo\x12S\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\".xrouter.router.v1.FeedbackRequest\x1a#.xrouter.router.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exrouter/router/v1/router.proto\x12\x11xrouter.router.v1\x1a\x1exrouter/common/v1/common.proto\x1a\x1exrouter/reward/v1/reward.proto\"\x86\x04\n\x0cRouteRequest\x12\x30\n\x08messages\x18\x01 \x03(\x0b\x32\x1e.xrouter.common.v1.ChatMessage\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x18\n\x0b\x63ost_lambda\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cmax_cost_usd\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tmax_turns\x18\x05 \x01(\x05\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x0e\n\x06policy\x18\x08 \x01(\t\x12/\n\treference\x18\t \x01(\x0b\x32\x1c.xrouter.reward.v1.Reference\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x18\n\x0btemperature\x18\x0b \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x0c \x01(\x01H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\r \x03(\t\x12\x11\n\x04seed\x18\x0e \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04user\x18\x0f \x01(\t\x12\x12\n\ntools_json\x18\x10 \x01(\t\x12\x18\n\x10tool_choice_json\x18\x11 \x01(\t\x12\x1c\n\x14response_format_json\x18\x12 \x01(\tB\x0e\n\x0c_cost_lambdaB\x0f\n\r_max_cost_usdB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xe8\x02\n\tModelCall\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04turn\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\x12\x13\n\x0btemperature\x18\x05 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12\x18\n\x10tokens_estimated\x18\x08 \x01(\x08\x12\x16\n\x0e\x63ost_micro_usd\x18\t \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\n \x01(\x01\x12\x12\n\nlatency_ms\x18\x0b \x01(\x01\x12-\n\x06status\x18\x0c \x01(\x0e\x32\x1d.xrouter.common.v1.CallStatus\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x10\n\x08response\x18\x0e \x01(\t\x12\x15\n\rfinish_reason\x18\x0f \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x10 \x01(\t\"\x9b\x03\n\rRouteResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12+\n\x05\x63\x61lls\x18\x02 \x03(\x0b\x32\x1c.xrouter.router.v1.ModelCall\x12\x16\n\x0etotal_cost_usd\x18\x03 \x01(\x01\x12\x1c\n\x14total_cost_micro_usd\x18\x04 \x01(\x03\x12-\n\x08strategy\x18\x05 \x01(\x0e\x32\x1b.xrouter.router.v1.Strategy\x12\x12\n\nturns_used\x18\x06 \x01(\x05\x12\x1a\n\x12turn_limit_reached\x18\x07 \x01(\x08\x12\x13\n\x0bpolicy_kind\x18\x08 \x01(\t\x12\x16\n\x0epolicy_version\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x10\n\x08trace_id\x18\x0b \x01(\t\x12\x12\n\x05score\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06reward\x18\r \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rselected_call\x18\x0e \x01(\x05\x12\x10\n\x08replayed\x18\x0f \x01(\x08\x42\x08\n\x06_scoreB\t\n\x07_reward\"\xfd\x01\n\nRouteEvent\x12/\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1b.xrouter.router.v1.DecisionH\x00\x12\x34\n\x0c\x63\x61ll_started\x18\x02 \x01(\x0b\x32\x1c.xrouter.router.v1.ModelCallH\x00\x12\x35\n\rcall_finished\x18\x03 \x01(\x0b\x32\x1c.xrouter.router.v1.ModelCallH\x00\x12\x16\n\x0c\x61nswer_chunk\x18\x04 \x01(\tH\x00\x12\x30\n\x04\x64one\x18\x05 \x01(\x0b\x32 .xrouter.router.v1.RouteResponseH\x00\x42\x07\n\x05\x65vent\"O\n\x08\x44\x65\x63ision\x12\x0c\n\x04turn\x18\x01 \x01(\x05\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x15\n\rselected_call\x18\x04 \x01(\x05\"\x12\n\x10GetPolicyRequest\";\n\nPolicyInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"#\n\x11LoadPolicyRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\"\x8f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12)\n\x06thumbs\x18\x03 \x01(\x0e\x32\x19.xrouter.router.v1.Thumbs\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\tB\x08\n\x06_score\"H\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\tduplicate\x18\x03 \x01(\x08*~\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_DIRECT\x10\x01\x12\x13\n\x0fSTRATEGY_SELECT\x10\x02\x12\x17\n\x13STRATEGY_SYNTHESIZE\x10\x03\x12\x15\n\x11STRATEGY_FALLBACK\x10\x04*@\n\x06Thumbs\x12\x16\n\x12THUMBS_UNSPECIFIED\x10\x00\x12\r\n\tTHUMBS_UP\x10\x01\x12\x0f\n\x0bTHUMBS_DOWN\x10\x02\x32\xa5\x03\n\rRouterService\x12J\n\x05Route\x12\x1f.xrouter.router.v1.RouteRequest\x1a .xrouter.router.v1.RouteResponse\x12O\n\x0bRouteStream\x12\x1f.xrouter.router.v1.RouteRequest\x1a\x1d.xrouter.router.v1.RouteEvent0\x01\x12O\n\tGetPolicy\x12#.xrouter.router.v1.GetPolicyRequest\x1a\x1d.xrouter.router.v1.PolicyInfo\x12Q\n\nLoadPolicy\x12$.xrouter.router.v1.LoadPolicyRequest\x1a\x1d.xrouter.router.v1.PolicyInfo\x12S\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\".xrouter.router.v1.FeedbackRequest\x1a#.xrouter.router.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xrouter.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRATEGY']._serialized_start=1861
-  _globals['_STRATEGY']._serialized_end=1987
-  _globals['_THUMBS']._serialized_start=1989
-  _globals['_THUMBS']._serialized_end=2053
+  _globals['_STRATEGY']._serialized_start=2090
+  _globals['_STRATEGY']._serialized_end=2216
+  _globals['_THUMBS']._serialized_start=2218
+  _globals['_THUMBS']._serialized_end=2282
   _globals['_ROUTEREQUEST']._serialized_start=118
-  _globals['_ROUTEREQUEST']._serialized_end=432
-  _globals['_MODELCALL']._serialized_start=435
-  _globals['_MODELCALL']._serialized_end=770
-  _globals['_ROUTERESPONSE']._serialized_start=773
-  _globals['_ROUTERESPONSE']._serialized_end=1184
-  _globals['_ROUTEEVENT']._serialized_start=1187
-  _globals['_ROUTEEVENT']._serialized_end=1440
-  _globals['_DECISION']._serialized_start=1442
-  _globals['_DECISION']._serialized_end=1521
-  _globals['_GETPOLICYREQUEST']._serialized_start=1523
-  _globals['_GETPOLICYREQUEST']._serialized_end=1541
-  _globals['_POLICYINFO']._serialized_start=1543
-  _globals['_POLICYINFO']._serialized_end=1602
-  _globals['_LOADPOLICYREQUEST']._serialized_start=1604
-  _globals['_LOADPOLICYREQUEST']._serialized_end=1639
-  _globals['_FEEDBACKREQUEST']._serialized_start=1642
-  _globals['_FEEDBACKREQUEST']._serialized_end=1785
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1787
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1859
-  _globals['_ROUTERSERVICE']._serialized_start=2056
-  _globals['_ROUTERSERVICE']._serialized_end=2477
+  _globals['_ROUTEREQUEST']._serialized_end=636
+  _globals['_MODELCALL']._serialized_start=639
+  _globals['_MODELCALL']._serialized_end=999
+  _globals['_ROUTERESPONSE']._serialized_start=1002
+  _globals['_ROUTERESPONSE']._serialized_end=1413
+  _globals['_ROUTEEVENT']._serialized_start=1416
+  _globals['_ROUTEEVENT']._serialized_end=1669
+  _globals['_DECISION']._serialized_start=1671
+  _globals['_DECISION']._serialized_end=1750
+  _globals['_GETPOLICYREQUEST']._serialized_start=1752
+  _globals['_GETPOLICYREQUEST']._serialized_end=1770
+  _globals['_POLICYINFO']._serialized_start=1772
+  _globals['_POLICYINFO']._serialized_end=1831
+  _globals['_LOADPOLICYREQUEST']._serialized_start=1833
+  _globals['_LOADPOLICYREQUEST']._serialized_end=1868
+  _globals['_FEEDBACKREQUEST']._serialized_start=1871
+  _globals['_FEEDBACKREQUEST']._serialized_end=2014
+  _globals['_FEEDBACKRESPONSE']._serialized_start=2016
+  _globals['_FEEDBACKRESPONSE']._serialized_end=2088
+  _globals['_ROUTERSERVICE']._serialized_start=2285
+  _globals['_ROUTERSERVICE']._serialized_end=2706
 # @@protoc_insertion_point(module_scope)

@@ -1,17 +1,46 @@
-"""What the reward service would refuse in a request's reference, refused before any call is paid for
-(split from core.py, which validates the rest of the request)."""
+"""Request checks beyond the core's own bounds: the scoring reference (refused before any call is
+paid for) and the generation options (which models may honour them, which policies may serve them)."""
 
 from __future__ import annotations
 
 from xrouter.common import bounds
+from xrouter.common.call_options import CallOptions, check_options
 from xrouter.common.errors import InvalidArgument
 from xrouter.reward.core import TASK_TYPES
+from xrouter.router.policy import ModelOption, Policy
 from xrouter.router.ports import ScoringReference
 
 MAX_NAME_CHARS = 256  # policy specs, reference dataset and prompt ids
 MAX_REFERENCE_CHARS = 100_000  # gold, rubric, each alias, the code tests
 MAX_ALIASES = 100
 _NEEDS_GOLD = ("multiple_choice", "exact_match", "token_f1", "math")
+
+
+def pool_for_options(pool: list[ModelOption], options: CallOptions, policy: Policy) -> list[ModelOption]:
+    """The models of ``pool`` whose backends honour every option set: a request that sets a stop
+    sequence is routed among the models that can stop at it, never answered by one that ignored
+    it. None left is a 400 naming the option; so are tools or a response format under a policy
+    that compares or rewrites answers (a tool call or a schema-shaped answer cannot be compared
+    as text, and a rewrite would break the shape)."""
+    check_options(options)
+    structured = options.structured()
+    if structured and not getattr(policy, "one_answer", False):
+        raise InvalidArgument(structured[0], f"the {policy.kind} policy compares or rewrites answers, so it cannot "
+                              "return a model's tool calls or schema-shaped answer unchanged; name a catalog model "
+                              "as the model (or use policy fixed:<model> or cheapest)")
+    pinned = getattr(policy, "model", None)  # fixed:<model>: only its own backend's options count
+    if pinned is not None and options.used():
+        pool = [option for option in pool if option.id == pinned] or pool
+    for name in options.used():
+        if not any(name in option.options for option in pool):
+            raise InvalidArgument(name, f"none of the models this request may call honours it ("
+                                  f"{', '.join(o.id for o in pool[:8])}{', ...' if len(pool) > 8 else ''}); models "
+                                  "on an OpenAI-compatible backend honour every option")
+    kept = [option for option in pool if set(options.used()) <= option.options]
+    if not kept:
+        used = options.used()
+        raise InvalidArgument(used[0], f"no model this request may call honours all of {', '.join(used)} together")
+    return kept
 
 
 def check_reference(reference: ScoringReference) -> None:
