@@ -234,7 +234,8 @@ def test_secrets_are_referenced_never_inlined() -> None:
 def test_pods_run_restricted() -> None:
     for doc in render("full"):
         spec = {"Deployment": lambda d: d["spec"]["template"]["spec"], "StatefulSet": lambda d: d["spec"]["template"]["spec"],
-                "Job": lambda d: d["spec"]["template"]["spec"], "Pod": lambda d: d["spec"]}.get(doc["kind"])
+                "Job": lambda d: d["spec"]["template"]["spec"], "Pod": lambda d: d["spec"],
+                "CronJob": lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"]}.get(doc["kind"])
         if spec is None:
             continue
         pod = spec(doc)
@@ -253,9 +254,11 @@ def test_routers_may_only_read_the_policy_pointer_and_training_may_only_patch_it
     pointer = [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["xrouter-policy"]}]
     assert roles["xrouter-router-policy-reader"] == [{**pointer[0], "verbs": ["get", "watch"]}]
     assert roles["xrouter-training-policy-publisher"] == [{**pointer[0], "verbs": ["get", "patch"]}]
+    assert roles["xrouter-learning-policy-publisher"] == [{**pointer[0], "verbs": ["get", "patch"]}]
     subjects = {b["roleRef"]["name"]: [s["name"] for s in b["subjects"]] for b in find(docs, "RoleBinding")}
     assert subjects == {"xrouter-router-policy-reader": ["xrouter-router"],
-                        "xrouter-training-policy-publisher": ["xrouter-training"]}
+                        "xrouter-training-policy-publisher": ["xrouter-training"],
+                        "xrouter-learning-policy-publisher": ["xrouter-learning"]}
     (pointer_map,) = find(docs, "ConfigMap", "xrouter-policy")
     assert "data" not in pointer_map  # Helm never owns the published checkpoint
     tokens = {component(d): d["spec"]["template"]["spec"]["automountServiceAccountToken"]
@@ -359,6 +362,27 @@ def test_training_job_asks_for_gpus_and_writes_to_its_claim() -> None:
         router_pod["containers"][0]["volumeMounts"]
     (policy_isvc,) = find(docs, "InferenceService", "router-policy")
     assert "--tool-call-parser=hermes" in policy_isvc["spec"]["predictor"]["model"]["args"]
+
+
+def test_learning_cronjob_starts_from_the_serving_checkpoint_and_publishes_into_the_store() -> None:
+    docs = render("full")
+    (cron,) = find(docs, "CronJob")
+    assert cron["spec"]["schedule"] == "30 2 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (export,) = pod["initContainers"]  # export first; learn runs only once it succeeded
+    assert export["command"][:3] == ["xrouter", "export-episodes", "--out"] and export["command"][-2:] == ["--since", "3d"]
+    assert "XROUTER_METERING_DATABASE_URL" in {e["name"] for e in export["env"]}
+    (learn,) = pod["containers"]
+    command = learn["command"]
+    assert command[:4] == ["xrouter", "learn", "--start", "$(XROUTER_LEARN_START)"]
+    assert command[command.index("--store") + 1] == "/checkpoints/store"
+    start = next(e for e in learn["env"] if e["name"] == "XROUTER_LEARN_START")
+    assert start["valueFrom"]["configMapKeyRef"] == {"name": "xrouter-policy", "key": "checkpoint"}
+    (claim,) = [c for c in find(docs, "PersistentVolumeClaim") if "checkpoints" in c["metadata"]["name"]]
+    assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
+    assert not find(render("default"), "CronJob")  # off by default
+    with pytest.raises(chart_check.CheckFailed, match="set training.enabled=true"):  # no store: refused, named
+        render("default", "learning.enabled=true")
 
 
 def test_migration_hook_runs_db_upgrade_before_install_or_after_the_bundled_database() -> None:

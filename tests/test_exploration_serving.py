@@ -112,7 +112,9 @@ async def test_tenants_without_exploration_get_the_policys_decisions_and_record_
 
 @ON_THE_STACK
 async def test_an_exploring_tenant_records_the_behaviour_probability_of_its_first_call(stack, prompts) -> None:  # type: ignore[no-untyped-def]
-    pool = len(stack.router_core.catalog)
+    draw = ExploringPolicy(stack.router_core.policy, 1.0).weights(greedy_state(stack, prompts[0]))
+    weight = dict(zip((o.id for o in greedy_state(stack, prompts[0]).pool), draw))
+    assert sum(draw) == pytest.approx(1.0) and len(draw) == len(stack.router_core.catalog)
     firsts, greedy = [], []
     for prompt in prompts:
         result = await stack.router_core.route(RouteRequest([("user", prompt)], tenant="explorer"))
@@ -120,8 +122,9 @@ async def test_an_exploring_tenant_records_the_behaviour_probability_of_its_firs
         greedy.append(await first_choice(stack, prompt))
     episodes = list(export.episodes(stack.ledger.engine, tenant="explorer"))
     assert [e["calls"][0]["model"] for e in episodes] == firsts
-    # ε = 1: every first call is drawn uniformly from the pool of M models, with probability 1/M.
-    assert all(e["exploration"] == {"epsilon": 1.0, "first_call_probability": pytest.approx(1 / pool),
+    # ε = 1: every first call is drawn, with the draw's weight of the model drawn (1 / (1 + rows the
+    # memory holds on it), normalised over the pool).
+    assert all(e["exploration"] == {"epsilon": 1.0, "first_call_probability": pytest.approx(weight[e["calls"][0]["model"]]),
                                     "first_call_explored": True} for e in episodes)
     # Eight uniform draws over 11 models all landing on the policy's own choices: (1/11)^8.
     assert firsts != greedy

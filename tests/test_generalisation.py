@@ -222,7 +222,7 @@ def test_training_on_an_unreadable_outcome_file_fails_naming_it_and_writes_nothi
 
 
 def test_the_tiny_bundle_carries_its_outcome_memory_and_reads_added_rows(tiny_bundle: pathlib.Path) -> None:
-    from xrouter.router.compact.memory import FILE
+    from xrouter.router.compact.memory import FILE, KNOWN, LOCAL_MEAN
 
     assert FILE in read_manifest(tiny_bundle)["sha256"]  # shipped and hash-checked like the weights
     policy = load_policy(tiny_bundle, options_of("routerbench"))
@@ -231,7 +231,8 @@ def test_the_tiny_bundle_carries_its_outcome_memory_and_reads_added_rows(tiny_bu
     assert not policy.memory_features(text, ["acme/newcomer-1"]).any()
     policy.memory.add("Which is lighter? A) a feather B) a brick", policy.query_vector(text), {"acme/newcomer-1": 1.0})
     policy.forget_memory_cache()
-    assert policy.memory_features(text, ["acme/newcomer-1"]).tolist()[0][::2] == [1.0, 1.0]
+    features = policy.memory_features(text, ["acme/newcomer-1"])[0]
+    assert features[LOCAL_MEAN] == 1.0 and features[KNOWN] == 1.0
 
 
 def test_learning_from_traffic_simulation_grows_the_memory_and_reports_a_curve(tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -94,3 +94,19 @@ def test_evidence_is_the_kernel_weight_of_the_neighbours_so_far_rows_weigh_littl
     assert features[EVIDENCE] == pytest.approx(weights.sum(), rel=1e-4)
     assert features[LOCAL_MEAN] == pytest.approx(weights[0] / weights.sum(), rel=1e-4)
     assert features[CLOSENESS] == pytest.approx((near + far) / 2, rel=1e-4)
+
+
+def test_served_verdicts_calibrate_their_model_by_their_mean_residual_offline_rows_do_not() -> None:
+    from xrouter.router.compact.memory import CALIBRATION, CALIBRATION_PRIOR_ROWS
+
+    memory = _memory()
+    assert memory.features(_unit(1, 0, 0), "q", ["small", "big"])[:, CALIBRATION].tolist() == [0.0, 0.0]
+    # The network predicted 0.2 for "small" on two served prompts it then answered right.
+    memory.add("served one", _unit(0, 0, 1), {"small": 1.0}, {"small": 0.2})
+    memory.add("served two", _unit(0, 0.2, 1), {"small": 1.0}, {"small": 0.2})
+    calibration = memory.features(_unit(1, 0, 0), "q", ["small", "big"])[:, CALIBRATION]
+    assert calibration[0] == pytest.approx(1.6 / (2 + CALIBRATION_PRIOR_ROWS)) and calibration[1] == 0.0
+    # A served prompt asked again does not read its own residual.
+    assert memory.features(_unit(0, 0, 1), "served one", ["small"])[0, CALIBRATION] == pytest.approx(
+        0.8 / (1 + CALIBRATION_PRIOR_ROWS))
+    assert memory.rows_of("small") == 5 and memory.rows_of("never-seen") == 0

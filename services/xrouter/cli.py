@@ -145,6 +145,18 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from xrouter_training.learn import run_cli  # the training package: imported only when used
+
+    return run_cli(args)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from xrouter_training.publish import rollback_cli
+
+    return rollback_cli(args)
+
+
 def cmd_generalise(args: argparse.Namespace) -> int:
     from xrouter_training.generalise import run_cli  # the training package: imported only when used
 
@@ -243,6 +255,32 @@ def main(argv: list[str] | None = None) -> int:
                            help="returned: a verdict on the answer given (thumbs); called: every answered call "
                            "scored (requests with a reference)")
     learn_sim.set_defaults(run=cmd_learn_sim)
+    learn = sub.add_parser("learn", help="learn the verdicts of exported traffic into a copy of a checkpoint; "
+                           "publish it only if it is not worse on held-back recent traffic")
+    learn.add_argument("--start", required=True, help="the serving checkpoint (a compact policy with a memory)")
+    learn.add_argument("--episodes", required=True, help="an `xrouter export-episodes` file (.jsonl or .jsonl.gz)")
+    learn.add_argument("--out", required=True, help="folder for the candidate, publish.json and learn.prom")
+    learn.add_argument("--catalog", default=os.environ.get("XROUTER_ADAPTERS_CATALOG", ""),
+                       help="the serving catalog (default $XROUTER_ADAPTERS_CATALOG, else the bundled one)")
+    learn.add_argument("--hold-out", type=float, default=0.2, help="newest share of the episodes held back")
+    learn.add_argument("--clip", type=float, default=10.0, help="cap on importance weights")
+    learn.add_argument("--min-matches", type=int, default=20,
+                       help="held-back episodes each policy must match before a comparison counts")
+    learn.add_argument("--store", default="", help="publish a passing candidate into this checkpoint store")
+    learn.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""))
+    learn.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
+    learn.add_argument("--key", default=os.environ.get("XROUTER_TRAIN_POLICY_KEY", "checkpoint"))
+    learn.add_argument("--router", action="append", default=[], metavar="HOST:PORT")
+    learn.set_defaults(run=cmd_learn)
+    rollback = sub.add_parser("rollback", help="go back to the previous policy: LoadPolicy(rollback) on each "
+                              "router, and/or point the policy ConfigMap at an earlier version in the store")
+    rollback.add_argument("--router", action="append", default=[], metavar="HOST:PORT")
+    rollback.add_argument("--store", default="", help="the checkpoint store (with --to)")
+    rollback.add_argument("--to", default="", metavar="VERSION", help="a version in the store to point at")
+    rollback.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""))
+    rollback.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
+    rollback.add_argument("--key", default=os.environ.get("XROUTER_TRAIN_POLICY_KEY", "checkpoint"))
+    rollback.set_defaults(run=cmd_rollback)
     bundle = sub.add_parser("bundle", help="write the small shipped copy of a checkpoint (encoder by hash)")
     bundle.add_argument("checkpoint")
     bundle.add_argument("--config", required=True, help="the training config that made it (recorded by hash)")

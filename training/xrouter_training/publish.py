@@ -167,3 +167,40 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"xrouter publish: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def rollback_cli(args: argparse.Namespace) -> int:
+    """``xrouter rollback``: LoadPolicy("rollback") on each ``--router`` (each router keeps the policy it
+    served before the last swap), and/or, with ``--store`` and ``--to``, point the policy ConfigMap
+    at that earlier version (already in the store: nothing is copied)."""
+    import grpc
+
+    from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+    from xrouter.common.settings import SettingsError
+    from xrouter.router.policy_store import ROLLBACK
+
+    if not args.router and not (args.store and args.to):
+        print("xrouter rollback: name --router HOST:PORT (repeatable) and/or --store with --to VERSION",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.store and args.to:
+            target = pathlib.Path(args.store) / args.to
+            if not VERSION.fullmatch(args.to) or not target.is_dir():
+                raise PublishError(f"--to {args.to!r}: no such version in the store {args.store}")
+            publish(target, args.store, configmap=args.configmap, namespace=args.namespace, key=args.key)
+        key = os.environ.get("XROUTER_API_KEY", "")
+        for router in args.router:
+            with grpc.insecure_channel(router) as channel:
+                try:
+                    info = router_pb2_grpc.RouterServiceStub(channel).LoadPolicy(
+                        router_pb2.LoadPolicyRequest(source=ROLLBACK), timeout=60,
+                        metadata=(("authorization", f"Bearer {key}"),) if key else None)
+                except grpc.RpcError as error:
+                    raise PublishError(f"router {router} did not roll back: {error.code().name}: "
+                                       f"{error.details()}") from None
+            print(f"router {router}: serving {info.kind}@{info.version}", flush=True)
+    except (PublishError, SettingsError) as error:
+        print(f"xrouter rollback: {error}", file=sys.stderr)
+        return 1
+    return 0

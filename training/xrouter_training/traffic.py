@@ -3,9 +3,10 @@ part of ``make bench``).
 
 A policy trained without one outcome source (the leave-one-source-out checkpoint: the source's
 prompts, task families and models are all new to it) serves that source's train-split prompts as
-traffic, with ε-uniform exploration of the first call. Each answered request's verdict — the
+traffic, with ε-exploration of the first call (favouring the models the memory knows least). Each answered request's verdict — the
 recorded score of the answer it returned, as a user's thumbs or the reward service would give it —
-is added to the policy's outcome memory at once (router/compact/memory.py). Every ``every``
+is added to the policy's outcome memory at once, with the network's own prediction so that its
+residual calibrates the model (router/compact/memory.py). Every ``every``
 requests the greedy policy is evaluated on the source's validation prompts (never served) over a λ
 grid: APGR against the frozen start and the ceiling (the policy trained with the source), plotted
 against requests served.
@@ -99,8 +100,7 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             outcomes = {answered: episode.score}
             if verdicts == "called":
                 outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
-            policy.memory.add(prompt.text, policy.query_vector(prompt.text), outcomes)
-            policy.forget_memory_cache()
+            policy.record_verdicts(prompt.text, options, outcomes)
         if served % every == 0 or served == len(traffic):
             await measure(served)
     report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,

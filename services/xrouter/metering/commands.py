@@ -55,10 +55,15 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def _when(text: str) -> dt.datetime:
+    """An ISO date or time (UTC unless it says otherwise), or a lookback from now: ``7d``, ``12h``
+    (what a CronJob passes, having no shell to compute a date)."""
+    unit = {"d": "days", "h": "hours"}.get(text[-1:])
+    if unit and text[:-1].isdigit():
+        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(**{unit: int(text[:-1])})
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an ISO date or time, nor a lookback like 7d or 12h: {text!r}") from None
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
 
 
@@ -101,7 +106,7 @@ def add_parsers(sub: Any) -> None:
     episodes = sub.add_parser("export-episodes", help="write settled requests as training episodes (JSONL)")
     episodes.add_argument("--out", required=True, help="output file (JSON lines, see metering/EXPORT.md)")
     episodes.add_argument("--url", help=f"ledger URL (default: ${URL_VARIABLE}, else the local stack's SQLite)")
-    episodes.add_argument("--since", type=_when, help="only requests settled at or after (ISO, UTC)")
+    episodes.add_argument("--since", type=_when, help="only requests settled at or after (ISO, UTC; or 7d, 12h: that long ago)")
     episodes.add_argument("--until", type=_when, help="only requests settled before (ISO, UTC)")
     episodes.add_argument("--tenant", default="", help="only this tenant")
     episodes.add_argument("--scored-only", action="store_true", help="only requests with a verifier score or feedback")

@@ -1,6 +1,9 @@
 """Exploration at serving: with a small probability a request's first call goes to a pool model
-drawn uniformly, so that models the policy would not pick yet (a new model, a source it never saw)
-get tried and their verdicts reach the outcome memory. Off by default; each decision records the
+drawn at random, so that models the policy would not pick yet (a new model, a source it never saw)
+get tried and their verdicts reach the outcome memory. The draw favours the models the policy's
+outcome memory knows least (weight 1 / (1 + rows recorded on the model)): uniform draws spent most
+of a small budget on models already well known, and a new model whose description undersold it
+was almost never tried (measured in ``xrouter learn-sim``). Off by default; each decision records the
 probability the behaviour policy gave the action it took, for off-policy use of the logs.
 
 Serving turns it on per tenant (``XROUTER_ROUTER_EXPLORATION_EPSILON`` for every tenant,
@@ -22,8 +25,8 @@ from xrouter.router.policy import Action, CallModels, EpisodeState, Policy, Tool
 @dataclasses.dataclass(frozen=True)
 class Explored:
     """One first decision: the model called first, whether it was drawn at random, and the
-    probability of that first call under the behaviour policy (ε/M for a drawn one; for the greedy
-    one 1 − ε + ε/M)."""
+    probability of that first call under the behaviour policy: ε·q(model) + (1 − ε)·[the policy's
+    own first call is that model], q being the exploration draw's weights."""
 
     model: str
     explored: bool
@@ -31,7 +34,7 @@ class Explored:
 
 
 class ExploringPolicy:
-    """``policy`` with ε-uniform exploration of the first call (later turns are the policy's own).
+    """``policy`` with ε-exploration of the first call (later turns are the policy's own).
     ``rng``: shared by the per-request wrappers of a serving router; else seeded from ``seed``."""
 
     def __init__(self, policy: Policy, epsilon: float, seed: int | None = None,
@@ -47,15 +50,28 @@ class ExploringPolicy:
     async def decide(self, state: EpisodeState) -> Action:
         if state.calls or not state.pool:
             return await self.policy.decide(state)
-        share = self.epsilon / len(state.pool)
-        if self._rng.random() < self.epsilon:
-            model = self._rng.choice(state.pool).id
-            self.log.append(Explored(model, True, share))
-            return CallModels((ToolCall(model, SYSTEM_PROMPT),))
         action = await self.policy.decide(state)
-        if isinstance(action, CallModels) and action.calls:
-            self.log.append(Explored(action.calls[0].model, False, 1.0 - self.epsilon + share))
+        greedy = action.calls[0].model if isinstance(action, CallModels) and action.calls else None
+        weights = self.weights(state)
+        if self._rng.random() < self.epsilon:
+            model = self._rng.choices([o.id for o in state.pool], weights)[0]
+            action = CallModels((ToolCall(model, SYSTEM_PROMPT),))
+            explored = True
+        elif greedy is None:
+            return action  # the policy answers or stops without a call: nothing to log
+        else:
+            model, explored = greedy, False
+        share = self.epsilon * weights[[o.id for o in state.pool].index(model)]
+        self.log.append(Explored(model, explored, share + (1.0 - self.epsilon) * (model == greedy)))
         return action
+
+    def weights(self, state: EpisodeState) -> list[float]:
+        """The exploration draw over ``state.pool``: 1 / (1 + rows the memory holds on the model),
+        normalised (uniform without a memory)."""
+        memory = getattr(self.policy, "memory", None)
+        raw = [1.0 / (1.0 + (memory.rows_of(o.id) if memory is not None else 0)) for o in state.pool]
+        total = sum(raw)
+        return [w / total for w in raw]
 
 
 @dataclasses.dataclass(frozen=True)

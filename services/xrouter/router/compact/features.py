@@ -22,7 +22,7 @@ import numpy as np
 
 from xrouter.common.outcomes import is_placeholder
 from xrouter.router.compact.answer_checks import CHECK_NAMES, as_features, check_answer
-from xrouter.router.compact.memory import EVIDENCE, LOCAL_MEAN, MEMORY_FEATURES
+from xrouter.router.compact.memory import CALIBRATION, EVIDENCE, LOCAL_MEAN, MEMORY_FEATURES
 from xrouter.router.baselines import answer_key
 from xrouter.router.policy import EpisodeState, ModelOption
 
@@ -32,8 +32,9 @@ from xrouter.router.policy import EpisodeState, ModelOption
 BASE_FEATURES = 12
 MEMORY_COLUMNS = slice(BASE_FEATURES + len(CHECK_NAMES), BASE_FEATURES + len(CHECK_NAMES) + MEMORY_FEATURES)
 MODEL_FEATURES = MEMORY_COLUMNS.stop
-# The local evidence the network's Bayesian update reads (network.py) and its trunk does not.
+# What the network's update by the memory reads (network.py) and its trunk does not.
 LOCAL_MEAN_COLUMN, EVIDENCE_COLUMN = MEMORY_COLUMNS.start + LOCAL_MEAN, MEMORY_COLUMNS.start + EVIDENCE
+CALIBRATION_COLUMN = MEMORY_COLUMNS.start + CALIBRATION
 ANSWERED_COLUMN = 3  # model_x: the model's call succeeded
 ESTIMATE_COLUMN = 9  # model_x: log(estimated call cost in micro-dollars + 1) / COST_SCALE
 COST_SCALE = 10.0

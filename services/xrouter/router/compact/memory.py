@@ -3,7 +3,8 @@
 For each pool model the compact policy reads what the memory says about prompts like this one: the
 similarity-weighted mean score of that model on the nearest prompts it was recorded on and how much
 evidence that is (the sum of the weights), how close those prompts are, whether it has any, and the
-model's mean score and number of rows over the whole memory.
+model's mean score and number of rows over the whole memory, and its calibration: the mean
+residual (verdict − the network's own prediction) of the verdicts added while serving.
 
 The network does not learn how far to trust the local evidence: it is a Bayesian update of the
 network's own prediction, ``p = (a·p_net + E·mean) / (a + E)`` with one learned pseudo-count ``a``
@@ -36,10 +37,17 @@ import numpy as np
 import torch
 
 # Per model: neighbours' weighted mean score, their mean similarity, any at all, evidence (sum of
-# weights), the model's mean score over the whole memory, log(1 + its rows) / COUNT_SCALE.
-MEMORY_FEATURES = 6
-LOCAL_MEAN, CLOSENESS, KNOWN, EVIDENCE, GLOBAL_MEAN, GLOBAL_COUNT = range(MEMORY_FEATURES)
+# weights), the model's mean score over the whole memory, log(1 + its rows) / COUNT_SCALE, and its
+# calibration (the sum of its verdicts' residuals over their number + CALIBRATION_PRIOR_ROWS).
+MEMORY_FEATURES = 7
+LOCAL_MEAN, CLOSENESS, KNOWN, EVIDENCE, GLOBAL_MEAN, GLOBAL_COUNT, CALIBRATION = range(MEMORY_FEATURES)
 COUNT_SCALE = 10.0
+# Why a calibration: the network's prior for a model it never trained with can be off for every
+# prompt at once (LLMRouter's models, described alike, predicted 0.14-0.40 when they score
+# 0.17-0.61). Local evidence fixes that one neighbourhood at a time; the model's mean residual fixes
+# it everywhere after a few verdicts. Rows recorded offline carry no residual (the network was fit
+# on them), so training sees 0 here and serving learns it from traffic alone.
+CALIBRATION_PRIOR_ROWS = 4.0
 DEFAULT_K, DEFAULT_TEMPERATURE = 64, 0.5
 FILE = "memory.npz"
 
@@ -61,8 +69,11 @@ class OutcomeMemory:
         self.models = list(models)
         self.column = {model: j for j, model in enumerate(self.models)}
         self.scores = np.asarray(scores, dtype=np.float32)
+        # Verdict − the network's prediction, for rows added while serving (NaN: none, offline rows).
+        self.residuals = np.full(self.scores.shape, np.nan, dtype=np.float32)
         self._rows: dict[tuple[int, ...], np.ndarray] = {}
         self._totals: tuple[np.ndarray, np.ndarray] | None = None
+        self._residual_sums: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -80,21 +91,34 @@ class OutcomeMemory:
         vectors = np.stack([embed(text) for text in texts]) if texts else np.zeros((0, 384), np.float32)
         return cls(vectors, [text_key(text) for text in texts], models, matrix, **kwargs)
 
-    def add(self, text: str, vector: np.ndarray, outcomes: Mapping[str, float]) -> None:
-        """A new row (a served request's verdicts): the next lookup already sees it."""
+    def rows_of(self, model: str) -> int:
+        """How many rows record ``model``."""
+        return int(self._global_totals()[1][self.column[model]]) if model in self.column else 0
+
+    def add(self, text: str, vector: np.ndarray, outcomes: Mapping[str, float],
+            predicted: Mapping[str, float] | None = None) -> None:
+        """A new row (a served request's verdicts): the next lookup already sees it. ``predicted``:
+        the network's own prediction for the models judged (before the memory's say), whose
+        residuals calibrate those models (see CALIBRATION_PRIOR_ROWS)."""
         for model in outcomes:
             if model not in self.column:
                 self.column[model] = len(self.models)
                 self.models.append(model)
-                self.scores = np.concatenate([self.scores, np.full((len(self.scores), 1), np.nan, np.float32)], 1)
+                empty = np.full((len(self.scores), 1), np.nan, np.float32)
+                self.scores = np.concatenate([self.scores, empty], 1)
+                self.residuals = np.concatenate([self.residuals, empty], 1)
         row = np.full((1, len(self.models)), np.nan, dtype=np.float32)
+        residual = np.full((1, len(self.models)), np.nan, dtype=np.float32)
         for model, score in outcomes.items():
             row[0, self.column[model]] = score
+            if predicted is not None and model in predicted:
+                residual[0, self.column[model]] = score - predicted[model]
+        self.residuals = np.concatenate([self.residuals, residual])
         self.vectors = np.concatenate([self.vectors, np.asarray(vector, np.float32)[None]])
         self.keys = np.append(self.keys, int.from_bytes(text_key(text), "little", signed=True))
         self.scores = np.concatenate([self.scores, row])
         self._rows.clear()
-        self._totals = None
+        self._totals = self._residual_sums = None
 
     def features(self, query: np.ndarray, text: str, models: Sequence[str]) -> np.ndarray:
         """[len(models), MEMORY_FEATURES] (see the constants above), zeros for a model the memory holds
@@ -118,6 +142,13 @@ class OutcomeMemory:
         seen = count > 0
         out[slots, GLOBAL_MEAN] = np.where(seen, total / np.maximum(count, 1), 0)
         out[slots, GLOBAL_COUNT] = np.log1p(count) / COUNT_SCALE
+        residual_sum, judged = self._residual_totals()
+        residual_sum, judged = residual_sum[cols].copy(), judged[cols].copy()
+        if own.any():
+            mine = self.residuals[own][:, cols]
+            residual_sum -= np.nansum(mine, 0)
+            judged -= (~np.isnan(mine)).sum(0)
+        out[slots, CALIBRATION] = residual_sum / (judged + CALIBRATION_PRIOR_ROWS)
         candidates = self._rows_for(tuple(cols))
         if not len(candidates):
             return out
@@ -146,6 +177,12 @@ class OutcomeMemory:
         out[slots, EVIDENCE] = evidence
         return out
 
+    def _residual_totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per model column: the sum of its verdicts' residuals and their number (cached until ``add``)."""
+        if self._residual_sums is None:
+            self._residual_sums = (np.nansum(self.residuals, 0).astype(np.float64), (~np.isnan(self.residuals)).sum(0))
+        return self._residual_sums
+
     def _global_totals(self) -> tuple[np.ndarray, np.ndarray]:
         """Per model column: the sum of its recorded scores and their number (cached until ``add``)."""
         if self._totals is None:
@@ -164,6 +201,7 @@ class OutcomeMemory:
         path = directory / FILE
         np.savez_compressed(path, vectors=np.round(self.vectors * 127).astype(np.int8), keys=self.keys,
                             models=np.array(self.models), scores=self.scores.astype(np.float16),
+                            residuals=self.residuals.astype(np.float16),
                             k=self.k, temperature=self.temperature)
         return path
 
@@ -175,4 +213,6 @@ class OutcomeMemory:
             memory = cls(vectors, [b"\0" * 8] * len(vectors), [str(m) for m in data["models"]],
                          data["scores"].astype(np.float32), int(data["k"]), float(data["temperature"]))
             memory.keys = data["keys"].astype(np.int64)
+            if "residuals" in data:  # memories saved before calibration have none
+                memory.residuals = data["residuals"].astype(np.float32)
         return memory

@@ -14,6 +14,9 @@ The outcome memory's local evidence (memory.py: the neighbours' weighted mean sc
 their weights E) is not an input: the predicted score is updated by it as by observations,
 ``p = (a·p_net + E·mean) / (a + E)``, with learned pseudo-counts ``a`` (one before the model's answer
 is seen, one after), so a few verdicts on a new model count at once and as much as they weigh.
+Before that, ``p_net`` is shifted by the model's calibration (its mean residual over the verdicts
+added while serving; 0 in training): a prior that is off for a new model everywhere is corrected
+everywhere after a few verdicts, not one neighbourhood at a time.
 
 λ never enters a learned part. The prior logit of each choice is its expected utility,
 ``K·p − λ·ĉ`` (the cost is paid whether the answer is right or not), times a learned sharpness,
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from xrouter.router.compact.features import (
-    ANSWERED_COLUMN, COST_SCALE, ESTIMATE_COLUMN, EVIDENCE_COLUMN, GLOBAL_FEATURES, LAMBDA_COLUMN, LAMBDA_SCALE, LOCAL_MEAN_COLUMN, MODEL_FEATURES, SPENT_COLUMN)
+    ANSWERED_COLUMN, CALIBRATION_COLUMN, COST_SCALE, ESTIMATE_COLUMN, EVIDENCE_COLUMN, GLOBAL_FEATURES, LAMBDA_COLUMN, LAMBDA_SCALE, LOCAL_MEAN_COLUMN, MEMORY_COLUMNS, MODEL_FEATURES, SPENT_COLUMN)
 
 INITIAL_SHARPNESS = 20.0  # prior logits are expected utilities (about 0..1) times this
 # Pseudo-counts of the network's prediction against the memory's evidence (sum of kernel weights).
@@ -90,9 +93,11 @@ class CompactRouter(nn.Module):
         model = self.model_embedding(model_ids)
         if descriptors is not None:
             model = model + self.descriptor(descriptors)
+        # The memory reaches the prediction only through the update below, never the trunk: a trunk
+        # that read it would move its own prediction as verdicts arrive, and the residuals the
+        # calibration is made of (verdict − this prediction) would then be counted twice.
         trunk_x = model_x.clone()
-        trunk_x[..., LOCAL_MEAN_COLUMN] = 0.0  # read by the Bayesian update below, not learned from
-        trunk_x[..., EVIDENCE_COLUMN] = 0.0
+        trunk_x[..., MEMORY_COLUMNS] = 0.0
         x = torch.cat([torch.cat([q, context], -1)[:, None, :].expand(-1, m, -1), model, trunk_x], dim=-1)
         h = self.trunk(x)
         weights = present.float()[..., None]
@@ -111,11 +116,13 @@ class CompactRouter(nn.Module):
                 "correct": correct, "log_cost": log_cost}
 
     def _update(self, p_net: torch.Tensor, model_x: torch.Tensor) -> torch.Tensor:
-        """The network's prediction updated by the memory's local evidence (a weighted mean of recorded
-        scores over the evidence E): (a·p_net + E·mean) / (a + E); with no evidence, p_net."""
+        """The network's prediction, shifted by the model's calibration, then updated by the memory's
+        local evidence (a weighted mean of recorded scores over the evidence E):
+        (a·p_net + E·mean) / (a + E); with no evidence and no calibration, p_net."""
         evidence = model_x[..., EVIDENCE_COLUMN].clamp(min=0.0)
         answered = model_x[..., ANSWERED_COLUMN] > 0.5
         pseudo = torch.where(answered, self.log_pseudo_count[1], self.log_pseudo_count[0]).exp()
+        p_net = (p_net + model_x[..., CALIBRATION_COLUMN]).clamp(1e-4, 1 - 1e-4)
         p = (pseudo * p_net + evidence * model_x[..., LOCAL_MEAN_COLUMN]) / (pseudo + evidence)
         return p.clamp(1e-4, 1 - 1e-4)
 

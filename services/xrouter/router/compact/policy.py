@@ -7,7 +7,7 @@ import collections
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.compact.batch import pad_decisions
 from xrouter.router.compact.distribution import Actions, Masks, choose, log_prob
 from xrouter.router.compact.features import StateArrays, Vocabulary, descriptor_text, encode_state
-from xrouter.router.compact.memory import OutcomeMemory
+from xrouter.router.compact.memory import CALIBRATION, EVIDENCE, OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.policy import Action, CallModels, EpisodeState, ModelOption, SelectResponse, ToolCall
 
@@ -77,7 +77,7 @@ class CompactPolicy:
         return self._query(text) if self.use_query else self._embed(text)  # encoded once per episode either way
 
     def memory_features(self, text: str, models: Sequence[str]) -> np.ndarray | None:
-        """[M, 3] what the outcome memory holds on each model for prompts like ``text`` (once per episode)."""
+        """[M, MEMORY_FEATURES] what the outcome memory holds on each model for prompts like ``text`` (once per episode)."""
         if self.memory is None:
             return None
         key = (text, tuple(models))
@@ -86,6 +86,31 @@ class CompactPolicy:
             if len(self._memory_x) > 4096:
                 self._memory_x.popitem(last=False)
         return self._memory_x[key]
+
+    def record_verdicts(self, text: str, pool: Sequence[ModelOption], outcomes: Mapping[str, float]) -> None:
+        """Add served verdicts ({model: score in [0, 1]} on the prompt ``text``, models of ``pool``) to
+        the outcome memory, with the network's own prediction for each (before the memory's local
+        evidence and calibration), so that their residuals calibrate those models."""
+        if self.memory is None:
+            raise ValueError("this policy has no outcome memory to learn verdicts into")
+        judged = [option for option in pool if option.id in outcomes]
+        predicted = dict(zip((o.id for o in judged), self.network_prediction(text, judged), strict=True))
+        self.memory.add(text, self.query_vector(text), outcomes, predicted)
+        self.forget_memory_cache()
+
+    def network_prediction(self, text: str, pool: Sequence[ModelOption]) -> list[float]:
+        """The network's probability that each model of ``pool`` answers ``text`` right, from the
+        query, the catalog and the memory's neighbourhood, without its local evidence or calibration."""
+        state = EpisodeState([("user", text)], list(pool), 0.0, None, 2, 0)
+        memory_x = self.memory_features(text, [o.id for o in pool])
+        if memory_x is not None:
+            memory_x = memory_x.copy()
+            memory_x[:, [EVIDENCE, CALIBRATION]] = 0.0
+        arrays = encode_state(state, self.vocabulary, self.lambda_top, self.answer_checks, memory_x)
+        batch = pad_decisions([self._query(text)], [arrays], [False], len(self.vocabulary.tags),
+                              None if not self.use_descriptors else [self.descriptors(list(pool))])
+        with torch.inference_mode():
+            return torch.sigmoid(batch.forward(self.network)["correct"][0, :len(pool)]).tolist()
 
     def forget_memory_cache(self) -> None:
         """After the memory gained rows: lookups already made are stale."""

@@ -1,0 +1,154 @@
+"""``xrouter learn`` (training/xrouter_training/learn.py): verdicts from an export go into a copy of
+the serving checkpoint's memory; the copy is published only if its off-policy value on the newest,
+held-back traffic is not worse; a worse one never reaches the store.
+
+The traffic: RouterBench prompts served to a three-model pool under uniform exploration (each
+first call logged with probability 1/3), one of the models a newcomer the policy never trained
+with — it answers as gpt-4 did but is priced like mistral-7b and described in one vague line."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import random
+
+import pytest
+
+from test_generalisation import tiny_bundle  # noqa: F401 - the fixture
+from xrouter.common.outcomes import SOURCES, read_outcomes, split_of
+from xrouter.metering.export import SCHEMA
+from xrouter.router.compact.checkpoint import load_policy, read_manifest
+from xrouter.router.policy import ModelOption
+from xrouter_training.learn import learn, lessons, off_policy_value
+
+CHEAP, STRONG, NEWCOMER = "mistralai/mistral-7b-chat", "gpt-4-1106-preview", "acme/newcomer-7b"
+
+
+def pool() -> list[ModelOption]:
+    from xrouter.adapters.catalog import load_catalog
+
+    specs = load_catalog(SOURCES["routerbench"].catalog)
+    options = [ModelOption(s.id, float(s.input_usd_per_mtok), float(s.output_usd_per_mtok), s.description, s.tags,
+                           s.context_tokens) for s in specs.values() if s.id in (CHEAP, STRONG)]
+    cheap = next(o for o in options if o.id == CHEAP)
+    return [*options, ModelOption(NEWCOMER, cheap.input_usd_per_mtok, cheap.output_usd_per_mtok,
+                                  "A new 7B chat model.", (), cheap.context_tokens)]
+
+
+def export(path: pathlib.Path, invert: bool = False, requests: int = 360, seed: int = 0) -> pathlib.Path:
+    """An ``xrouter.episode/v1`` export of ``requests`` explored requests; ``invert``: every verdict
+    of the oldest 80% flipped (a candidate taught the opposite of the truth)."""
+    scores, costs = {}, {}
+    for row in read_outcomes(SOURCES["routerbench"].data):
+        if split_of(row.prompt_id) == "train":
+            scores.setdefault(row.prompt_id, {})[row.model] = row.score
+            costs.setdefault(row.prompt_id, {})[row.model] = row.cost_usd
+    ids = sorted(p for p in scores if {CHEAP, STRONG} <= set(scores[p]))
+    rng = random.Random(seed)
+    lines = []
+    for n, prompt_id in enumerate(rng.sample(ids, requests)):
+        model = rng.choice([CHEAP, STRONG, NEWCOMER])
+        recorded = STRONG if model == NEWCOMER else model  # the newcomer answers as gpt-4 did ...
+        cost = costs[prompt_id][CHEAP if model == NEWCOMER else model]  # ... at mistral's price
+        verdict = scores[prompt_id][recorded]
+        if invert and n < 0.8 * requests:
+            verdict = 1.0 - verdict
+        lines.append({"schema": SCHEMA, "request_id": f"r{n:04d}", "tenant": "acme",
+                      "settled_at": f"2026-12-01T00:{n // 60:02d}:{n % 60:02d}Z", "outcome": "ok",
+                      "cost_lambda": math.expm1(rng.uniform(0, math.log1p(1000))),
+                      "prompt": {"dataset": "routerbench", "prompt_id": prompt_id}, "messages": None,
+                      "calls": [{"index": 0, "model": model, "status": "ok"}], "cost_micro_usd": round(cost * 1e6),
+                      "score": None, "feedback": {"score": verdict, "source": "user", "comment": "", "at": None},
+                      "returned_call": {"index": 0, "model": model},
+                      "exploration": {"epsilon": 1.0, "first_call_probability": 1 / 3, "first_call_explored": True}})
+    lines.append({**lines[0], "request_id": "no-verdict", "feedback": None})
+    lines.append({**lines[0], "request_id": "failed", "outcome": "error:UNAVAILABLE"})
+    lines.append({**lines[0], "request_id": "no-text", "prompt": None})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_episodes_that_cannot_teach_are_counted_by_reason_never_dropped_silently(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from xrouter_training.learn import read_episodes
+
+    used, skipped = lessons(read_episodes(export(tmp_path / "e.jsonl", requests=20)))
+    assert len(used) == 20
+    assert {tuple(ids) for ids in skipped.values()} == {("no-verdict",), ("failed",), ("no-text",)}
+
+
+def test_true_verdicts_teach_the_newcomer_and_the_candidate_is_published(tiny_bundle, tmp_path) -> None:  # noqa: F811
+    from xrouter.cli import main
+
+    episodes = export(tmp_path / "episodes.jsonl")
+    store = tmp_path / "store"
+    catalog = tmp_path / "catalog.yaml"
+    _write_catalog(catalog)
+    assert main(["learn", "--start", str(tiny_bundle), "--episodes", str(episodes), "--out", str(tmp_path / "out"),
+                 "--catalog", str(catalog), "--store", str(store), "--min-matches", "10"]) == 0
+    record = json.loads((tmp_path / "out" / "publish.json").read_text())
+    assert record["learned_verdicts"] == 288 and record["held_out"] == 72
+    assert record["candidate_value"]["value"] > record["serving"]["value"], record
+    assert record["decision"] == "publish"
+    candidate = tmp_path / "out" / "checkpoint"
+    assert read_manifest(candidate)["learned_from_traffic"]["verdicts"] == 288
+    assert (store / read_manifest(candidate)["version"] / "manifest.json").exists()  # copied, verified
+    metric = (tmp_path / "out" / "learn.prom").read_text()
+    assert "xrouter_learn_published 1" in metric and 'xrouter_learn_value{policy="candidate"}' in metric
+    # The newcomer is now the cheap model's better replacement.
+    learned = load_policy(candidate, pool())
+    assert learned.memory.rows_of(NEWCOMER) > 50 and load_policy(tiny_bundle, pool()).memory.rows_of(NEWCOMER) == 0
+
+
+def test_a_candidate_taught_the_opposite_is_worse_and_never_reaches_the_store(tiny_bundle, tmp_path) -> None:  # noqa: F811
+    from xrouter.cli import main
+
+    catalog = tmp_path / "catalog.yaml"
+    _write_catalog(catalog)
+    store = tmp_path / "store"
+    assert main(["learn", "--start", str(tiny_bundle), "--episodes", str(export(tmp_path / "e.jsonl", invert=True)),
+                 "--out", str(tmp_path / "out"), "--catalog", str(catalog), "--store", str(store),
+                 "--min-matches", "10"]) == 0
+    record = json.loads((tmp_path / "out" / "publish.json").read_text())
+    assert record["decision"] == "worse: not published", record
+    assert not store.exists()
+    assert "xrouter_learn_published 0" in (tmp_path / "out" / "learn.prom").read_text()
+
+
+def test_off_policy_value_weighs_matching_episodes_by_their_inverse_behaviour_probability(tiny_bundle, tmp_path) -> None:  # noqa: F811
+    from xrouter_training.learn import Lesson
+
+    policy = load_policy(tiny_bundle, pool())
+    text = "What is 2 + 2? A) 3 B) 4"
+    chosen = policy.decide_many([_state(text, 0.0)])[0].calls[0].model
+    other = next(o.id for o in pool() if o.id != chosen)
+    held = [Lesson("a", "1", text, chosen, chosen, 1.0, 0.0, 0.0, 0.5),
+            Lesson("b", "2", text, chosen, chosen, 0.0, 0.0, 0.0, 0.25),
+            Lesson("c", "3", text, other, other, 1.0, 0.0, 0.0, 0.5)]  # not the policy's call: no say
+    value = off_policy_value(policy, pool(), held, clip=10.0)
+    assert value["matches"] == 2 and value["value"] == pytest.approx((2 * 1.0 + 4 * 0.0) / 6)
+    assert off_policy_value(policy, pool(), held, clip=2.0)["value"] == pytest.approx(0.5)  # both capped at 2
+
+
+@pytest.mark.parametrize("hold_out, clip, message", [(0.0, 10.0, "hold_out"), (1.0, 10.0, "hold_out"),
+                                                     (0.2, 0.5, "clip"), (0.2, float("nan"), "clip")])
+def test_bad_learn_settings_are_refused_naming_them(tiny_bundle, tmp_path, hold_out, clip, message) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match=message):
+        learn(tiny_bundle, export(tmp_path / "e.jsonl", requests=5), tmp_path / "out", pool(), hold_out, clip)
+    assert not (tmp_path / "out").exists()
+
+
+def _state(text: str, cost_lambda: float):  # type: ignore[no-untyped-def]
+    from xrouter.router.policy import EpisodeState
+
+    return EpisodeState([("user", text)], pool(), cost_lambda, None, 3, 0)
+
+
+def _write_catalog(path: pathlib.Path) -> None:
+    """The pool as a serving catalog (replay backend; the newcomer is only ever a logged verdict here)."""
+    import yaml
+
+    models = [{"id": o.id, "backend": "replay", "dataset": "routerbench", "input_usd_per_mtok": str(o.input_usd_per_mtok),
+               "output_usd_per_mtok": str(o.output_usd_per_mtok), "context_tokens": o.context_tokens,
+               "max_output_tokens": 4096, "description": o.description, "tags": list(o.tags)} for o in pool()]
+    path.write_text(yaml.safe_dump({"models": models}))

@@ -1,0 +1,239 @@
+"""``xrouter learn``: a better checkpoint from the router's own traffic, published only if it is
+not worse on traffic it never learned from.
+
+1. Read an export (``xrouter export-episodes``, schema ``xrouter.episode/v1``). An episode teaches
+   when it has a verdict on the answer it returned — the user's feedback, else the reward
+   service's score of a request that carried a reference — and its prompt text (the stored
+   messages, or a bundled data set's item named by ``prompt``). Every other episode is counted
+   under the reason it was not used; none is dropped silently.
+2. Oldest first, the newest ``hold_out`` share is held back. The rest go into a copy of the start
+   checkpoint's outcome memory with the network's own predictions (``record_verdicts``), which is
+   how a compact policy learns without a gradient step: same trainer, same checkpoint format.
+3. Candidate and start are compared on the held-back episodes by their off-policy value: the
+   self-normalised importance-weighted mean of the logged reward (verdict − λ·cost) over the
+   episodes whose logged first call the policy would also make, weighted by 1/μ (μ: the behaviour
+   probability the router logged, 1 for a request it did not explore; weights clipped at ``clip``).
+   The rule: publish when the candidate matches at least ``min_matches`` held-back episodes and its
+   value is at least the start's. Its numbers and the decision go to ``OUT/publish.json`` and to
+   ``OUT/learn.prom`` (Prometheus text format, for a node exporter's textfile collector or a
+   Pushgateway); a candidate that fails the rule is written but never published.
+4. Publishing is ``xrouter publish``'s: an atomic, verified copy into the store, then the routers
+   are pointed at it; ``xrouter rollback`` goes back. A Job that dies before step 4 has touched
+   nothing the routers read.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import gzip
+import json
+import math
+import pathlib
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from xrouter.router.checkpoint_manifest import sha256, write_manifest
+from xrouter.router.compact.checkpoint import load_policy, read_manifest
+from xrouter.router.compact.memory import FILE as MEMORY
+from xrouter.router.compact.policy import CompactPolicy
+from xrouter.router.policy import CallModels, EpisodeState, ModelOption
+
+
+@dataclasses.dataclass(frozen=True)
+class Lesson:
+    """One usable episode: the prompt, the model whose answer was returned, its verdict, and what
+    the logged reward needs (λ, the request's cost, the behaviour probability of its first call)."""
+
+    request_id: str
+    settled_at: str
+    text: str
+    first_model: str
+    returned_model: str
+    verdict: float
+    cost_lambda: float
+    cost_usd: float
+    behaviour_probability: float
+
+    @property
+    def reward(self) -> float:
+        return self.verdict - self.cost_lambda * self.cost_usd
+
+
+def prompt_texts(datasets: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(dataset, prompt_id) → text for the bundled outcome sets named (episodes that stored no messages)."""
+    from xrouter.common.outcomes import SOURCES, read_outcomes
+
+    texts = {}
+    for name in set(datasets) & set(SOURCES):
+        for row in read_outcomes(SOURCES[name].data):
+            texts[(name, row.prompt_id)] = row.prompt
+    return texts
+
+
+def lessons(episodes: Sequence[Mapping[str, Any]]) -> tuple[list[Lesson], dict[str, list[str]]]:
+    """The usable episodes, oldest first, and {reason: request ids} of the others."""
+    texts = prompt_texts({e["prompt"]["dataset"] for e in episodes if e.get("prompt")})
+    used, skipped = [], collections.defaultdict(list)
+    for episode in episodes:
+        request_id = episode["request_id"]
+        feedback = episode.get("feedback")
+        verdict = feedback["score"] if feedback else episode.get("score")
+        returned = episode.get("returned_call")
+        text = next((m["content"] for m in reversed(episode.get("messages") or []) if m["role"] == "user"), None)
+        if text is None and episode.get("prompt"):
+            text = texts.get((episode["prompt"]["dataset"], episode["prompt"]["prompt_id"]))
+        reason = ("failed" if episode.get("outcome", "ok") != "ok" else
+                  "no verdict (neither feedback nor a reference score)" if verdict is None else
+                  "no returned call (a direct answer or a synthesis)" if not returned else
+                  "no prompt text (messages not stored, prompt not a bundled data set item)" if text is None else
+                  "no cost preference (cost_lambda) recorded" if episode.get("cost_lambda") is None else
+                  "no first call" if not episode.get("calls") else "")
+        if reason:
+            skipped[reason].append(request_id)
+            continue
+        exploration = episode.get("exploration")
+        used.append(Lesson(request_id, episode["settled_at"], text, episode["calls"][0]["model"], returned["model"],
+                           float(verdict), float(episode["cost_lambda"]), episode["cost_micro_usd"] / 1e6,
+                           float(exploration["first_call_probability"]) if exploration else 1.0))
+    used.sort(key=lambda lesson: (lesson.settled_at, lesson.request_id))
+    return used, dict(skipped)
+
+
+def off_policy_value(policy: CompactPolicy, pool: Sequence[ModelOption], held_out: Sequence[Lesson],
+                     clip: float) -> dict[str, float]:
+    """Self-normalised importance-weighted value of ``policy``'s greedy first call on ``held_out``."""
+    weights, rewards = [], []
+    policy.greedy = True
+    for lesson in held_out:
+        state = EpisodeState([("user", lesson.text)], list(pool), lesson.cost_lambda, None, 3, 0)
+        action = policy.decide_many([state])[0]
+        first = action.calls[0].model if isinstance(action, CallModels) and action.calls else None
+        if first == lesson.first_model:
+            weights.append(min(1.0 / max(lesson.behaviour_probability, 1e-9), clip))
+            rewards.append(lesson.reward)
+    total = sum(weights)
+    value = sum(w * r for w, r in zip(weights, rewards, strict=True)) / total if total else float("nan")
+    return {"value": value, "matches": len(weights), "effective_samples": total ** 2 / sum(w * w for w in weights)
+            if weights else 0.0}
+
+
+def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int) -> pathlib.Path:
+    """A copy of ``start`` whose memory holds the learned verdicts; manifest last (never half-written)."""
+    manifest = read_manifest(start)
+    target = out / "checkpoint"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in manifest["sha256"]:
+        if name != MEMORY:
+            shutil.copyfile(start / name, target / name)
+    hashes = {**manifest["sha256"], MEMORY: sha256(policy.memory.save(target))}
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
+    fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    write_manifest(target, {**fields, "sha256": hashes, "version": f"{manifest['version']}.learn{stamp}",
+                            "learned_from_traffic": {"start": manifest["version"], "verdicts": learned}})
+    return target
+
+
+def catalog_options(path: str | pathlib.Path = "") -> list[ModelOption]:
+    """The pool a router serving ``path`` (default: the bundled catalog) routes among."""
+    from xrouter.adapters.catalog import load_catalog
+    from xrouter.adapters.settings import DEFAULT_CATALOG
+
+    return [ModelOption(s.id, float(s.input_usd_per_mtok), float(s.output_usd_per_mtok), s.description, s.tags,
+                        s.context_tokens) for s in load_catalog(path or DEFAULT_CATALOG).values()]
+
+
+def read_episodes(path: pathlib.Path) -> list[dict[str, Any]]:
+    from xrouter.metering.export import read_jsonl
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return list(read_jsonl(handle))
+
+
+def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, catalog: Sequence[ModelOption],
+          hold_out: float = 0.2, clip: float = 10.0, min_matches: int = 20) -> dict[str, Any]:
+    """Steps 1-3 of the module docstring; returns the publish record (also written to OUT)."""
+    if not 0 < hold_out < 1:
+        raise ValueError(f"hold_out={hold_out}: a share strictly between 0 and 1")
+    if not (math.isfinite(clip) and clip >= 1):
+        raise ValueError(f"clip={clip}: an importance-weight cap of at least 1")
+    used, skipped = lessons(read_episodes(episodes_path))
+    out.mkdir(parents=True, exist_ok=True)
+    known = {option.id: option for option in catalog}
+    for lesson in list(used):
+        if lesson.returned_model not in known or lesson.first_model not in known:
+            skipped.setdefault("a model not in the catalog", []).append(lesson.request_id)
+            used.remove(lesson)
+    cut = len(used) - max(1, round(hold_out * len(used))) if used else 0
+    train, held_out = used[:cut], used[cut:]
+    serving = load_policy(start, list(catalog))
+    candidate = load_policy(start, list(catalog))
+    if candidate.memory is None:
+        raise ValueError(f"{start}: a checkpoint without an outcome memory cannot learn from traffic")
+    pool = list(catalog)
+    for lesson in train:
+        candidate.record_verdicts(lesson.text, [known[lesson.returned_model]], {lesson.returned_model: lesson.verdict})
+    target = write_candidate(start, candidate, out, len(train))
+    before = off_policy_value(serving, pool, held_out, clip)
+    after = off_policy_value(candidate, pool, held_out, clip)
+    enough = after["matches"] >= min_matches and before["matches"] >= min_matches
+    passed = enough and after["value"] >= before["value"]
+    record = {
+        "rule": f"publish when the candidate and the serving policy each match >= {min_matches} held-back episodes "
+                "and the candidate's self-normalised importance-weighted value (verdict - lambda*cost, weights "
+                f"1/behaviour probability clipped at {clip}) is >= the serving policy's",
+        "start": str(start), "candidate": str(target), "episodes": str(episodes_path),
+        "learned_verdicts": len(train), "held_out": len(held_out),
+        "skipped": {reason: {"count": len(ids), "request_ids": ids[:20]} for reason, ids in skipped.items()},
+        "serving": before, "candidate_value": after,
+        "decision": "publish" if passed else ("not enough held-back evidence" if not enough else "worse: not published"),
+        "at": datetime.datetime.now(datetime.UTC).isoformat()}
+    (out / "publish.json").write_text(json.dumps(record, indent=2, default=float))
+    (out / "learn.prom").write_text(
+        "# HELP xrouter_learn_value Off-policy value on held-back traffic (verdict - lambda*cost).\n"
+        "# TYPE xrouter_learn_value gauge\n"
+        f'xrouter_learn_value{{policy="serving"}} {before["value"]}\n'
+        f'xrouter_learn_value{{policy="candidate"}} {after["value"]}\n'
+        "# HELP xrouter_learn_published 1 when the last candidate passed the publish rule.\n"
+        "# TYPE xrouter_learn_published gauge\n"
+        f"xrouter_learn_published {int(passed)}\n")
+    return record
+
+
+def run_cli(args: Any) -> int:
+    """``xrouter learn`` (arguments in xrouter/cli.py): 0 when it ran (published or not), 2 on bad input,
+    1 when publishing a passing candidate failed."""
+    import sys
+
+    from xrouter.adapters.catalog import CatalogError
+    from xrouter.common.errors import InvalidArgument
+    from xrouter_training.publish import PublishError, publish
+
+    out = pathlib.Path(args.out)
+    try:
+        options = catalog_options(args.catalog)
+        record = learn(pathlib.Path(args.start), pathlib.Path(args.episodes), out, options, args.hold_out, args.clip,
+                       args.min_matches)
+    except (ValueError, OSError, CatalogError, InvalidArgument) as error:
+        print(f"xrouter learn: {getattr(error, 'message', error)}", file=sys.stderr)
+        return 2
+    print(f"learned {record['learned_verdicts']} verdicts; held back {record['held_out']}: serving "
+          f"{record['serving']['value']:.4f} ({record['serving']['matches']} matched), candidate "
+          f"{record['candidate_value']['value']:.4f} ({record['candidate_value']['matches']} matched) -> "
+          f"{record['decision']}; {out / 'publish.json'}", flush=True)
+    for reason, skipped in record["skipped"].items():
+        print(f"  not used: {skipped['count']} episode(s): {reason}")
+    if record["decision"] != "publish" or not args.store:
+        return 0
+    try:
+        publish(record["candidate"], args.store, configmap=args.configmap, namespace=args.namespace, key=args.key,
+                routers=args.router)
+    except PublishError as error:
+        print(f"xrouter learn: {error}", file=sys.stderr)
+        return 1
+    return 0
