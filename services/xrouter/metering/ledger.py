@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from xrouter.common.bounds import check_identifier, check_micro_usd
 from xrouter.common.errors import AlreadyExists, InvalidArgument
-from xrouter.metering import auth, budgets, calls, migrate, usage
+from xrouter.metering import auth, budgets, calls, migrate, settlements, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
 from xrouter.metering.schema import UTC, LedgerCall, RequestSummary, Reservation
 from xrouter.metering.store import session_factory, session_scope
@@ -104,6 +103,14 @@ def is_transient(error: sa.exc.DBAPIError) -> bool:
     return str(getattr(error.orig, "sqlstate", "") or "").startswith("40")
 
 
+def validate_authorize(request_id: str, tenant: str, estimate_micro_usd: int, models: Sequence[str]) -> None:
+    """Raise InvalidArgument naming the first bad field of an Authorize."""
+    _ids(request_id, tenant)
+    check_micro_usd(estimate_micro_usd, "estimate_micro_usd")
+    if any(not model for model in models):
+        raise InvalidArgument("models", "must not contain an empty model name")
+
+
 def validate_score(request_id: str, tenant: str, score: float) -> None:
     """Raise InvalidArgument naming the first bad field of a RecordScore."""
     _ids(request_id, tenant)
@@ -139,6 +146,11 @@ class Ledger:
         self._sessions = session_factory(engine)
         self._ttl = dt.timedelta(seconds=reservation_ttl_s)
         self.now = clock
+
+    @property
+    def reservation_ttl(self) -> dt.timedelta:
+        """How long a reservation holds budget when its request never settles."""
+        return self._ttl
 
     @property
     def engine(self) -> Engine:
@@ -179,10 +191,7 @@ class Ledger:
                   models: Sequence[str] = ()) -> Authorization:
         """Reserve ``estimate_micro_usd`` for a request that may call ``models`` (empty: any), or
         raise ResourceExhausted naming the hard budget it would pass (see budgets.py)."""
-        _ids(request_id, tenant)
-        check_micro_usd(estimate_micro_usd, "estimate_micro_usd")
-        if any(not model for model in models):
-            raise InvalidArgument("models", "must not contain an empty model name")
+        validate_authorize(request_id, tenant, estimate_micro_usd, models)
         return self._transaction(lambda s: budgets.authorize(
             s, request_id, tenant, estimate_micro_usd, models, self.now(), self._ttl))
 
@@ -222,28 +231,22 @@ class Ledger:
         """Release the request's reservation and store (or overwrite) its summary; repeatable.
         A score already recorded for the request is kept, and so is a stored response when this
         settlement carries none."""
-        summary.validate()
-        values = dict(
-            tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
-            total_cost_micro_usd=summary.total_cost_micro_usd, calls=summary.calls, settled_at=at or self.now(),
-            policy_version=summary.policy_version, trace_id=summary.trace_id, cost_lambda=summary.cost_lambda,
-            dataset=summary.dataset, prompt_id=summary.prompt_id,
-            messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
-            if summary.messages else None)
-        if summary.response_json:
-            values["response_json"] = summary.response_json
+        self.settle_many([summary], at)
 
-        def work(session: Session) -> None:
-            budgets.release(session, summary.request_id)
-            row = session.get(RequestSummary, summary.request_id)
-            if row is None:
-                session.add(RequestSummary(request_id=summary.request_id, **values))
-                session.flush()
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
+    def settle_many(self, summaries: Sequence[Settlement],
+                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> None:
+        """Settle many requests in one transaction (group commit), in order, at ``at`` (one time
+        for all, one per settlement, or now)."""
+        for summary in summaries:
+            summary.validate()
+        times = [at or self.now()] * len(summaries) if at is None or isinstance(at, dt.datetime) else at
+        self._transaction(lambda s: settlements.settle_many(s, summaries, times))
 
-        self._transaction(work)
+    def reserve_many(self, reservations: Sequence[tuple[str, str, str, int, Sequence[str], dt.datetime,
+                                                        dt.datetime]]) -> list[bool]:
+        """Write reservations admitted from the in-memory totals (totals.py) in one transaction:
+        per reservation True (new work) or False (its request_id was seen before)."""
+        return self._transaction(lambda s: budgets.reserve_many(s, reservations))
 
     def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                      at: dt.datetime | None = None) -> None:
