@@ -38,7 +38,7 @@ from xrouter.metering import migrate
 from xrouter.metering.store import make_engine
 
 OUT = RESULTS.parent / "metering_flow.json"
-CONCURRENCY = (16, 64)
+CONCURRENCY = (1, 16, 64)
 MODES = ("memory", "database")
 FULL_SECONDS, QUICK_SECONDS = 10.0, 3.0
 TENANTS = 10
