@@ -229,11 +229,6 @@ def consume(session: Session, costs: Sequence[tuple[str, str, int]]) -> None:
             [{"rid": r, "tid": t, "cost": c} for (r, t), c in sorted(totals.items())])
 
 
-def release(session: Session, request_id: str) -> None:
-    """Stop holding the request's reservation (Settle)."""
-    session.execute(sa.update(Reservation).where(Reservation.request_id == request_id).values(released=True))
-
-
 def reserve_many(session: Session, reservations: Sequence[tuple[str, str, str, int, Sequence[str],
                                                                 dt.datetime, dt.datetime]]) -> list[bool]:
     """Write admitted reservations, (id, request_id, tenant, estimate, models, created, expires),
