@@ -270,3 +270,34 @@ async def test_settles_share_transactions_and_each_gets_its_own_answer(postgres_
         totals = dict(connection.execute(sa.text("SELECT request_id, total_cost_micro_usd FROM request_summaries")).all())
     assert totals == {f"s{n}": n for n in range(40) if n != 17}
     engine.dispose()
+
+
+async def test_scores_share_transactions_and_a_foreign_request_is_refused_alone(ledger: Ledger) -> None:
+    """30 concurrent RecordScores: one names a request of another tenant and alone gets
+    ALREADY_EXISTS; the others are stored (last score wins), in fewer transactions than scores."""
+    async with Service(ledger) as service:
+        await service.stub.Settle(metering_pb2.SettleRequest(request_id="theirs", tenant="globex", strategy="s",
+                                                             outcome="ok"))
+        before = _batches("score")
+
+        async def score(number: int) -> grpc.StatusCode:
+            try:
+                await service.stub.RecordScore(metering_pb2.RecordScoreRequest(
+                    request_id="theirs" if number == 7 else f"q{number}", tenant="acme", score=number / 30,
+                    reward=number))
+            except grpc.aio.AioRpcError as error:
+                return error.code()
+            return grpc.StatusCode.OK
+
+        codes = await asyncio.gather(*(score(n) for n in range(30)))
+        transactions = _batches("score") - before
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await service.stub.RecordScore(metering_pb2.RecordScoreRequest(request_id="q1", tenant="acme", score=2))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and (bad.value.details() or "").startswith("score")
+    assert codes[7] == grpc.StatusCode.ALREADY_EXISTS
+    assert [c for n, c in enumerate(codes) if n != 7] == [grpc.StatusCode.OK] * 29
+    assert 0 < transactions < 30
+    with ledger.engine.connect() as connection:
+        rewards = dict(connection.execute(sa.text("SELECT request_id, reward FROM request_summaries "
+                                                  "WHERE tenant = 'acme'")).all())
+    assert rewards == {f"q{n}": float(n) for n in range(30) if n != 7}

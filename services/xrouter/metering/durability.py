@@ -254,12 +254,24 @@ class StoreGuard:
 
     def record_score(self, request_id: str, tenant: str, score: float, reward: float) -> bool:
         """Attach a score to a request; True when spooled."""
+        outcome = self.record_score_many([(request_id, tenant, score, reward)])[0]
+        if isinstance(outcome, XRouterError):
+            raise outcome
+        return outcome
+
+    def record_score_many(self, scores: list[tuple[str, str, float, float]]) -> list[bool | XRouterError]:
+        """Attach scores, (request_id, tenant, score, reward), in one transaction (or one spool
+        fsync): per score whether spooled, or its refusal (a request of another tenant)."""
+        for request_id, tenant, score, _ in scores:
+            validate_score(request_id, tenant, score)  # refused now, not discovered on replay
         at = self.ledger.now()
-        validate_score(request_id, tenant, score)  # refused now, not discovered on replay
-        entry = {"op": "score", "at": at.isoformat(), "request_id": request_id, "tenant": tenant,
-                 "score": score, "reward": reward}
-        return self._write(lambda: [entry],
-                           lambda: self.ledger.record_score(request_id, tenant, score, reward, at=at))[1]
+        outcomes, spooled = self._write(
+            lambda: [{"op": "score", "at": at.isoformat(), "request_id": r, "tenant": t, "score": s, "reward": w}
+                     for r, t, s, w in scores],
+            lambda: self.ledger.record_score_many(scores, at=at))
+        if spooled or outcomes is None:
+            return [True] * len(scores)
+        return [o if o is not None else False for o in outcomes]
 
     def _apply(self, entries: list[Entry]) -> list[str | None]:
         """Replay spooled writes in order, at the times they were received, runs of records in one

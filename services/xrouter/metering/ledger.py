@@ -252,21 +252,35 @@ class Ledger:
                      at: dt.datetime | None = None) -> None:
         """Attach the verifier's score and reward to a request's summary (created if the request
         has not settled yet); the last score wins."""
-        validate_score(request_id, tenant, score)
-        when = at or self.now()
+        refusal = self.record_score_many([(request_id, tenant, score, reward)], at)[0]
+        if refusal is not None:
+            raise refusal
 
-        def work(session: Session) -> None:
-            row = session.get(RequestSummary, request_id)
-            if row is not None and row.tenant != tenant:
-                raise AlreadyExists(f"request {request_id} belongs to another tenant")
-            if row is None:
-                row = RequestSummary(request_id=request_id, tenant=tenant, strategy="", outcome="",
-                                     total_cost_micro_usd=0, calls=0, settled_at=when)
-                session.add(row)
-            row.score, row.reward, row.scored_at = score, reward, when
-            session.flush()
+    def record_score_many(self, scores: Sequence[tuple[str, str, float, float]],
+                          at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[AlreadyExists | None]:
+        """Attach many (request_id, tenant, score, reward) in one transaction, in order: per score
+        None (stored) or the refusal of a request that belongs to another tenant."""
+        for request_id, tenant, score, _ in scores:
+            validate_score(request_id, tenant, score)
+        times = [at or self.now()] * len(scores) if at is None or isinstance(at, dt.datetime) else at
 
-        self._transaction(work)
+        def work(session: Session) -> list[AlreadyExists | None]:
+            outcomes: list[AlreadyExists | None] = []
+            for (request_id, tenant, score, reward), when in zip(scores, times, strict=True):
+                row = session.get(RequestSummary, request_id)
+                if row is not None and row.tenant != tenant:
+                    outcomes.append(AlreadyExists(f"request {request_id} belongs to another tenant"))
+                    continue
+                if row is None:
+                    row = RequestSummary(request_id=request_id, tenant=tenant, strategy="", outcome="",
+                                         total_cost_micro_usd=0, calls=0, settled_at=when)
+                    session.add(row)
+                row.score, row.reward, row.scored_at = score, reward, when
+                session.flush()
+                outcomes.append(None)
+            return outcomes
+
+        return self._transaction(work)
 
     # --- reads ----------------------------------------------------------------------------------
 

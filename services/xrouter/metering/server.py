@@ -25,7 +25,7 @@ from xrouter.metering.auth import Authenticator, Identity, Permission, Role
 from xrouter.metering.admission import MemoryAdmission
 from xrouter.metering.batching import GroupCommit, RecordBatcher
 from xrouter.metering.durability import StoreGuard, is_store_down
-from xrouter.metering.ledger import CallRecord, Ledger, Settlement
+from xrouter.metering.ledger import CallRecord, Ledger, Settlement, validate_score
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine
@@ -70,6 +70,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._auth = authenticator
         self._records = RecordBatcher(guard)
         self._settles: GroupCommit[Settlement, bool] = GroupCommit(guard.settle_many, metrics.SETTLE_BATCH)
+        self._scores: GroupCommit[tuple[str, str, float, float], bool] = GroupCommit(
+            guard.record_score_many, metrics.SCORE_BATCH)
         # Memory mode (guard.totals set): budgets from running totals; else the database path.
         self._admission = MemoryAdmission(guard) if guard.totals is not None else None
 
@@ -131,8 +133,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
                           context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        await asyncio.to_thread(self._guard.record_score, request.request_id, request.tenant,
-                                request.score, request.reward)
+        validate_score(request.request_id, request.tenant, request.score)  # refused alone, not with its batch
+        await self._scores.submit((request.request_id, request.tenant, request.score, request.reward))
         return metering_pb2.RecordScoreResponse()
 
     async def GetUsage(self, request: metering_pb2.GetUsageRequest,
