@@ -6,7 +6,8 @@ A client logs every answered request id with the calls and cost the router repor
 workers route RouterBench prompts (cascade: 1-3 calls a request) through the router's gRPC face.
 Mid-load the metering process is killed with SIGKILL and restarted (its in-memory budget totals
 reload from the ledger), then, separately, the router. Then the ledger is compared with the log:
-no answered request unbilled, none billed twice, no row for a request the client never sent.
+no answered request unbilled, none billed twice, no row for a request the client never sent; and
+metering's budget totals (memory mode) are compared with the ledger's figures.
 Requests cut off by a kill may have billed calls too (made before the kill); they are counted.
 """
 
@@ -26,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from xrouter.api.common.v1 import common_pb2
+from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 from xrouter.metering import migrate
@@ -35,6 +37,7 @@ from xrouter.supervisor import local_keys, stack_env, wait_serving
 pytestmark = pytest.mark.postgres
 WORKERS = 8
 PHASE_S = 4.0  # load before the first kill, between the kills, after the last restart
+LIMIT = 10**9  # a $1,000 daily budget: never refuses here, but every Authorize checks it
 
 
 class Process:
@@ -84,7 +87,15 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
         for service in services.values():
             service.start()
         key = local_keys(tmp_path, services["metering"].target)["api_key"]
-        log, sent, events = asyncio.run(_load(services, key, prompts))
+        with grpc.insecure_channel(services["metering"].target) as channel:  # auth is off on loopback
+            metering = metering_pb2_grpc.MeteringServiceStub(channel)
+            metering.SetBudget(metering_pb2.SetBudgetRequest(tenant="local", period=metering_pb2.BUDGET_PERIOD_DAY,
+                                                             limit_micro_usd=LIMIT), timeout=10)
+            log, sent, events = asyncio.run(_load(services, key, prompts))
+            # The restarted metering's in-memory totals (reloaded after its kill, kept since) must
+            # give the room the ledger gives: limit - (spent today + still reserved).
+            probe = metering.Authorize(metering_pb2.AuthorizeRequest(
+                request_id=f"probe-{uuid.uuid4().hex}", tenant="local", estimate_micro_usd=0), timeout=10)
     finally:
         for service in reversed(services.values()):
             service.stop()
@@ -94,7 +105,13 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
         rows = connection.execute(sa.text("SELECT request_id, call_index, cost_micro_usd FROM ledger_calls")).all()
         summaries = dict(connection.execute(sa.text(
             "SELECT request_id, total_cost_micro_usd FROM request_summaries WHERE outcome = 'ok'")).all())
+        room = LIMIT - connection.execute(sa.text(
+            "SELECT (SELECT coalesce(sum(cost_micro_usd), 0) FROM ledger_calls WHERE tenant = 'local' "
+            "AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + "
+            "(SELECT coalesce(sum(greatest(estimate_micro_usd - consumed_micro_usd, 0)), 0) FROM reservations "
+            "WHERE tenant = 'local' AND NOT released AND expires_at > now())")).scalar_one()
     engine.dispose()
+    assert probe.remaining_micro_usd == room, "metering's budget totals drifted from the ledger"
     billed: dict[str, dict[int, int]] = {}
     for request_id, index, cost in rows:
         assert index not in billed.setdefault(request_id, {}), f"call {index} of {request_id} billed twice"
@@ -108,13 +125,20 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
     cut_off = set(billed) - answered
     answered_cost = sum(total for _, total, _ in log)
     assert sum(sum(billed[r].values()) for r in answered) == answered_cost
-    # The kills hit the load (requests failed around each), and the load went on after each restart.
+    # The kills hit requests in flight, and the load went on after each restart. Requests in flight
+    # when metering died waited for it (the router resends its writes) and were answered and billed;
+    # those in flight inside the killed router failed.
+    across = {kill: [(start, end) for start, end in events["answers"] if start < events[f"{kill} killed"] < end]
+              for kill in ("metering", "router")}
+    assert across["metering"], "no answered request was in flight when metering was killed"
+    router_down = (events["router killed"], events["router serving again"])
+    assert any(router_down[0] - 1.0 <= at <= router_down[1] + 1.0 for at in events["failures"]), "router kill hit nothing"
     for kill in ("metering", "router"):
-        killed_at, back_at = events[f"{kill} killed"], events[f"{kill} serving again"]
-        assert any(killed_at - 1.0 <= at <= back_at + 1.0 for at in events["failures"]), f"{kill} kill hit nothing"
-        assert any(at > back_at for at in events["answers"]), f"nothing answered after {kill} restarted"
+        assert any(start > events[f"{kill} serving again"] for start, _ in events["answers"]), \
+            f"nothing answered after {kill} restarted"
     print(f"\nbilling under kill -9: {len(sent)} requests sent, {len(log)} answered "
-          f"({sum(len(c) for _, _, c in log)} calls, ${answered_cost / 1e6:.6f}), {len(events['failures'])} failed; "
+          f"({sum(len(c) for _, _, c in log)} calls, ${answered_cost / 1e6:.6f}; {len(across['metering'])} of them in "
+          f"flight when metering was killed), {len(events['failures'])} failed; "
           f"metering killed at {events['metering killed']:.1f}s (serving again {events['metering serving again']:.1f}s), "
           f"router killed at {events['router killed']:.1f}s (serving again {events['router serving again']:.1f}s); "
           f"ledger: {len(rows)} call rows for {len(billed)} requests = {len(answered)} answered exactly as answered "
@@ -135,6 +159,7 @@ async def _load(services: dict[str, Process], key: str, prompts: list[str]):  # 
         turn = number
         while not stop.is_set():
             request_id = uuid.uuid4().hex
+            started = time.monotonic() - began
             sent.add(request_id)
             turn += WORKERS
             # A fresh channel per request: a channel to a killed router would keep failing for its backoff.
@@ -152,12 +177,12 @@ async def _load(services: dict[str, Process], key: str, prompts: list[str]):  # 
             assert reply.request_id == request_id and not reply.replayed
             log.append((request_id, reply.total_cost_micro_usd, {c.index: c.cost_micro_usd for c in reply.calls
                                                                  if c.status != common_pb2.CALL_STATUS_SKIPPED_BUDGET}))
-            events["answers"].append(time.monotonic() - began)
+            events["answers"].append((started, time.monotonic() - began))
 
     async def crash(name: str) -> None:
         await asyncio.sleep(PHASE_S)
-        events[f"{name} killed"] = time.monotonic() - began
         services[name].kill9()
+        events[f"{name} killed"] = time.monotonic() - began  # dead and reaped by now
         await asyncio.to_thread(services[name].start)
         events[f"{name} serving again"] = time.monotonic() - began
 
