@@ -228,6 +228,7 @@ def test_settings_require_a_database_url() -> None:
     loaded = load(MeteringSettings, {"XROUTER_METERING_DATABASE_URL": "sqlite:///x.db",
                                      "XROUTER_METERING_RESERVATION_TTL_S": "30"})
     assert (loaded.port, loaded.reservation_ttl_s, loaded.grace_s) == (50053, 30.0, 5.0)
+    assert loaded.budgets == "memory"
 
 
 @pytest.mark.parametrize("changes, variable", [
@@ -236,6 +237,7 @@ def test_settings_require_a_database_url() -> None:
     ({"XROUTER_METERING_RESERVATION_TTL_S": "0"}, "XROUTER_METERING_RESERVATION_TTL_S"),
     ({"XROUTER_METERING_PORT": "70000"}, "XROUTER_METERING_PORT"),
     ({"XROUTER_METERING_GRACE_S": "-1"}, "XROUTER_METERING_GRACE_S"),
+    ({"XROUTER_METERING_BUDGETS": "cache"}, "XROUTER_METERING_BUDGETS"),
 ])
 def test_settings_reject_bad_values(changes: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=variable) as caught:

@@ -12,6 +12,10 @@ statement (one snapshot), so a Record committing in between is never missed by b
 Records move money from outstanding to spent, never increasing the sum while a request stays
 within its estimate. Hence the spend can pass the limit only by what admitted requests spend
 beyond their estimates, or after their reservations expired (see the concurrency test).
+
+This is the ``database`` budget mode (exact across metering replicas). In ``memory`` mode, the
+default, Authorize checks the same rule against running totals (``totals.py``); this module
+then writes only its reservations (:func:`reserve_many`) and answers request ids seen before.
 """
 
 from __future__ import annotations

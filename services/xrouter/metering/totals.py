@@ -243,11 +243,14 @@ class BudgetTotals:
                 limits[(model, period)] = (hard, soft)
 
     def prune(self, now: dt.datetime) -> None:
-        """Forget spend of periods that ended (memory stays bounded by the live tenants)."""
+        """Forget spend of periods that ended and reservations that expired (a crashed router's
+        requests never settle), so memory stays bounded by the live tenants and requests."""
         starts = {period: period_start(period, now) for period in PERIODS}
         with self._lock:
             for key in [key for key in self._spent if key[3] < starts[key[2]]]:
                 del self._spent[key]
+            for request_id in [rid for rid, held in self._held.items() if held.expires_at <= now]:
+                self._untrack(request_id)
 
     def spent(self, tenant: str, model: str, period: str, now: dt.datetime) -> int:
         """Spend of the budget scope in the period containing ``now`` (tests, diagnostics)."""
