@@ -21,9 +21,11 @@ from xrouter.common.errors import AlreadyExists, InvalidArgument, PermissionDeni
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.common.settings import SettingsError, load
 from xrouter.metering import server as metering_server
+from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, Settlement, usd
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.store import make_engine
+from xrouter.metering.totals import BudgetTotals
 
 from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 TTL_S = 60.0
@@ -255,9 +257,12 @@ def test_main_exits_2_on_bad_settings(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 # --- gRPC through a real server ---------------------------------------------------------------
 
-@pytest.fixture()
-async def served(ledger: Ledger):  # type: ignore[no-untyped-def]
-    server = GrpcServer("metering", metering_server.register(ledger), TracerProvider())
+@pytest.fixture(params=["database", "memory"])
+async def served(ledger: Ledger, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A real server in each budget mode (XROUTER_METERING_BUDGETS)."""
+    guard = StoreGuard(ledger, None, BudgetTotals() if request.param == "memory" else None)
+    assert guard.check()
+    server = GrpcServer("metering", metering_server.register(ledger, guard=guard), TracerProvider())
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield server, metering_pb2_grpc.MeteringServiceStub(channel), channel
