@@ -199,6 +199,16 @@ async def test_a_seen_request_id_gets_its_state_not_a_second_reservation(ledger:
             request_id="r1", tenant="acme", estimate_micro_usd=ESTIMATE))
         assert settled.state == metering_pb2.REQUEST_STATE_SETTLED and settled.response_json == '{"answer": "42"}'
         assert settled.remaining_micro_usd == LIMIT
+        # With the budget spent, a new request is refused, but the retry of a settled one still
+        # gets its stored answer (a seen request_id is never refused for budget).
+        await record(stub, "r9", 0, LIMIT)
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await stub.Authorize(metering_pb2.AuthorizeRequest(request_id="r10", tenant="acme",
+                                                               estimate_micro_usd=1))
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        replay = await stub.Authorize(metering_pb2.AuthorizeRequest(
+            request_id="r1", tenant="acme", estimate_micro_usd=ESTIMATE))
+        assert replay.state == metering_pb2.REQUEST_STATE_SETTLED and replay.response_json == '{"answer": "42"}'
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await stub.Authorize(metering_pb2.AuthorizeRequest(request_id="r2", tenant="acme", estimate_micro_usd=-1))
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -13,6 +13,7 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 
+from xrouter.common.errors import ResourceExhausted
 from xrouter.metering import metrics
 from xrouter.metering.batching import GroupCommit
 from xrouter.metering.budgets import Authorization
@@ -41,7 +42,14 @@ class MemoryAdmission:
         now = self._guard.ledger.now()
         held = Held(str(uuid.uuid4()), request_id, tenant, estimate, frozenset(models), now,
                     now + self._guard.ledger.reservation_ttl)
-        granted = self._totals.admit(held, now)
+        try:
+            granted = self._totals.admit(held, now)
+        except ResourceExhausted:
+            # A request_id seen before is never refused for budget (its retry gets the stored
+            # answer or its state): only a new one is. Refusals alone pay this lookup.
+            if await asyncio.to_thread(self._guard.call, self._guard.ledger.seen, request_id):
+                return await self._from_ledger(request_id, tenant, estimate, models)
+            raise
         try:
             new = await self._reservations.submit(held)
         except Exception:

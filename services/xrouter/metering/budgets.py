@@ -233,6 +233,14 @@ def consume(session: Session, costs: Sequence[tuple[str, str, int]]) -> None:
             [{"rid": r, "tid": t, "cost": c} for (r, t), c in sorted(totals.items())])
 
 
+def seen(session: Session, request_id: str) -> bool:
+    """Whether ``request_id`` was reserved or settled before (two unique-key lookups)."""
+    return session.scalar(sa.select(sa.or_(
+        sa.select(Reservation.id).where(Reservation.request_id == request_id).exists(),
+        sa.select(RequestSummary.request_id).where(RequestSummary.request_id == request_id,
+                                                   RequestSummary.outcome != "").exists()))) is True
+
+
 def reserve_many(session: Session, reservations: Sequence[tuple[str, str, str, int, Sequence[str],
                                                                 dt.datetime, dt.datetime]]) -> list[bool]:
     """Write admitted reservations, (id, request_id, tenant, estimate, models, created, expires),

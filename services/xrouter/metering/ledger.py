@@ -242,6 +242,11 @@ class Ledger:
         times = [at or self.now()] * len(summaries) if at is None or isinstance(at, dt.datetime) else at
         self._transaction(lambda s: settlements.settle_many(s, summaries, times))
 
+    def seen(self, request_id: str) -> bool:
+        """Whether ``request_id`` was reserved or settled before."""
+        with session_scope(self._sessions) as session:
+            return budgets.seen(session, request_id)
+
     def reserve_many(self, reservations: Sequence[tuple[str, str, str, int, Sequence[str], dt.datetime,
                                                         dt.datetime]]) -> list[bool]:
         """Write reservations admitted from the in-memory totals (totals.py) in one transaction:
