@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+import time
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger
 from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine, session_factory, session_scope
-from xrouter.metering.totals import BudgetTotals
+from xrouter.metering.totals import BudgetTotals, WriteGate
 
 from ledger_clock import NOON, Clock  # noqa: E402 - tests/ helper module
 from test_metering_budgets import committed, costs_of, spent  # noqa: E402 - the database path's own figures
@@ -311,3 +312,41 @@ async def test_scores_share_transactions_and_a_foreign_request_is_refused_alone(
         rewards = dict(connection.execute(sa.text("SELECT request_id, reward FROM request_summaries "
                                                   "WHERE tenant = 'acme'")).all())
     assert rewards == {f"q{n}": float(n) for n in range(30) if n != 7}
+
+
+def test_a_reload_is_not_starved_by_overlapping_writers() -> None:
+    """Under steady load the writers' turns overlap; a reload must still get its turn promptly
+    (Authorize fails closed until it does), and no writer runs while it reloads."""
+    gate = WriteGate()
+    stop = threading.Event()
+    inside = [0]
+    overlaps: list[int] = []
+
+    def writer() -> None:
+        while not stop.is_set():
+            with gate.writing():
+                inside[0] += 1
+                time.sleep(0.01)
+                inside[0] -= 1
+
+    writers = [threading.Thread(target=writer) for _ in range(3)]
+    for thread in writers:
+        thread.start()
+        time.sleep(0.003)  # staggered: some writer is always inside
+    reloaded = threading.Event()
+
+    def reload() -> None:
+        with gate.reloading():
+            overlaps.append(inside[0])
+            time.sleep(0.02)
+            overlaps.append(inside[0])
+        reloaded.set()
+
+    threading.Thread(target=reload).start()
+    try:
+        assert reloaded.wait(2.0), "the reload never got its turn"
+    finally:
+        stop.set()
+        for thread in writers:
+            thread.join()
+    assert overlaps == [0, 0]

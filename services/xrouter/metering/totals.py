@@ -101,11 +101,15 @@ class WriteGate:
 
     @contextmanager
     def reloading(self) -> Iterator[None]:
-        """Held while the totals are read back from the ledger."""
+        """Held while the totals are read back from the ledger. New writers wait as soon as a
+        reload asks (under steady load the writers' turns overlap, and a reload waiting for a
+        moment without any would wait for ever, with Authorize failing closed meanwhile)."""
         with self._cond:
-            while self._reloading or self._writers:
+            while self._reloading:
                 self._cond.wait()
             self._reloading = True
+            while self._writers:
+                self._cond.wait()
         try:
             yield
         finally:
