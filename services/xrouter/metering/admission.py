@@ -4,7 +4,9 @@ reservation written by group commit before the answer goes out.
 New work (the common case: a fresh request_id) costs no budget query and no row lock: the totals
 decide, and the reservation row joins the next batched transaction, which also proves the id new
 (``INSERT ... ON CONFLICT DO NOTHING``). A request_id seen before (a retry) is answered by the
-database path (``budgets.authorize``), which says what the earlier request is doing.
+database path (``budgets.authorize``), which says what the earlier request is doing; so is one
+the totals would refuse, after a unique-key lookup finds it seen (a retry is never refused for
+budget).
 """
 
 from __future__ import annotations
