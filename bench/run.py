@@ -15,6 +15,7 @@ from collections.abc import Sequence
 BENCHMARKS = (
     "bench.routing_overhead",
     "bench.metering_record",
+    "bench.metering_flow",
     "bench.reward_verifiers",
     "bench.policy_latency",
     "bench.adapters_overhead",

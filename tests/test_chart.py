@@ -71,6 +71,11 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list
     return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
+def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The services' pods' owners: Deployments, and metering's StatefulSet (not the trial Postgres)."""
+    return find(docs, "Deployment") + [d for d in find(docs, "StatefulSet") if component(d) in SETTINGS]
+
+
 def component(doc: dict[str, Any]) -> str:
     return doc["metadata"]["labels"]["app.kubernetes.io/component"]
 
@@ -106,7 +111,7 @@ def catalog_credentials(docs: list[dict[str, Any]]) -> set[str]:
 @pytest.mark.parametrize("value_set", list(VALUE_SETS))
 def test_every_deployment_env_is_a_setting_and_every_required_setting_is_set(value_set: str) -> None:
     docs = render(value_set)
-    deployments = find(docs, "Deployment")
+    deployments = workloads(docs)
     assert {component(d) for d in deployments} <= set(SETTINGS)
     assert {"router", "adapters", "metering"} <= {component(d) for d in deployments}
     for deployment in deployments:
@@ -157,7 +162,7 @@ def test_rendered_settings_load_through_the_services_own_loaders(value_set: str,
     docs = render(value_set)
     (catalog_map,) = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].endswith("-catalog")]
     catalog = next(iter(catalog_map["data"].values()))
-    for deployment in find(docs, "Deployment"):
+    for deployment in workloads(docs):
         env = _resolve(container_env(deployment, docs), tmp_path, catalog)
         loaded = settings.load(SETTINGS[component(deployment)], env)  # runs validate()
         assert loaded.host == "0.0.0.0"
@@ -176,7 +181,7 @@ def test_values_offer_exactly_the_settings_the_services_read() -> None:
     for name, cls in SETTINGS.items():
         offered = {f"XROUTER_{name.upper()}_{_env_suffix(key)}"
                    for key in schema["properties"][name]["properties"]["settings"]["properties"]}
-        (deployment,) = [d for d in find(everything_on, "Deployment") if component(d) == name]
+        (deployment,) = [d for d in workloads(everything_on) if component(d) == name]
         wired = set(container_env(deployment, everything_on)) - offered
         wired = {v for v in wired if v.startswith("XROUTER_")}
         assert offered | wired == set(settings.env_names(cls)), (
@@ -211,7 +216,7 @@ def test_secrets_are_referenced_never_inlined() -> None:
     assert not re.search(r"(?i)(password|api_?key|secret)\s*:\s*['\"]?[A-Za-z0-9+/]{16,}", values)
     for value_set in VALUE_SETS:
         docs = render(value_set)
-        (metering,) = [d for d in find(docs, "Deployment") if component(d) == "metering"]
+        (metering,) = [d for d in workloads(docs) if component(d) == "metering"]
         url = container_env(metering, docs)["XROUTER_METERING_DATABASE_URL"]
         assert set(url) == {"secretKeyRef"}
         # The chart makes Secrets only for what it generates itself (trial Postgres, metering key).
@@ -224,7 +229,7 @@ def test_secrets_are_referenced_never_inlined() -> None:
     admin, admin_digest = (base64.b64decode(key_secret["data"][k]).decode() for k in ("admin-key", "admin-key-sha256"))
     assert hashlib.sha256(admin.encode()).hexdigest() == admin_digest and admin.startswith("xrk_") and admin != key
     docs = render("default")
-    (metering,) = [d for d in find(docs, "Deployment") if component(d) == "metering"]
+    (metering,) = [d for d in workloads(docs) if component(d) == "metering"]
     assert container_env(metering, docs)["XROUTER_METERING_ADMIN_KEY_SHA256"]["secretKeyRef"]["key"] == "admin-key-sha256"
     (test_pod,) = [p for p in find(docs, "Pod") if p["metadata"]["name"].endswith("-test")]
     (check,) = test_pod["spec"]["containers"]
@@ -262,7 +267,7 @@ def test_routers_may_only_read_the_policy_pointer_and_training_may_only_patch_it
     (pointer_map,) = find(docs, "ConfigMap", "xrouter-policy")
     assert "data" not in pointer_map  # Helm never owns the published checkpoint
     tokens = {component(d): d["spec"]["template"]["spec"]["automountServiceAccountToken"]
-              for d in find(docs, "Deployment") + find(docs, "Job")}
+              for d in workloads(docs) + find(docs, "Job")}
     assert {c for c, mounted in tokens.items() if mounted} == {"router", "training"}
 
 
@@ -287,7 +292,7 @@ def test_only_the_router_reaches_the_backends_and_only_its_ports_are_open() -> N
 def test_a_settings_or_catalog_change_rolls_the_pods() -> None:
     def checksums(*sets: str) -> dict[str, str]:
         return {component(d): d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-                for d in find(render("default", *sets), "Deployment")}
+                for d in workloads(render("default", *sets))}
     base = checksums()
     changed = checksums("router.settings.policy=cheapest")
     assert changed["router"] != base["router"] and changed["adapters"] == base["adapters"]
@@ -318,7 +323,7 @@ def test_monitoring_queries_name_only_metrics_the_services_export() -> None:
 def test_schema_validation_rejects_unknown_fields_in_builtin_and_custom_kinds() -> None:
     """The check chart-check relies on can fail: a typo'd field is an error in either kind."""
     docs = render("full")
-    (deployment,) = [d for d in find(docs, "Deployment") if component(d) == "router"]
+    (deployment,) = [d for d in workloads(docs) if component(d) == "router"]
     (monitor,) = find(docs, "ServiceMonitor")
     (isvc, *_) = find(docs, "InferenceService")
     assert chart_check.validate_manifests([deployment, monitor, isvc], "full") == 3
@@ -354,7 +359,7 @@ def test_training_job_asks_for_gpus_and_writes_to_its_claim() -> None:
     assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}} in pod["volumes"]
     # The routers read the store at the same path the Job publishes to, so the pointer's paths resolve.
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # one writer, many readers on many nodes
-    (router,) = [d for d in find(docs, "Deployment") if component(d) == "router"]
+    (router,) = [d for d in workloads(docs) if component(d) == "router"]
     router_pod = router["spec"]["template"]["spec"]
     assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"],
                                                              "readOnly": True}} in router_pod["volumes"]
@@ -404,3 +409,34 @@ def test_lock_drift_is_reported() -> None:
     assert check_lock.drift({"numpy": "2.0"}, pins, strict=False) == []
     with pytest.raises(ValueError, match="line 1"):
         check_lock.read_lock("grpcio>=1.0\n")
+
+
+def test_the_metering_spool_survives_pod_loss_and_memory_budgets_take_one_replica() -> None:
+    """The spool holds acknowledged ledger writes while the database is down: a claim per pod, not
+    an emptyDir. In-memory budget totals need one metering writer: more replicas only with the
+    database check."""
+    docs = render("default")
+    (metering,) = [d for d in find(docs, "StatefulSet") if component(d) == "metering"]
+    assert metering["spec"]["replicas"] == 1
+    (claim,) = metering["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi" and "storageClassName" not in claim["spec"]
+    pod = metering["spec"]["template"]["spec"]
+    assert "spool" not in {v["name"] for v in pod["volumes"]}
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "spool"]
+    env = container_env(metering, docs)
+    assert env["XROUTER_METERING_SPOOL_DIR"] == mount["mountPath"] and env["XROUTER_METERING_BUDGETS"] == "memory"
+    classed = render("default", "metering.spool.storageClassName=fast-ssd")
+    (metering,) = [d for d in find(classed, "StatefulSet") if component(d) == "metering"]
+    assert metering["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] == "fast-ssd"
+    ephemeral = render("default", "metering.spool.persistent=false")
+    (metering,) = [d for d in find(ephemeral, "StatefulSet") if component(d) == "metering"]
+    assert "volumeClaimTemplates" not in metering["spec"]
+    assert [v for v in metering["spec"]["template"]["spec"]["volumes"] if v["name"] == "spool"][0]["emptyDir"]
+    refused = subprocess.run([_helm(), "template", "x", str(CHART), "--set", "metering.replicas=2"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "metering.settings.budgets=database" in refused.stderr
+    replicated = render("default", "metering.replicas=3", "metering.settings.budgets=database")
+    (metering,) = [d for d in find(replicated, "StatefulSet") if component(d) == "metering"]
+    assert metering["spec"]["replicas"] == 3 and container_env(metering, replicated)["XROUTER_METERING_BUDGETS"] == "database"

@@ -21,9 +21,11 @@ from xrouter.common.errors import AlreadyExists, InvalidArgument, PermissionDeni
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.common.settings import SettingsError, load
 from xrouter.metering import server as metering_server
+from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, Settlement, usd
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.store import make_engine
+from xrouter.metering.totals import BudgetTotals
 
 from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 TTL_S = 60.0
@@ -228,6 +230,7 @@ def test_settings_require_a_database_url() -> None:
     loaded = load(MeteringSettings, {"XROUTER_METERING_DATABASE_URL": "sqlite:///x.db",
                                      "XROUTER_METERING_RESERVATION_TTL_S": "30"})
     assert (loaded.port, loaded.reservation_ttl_s, loaded.grace_s) == (50053, 30.0, 5.0)
+    assert loaded.budgets == "memory"
 
 
 @pytest.mark.parametrize("changes, variable", [
@@ -236,6 +239,7 @@ def test_settings_require_a_database_url() -> None:
     ({"XROUTER_METERING_RESERVATION_TTL_S": "0"}, "XROUTER_METERING_RESERVATION_TTL_S"),
     ({"XROUTER_METERING_PORT": "70000"}, "XROUTER_METERING_PORT"),
     ({"XROUTER_METERING_GRACE_S": "-1"}, "XROUTER_METERING_GRACE_S"),
+    ({"XROUTER_METERING_BUDGETS": "cache"}, "XROUTER_METERING_BUDGETS"),
 ])
 def test_settings_reject_bad_values(changes: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=variable) as caught:
@@ -253,9 +257,12 @@ def test_main_exits_2_on_bad_settings(monkeypatch: pytest.MonkeyPatch, capsys: p
 
 # --- gRPC through a real server ---------------------------------------------------------------
 
-@pytest.fixture()
-async def served(ledger: Ledger):  # type: ignore[no-untyped-def]
-    server = GrpcServer("metering", metering_server.register(ledger), TracerProvider())
+@pytest.fixture(params=["database", "memory"])
+async def served(ledger: Ledger, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A real server in each budget mode (XROUTER_METERING_BUDGETS)."""
+    guard = StoreGuard(ledger, None, BudgetTotals() if request.param == "memory" else None)
+    assert guard.check()
+    server = GrpcServer("metering", metering_server.register(ledger, guard=guard), TracerProvider())
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield server, metering_pb2_grpc.MeteringServiceStub(channel), channel

@@ -24,8 +24,10 @@ from xrouter.common.grpc_server import GrpcServer
 from xrouter.metering import server as metering_server
 from xrouter.metering.auth import hash_key
 from xrouter.metering.budgets import _outstanding, _spent
+from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.store import make_engine
+from xrouter.metering.totals import BudgetTotals
 
 from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
 LIMIT = 10_000_000
@@ -245,9 +247,12 @@ def test_budget_validation(ledger: Ledger) -> None:
 
 # --- through gRPC: details a caller can act on, soft flags, usage buckets -------------------------
 
-@pytest.fixture()
-async def stub(ledger: Ledger):  # type: ignore[no-untyped-def]
-    server = GrpcServer("metering", metering_server.register(ledger), TracerProvider())
+@pytest.fixture(params=["database", "memory"])
+async def stub(ledger: Ledger, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A real server in each budget mode: the answers below must not depend on it."""
+    guard = StoreGuard(ledger, None, BudgetTotals() if request.param == "memory" else None)
+    assert guard.check()  # memory mode: the totals load from the ledger, as at start-up
+    server = GrpcServer("metering", metering_server.register(ledger, guard=guard), TracerProvider())
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield metering_pb2_grpc.MeteringServiceStub(channel)
@@ -258,7 +263,8 @@ async def stub(ledger: Ledger):  # type: ignore[no-untyped-def]
 async def test_refusal_details_say_what_is_left_and_when_it_resets(stub, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
     await stub.SetBudget(metering_pb2.SetBudgetRequest(
         tenant="acme", period=metering_pb2.BUDGET_PERIOD_DAY, limit_micro_usd=2_000_000))
-    ledger.record(call("old", cost=1_500_000))
+    await stub.Record(metering_pb2.RecordRequest(request_id="old", tenant="acme", model="gpt-4o",
+                                                 cost_micro_usd=1_500_000, status=common_pb2.CALL_STATUS_OK))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Authorize(metering_pb2.AuthorizeRequest(request_id="r", tenant="acme",
                                                             estimate_micro_usd=800_000))

@@ -134,6 +134,14 @@ class FlakyLedger(Ledger):
         self._outage()
         return super().settle(*args, **kwargs)
 
+    def settle_many(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._outage()
+        return super().settle_many(*args, **kwargs)
+
+    def reserve_many(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._outage()
+        return super().reserve_many(*args, **kwargs)
+
     def ping(self) -> None:
         self._outage()
         super().ping()

@@ -14,7 +14,7 @@ ConfigMap (and of anything else in .checksums) is a pod annotation, so a change 
 {{- $name := include "xrouter.componentName" (dict "root" $root "component" .component) -}}
 {{- $ctx := dict "root" $root "component" .component -}}
 apiVersion: apps/v1
-kind: Deployment
+kind: {{ .kind | default "Deployment" }}
 metadata:
   name: {{ $name }}
   labels:
@@ -22,6 +22,9 @@ metadata:
 spec:
   {{- if not (dig "autoscaling" "enabled" false .svc) }}
   replicas: {{ .svc.replicas }}
+  {{- end }}
+  {{- if eq (.kind | default "Deployment") "StatefulSet" }}
+  serviceName: {{ $name }}
   {{- end }}
   revisionHistoryLimit: 5
   selector:
@@ -138,6 +141,10 @@ spec:
           labelSelector:
             matchLabels:
               {{- include "xrouter.selectorLabels" $ctx | nindent 14 }}
+  {{- with .volumeClaimTemplates }}
+  volumeClaimTemplates:
+    {{- . | nindent 4 }}
+  {{- end }}
 {{- end }}
 
 {{/* A component's settings ConfigMap: the chart-managed entries plus the values block's settings. */}}

@@ -12,6 +12,10 @@ statement (one snapshot), so a Record committing in between is never missed by b
 Records move money from outstanding to spent, never increasing the sum while a request stays
 within its estimate. Hence the spend can pass the limit only by what admitted requests spend
 beyond their estimates, or after their reservations expired (see the concurrency test).
+
+This is the ``database`` budget mode (exact across metering replicas). In ``memory`` mode, the
+default, Authorize checks the same rule against running totals (``totals.py``); this module
+then writes only its reservations (:func:`reserve_many`) and answers request ids seen before.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from xrouter.common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
@@ -134,12 +139,11 @@ def authorize(session: Session, request_id: str, tenant: str, estimate: int, mod
         after = spent + outstanding + estimate
         if budget.limit_micro_usd is not None:
             if after > budget.limit_micro_usd and state == "new":
-                _refuse(budget, spent, outstanding, estimate, models, now)
+                refuse(budget, spent, outstanding, estimate, models, now)
             left = budget.limit_micro_usd - after
             remaining = left if remaining is None else min(remaining, left)
         if budget.soft_limit_micro_usd is not None and after > budget.soft_limit_micro_usd:
-            warnings.append(f"{_scope(budget)}: {_WORD[budget.period]} soft limit "
-                            f"{usd(budget.soft_limit_micro_usd)} passed ({usd(after)} spent or reserved)")
+            warnings.append(soft_warning(budget, after))
     remaining_value = -1 if remaining is None else max(0, remaining)
     if state != "new":
         return Authorization(existing.id if existing else "", remaining_value,
@@ -154,8 +158,16 @@ def authorize(session: Session, request_id: str, tenant: str, estimate: int, mod
     return Authorization(reservation.id, remaining_value, reservation.expires_at, tuple(warnings))
 
 
-def _refuse(budget: Budget, spent: int, outstanding: int, estimate: int, models: Sequence[str],
+def soft_warning(budget: Budget, after: int) -> str:
+    """The warning of a soft limit passed, ``after`` being spent plus reserved with this request."""
+    assert budget.soft_limit_micro_usd is not None
+    return (f"{_scope(budget)}: {_WORD[budget.period]} soft limit {usd(budget.soft_limit_micro_usd)} passed "
+            f"({usd(after)} spent or reserved)")
+
+
+def refuse(budget: Budget, spent: int, outstanding: int, estimate: int, models: Sequence[str],
             now: dt.datetime) -> None:
+    """Raise ResourceExhausted naming ``budget``, its figures, when it resets and what would fit."""
     assert budget.limit_micro_usd is not None
     limit = budget.limit_micro_usd
     available = max(0, limit - spent - outstanding)
@@ -221,6 +233,44 @@ def consume(session: Session, costs: Sequence[tuple[str, str, int]]) -> None:
             [{"rid": r, "tid": t, "cost": c} for (r, t), c in sorted(totals.items())])
 
 
-def release(session: Session, request_id: str) -> None:
-    """Stop holding the request's reservation (Settle)."""
-    session.execute(sa.update(Reservation).where(Reservation.request_id == request_id).values(released=True))
+def seen(session: Session, request_id: str) -> bool:
+    """Whether ``request_id`` was reserved or settled before (two unique-key lookups)."""
+    return session.scalar(sa.select(sa.or_(
+        sa.select(Reservation.id).where(Reservation.request_id == request_id).exists(),
+        sa.select(RequestSummary.request_id).where(RequestSummary.request_id == request_id,
+                                                   RequestSummary.outcome != "").exists()))) is True
+
+
+def reserve_many(session: Session, reservations: Sequence[tuple[str, str, str, int, Sequence[str],
+                                                                dt.datetime, dt.datetime]]) -> list[bool]:
+    """Write admitted reservations, (id, request_id, tenant, estimate, models, created, expires),
+    in one transaction: per reservation True (written: new work), or False when its request_id
+    was seen before (reserved or settled earlier, or earlier in this batch): the caller then asks
+    :func:`authorize` what that request is doing. Rows go in request_id order, so concurrent
+    writers lock in the same order."""
+    ids = sorted({r[1] for r in reservations})
+    settled = set(session.scalars(sa.select(RequestSummary.request_id).where(
+        RequestSummary.request_id.in_(ids), RequestSummary.outcome != ""))) if ids else set()
+    first: dict[str, tuple[str, str, str, int, Sequence[str], dt.datetime, dt.datetime]] = {}
+    for item in reservations:
+        if item[1] not in settled:
+            first.setdefault(item[1], item)
+    rows = [{"id": rid, "request_id": request_id, "tenant": tenant, "estimate_micro_usd": estimate,
+             "consumed_micro_usd": 0, "created_at": created, "expires_at": expires, "released": False}
+            for rid, request_id, tenant, estimate, _, created, expires in sorted(first.values(), key=lambda r: r[1])]
+    inserted: set[str] = set()
+    if rows:
+        table = Reservation.__table__
+        connection = session.connection()
+        statement = (_insert(connection.dialect.name, table).on_conflict_do_nothing(index_elements=["request_id"])
+                     .returning(table.c.request_id))
+        inserted = {request_id for (request_id,) in connection.execute(statement, rows)}
+        scoped = [{"reservation_id": first[rid][0], "model": model}
+                  for rid in sorted(inserted) for model in sorted(set(first[rid][4]))]
+        if scoped:
+            connection.execute(sa.insert(ReservationModel.__table__), scoped)
+    return [item[1] in inserted and first[item[1]] is item for item in reservations]
+
+
+def _insert(dialect: str, table: sa.Table):  # type: ignore[no-untyped-def]
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect](table)

@@ -11,11 +11,15 @@
   or spooled writes are not replayed yet: a budget is checked only against a complete ledger.
 - :meth:`StoreGuard.watch` pings the database, replays the spool when it is back, and reports
   health: SERVING exactly when the database answers and the spool is empty.
+- With in-memory budget totals (``totals.py``) every committed write updates them, inside the
+  totals' write gate; an outage or a spooled write marks them stale, and the health check reloads
+  them from the ledger once the spool is replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -28,6 +32,8 @@ from xrouter.common.errors import AlreadyExists, InvalidArgument, Unavailable, X
 from xrouter.metering import metrics
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement, is_transient, validate_score
 from xrouter.metering.spool import Entry, Spool
+from xrouter.metering.store import session_factory, session_scope
+from xrouter.metering.totals import BudgetTotals, Held
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,9 +87,10 @@ class StoreGuard:
     """Routes ledger calls around database outages (see the module docstring). Thread-safe; the
     blocking methods run in worker threads."""
 
-    def __init__(self, ledger: Ledger, spool: Spool | None) -> None:
+    def __init__(self, ledger: Ledger, spool: Spool | None, totals: BudgetTotals | None = None) -> None:
         self.ledger = ledger
         self.spool = spool
+        self.totals = totals  # None: budgets are checked in the database (budgets.py)
         self._up = True
         metrics.STORE_UP.set(1)
         metrics.SPOOL_ENTRIES.set(self.pending)
@@ -103,7 +110,12 @@ class StoreGuard:
             log.error("ledger database unreachable (%s: %s); %s", type(error).__name__, str(error).strip()[:200],
                       "ledger writes go to the spool" if self.spool else "ledger writes FAIL (no spool configured)")
         self._up = False
+        self._stale()
         metrics.STORE_UP.set(0)
+
+    def _stale(self) -> None:
+        if self.totals is not None:
+            self.totals.valid = False  # reloaded by check() once the ledger is complete again
 
     def _mark_up(self) -> None:
         if not self._up:
@@ -148,6 +160,7 @@ class StoreGuard:
         if self.spool is None:
             raise Unavailable("metering: the ledger database is unreachable and no spool is configured "
                               "(XROUTER_METERING_SPOOL_DIR): this write was NOT stored; retry")
+        self._stale()  # the totals miss these writes until the replay and a reload
         spooled = entries()  # built only now: most writes never need them
         self.spool.append_many(spooled)
         metrics.SPOOLED.labels(spooled[0]["op"]).inc(len(spooled))
@@ -167,28 +180,98 @@ class StoreGuard:
         for call in records:
             call.validate()  # bad input is refused now, not discovered on replay
         at = self.ledger.now()
+
+        def direct() -> list[bool | AlreadyExists]:
+            with self._committing():
+                outcomes = self.ledger.record_many(records, at=at)
+                if self.totals is not None:  # new calls only: a duplicate was counted when first recorded
+                    self.totals.consume([(c.request_id, c.tenant, c.model, c.cost_micro_usd, at)
+                                         for c, o in zip(records, outcomes, strict=True) if o is False])
+                return outcomes
+
         outcomes, spooled = self._write(
-            lambda: [{"op": "record", "at": at.isoformat(), "call": dataclasses.asdict(c)} for c in records],
-            lambda: self.ledger.record_many(records, at=at))
+            lambda: [{"op": "record", "at": at.isoformat(), "call": dataclasses.asdict(c)} for c in records], direct)
         if spooled or outcomes is None:
             return [(False, True)] * len(records)
         return [o if isinstance(o, XRouterError) else (o, False) for o in outcomes]
 
     def settle(self, summary: Settlement) -> bool:
         """Settle a request; True when spooled."""
-        summary.validate()
+        return self.settle_many([summary])[0]
+
+    def settle_many(self, summaries: list[Settlement]) -> list[bool]:
+        """Settle requests in one transaction (or one spool fsync); per request, whether spooled."""
+        for summary in summaries:
+            summary.validate()  # refused now, not discovered on replay
         at = self.ledger.now()
-        return self._write(lambda: [{"op": "settle", "at": at.isoformat(), "summary": dataclasses.asdict(summary)}],
-                           lambda: self.ledger.settle(summary, at=at))[1]
+
+        def direct() -> None:
+            with self._committing():
+                self.ledger.settle_many(summaries, at=at)
+                if self.totals is not None:
+                    self.totals.release([s.request_id for s in summaries])
+
+        spooled = self._write(lambda: [{"op": "settle", "at": at.isoformat(), "summary": dataclasses.asdict(s)}
+                                       for s in summaries], direct)[1]
+        return [spooled] * len(summaries)
+
+    def reserve_many(self, held: list[Held]) -> list[bool]:
+        """Write reservations admitted by the in-memory totals: per reservation True (new work) or
+        False (its request_id was seen before; memory forgets it). Never spooled: like every
+        budget decision, this fails closed (UNAVAILABLE) while the ledger is not complete."""
+        def work() -> list[bool]:
+            with self._committing():
+                written = self.ledger.reserve_many([(h.reservation_id, h.request_id, h.tenant, h.estimate,
+                                                     sorted(h.models), h.created_at, h.expires_at) for h in held])
+                assert self.totals is not None
+                for item, new in zip(held, written, strict=True):
+                    if new:
+                        self.totals.confirm(item)
+                    else:
+                        self.totals.forget(item)
+                return written
+
+        self.require_complete()
+        return self.call(work)
+
+    def require_complete(self) -> None:
+        """Unavailable unless the in-memory totals match a complete ledger (memory mode)."""
+        if self.totals is not None and not (self.totals.valid and self._up and not self.pending):
+            raise Unavailable("metering: the budget totals are being reloaded from the ledger (after an outage or "
+                              "a restart); budgets are answered only from a complete ledger: retry shortly")
+
+    def _committing(self):  # type: ignore[no-untyped-def]
+        """A ledger commit and its update of the totals, never interleaved with a reload."""
+        return self.totals.gate.writing() if self.totals is not None else contextlib.nullcontext()
+
+    def reload_totals(self) -> None:
+        """Read the budget totals back from the ledger (blocking; writers wait)."""
+        if self.totals is None:
+            return
+        with self.totals.gate.reloading(), session_scope(session_factory(self.ledger.engine)) as session:
+            self.totals.load(session, self.ledger.now())
+        log.info("budget totals loaded from the ledger")
 
     def record_score(self, request_id: str, tenant: str, score: float, reward: float) -> bool:
         """Attach a score to a request; True when spooled."""
+        outcome = self.record_score_many([(request_id, tenant, score, reward)])[0]
+        if isinstance(outcome, XRouterError):
+            raise outcome
+        return outcome
+
+    def record_score_many(self, scores: list[tuple[str, str, float, float]]) -> list[bool | XRouterError]:
+        """Attach scores, (request_id, tenant, score, reward), in one transaction (or one spool
+        fsync): per score whether spooled, or its refusal (a request of another tenant)."""
+        for request_id, tenant, score, _ in scores:
+            validate_score(request_id, tenant, score)  # refused now, not discovered on replay
         at = self.ledger.now()
-        validate_score(request_id, tenant, score)  # refused now, not discovered on replay
-        entry = {"op": "score", "at": at.isoformat(), "request_id": request_id, "tenant": tenant,
-                 "score": score, "reward": reward}
-        return self._write(lambda: [entry],
-                           lambda: self.ledger.record_score(request_id, tenant, score, reward, at=at))[1]
+        outcomes, spooled = self._write(
+            lambda: [{"op": "score", "at": at.isoformat(), "request_id": r, "tenant": t, "score": s, "reward": w}
+                     for r, t, s, w in scores],
+            lambda: self.ledger.record_score_many(scores, at=at))
+        if spooled or outcomes is None:
+            return [True] * len(scores)
+        return [o if o is not None else False for o in outcomes]
 
     def _apply(self, entries: list[Entry]) -> list[str | None]:
         """Replay spooled writes in order, at the times they were received, runs of records in one
@@ -238,6 +321,10 @@ class StoreGuard:
             if self.spool is not None and len(self.spool):
                 replayed = self.spool.drain(self._apply)
                 log.info("replayed %d spooled ledger writes", replayed)
+            if self.totals is not None:
+                if not self.totals.valid and not self.pending:
+                    self.reload_totals()
+                self.totals.prune(self.ledger.now())
         except Exception as error:
             if not is_store_down(error):
                 raise

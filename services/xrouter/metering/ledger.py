@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from xrouter.common.bounds import check_identifier, check_micro_usd
 from xrouter.common.errors import AlreadyExists, InvalidArgument
-from xrouter.metering import auth, budgets, calls, feedback, migrate, usage
+from xrouter.metering import auth, budgets, calls, feedback, migrate, settlements, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
 from xrouter.metering.feedback import FeedbackRecord
 from xrouter.metering.schema import UTC, LedgerCall, RequestSummary, Reservation
@@ -118,6 +117,14 @@ def is_transient(error: sa.exc.DBAPIError) -> bool:
     return str(getattr(error.orig, "sqlstate", "") or "").startswith("40")
 
 
+def validate_authorize(request_id: str, tenant: str, estimate_micro_usd: int, models: Sequence[str]) -> None:
+    """Raise InvalidArgument naming the first bad field of an Authorize."""
+    _ids(request_id, tenant)
+    check_micro_usd(estimate_micro_usd, "estimate_micro_usd")
+    if any(not model for model in models):
+        raise InvalidArgument("models", "must not contain an empty model name")
+
+
 def validate_score(request_id: str, tenant: str, score: float) -> None:
     """Raise InvalidArgument naming the first bad field of a RecordScore."""
     _ids(request_id, tenant)
@@ -153,6 +160,11 @@ class Ledger:
         self._sessions = session_factory(engine)
         self._ttl = dt.timedelta(seconds=reservation_ttl_s)
         self.now = clock
+
+    @property
+    def reservation_ttl(self) -> dt.timedelta:
+        """How long a reservation holds budget when its request never settles."""
+        return self._ttl
 
     @property
     def engine(self) -> Engine:
@@ -193,10 +205,7 @@ class Ledger:
                   models: Sequence[str] = ()) -> Authorization:
         """Reserve ``estimate_micro_usd`` for a request that may call ``models`` (empty: any), or
         raise ResourceExhausted naming the hard budget it would pass (see budgets.py)."""
-        _ids(request_id, tenant)
-        check_micro_usd(estimate_micro_usd, "estimate_micro_usd")
-        if any(not model for model in models):
-            raise InvalidArgument("models", "must not contain an empty model name")
+        validate_authorize(request_id, tenant, estimate_micro_usd, models)
         return self._transaction(lambda s: budgets.authorize(
             s, request_id, tenant, estimate_micro_usd, models, self.now(), self._ttl))
 
@@ -236,50 +245,61 @@ class Ledger:
         """Release the request's reservation and store (or overwrite) its summary; repeatable.
         A score already recorded for the request is kept, and so is a stored response when this
         settlement carries none."""
-        summary.validate()
-        values = dict(
-            tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
-            total_cost_micro_usd=summary.total_cost_micro_usd, calls=summary.calls, settled_at=at or self.now(),
-            policy_version=summary.policy_version, trace_id=summary.trace_id, cost_lambda=summary.cost_lambda,
-            dataset=summary.dataset, prompt_id=summary.prompt_id, returned_call_index=summary.returned_call_index,
-            exploration_epsilon=summary.exploration_epsilon, first_call_probability=summary.first_call_probability,
-            first_call_explored=summary.first_call_explored,
-            messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
-            if summary.messages else None)
-        if summary.response_json:
-            values["response_json"] = summary.response_json
+        self.settle_many([summary], at)
 
-        def work(session: Session) -> None:
-            budgets.release(session, summary.request_id)
-            row = session.get(RequestSummary, summary.request_id)
-            if row is None:
-                session.add(RequestSummary(request_id=summary.request_id, **values))
-                session.flush()
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
+    def settle_many(self, summaries: Sequence[Settlement],
+                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> None:
+        """Settle many requests in one transaction (group commit), in order, at ``at`` (one time
+        for all, one per settlement, or now)."""
+        for summary in summaries:
+            summary.validate()
+        times = [at or self.now()] * len(summaries) if at is None or isinstance(at, dt.datetime) else at
+        self._transaction(lambda s: settlements.settle_many(s, summaries, times))
 
-        self._transaction(work)
+    def seen(self, request_id: str) -> bool:
+        """Whether ``request_id`` was reserved or settled before."""
+        with session_scope(self._sessions) as session:
+            return budgets.seen(session, request_id)
+
+    def reserve_many(self, reservations: Sequence[tuple[str, str, str, int, Sequence[str], dt.datetime,
+                                                        dt.datetime]]) -> list[bool]:
+        """Write reservations admitted from the in-memory totals (totals.py) in one transaction:
+        per reservation True (new work) or False (its request_id was seen before)."""
+        return self._transaction(lambda s: budgets.reserve_many(s, reservations))
 
     def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                      at: dt.datetime | None = None) -> None:
         """Attach the verifier's score and reward to a request's summary (created if the request
         has not settled yet); the last score wins."""
-        validate_score(request_id, tenant, score)
-        when = at or self.now()
+        refusal = self.record_score_many([(request_id, tenant, score, reward)], at)[0]
+        if refusal is not None:
+            raise refusal
 
-        def work(session: Session) -> None:
-            row = session.get(RequestSummary, request_id)
-            if row is not None and row.tenant != tenant:
-                raise AlreadyExists(f"request {request_id} belongs to another tenant")
-            if row is None:
-                row = RequestSummary(request_id=request_id, tenant=tenant, strategy="", outcome="",
-                                     total_cost_micro_usd=0, calls=0, settled_at=when)
-                session.add(row)
-            row.score, row.reward, row.scored_at = score, reward, when
-            session.flush()
+    def record_score_many(self, scores: Sequence[tuple[str, str, float, float]],
+                          at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[AlreadyExists | None]:
+        """Attach many (request_id, tenant, score, reward) in one transaction, in order: per score
+        None (stored) or the refusal of a request that belongs to another tenant."""
+        for request_id, tenant, score, _ in scores:
+            validate_score(request_id, tenant, score)
+        times = [at or self.now()] * len(scores) if at is None or isinstance(at, dt.datetime) else at
 
-        self._transaction(work)
+        def work(session: Session) -> list[AlreadyExists | None]:
+            outcomes: list[AlreadyExists | None] = []
+            for (request_id, tenant, score, reward), when in zip(scores, times, strict=True):
+                row = session.get(RequestSummary, request_id)
+                if row is not None and row.tenant != tenant:
+                    outcomes.append(AlreadyExists(f"request {request_id} belongs to another tenant"))
+                    continue
+                if row is None:
+                    row = RequestSummary(request_id=request_id, tenant=tenant, strategy="", outcome="",
+                                         total_cost_micro_usd=0, calls=0, settled_at=when)
+                    session.add(row)
+                row.score, row.reward, row.scored_at = score, reward, when
+                session.flush()
+                outcomes.append(None)
+            return outcomes
+
+        return self._transaction(work)
 
     def record_feedback(self, item: FeedbackRecord, at: dt.datetime | None = None) -> tuple[bool, float]:
         """Store a verdict on a settled request's answer (metering/feedback.py): (duplicate, score

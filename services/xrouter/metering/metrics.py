@@ -14,3 +14,12 @@ SOFT_LIMIT_EXCEEDED = Counter("xrouter_metering_soft_limit_exceeded",
                               "Authorizations allowed past a soft budget limit", ["tenant"])
 RECORD_BATCH = Histogram("xrouter_metering_record_batch_size", "Records written per transaction (group commit)",
                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 500))
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 500)
+SETTLE_BATCH = Histogram("xrouter_metering_settle_batch_size", "Settlements written per transaction (group commit)",
+                         buckets=_SIZES)
+SCORE_BATCH = Histogram("xrouter_metering_score_batch_size", "Scores written per transaction (group commit)",
+                        buckets=_SIZES)
+RESERVE_BATCH = Histogram("xrouter_metering_reserve_batch_size",
+                          "Reservations written per transaction (group commit, in-memory budgets)", buckets=_SIZES)
+AUTHORIZE_FROM_LEDGER = Counter("xrouter_metering_authorize_from_ledger",
+                                "Authorizations answered by the database path in memory mode (a request_id seen before)")

@@ -22,12 +22,14 @@ from xrouter.common.errors import InvalidArgument
 from xrouter.common.grpc_server import GrpcServer, Register
 from xrouter.metering import metrics, migrate
 from xrouter.metering.auth import Authenticator, Identity, Permission, Role
-from xrouter.metering.batching import RecordBatcher
+from xrouter.metering.admission import MemoryAdmission
+from xrouter.metering.batching import GroupCommit, RecordBatcher
 from xrouter.metering.durability import StoreGuard, is_store_down
-from xrouter.metering.ledger import CallRecord, FeedbackRecord, Ledger, Settlement
+from xrouter.metering.ledger import CallRecord, FeedbackRecord, Ledger, Settlement, validate_score
 from xrouter.metering.settings import MeteringSettings
 from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine
+from xrouter.metering.totals import BudgetTotals
 
 log = logging.getLogger(__name__)
 SERVICE = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
@@ -77,6 +79,11 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._ledger = guard.ledger
         self._auth = authenticator
         self._records = RecordBatcher(guard)
+        self._settles: GroupCommit[Settlement, bool] = GroupCommit(guard.settle_many, metrics.SETTLE_BATCH)
+        self._scores: GroupCommit[tuple[str, str, float, float], bool] = GroupCommit(
+            guard.record_score_many, metrics.SCORE_BATCH)
+        # Memory mode (guard.totals set): budgets from running totals; else the database path.
+        self._admission = MemoryAdmission(guard) if guard.totals is not None else None
 
     async def _caller(self, context: grpc.aio.ServicerContext, permission: Permission | None) -> Identity:
         metadata = context.invocation_metadata() or ()
@@ -93,8 +100,12 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def Authorize(self, request: metering_pb2.AuthorizeRequest,
                         context: grpc.aio.ServicerContext) -> metering_pb2.AuthorizeResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        granted = await self._db(self._ledger.authorize, request.request_id, request.tenant,
-                                   request.estimate_micro_usd, list(request.models))
+        if self._admission is not None:
+            granted = await self._admission.authorize(request.request_id, request.tenant,
+                                                      request.estimate_micro_usd, list(request.models))
+        else:
+            granted = await self._db(self._ledger.authorize, request.request_id, request.tenant,
+                                     request.estimate_micro_usd, list(request.models))
         if granted.soft_limit_exceeded:
             metrics.SOFT_LIMIT_EXCEEDED.labels(common_metrics.TENANT_LABELS.label(request.tenant)).inc()
         return metering_pb2.AuthorizeResponse(
@@ -127,14 +138,15 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json,
             returned_call_index=request.returned_call_index if request.HasField("returned_call_index") else None,
             **_exploration(request))
-        spooled = await asyncio.to_thread(self._guard.settle, summary)
+        summary.validate()  # a bad settlement is refused alone, not with its batch
+        spooled = await self._settles.submit(summary)
         return metering_pb2.SettleResponse(spooled=spooled)
 
     async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
                           context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        await asyncio.to_thread(self._guard.record_score, request.request_id, request.tenant,
-                                request.score, request.reward)
+        validate_score(request.request_id, request.tenant, request.score)  # refused alone, not with its batch
+        await self._scores.submit((request.request_id, request.tenant, request.score, request.reward))
         return metering_pb2.RecordScoreResponse()
 
     async def RecordFeedback(self, request: metering_pb2.RecordFeedbackRequest,
@@ -175,6 +187,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         hard = None if request.limit_micro_usd == -1 else request.limit_micro_usd
         soft = request.soft_limit_micro_usd if request.HasField("soft_limit_micro_usd") else None
         await self._db(self._ledger.set_budget, request.tenant, period, hard, soft, request.model)
+        if self._guard.totals is not None:
+            self._guard.totals.set_budget(request.tenant, period, hard, soft, request.model)
         return metering_pb2.SetBudgetResponse()
 
     async def CreateApiKey(self, request: metering_pb2.CreateApiKeyRequest,
@@ -232,8 +246,9 @@ async def serve(config: MeteringSettings) -> None:
     spool = Spool(pathlib.Path(config.spool_dir), config.spool_max_entries) if config.spool_dir else None
     try:
         await asyncio.to_thread(migrate.prepare, engine)
-        guard = StoreGuard(ledger, spool)
-        serving = await asyncio.to_thread(guard.check)  # replays what a previous run left in the spool
+        guard = StoreGuard(ledger, spool, BudgetTotals() if config.budgets == "memory" else None)
+        # Replays what a previous run left in the spool, then loads the budget totals (memory mode).
+        serving = await asyncio.to_thread(guard.check)
         provider = telemetry.tracer_provider("xrouter-metering")
         server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard), provider,
                             host=config.host, port=config.port, tls=config.tls(), health_port=config.health_port)

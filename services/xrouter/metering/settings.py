@@ -13,6 +13,7 @@ from xrouter.metering.auth import parse_key_hashes
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 AUTH_MODES = ("off", "required")
+BUDGET_MODES = ("memory", "database")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -38,6 +39,10 @@ class MeteringSettings:
     # Where Record/Settle go while the database is down; empty: they fail with UNAVAILABLE instead.
     spool_dir: str = env("XROUTER_METERING_SPOOL_DIR", "")
     spool_max_entries: int = env("XROUTER_METERING_SPOOL_MAX_ENTRIES", 100_000)
+    # "memory": Authorize checks budgets against running totals kept in memory (one metering
+    # replica per ledger; see totals.py for the bound). "database": the serialised check in the
+    # database, exact across any number of replicas.
+    budgets: str = env("XROUTER_METERING_BUDGETS", "memory")
     # How often the database is pinged (health, spool replay).
     health_interval_s: float = env("XROUTER_METERING_HEALTH_INTERVAL_S", 1.0)
     # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
@@ -87,6 +92,9 @@ class MeteringSettings:
         if self.auth == "required" and not service:
             raise SettingsError("XROUTER_METERING_AUTH=required needs XROUTER_METERING_SERVICE_KEY_SHA256 "
                                 "(the SHA-256 of the key the router sends) or the router cannot write the ledger")
+        if self.budgets not in BUDGET_MODES:
+            raise SettingsError(f"XROUTER_METERING_BUDGETS must be one of {', '.join(BUDGET_MODES)}, "
+                                f"got {self.budgets!r}")
         if self.spool_max_entries <= 0:
             raise SettingsError(
                 f"XROUTER_METERING_SPOOL_MAX_ENTRIES must be positive, got {self.spool_max_entries}")

@@ -3,6 +3,8 @@ Each call carries the remaining deadline, and a failed call comes back as a doma
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -108,6 +110,22 @@ class MeteringClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "metering") from None
 
+    async def _write(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
+        """Record, Settle and RecordScore are idempotent, and the calls they account were already
+        paid for: while metering is unreachable (restarting, a reply lost with its connection) they
+        wait for it and are sent again until ``timeout``, instead of leaving made calls unbilled."""
+        give_up = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                return await method(request, timeout=max(0.001, give_up - time.monotonic()),
+                                    metadata=self._metadata, wait_for_ready=True)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= give_up:
+                    raise from_rpc_error(error, "metering") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
                         models: Sequence[str] = ()) -> Admission:
         """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
@@ -120,7 +138,7 @@ class MeteringClient:
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None:
-        await self._call(self._stub.Record, metering_pb2.RecordRequest(
+        await self._write(self._stub.Record, metering_pb2.RecordRequest(
             request_id=request_id, call_index=call.index, tenant=tenant, model=call.model,
             input_tokens=call.input_tokens, output_tokens=call.output_tokens,
             cost_micro_usd=call.cost_micro_usd, latency_ms=call.latency_ms,
@@ -137,7 +155,7 @@ class MeteringClient:
         explored = None if exploration is None else metering_pb2.Exploration(
             epsilon=exploration.epsilon, first_call_probability=exploration.first_call_probability,
             explored=exploration.explored)
-        await self._call(self._stub.Settle, metering_pb2.SettleRequest(
+        await self._write(self._stub.Settle, metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
@@ -169,7 +187,7 @@ class MeteringClient:
     async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                            timeout: float) -> None:
         """Attach the verifier's score and the reward to the request (training export)."""
-        await self._call(self._stub.RecordScore, metering_pb2.RecordScoreRequest(
+        await self._write(self._stub.RecordScore, metering_pb2.RecordScoreRequest(
             request_id=request_id, tenant=tenant, score=score, reward=reward), timeout)
 
 

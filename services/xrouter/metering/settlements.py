@@ -1,0 +1,60 @@
+"""Settling requests, one or many per transaction (group commit): release their reservations and
+store (or overwrite) their summaries with one UPDATE and one multi-row upsert."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from xrouter.metering.schema import RequestSummary, Reservation
+
+if TYPE_CHECKING:
+    from xrouter.metering.ledger import Settlement
+
+_INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# Never overwritten by a settlement: the score (RecordScore may come first) and the stored
+# response, which a settlement without one keeps (see the upsert below).
+_KEPT = ("request_id", "score", "reward", "scored_at", "response_json")
+
+
+def values_of(summary: Settlement, at: dt.datetime) -> dict[str, Any]:
+    """The summary row a settlement writes (``response_json`` None: keep the stored one)."""
+    return dict(
+        request_id=summary.request_id, tenant=summary.tenant, strategy=summary.strategy, outcome=summary.outcome,
+        total_cost_micro_usd=summary.total_cost_micro_usd, calls=summary.calls, settled_at=at,
+        policy_version=summary.policy_version, trace_id=summary.trace_id, cost_lambda=summary.cost_lambda,
+        dataset=summary.dataset, prompt_id=summary.prompt_id, returned_call_index=summary.returned_call_index,
+        exploration_epsilon=summary.exploration_epsilon, first_call_probability=summary.first_call_probability,
+        first_call_explored=summary.first_call_explored,
+        messages_json=json.dumps([{"role": r, "content": c} for r, c in summary.messages])
+        if summary.messages else None,
+        response_json=summary.response_json or None)
+
+
+def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> None:
+    """Settle in order: a later settlement of the same request in the batch wins, as it would in
+    its own transaction, and a stored response survives a settlement that carries none."""
+    merged: dict[str, dict[str, Any]] = {}
+    for summary, at in zip(summaries, times, strict=True):
+        values = values_of(summary, at)
+        earlier = merged.get(summary.request_id)
+        if earlier is not None and values["response_json"] is None:
+            values["response_json"] = earlier["response_json"]
+        merged[summary.request_id] = values
+    if not merged:
+        return
+    ids = sorted(merged)  # one lock order for every writer
+    session.execute(sa.update(Reservation).where(Reservation.request_id.in_(ids)).values(released=True))
+    table = RequestSummary.__table__
+    connection = session.connection()
+    # One multi-row statement (not an executemany): a single round trip for the whole batch.
+    statement = _INSERT[connection.dialect.name](table).values([merged[request_id] for request_id in ids])
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in _KEPT}
+    updates["response_json"] = sa.func.coalesce(statement.excluded.response_json, table.c.response_json)
+    connection.execute(statement.on_conflict_do_update(index_elements=["request_id"], set_=updates))
