@@ -60,8 +60,9 @@ def reply_from_response(spec: ModelSpec, messages: Sequence[tuple[str, str]], re
     finish = _first(outputs["finish_reason"]) if "finish_reason" in outputs else "stop"
     if "input_tokens" in outputs and "output_tokens" in outputs:
         return BackendReply(text, int(_first(outputs["input_tokens"])), int(_first(outputs["output_tokens"])),
-                            False, finish)
-    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish)
+                            False, finish, model=response.model_name or "")
+    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish,
+                        model=response.model_name or "")
 
 
 def _first(output: Any) -> Any:
