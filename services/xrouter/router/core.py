@@ -97,13 +97,8 @@ class RouterCore:
         self.catalog = {option.id: option for option in catalog}
         self.policy = policy
         self.limits = limits
-        self._tracer = tracer or trace.get_tracer("xrouter.router")
+        self.tracer = tracer or trace.get_tracer("xrouter.router")  # public: the HTTP face's server spans too
         self._rng = random.Random()  # exploration's draws (shared by the per-request wrappers)
-
-    @property
-    def tracer(self) -> Tracer:
-        """The router's tracer (the HTTP face opens its server spans with it)."""
-        return self._tracer
 
     @property
     def meter(self) -> Meter:
@@ -121,7 +116,7 @@ class RouterCore:
         explorer = self._explorer(policy, tenant, request)
         request_id = request.request_id or uuid.uuid4().hex
         print_ = replay.fingerprint(request)
-        with self._tracer.start_as_current_span("xrouter.route") as span:
+        with self.tracer.start_as_current_span("xrouter.route") as span:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
                                  "xrouter.policy": f"{policy.kind}@{policy.version}",
                                  "xrouter.cost_lambda": state.cost_lambda})
@@ -140,7 +135,7 @@ class RouterCore:
             in_flight: dict[int, CallOutcome] = {}
             try:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
-                episode = await run_episode(_Traced(explorer or policy, self._tracer), state, invoke, on_event,
+                episode = await run_episode(_Traced(explorer or policy, self.tracer), state, invoke, on_event,
                                             stream)
                 total = sum(c.cost_micro_usd for c in state.calls)
                 span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
@@ -293,7 +288,7 @@ class RouterCore:
             # The router's view of one tool call (which model, which turn, what it cost). The GenAI
             # span of the model call itself is the adapters', where the call happens; repeating its
             # attributes here would count every call twice in GenAI dashboards.
-            with self._tracer.start_as_current_span("xrouter.call") as span:
+            with self.tracer.start_as_current_span("xrouter.call") as span:
                 span.set_attributes({"xrouter.model": call.model, "xrouter.call_index": index, "xrouter.turn": turn})
                 limit = self.catalog[call.model].max_output_tokens if call.model in self.catalog else 0
                 try:
