@@ -115,7 +115,7 @@ async def traced_post(stack, receiver, body: dict[str, Any]):  # type: ignore[no
             f"{stack.http_url}/v1/chat/completions", json=body,
             headers={"Authorization": f"Bearer {stack.admin_key}",
                      "traceparent": f"00-{trace_id}-{parent_id}-01"}) as response:
-        reply = response.status, await response.json()
+        reply = response.status, (await response.text() if body.get("stream") else await response.json())
     stack.force_flush()
     return reply, trace_id, parent_id, receiver[0].spans[before:]
 
@@ -219,3 +219,23 @@ async def test_a_client_error_is_not_a_failed_server_span(stack, receiver) -> No
     server = next(s for _, s in exported if s.kind == SERVER and s.trace_id.hex() == trace_id)
     assert attributes(server)["http.response.status_code"] == 400 and "error.type" not in attributes(server)
     assert server.status.code != trace_pb2.Status.STATUS_CODE_ERROR
+
+
+async def test_a_streamed_call_is_traced_the_same_way(stack, receiver) -> None:  # type: ignore[no-untyped-def]
+    (status, text), trace_id, _, exported = await traced_post(stack, receiver, {
+        "model": CHEAP_A, "stream": True, "messages": [{"role": "user", "content": "count to three"}]})
+    assert status == 200 and text.rstrip().endswith("data: [DONE]"), text
+    assert {span.trace_id.hex() for _, span in exported} == {trace_id}
+    by_id = {span.span_id: span for _, span in exported}
+    chat = next(s for _, s in exported if s.name == f"chat {CHEAP_A}")
+    parents, span = [], chat
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        parents.append(span.name)
+    stream = "/xrouter.adapters.v1.AdapterService/InvokeStream"
+    assert parents == [stream, stream, "xrouter.call", "xrouter.route", "POST /v1/chat/completions"]
+    found = attributes(chat)
+    # Streamed, the usage and the model come from the stream's own events.
+    assert found["gen_ai.response.model"] == "served-a" and found["gen_ai.response.finish_reasons"] == ["stop"]
+    assert found["gen_ai.usage.output_tokens"] == 4  # "echo: count to three", counted in words by the backend
+    assert any(s.name == "POST" and s.parent_span_id == chat.span_id for _, s in exported)
