@@ -14,12 +14,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import httpx
 from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-__all__ = ["client_trace_config", "server_middleware"]
+__all__ = ["TracedTransport", "client_trace_config", "server_middleware"]
 
 # Probes would otherwise open one trace each, every few seconds, per replica.
 _UNTRACED_PATHS = frozenset({"/healthz"})
@@ -118,3 +119,34 @@ def client_trace_config(tracer: Callable[[], Tracer]) -> aiohttp.TraceConfig:
     config.on_request_end.append(end)
     config.on_request_exception.append(failed)
     return config
+
+
+class TracedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport doing for httpx clients (the kserve SDK's REST client) what
+    :func:`client_trace_config` does for aiohttp sessions: a CLIENT span per request, ``traceparent``
+    sent on."""
+
+    def __init__(self, tracer: Callable[[], Tracer], inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._tracer, self._inner = tracer, inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        with self._tracer().start_as_current_span(request.method, kind=SpanKind.CLIENT, attributes={
+                "http.request.method": request.method, "url.full": str(url.copy_with(query=None, userinfo=b"")),
+                "server.address": url.host, "server.port": url.port or (443 if url.scheme == "https" else 80)},
+                record_exception=False, set_status_on_exception=False) as span:
+            inject(request.headers)
+            try:
+                response = await self._inner.handle_async_request(request)
+            except BaseException as error:
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+                raise
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 400:
+                span.set_attribute("error.type", str(response.status_code))
+                span.set_status(Status(StatusCode.ERROR))
+            return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
