@@ -114,6 +114,9 @@ class AdapterCore:
             failed = self._failed(spec, error, attempts, started)
             finish_call_span(span, failed_call(failed), error=error)
             raise failed from None
+        except BaseException as error:  # a bug: the interceptor reports it; the span must still end
+            finish_call_span(span, None, error=error)
+            raise
         invocation = self._succeeded(spec, reply, attempts, started)
         finish_call_span(span, invocation, reply.model)
         return invocation
@@ -178,6 +181,10 @@ class AdapterCore:
             failed = self._failed(spec, error, attempts, started)
             finish_call_span(span, failed_call(failed), error=error)
             raise failed from None
+        except BaseException as error:  # a bug: the interceptor reports it; the span must still end
+            producer.cancel()
+            finish_call_span(span, None, error=error)
+            raise
         invocation = self._succeeded(spec, item, attempts, started)
         finish_call_span(span, invocation, item.model)
         yield invocation
