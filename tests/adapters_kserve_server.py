@@ -36,6 +36,8 @@ class TextModel(kserve.Model):
         if self.name == "broken":
             raise RuntimeError("the model fell over")  # unhandled: REST 500, gRPC INTERNAL
         await asyncio.sleep(self.delay_s)
+        if headers and headers.get("traceparent"):  # the test reads the trace context that reached us from the log
+            print(f"{self.name} received traceparent={headers['traceparent']}", flush=True)
         raw = payload.inputs[0].data[0]  # str over REST (JSON), bytes over gRPC
         chat = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
         prompt = next(m["content"] for m in reversed(chat) if m["role"] == "user")

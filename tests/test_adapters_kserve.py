@@ -186,3 +186,26 @@ async def test_an_option_the_protocol_cannot_carry_is_refused_not_dropped(core: 
         await core.invoke("kserve-echo", ASK, options=options, timeout=10)
     assert raised.value.field == options.used()[0] and "(kserve backend) cannot honour" in raised.value.message
     assert failed_call(raised.value) is None
+
+
+async def test_each_request_is_a_span_under_the_model_call_and_its_context_reaches_the_server(
+        core: AdapterCore, model_server: ModelServerProcess) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    core.trace_with(provider)
+    await core.invoke("kserve-echo", ASK, max_tokens=8, timeout=10)
+    chat, = [s for s in spans.get_finished_spans() if s.name == "chat kserve-echo"]
+    request, = [s for s in spans.get_finished_spans() if s.parent is not None and s.parent.span_id == chat.context.span_id]
+    assert request.name in ("POST", "/inference.GRPCInferenceService/ModelInfer")  # REST or gRPC
+    assert chat.attributes["gen_ai.provider.name"] == "kserve" and chat.attributes["gen_ai.response.model"] == "echo"
+    assert chat.attributes["gen_ai.request.max_tokens"] == 8 and chat.attributes["gen_ai.usage.output_tokens"] == 4
+    sent = f"00-{format(request.context.trace_id, '032x')}-{format(request.context.span_id, '016x')}-"  # any flags
+    deadline = time.monotonic() + 5
+    while f"echo received traceparent={sent}" not in log_tail(model_server.log) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server's log is written by another process
+    assert f"echo received traceparent={sent}" in model_server.log.read_text(errors="replace")

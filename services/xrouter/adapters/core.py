@@ -10,10 +10,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
+
 from xrouter.adapters import metrics
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import Attempts, BackendError, ModelGuard
+from xrouter.adapters.tracing import finish_call_span, in_span, start_call_span
 from xrouter.common.call_options import CallOptions, check_options
 from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, XRouterError
 
@@ -77,6 +82,16 @@ class AdapterCore:
         # Looked up once: a runtime Protocol check per call costs more than the rest of the call.
         self._streaming = {key for key, backend in self._backends.items() if callable(getattr(backend, "stream", None))}
         self._on_call = on_call
+        self._tracer: Tracer = trace.get_tracer("xrouter.adapters")
+
+    def trace_with(self, provider: TracerProvider) -> None:
+        """Make the model-call spans (and the backends' HTTP client spans) with ``provider``'s tracer:
+        the service's provider exists only once the server frame has built it."""
+        self._tracer = provider.get_tracer("xrouter.adapters")
+        for backend in self._backends.values():
+            hand_over = getattr(backend, "trace_with", None)
+            if hand_over is not None:
+                hand_over(provider)
 
     def options(self, spec: ModelSpec) -> frozenset[str]:
         """The generation options ``spec``'s backend honours (see :class:`Backend`)."""
@@ -90,12 +105,21 @@ class AdapterCore:
         backend = self._backends[backend_key(spec)]
         extra = {"options": options} if options != CallOptions() else {}
         attempts, started = Attempts(), time.perf_counter()
+        span = start_call_span(self._tracer, spec, temperature, max_tokens)
         try:
-            reply = await self.guards[model].run(
-                lambda: backend.invoke(spec, messages, temperature, max_tokens, **extra), deadline, attempts)
+            with in_span(span):  # the backend's own spans (HTTP attempts) become its children
+                reply = await self.guards[model].run(
+                    lambda: backend.invoke(spec, messages, temperature, max_tokens, **extra), deadline, attempts)
         except (XRouterError, asyncio.CancelledError) as error:
-            raise self._failed(spec, error, attempts, started) from None
-        return self._succeeded(spec, reply, attempts, started)
+            failed = self._failed(spec, error, attempts, started)
+            finish_call_span(span, failed_call(failed), error=error)
+            raise failed from None
+        except BaseException as error:  # a bug: the interceptor reports it; the span must still end
+            finish_call_span(span, None, error=error)
+            raise
+        invocation = self._succeeded(spec, reply, attempts, started)
+        finish_call_span(span, invocation, reply.model)
+        return invocation
 
     async def invoke_stream(self, model: str, messages: Messages, temperature: float = 0.0,
                             max_tokens: int = 0, timeout: float | None = None,
@@ -131,7 +155,9 @@ class AdapterCore:
                     queue.put_nowait(reply.text)
                 queue.put_nowait(reply)
 
-        producer = asyncio.create_task(produce())
+        span = start_call_span(self._tracer, spec, temperature, max_tokens)
+        with in_span(span):  # the task copies the context: the backend's spans become the span's children
+            producer = asyncio.create_task(produce())
         streamed: list[str] = []
         try:
             while True:
@@ -149,10 +175,19 @@ class AdapterCore:
                 attempts.input_tokens = sum(estimate_tokens(content) for _, content in messages)
                 attempts.output_tokens, attempts.tokens_estimated = estimate_tokens("".join(streamed)), True
             if isinstance(error, GeneratorExit):  # the consumer stopped reading: account, then close
-                self._failed(spec, asyncio.CancelledError(), attempts, started)
+                cancelled = asyncio.CancelledError()
+                finish_call_span(span, failed_call(self._failed(spec, cancelled, attempts, started)), error=cancelled)
                 raise
-            raise self._failed(spec, error, attempts, started) from None
-        yield self._succeeded(spec, item, attempts, started)
+            failed = self._failed(spec, error, attempts, started)
+            finish_call_span(span, failed_call(failed), error=error)
+            raise failed from None
+        except BaseException as error:  # a bug: the interceptor reports it; the span must still end
+            producer.cancel()
+            finish_call_span(span, None, error=error)
+            raise
+        invocation = self._succeeded(spec, item, attempts, started)
+        finish_call_span(span, invocation, item.model)
+        yield invocation
 
     def _prepare(self, model: str, messages: Messages, temperature: float, max_tokens: int,
                  timeout: float | None, options: CallOptions) -> tuple[ModelSpec, float]:

@@ -140,6 +140,7 @@ def main() -> None:
         sys.exit(f"xrouter-adapters: {error}")
 
     async def build(provider):  # type: ignore[no-untyped-def]
+        core.trace_with(provider)  # model-call and backend HTTP spans under the service's provider
         return register(core), core.aclose
 
     asyncio.run(grpc_server.run_service("adapters", build, host=config.host, port=config.port,

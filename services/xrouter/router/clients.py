@@ -53,12 +53,18 @@ class AdaptersClient:
                             options: CallOptions = CallOptions()) -> AsyncIterator[str | ModelReply]:
         request = _invoke_request(model, messages, temperature, max_tokens, request_id, call_index, options)
         call = self._stub.InvokeStream(request, timeout=timeout)
+        done = None
         try:
             async for chunk in call:
                 if chunk.HasField("done"):
-                    yield _reply(chunk.done)
-                    return
+                    # Read on to the stream's end (it follows at once): the traced call's client span
+                    # ends only there, and would otherwise end whenever the iterator is collected.
+                    done = _reply(chunk.done)
+                    continue
                 yield chunk.delta
+            if done is not None:
+                yield done
+                return
         except grpc.aio.AioRpcError as error:
             raise _failure(error) from None
         finally:

@@ -97,7 +97,7 @@ class RouterCore:
         self.catalog = {option.id: option for option in catalog}
         self.policy = policy
         self.limits = limits
-        self._tracer = tracer or trace.get_tracer("xrouter.router")
+        self.tracer = tracer or trace.get_tracer("xrouter.router")  # public: the HTTP face's server spans too
         self._rng = random.Random()  # exploration's draws (shared by the per-request wrappers)
 
     @property
@@ -116,7 +116,7 @@ class RouterCore:
         explorer = self._explorer(policy, tenant, request)
         request_id = request.request_id or uuid.uuid4().hex
         print_ = replay.fingerprint(request)
-        with self._tracer.start_as_current_span("xrouter.route") as span:
+        with self.tracer.start_as_current_span("xrouter.route") as span:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
                                  "xrouter.policy": f"{policy.kind}@{policy.version}",
                                  "xrouter.cost_lambda": state.cost_lambda})
@@ -135,7 +135,7 @@ class RouterCore:
             in_flight: dict[int, CallOutcome] = {}
             try:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
-                episode = await run_episode(_Traced(explorer or policy, self._tracer), state, invoke, on_event,
+                episode = await run_episode(_Traced(explorer or policy, self.tracer), state, invoke, on_event,
                                             stream)
                 total = sum(c.cost_micro_usd for c in state.calls)
                 span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
@@ -285,9 +285,11 @@ class RouterCore:
             started = time.perf_counter()
             received: list[str] = []  # streamed text, to account a call cut off by a cancel
             in_flight[index] = outcome
-            with self._tracer.start_as_current_span(f"chat {call.model}", kind=trace.SpanKind.CLIENT) as span:
-                span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.request.model": call.model,
-                                     "gen_ai.request.temperature": call.temperature, "xrouter.call_index": index})
+            # The router's view of one tool call (which model, which turn, what it cost). The GenAI
+            # span of the model call itself is the adapters', where the call happens; repeating its
+            # attributes here would count every call twice in GenAI dashboards.
+            with self.tracer.start_as_current_span("xrouter.call") as span:
+                span.set_attributes({"xrouter.model": call.model, "xrouter.call_index": index, "xrouter.turn": turn})
                 limit = self.catalog[call.model].max_output_tokens if call.model in self.catalog else 0
                 try:
                     timeout = min(_left(deadline), self.limits.call_timeout_s)
@@ -319,11 +321,8 @@ class RouterCore:
                     outcome.tool_calls = reply.tool_calls
                     outcome.input_tokens, outcome.output_tokens = reply.input_tokens, reply.output_tokens
                     outcome.tokens_estimated, outcome.cost_micro_usd = reply.tokens_estimated, reply.cost_micro_usd
-                    span.set_attributes({"gen_ai.response.model": call.model,
-                                         "gen_ai.usage.input_tokens": reply.input_tokens,
-                                         "gen_ai.usage.output_tokens": reply.output_tokens,
-                                         "gen_ai.response.finish_reasons": [reply.finish_reason],
-                                         "xrouter.cost_usd": reply.cost_micro_usd / 1e6})
+                span.set_attributes({"xrouter.call_status": outcome.status.name,
+                                     "xrouter.cost_usd": outcome.cost_micro_usd / 1e6})
             del in_flight[index]
             metrics.MODEL_CALLS.labels(call.model, outcome.status.name).inc()
             wall = time.perf_counter() - started

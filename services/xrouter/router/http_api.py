@@ -17,11 +17,10 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-from opentelemetry import context as otel_context
-from opentelemetry.propagate import extract
 
 from xrouter.adapters.catalog import micro_to_usd
 from xrouter.common.errors import ResourceExhausted, XRouterError
+from xrouter.common.http_tracing import server_middleware
 from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.episode import AnswerDelta, Event
@@ -98,15 +97,7 @@ class ChatCompletions:
         return await self._auth.caller(key_from_authorization(request.headers.get("Authorization")))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        # Continue the caller's W3C trace (traceparent header), as the gRPC face does.
-        # Header names are case-insensitive: hand the propagator lower-cased keys.
-        token = otel_context.attach(extract({k.lower(): v for k, v in request.headers.items()}))
-        try:
-            return await self._completions(request)
-        finally:
-            otel_context.detach(token)
-
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        # The caller's W3C trace (traceparent) is continued by the server span's middleware.
         try:  # before the body is even read: strangers get nothing parsed
             caller = await self._caller(request)
         except XRouterError as error:
@@ -301,7 +292,9 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 
 def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     handlers = ChatCompletions(core, auth)
-    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[_json_errors])
+    # The server span outermost: it records the status the client gets once _json_errors has mapped it.
+    app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[server_middleware(core.tracer),
+                                                                        _json_errors])
     app.router.add_post("/v1/chat/completions", handlers.completions)
     app.router.add_get("/v1/models", handlers.models)
     app.router.add_post("/v1/feedback", handlers.feedback)

@@ -16,6 +16,7 @@ class BackendReply:
     finish_reason: str
     cost_micro_usd: int | None = None
     tool_calls: str = ""  # JSON array of OpenAI tool calls; "" when the model made none
+    model: str = ""  # the model the backend says answered (its reply's own name); "" when it says none
 
 
 def estimate_tokens(text: str) -> int:

@@ -22,12 +22,17 @@ import grpc
 import httpx
 from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig
 from kserve.errors import InvalidInput
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.backends.openai_http import http_error
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import BackendError
 from xrouter.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, XRouterError
+from xrouter.common.http_tracing import TracedTransport
 
 __all__ = ["KServeBackend", "chat_request", "reply_from_response"]
 
@@ -60,13 +65,17 @@ def reply_from_response(spec: ModelSpec, messages: Sequence[tuple[str, str]], re
     finish = _first(outputs["finish_reason"]) if "finish_reason" in outputs else "stop"
     if "input_tokens" in outputs and "output_tokens" in outputs:
         return BackendReply(text, int(_first(outputs["input_tokens"])), int(_first(outputs["output_tokens"])),
-                            False, finish)
-    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish)
+                            False, finish, model=response.model_name or "")
+    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish,
+                        model=response.model_name or "")
 
 
 def _first(output: Any) -> Any:
     value = output.data[0] if output.data is not None else output.as_numpy().reshape(-1)[0]
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"  # named as the gRPC instrumentation names RPCs
 
 
 class KServeBackend:
@@ -75,6 +84,11 @@ class KServeBackend:
     def __init__(self) -> None:
         self._rest: InferenceRESTClient | None = None
         self._grpc: dict[str, InferenceGRPCClient] = {}
+        self._tracer: Tracer = trace.get_tracer("xrouter.adapters.kserve")
+
+    def trace_with(self, provider: TracerProvider) -> None:
+        """Each OIP request becomes a CLIENT span of ``provider`` carrying ``traceparent`` to the model server."""
+        self._tracer = provider.get_tracer("xrouter.adapters.kserve")
 
     async def invoke(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
                      max_tokens: int) -> BackendReply:
@@ -90,7 +104,8 @@ class KServeBackend:
 
     async def _infer_rest(self, spec: ModelSpec, request: InferRequest) -> InferResponse:
         if self._rest is None:
-            self._rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=None))
+            self._rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=None,
+                                                        transport=TracedTransport(lambda: self._tracer)))
         try:
             response = await self._rest.infer(spec.endpoint, request, model_name=spec.served_name)
         except httpx.HTTPStatusError as error:
@@ -110,10 +125,19 @@ class KServeBackend:
         if client is None:
             client = self._grpc[target] = InferenceGRPCClient(
                 target, channel_args=[("grpc.enable_retries", 0)], timeout=None, retries=0)
-        try:
-            return await client.infer(request)
-        except grpc.aio.AioRpcError as error:
-            raise _grpc_error(spec, error) from None
+        # The SDK's gRPC channel is not instrumented: the span and the traceparent metadata are made here.
+        with self._tracer.start_as_current_span(_MODEL_INFER, kind=SpanKind.CLIENT, attributes={
+                "rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService", "rpc.method": "ModelInfer"},
+                record_exception=False, set_status_on_exception=False) as span:
+            metadata: dict[str, str] = {}
+            inject(metadata)
+            try:
+                return await client.infer(request, headers=list(metadata.items()))
+            except grpc.aio.AioRpcError as error:
+                span.set_attribute("rpc.grpc.status_code", error.code().value[0])
+                span.set_attribute("error.type", error.code().name)
+                span.set_status(Status(StatusCode.ERROR, error.code().name))
+                raise _grpc_error(spec, error) from None
 
     async def aclose(self) -> None:
         if self._rest is not None:

@@ -17,11 +17,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from xrouter.adapters.backends import BackendReply, estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import BackendError
 from xrouter.common.call_options import SAMPLING, STRUCTURED, CallOptions
+from xrouter.common.http_tracing import client_trace_config
 from xrouter.common.errors import (
     InvalidArgument,
     NotFound,
@@ -49,6 +53,11 @@ class OpenAIBackend:
         # A silent backend is caught by the call's deadline; this optional idle limit catches one earlier.
         self._read_timeout_s = read_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._tracer: Tracer = trace.get_tracer("xrouter.adapters.openai")
+
+    def trace_with(self, provider: TracerProvider) -> None:
+        """Each HTTP request becomes a CLIENT span of ``provider`` carrying ``traceparent`` to the backend."""
+        self._tracer = provider.get_tracer("xrouter.adapters.openai")
 
     @classmethod
     def from_environment(cls, specs: Sequence[ModelSpec], environ: Mapping[str, str] | None = None) -> OpenAIBackend:
@@ -67,7 +76,7 @@ class OpenAIBackend:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_read=self._read_timeout_s),
-                connector=aiohttp.TCPConnector(limit=0))
+                connector=aiohttp.TCPConnector(limit=0), trace_configs=[client_trace_config(lambda: self._tracer)])
         return self._session
 
     async def aclose(self) -> None:
@@ -106,7 +115,7 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise BackendError(Unavailable(f"model {spec.id!r}: reply has no choices[0].message: "
                                            f"{raw[:200]!r}")) from None
-        return _reply(spec, messages, text, finish, document.get("usage"), tool_calls)
+        return _reply(spec, messages, text, finish, document.get("usage"), tool_calls, document.get("model"))
 
     async def stream(self, spec: ModelSpec, messages: Sequence[tuple[str, str]], temperature: float,
                      max_tokens: int, options: CallOptions = CallOptions()) -> AsyncIterator[str | BackendReply]:
@@ -118,7 +127,7 @@ class OpenAIBackend:
         url, body, headers = self._request(spec, messages, temperature, max_tokens, True, options)
         parts: list[str] = []
         tools: dict[int, dict[str, Any]] = {}
-        finish, usage, done = "", None, False
+        finish, usage, done, served = "", None, False, None
         async with _connect(spec, self._client().post(url, json=body, headers=headers)) as response:
             if response.status >= 400:
                 raise http_error(spec, response.status, await _read(spec, response), response.headers)
@@ -131,6 +140,7 @@ class OpenAIBackend:
                     if "error" in event:
                         raise _error_from_body(spec, 200, event, {}, partial=parts, messages=messages)
                     usage = event.get("usage") or usage
+                    served = event.get("model") or served
                     for choice in event.get("choices") or ():
                         delta = (choice.get("delta") or {}).get("content")
                         if delta:
@@ -142,7 +152,8 @@ class OpenAIBackend:
                 raise _truncated(spec, messages, parts, f"{type(error).__name__}: {error}") from None
         if not done:
             raise _truncated(spec, messages, parts, "the connection closed before data: [DONE]")
-        yield _reply(spec, messages, "".join(parts), finish or "stop", usage, [tools[n] for n in sorted(tools)])
+        yield _reply(spec, messages, "".join(parts), finish or "stop", usage, [tools[n] for n in sorted(tools)],
+                     served)
 
 
 def _option_fields(options: CallOptions) -> dict[str, Any]:
@@ -246,13 +257,15 @@ def _truncated(spec: ModelSpec, messages: Sequence[tuple[str, str]], parts: list
 
 
 def _reply(spec: ModelSpec, messages: Sequence[tuple[str, str]], text: str, finish: str,
-           usage: Any, tool_calls: Any = ()) -> BackendReply:
+           usage: Any, tool_calls: Any = (), served: Any = None) -> BackendReply:
     calls = json.dumps(tool_calls) if tool_calls else ""
+    model = served if isinstance(served, str) else ""  # the reply's "model": what actually answered
     if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
             and isinstance(usage.get("completion_tokens"), int):
-        return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish, tool_calls=calls)
+        return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish, tool_calls=calls,
+                            model=model)
     return BackendReply(text, sum(estimate_tokens(content) for _, content in messages),
-                        estimate_tokens(text + calls), True, finish, tool_calls=calls)
+                        estimate_tokens(text + calls), True, finish, tool_calls=calls, model=model)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
