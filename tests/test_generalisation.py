@@ -176,7 +176,11 @@ def test_a_larger_lambda_never_raises_the_mean_cost(source: str) -> None:
     costs = _mean_costs(policy, env, prompts, lambdas)
     for (low, cheap), (high, dear) in zip(zip(lambdas, costs), zip(lambdas[1:], costs[1:])):
         assert dear <= cheap * (1 + 1e-9), f"{source}: mean cost rose from ${cheap:.6f} at λ={low:g} to ${dear:.6f} at λ={high:g}"
-    assert costs[-1] < costs[0]  # and λ does something
+    # And λ does something, unless the policy already pays the cheapest model's price at λ = 0 (on
+    # RouterArena the cheapest model, gemini-2.0-flash, is also the most accurate: no cost axis).
+    cheapest = min(np.mean([env.costs[p.prompt_id][m] for p in prompts if m in env.costs[p.prompt_id]])
+                   for m in env.options if any(m in env.costs[p.prompt_id] for p in prompts))
+    assert costs[-1] < costs[0] or costs[0] <= cheapest * 1.001, (source, costs, cheapest)
 
 
 def test_dataclass_replace_keeps_sources(tmp_path) -> None:  # type: ignore[no-untyped-def]
