@@ -74,8 +74,12 @@ def trainer(env: ReplayEnvironment, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 async def test_grpo_steps_on_the_tiny_model_change_every_parameter(trainer: LMTrainer) -> None:
+    batched = trainer.backend.batched_samples
     groups = await trainer.rollout(trainer.train_prompts[:2])
     assert [len(g) for g in groups] == [2, 2]
+    # the group's episodes played concurrently: each has its own transcript, their first turns one decode
+    assert all(g[0].transcript is not g[1].transcript for g in groups)
+    assert trainer.backend.batched_samples - batched >= 4
     # A random model earns 0 on real prompts (no tool calls, truncated replies), so no group would
     # carry a signal; the rewards are set here to exercise the update on its real rollouts.
     groups = [[dataclasses.replace(r, reward=float(i % 2)) for i, r in enumerate(g)] for g in groups]

@@ -105,6 +105,9 @@ class TrainConfig:
     max_new_tokens: int = 256
     rollout_temperature: float = 1.0
     lm_micro_batch: int = 4  # also the episodes per optimizer step of the supervised warm start
+    # A GRPO group's episodes play concurrently and their shared first-turn context is sampled in one
+    # batched decode (generation.py); off: one episode after another (the before of the speed bench).
+    lm_batch_group: bool = True
     # Supervised warm start of the LM policy before GRPO (lm_sft.py). A teacher — "" (off), a
     # baseline or checkpoint as the router names them (cascade, cheapest, fixed:<model>, a
     # directory), or "knn" / "oracle" from evaluation — plays sft_episodes train episodes with

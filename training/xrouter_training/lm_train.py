@@ -29,7 +29,7 @@ from xrouter.router.lm import checkpoint
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.lm.transcript import Transcript
-from xrouter.router.policy import Strategy
+from xrouter.router.policy import Action, EpisodeState, Strategy
 from xrouter_training import distributed, grpo, lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
@@ -60,6 +60,20 @@ def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript) -> R
     return Rollout(episode, transcript, reward, failure)
 
 
+class EpisodeTranscript:
+    """The LM policy as one episode sees it, keeping that episode's transcript (the policy itself
+    serves every concurrent episode)."""
+
+    def __init__(self, policy: LMPolicy) -> None:
+        self.policy, self.transcript = policy, None
+        self.kind, self.min_turns = policy.kind, policy.min_turns
+
+    async def decide(self, state: EpisodeState) -> Action:
+        action = await self.policy.decide(state)
+        self.transcript = self.policy.transcript_of(state)
+        return action
+
+
 class LMTrainer:
     """GRPO for the LM policy; ``env`` replaces the environment the config names (tests)."""
 
@@ -84,26 +98,31 @@ class LMTrainer:
         limit = config.limit_prompts or None
         self.train_prompts = self.env.split("train")[:limit]
         self.validation = self.env.split("validation")[:limit]
-        self.backend = TransformersBackend(self.model, self.tokenizer)
+        self.backend = TransformersBackend(self.model, self.tokenizer, batch_same_context=config.lm_batch_group)
         self.policy = LMPolicy(self.tokenizer, self.backend,
                                temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     async def play(self, prompt: Prompt, pool: list[str], cost_lambda: float) -> Rollout:
-        """One episode with the current policy settings; one that did not end properly scores 0."""
-        self.policy.recorder = []
-        episode = await self.env.play(self.policy, prompt, pool, cost_lambda, self.config.max_turns)
-        (transcript,) = self.policy.recorder
-        self.policy.recorder = None
-        return judge(self.env, episode, transcript)
+        """One episode with the current policy settings; one that did not end properly scores 0.
+        Several may play at once (a group): each keeps its own transcript."""
+        recorded = EpisodeTranscript(self.policy)
+        episode = await self.env.play(recorded, prompt, pool, cost_lambda, self.config.max_turns)
+        if recorded.transcript is None:
+            raise RuntimeError("the episode ended without asking the router LM for a decision")
+        return judge(self.env, episode, recorded.transcript)
 
     async def rollout(self, prompts: list[Prompt], rng: random.Random | None = None) -> list[list[Rollout]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
         groups, rng = [], rng or self.rng
         for prompt in prompts:
             pool, lam = sample_pool(self.env, prompt, self.config, rng), sample_lambda(self.config, rng)
-            groups.append([await self.play(prompt, pool, lam) for _ in range(self.config.group_size)])
+            plays = [self.play(prompt, pool, lam) for _ in range(self.config.group_size)]
+            if self.config.lm_batch_group:  # concurrently: their first turns share one batched decode
+                groups.append(list(await asyncio.gather(*plays)))
+            else:
+                groups.append([await play for play in plays])
         return groups
 
     def update(self, groups: list[list[Rollout]]) -> dict[str, float]:
