@@ -172,7 +172,7 @@ def main() -> None:
         return register(core, store, auth), close
 
     try:
-        asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
+        grpc_server.run("router", lambda: grpc_server.run_service("router", build, host=config.host, port=config.port,
                                             grace=config.grace_s, metrics_port=config.metrics_port,
                                             # The public port: callers prove who they are with API keys.
                                             tls=config.tls(), require_client_cert=False,
