@@ -245,7 +245,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="training/configs/lm-smollm2-grpo.yaml")
+    parser.add_argument("--config", default="training/configs/lm-smollm2-grpo-gpu.yaml")
     parser.add_argument("--out", required=True)
     parser.add_argument("--lm-model", dest="lm_model")
     parser.add_argument("--steps", type=int)

@@ -108,6 +108,9 @@ class TrainConfig:
     # A GRPO group's episodes play concurrently and their shared first-turn context is sampled in one
     # batched decode (generation.py); off: one episode after another (the before of the speed bench).
     lm_batch_group: bool = True
+    # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
+    # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
+    lm_eval_prompts: int = 0
     # Supervised warm start of the LM policy before GRPO (lm_sft.py). A teacher — "" (off), a
     # baseline or checkpoint as the router names them (cascade, cheapest, fixed:<model>, a
     # directory), or "knn" / "oracle" from evaluation — plays sft_episodes train episodes with

@@ -34,6 +34,7 @@ from xrouter_training import distributed, grpo, lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.lm_models import load_base_model
+from xrouter_training.plot_training import plot_training_curves
 from xrouter_training.train import sample_lambda, sample_pool
 
 
@@ -143,20 +144,29 @@ class LMTrainer:
         if not total:
             return stats
         self.model.eval()  # no dropout: the ratio compares the same function before and after
-        old, entropy_sum = [], 0.0
-        with torch.no_grad():
-            for batch in batches:
-                log_probs, entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature, True)
-                old.append(log_probs)
-                assert entropy is not None
-                entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
-        entropy_sum = distributed.total(entropy_sum, self.processes)
+        # One pass (on-policy): the "old" log-probs are this very forward's, detached — the ratio is
+        # exactly 1 and the pass before the update that several epochs need (a quarter of the step's
+        # compute on CPU) is skipped.
+        single_pass = config.update_epochs == 1
+        old: list[torch.Tensor | None] = [None] * len(batches)
+        entropy_sum = 0.0
+        if not single_pass:
+            with torch.no_grad():
+                for i, batch in enumerate(batches):
+                    old[i], entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature, True)
+                    assert entropy is not None
+                    entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
         loss_value = 0.0
         for _ in range(config.update_epochs):
             self.optimizer.zero_grad()
             loss_value = 0.0
             for batch, old_log_probs in zip(batches, old, strict=True):
-                log_probs, _ = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature)
+                log_probs, entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature,
+                                                             single_pass)
+                if old_log_probs is None:
+                    assert entropy is not None
+                    old_log_probs = log_probs.detach()
+                    entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
                 loss = lm_grpo.token_loss(log_probs, old_log_probs, batch.advantages, lm_grpo.kept_mask(batch),
                                           config.clip_low, config.clip_high, total)
                 loss.backward()
@@ -167,7 +177,8 @@ class LMTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.backend.clear_caches()  # cached contexts hold keys/values of the old weights
-        stats.update(loss=loss_value, entropy=entropy_sum / total, tokens=float(total))
+        stats.update(loss=loss_value, entropy=distributed.total(entropy_sum, self.processes) / total,
+                     tokens=float(total))
         return stats
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
@@ -195,6 +206,12 @@ class LMTrainer:
                 sft = await warm.run(self.train_prompts, self.validation[:config.sft_probe_prompts], self.rng, self.out)
             distributed.broadcast_weights(self.model, processes)
             self.backend.clear_caches()  # contexts cached before the warm start hold the old weights
+        eval_prompts = self.validation[:config.lm_eval_prompts or None]
+        after_sft = None
+        if config.sft_teacher and config.steps and processes.leader:  # the start GRPO is measured against
+            print(f"evaluating the warm start on {len(eval_prompts)} validation prompts...", flush=True)
+            after_sft = await self.evaluate(eval_prompts)
+            print_evaluation(after_sft)
         # One shared order of prompts (the same shuffle on every rank); each rank takes its own slice.
         order, cursor = list(self.train_prompts), len(self.train_prompts)
         per_step = config.prompts_per_step * processes.size
@@ -220,6 +237,7 @@ class LMTrainer:
                     continue
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                plot_training_curves(self.out / "metrics.jsonl", self.out / "metrics.png")  # a run cut short has it too
                 print(f"step {step:>4}/{config.steps}  reward {row['reward']:.3f}  acc {row['accuracy']:.3f}  "
                       f"cost ${row['cost_usd']:.5f}  calls {row['calls_per_query']:.2f}  "
                       f"format errors {row['format_error_rate']:.2f}  entropy {row['entropy']:.3f}  "
@@ -231,10 +249,8 @@ class LMTrainer:
         if not processes.leader:
             return self.out / "checkpoint"
         print("evaluating on the validation split...", flush=True)
-        evaluation = await self.evaluate(self.validation)
-        for row in evaluation:
-            print(f"  λ={row['lambda']:<6g} accuracy {row['accuracy']:.3f}  cost ${row['cost_usd']:.6f}  "
-                  f"calls {row['calls_per_query']:.2f}  format errors {row['format_error_rate']:.2f}")
+        evaluation = await self.evaluate(eval_prompts)
+        print_evaluation(evaluation)
         version = f"{time.strftime('%Y%m%d%H%M%S')}-lm-s{config.seed}"
         self.model.to("cpu")  # saved weights load anywhere
         checkpoint.save(self.out / "checkpoint", self.model, self.tokenizer, {
@@ -244,11 +260,20 @@ class LMTrainer:
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "generation": {"max_new_tokens": config.max_new_tokens,
                            "max_response_chars": self.policy.max_response_chars},
-            "config": dataclasses.asdict(config), "sft": sft, "eval": {"split": "validation", "lambdas": evaluation},
+            "config": dataclasses.asdict(config), "sft": sft,
+            "eval": {"split": "validation", "prompts": len(eval_prompts), "lambdas": evaluation,
+                     "after_warm_start": after_sft},
             "train_seconds": time.perf_counter() - started})
         self.model.to(self.device)
         print(f"checkpoint {version} written to {self.out / 'checkpoint'} ({time.perf_counter() - started:.0f}s)")
         return self.out / "checkpoint"
+
+
+def print_evaluation(rows: list[dict[str, float]]) -> None:
+    for row in rows:
+        print(f"  λ={row['lambda']:<6g} reward {row['reward']:.3f}  accuracy {row['accuracy']:.3f}  "
+              f"cost ${row['cost_usd']:.6f}  calls {row['calls_per_query']:.2f}  "
+              f"format errors {row['format_error_rate']:.2f}", flush=True)
 
 
 def outcome(rollout: Rollout) -> dict[str, float]:
