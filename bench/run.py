@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench.memory_kernel",
     "bench.traffic_learning",
     "bench.streaming_ttft",
+    "bench.token_counting",
 )
 
 
