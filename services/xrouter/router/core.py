@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xrouter.adapters.backends import estimate_tokens
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.common import bounds, metrics
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
