@@ -2,6 +2,9 @@
 honoured or refused with a 400 naming it, never dropped (a caller that set ``n: 3`` or a
 ``logit_bias`` and got one plain answer back would believe it had what it asked for).
 
+The body is a pydantic model (:class:`ChatBody`, strict: JSON ``true`` is not ``1``, ``"2"`` is not
+2); unknown fields are refused by ``extra="forbid"``, and common/validation.py names the field.
+
 ``model`` picks the routing: ``xrouter`` (the default λ), ``xrouter:<λ>``, ``xrouter-<preset>`` (a
 named λ, :data:`PRESETS`), or a catalog model id (that model is called directly, through the router,
 with metering: the router acts as a gateway). Router controls ride in an optional ``xrouter`` object.
@@ -13,35 +16,30 @@ import dataclasses
 import json
 import math
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from xrouter.common.bounds import shown
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import InvalidArgument, NotFound
+from xrouter.common.validation import first_problem
 from xrouter.router.core import RouteRequest
 from xrouter.router.ports import ScoringReference
 
-__all__ = ["MODEL", "PRESETS", "ChatRequest", "Unsupported", "parse_chat_request"]
+__all__ = ["MODEL", "PRESETS", "ChatBody", "ChatRequest", "Unsupported", "parse_chat_request"]
 
 MODEL = "xrouter"
 # Named cost preferences (λ, reward per dollar), from the bundled policy's evaluation in the README:
 # λ=1 keeps its best accuracy, λ=100 gives up a little of it for a twelfth of the cost, λ=1000
 # answers from the cheapest models that still get most questions right.
 PRESETS = {"quality": 1.0, "balanced": 100.0, "cheap": 1000.0}
-CONTROLS = frozenset({"allowed_models", "max_cost_usd", "max_turns", "policy", "tenant", "reference", "request_id"})
-# Fields an SDK may send at their default value; any other value is refused (not honoured).
-_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "n": (1,), "logprobs": (False,), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0),
-    "logit_bias": ({},), "parallel_tool_calls": (True,), "store": (False,), "metadata": ({},),
-    "service_tier": ("auto", "default"), "modalities": (["text"],)}
+# Why an unknown field is refused, where there is more to say than "leave it out".
 _WHY = {
     "n": "one answer per request (send n requests)", "store": "xrouter stores no completions",
     "metadata": "it tags stored completions, and xrouter stores none",
     "functions": "use tools", "function_call": "use tool_choice"}
-_HONOURED = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                       "temperature", "top_p", "stop", "seed", "user", "tools", "tool_choice", "response_format",
-                       "xrouter", *_DEFAULTS})
-_MESSAGE_KEYS = frozenset({"role", "content"})
 
 
 class Unsupported(InvalidArgument):
@@ -60,111 +58,150 @@ class ChatRequest:
     model: str  # as the caller wrote it (echoed in responses)
 
 
-def _typed(value: Any, kind: type | tuple[type, ...], field: str, what: str) -> Any:
-    # bool is an int in Python; JSON true is never a number here.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise InvalidArgument(field, f"must be {what}, got {shown(value)}")
-    if not isinstance(value, kind):
-        raise InvalidArgument(field, f"must be {what}, got {shown(value)}")
-    return value
-
-
-def _number(value: Any, field: str) -> float:
-    """A JSON number as a float; an integer too large for one (1e400 written out) is refused, not a 500."""
-    _typed(value, (int, float), field, "a number")
-    try:
-        return float(value)
-    except OverflowError:
-        raise InvalidArgument(field, f"{len(str(value))}-digit integer is out of range") from None
-
-
-def _reference(value: Any) -> ScoringReference | None:
-    if value is None:
-        return None
-    _typed(value, dict, "xrouter.reference", "an object")
-    fields = {"task_type", "gold", "dataset", "prompt_id"}
-    if not set(value) <= fields or not isinstance(value.get("task_type"), str):
-        raise InvalidArgument("xrouter.reference", f"needs a string task_type and keys among {sorted(fields)}")
-    return ScoringReference(**{k: _typed(v, str, f"xrouter.reference.{k}", "a string") for k, v in value.items()})
-
-
 def _is_default(value: Any, defaults: tuple[Any, ...]) -> bool:
     # JSON true is not the number 1, nor false 0: compare bools by identity.
     return any(value is d if isinstance(value, bool) or isinstance(d, bool) else value == d for d in defaults)
 
 
-def _refuse_unhonoured(body: dict[str, Any]) -> None:
-    for field, value in body.items():
-        if field not in _HONOURED:
-            raise Unsupported(field, _WHY.get(field, "is not supported by xrouter; leave it out"))
-        if field in _DEFAULTS and value is not None and not _is_default(value, _DEFAULTS[field]):
-            raise Unsupported(field, f"only {shown(_DEFAULTS[field][0])} is supported: "
-                              f"{_WHY.get(field, 'xrouter does not honour other values')}")
-
-
-def _content(value: Any, field: str) -> str:
-    """A message's text: a string, or a list of text parts (joined, as OpenAI reads them)."""
-    if isinstance(value, str):
+def _only(*defaults: Any, why: str = "xrouter does not honour other values") -> AfterValidator:
+    """A field an SDK may send at its default value (or null); any other value is refused, not honoured."""
+    def check(value: Any) -> Any:
+        if value is not None and not _is_default(value, defaults):
+            raise PydanticCustomError("unsupported", "only {default} is supported: {why}",
+                                      {"default": shown(defaults[0]), "why": why})
         return value
-    if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
+    return AfterValidator(check)
+
+
+def _text(value: Any) -> Any:
+    """A message's content as text: a list of text parts is joined, as OpenAI reads it."""
+    if isinstance(value, list) and value and all(isinstance(part, dict) for part in value):
         for part in value:
             if part.get("type") != "text" or not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
-                raise Unsupported(field, f"only text parts are supported, got {shown(part)}")
+                raise PydanticCustomError("unsupported", "only text parts are supported, got {part}",
+                                          {"part": shown(part)})
         return "".join(part["text"] for part in value)
-    raise InvalidArgument(field, "must be a string or a list of text parts")
+    if not isinstance(value, str):
+        raise PydanticCustomError("content", "must be a string or a list of text parts")
+    return value
 
 
-def _messages(value: Any) -> list[tuple[str, str]]:
-    messages = _typed(value, list, "messages", "a list of {role, content} objects")
-    parsed = []
-    for number, message in enumerate(messages):
-        field = f"messages[{number}]"
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidArgument(field, "must be an object with a string role and content")
-        extra = sorted(set(message) - _MESSAGE_KEYS)
-        if extra:  # names, earlier tool calls and tool results are not carried to the models yet
-            raise Unsupported(f"{field}.{extra[0]}", "is not supported (messages carry role and content only)")
-        role = "system" if message["role"] == "developer" else message["role"]  # OpenAI's newer name for it
-        parsed.append((role, _content(message.get("content"), f"{field}.content")))
-    return parsed
+def _listed(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value  # OpenAI's stop: one string or a list of them
 
 
-def _json_option(body: dict[str, Any], field: str) -> str:
-    value = body.get(field)
+class _Strict(BaseModel):
+    # strict: a JSON string is not a number, true is not 1; forbid: no field is dropped unread.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Message(_Strict):
+    """One chat message; names, earlier tool calls and tool results are not carried to the models yet."""
+
+    role: str
+    content: Annotated[str, BeforeValidator(_text)]
+
+
+class Reference(_Strict):
+    """``xrouter.reference``: what the answer is scored against online (reward/core.py checks the rest)."""
+
+    task_type: str
+    gold: str = ""
+    dataset: str = ""
+    prompt_id: str = ""
+
+
+class Controls(_Strict):
+    """The ``xrouter`` object: the router's own controls."""
+
+    allowed_models: list[str] | None = None
+    max_cost_usd: float | None = None
+    max_turns: int | None = None
+    policy: str | None = None
+    tenant: str | None = None
+    reference: Reference | None = None
+    request_id: str | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatBody(_Strict):
+    """The chat-completions body; a field that is not here is refused (see :func:`_refused`)."""
+
+    model: str
+    messages: list[Message]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: Annotated[list[str] | None, BeforeValidator(_listed)] = None
+    seed: int | None = None
+    user: str | None = None
+    tools: Any = None  # passed to the model as JSON: its backend is the judge of its shape
+    tool_choice: Any = None
+    response_format: Any = None
+    xrouter: Controls | None = None
+    n: Annotated[Any, _only(1, why=_WHY["n"])] = None
+    logprobs: Annotated[Any, _only(False)] = None
+    presence_penalty: Annotated[Any, _only(0, 0.0)] = None
+    frequency_penalty: Annotated[Any, _only(0, 0.0)] = None
+    logit_bias: Annotated[Any, _only({})] = None
+    parallel_tool_calls: Annotated[Any, _only(True)] = None
+    store: Annotated[Any, _only(False, why=_WHY["store"])] = None
+    metadata: Annotated[Any, _only({}, why=_WHY["metadata"])] = None
+    service_tier: Annotated[Any, _only("auto", "default")] = None
+    modalities: Annotated[Any, _only(["text"])] = None
+
+
+def _refused(error: ValidationError) -> InvalidArgument:
+    """The body's first problem as the 400 to send: ``unsupported_parameter`` for a field xrouter does
+    not honour (an unknown field, a value other than the default), ``invalid_value`` for a bad value."""
+    problem = first_problem(error)
+    loc, field = problem.loc, problem.field
+    if problem.kind == "extra_forbidden":
+        if loc[0] == "xrouter" and len(loc) == 2:
+            return InvalidArgument("xrouter", f"unknown key {shown(loc[1])}; known: {sorted(Controls.model_fields)}")
+        if loc[:2] == ("xrouter", "reference"):
+            return InvalidArgument("xrouter.reference", f"unknown key {shown(loc[2])}; known: "
+                                   f"{sorted(Reference.model_fields)}")
+        if len(loc) == 1:
+            return Unsupported(field, _WHY.get(field, "is not supported by xrouter; leave it out"))
+        if loc[0] == "messages":
+            return Unsupported(field, "is not supported (messages carry role and content only)")
+        return Unsupported(field, "is not supported (only include_usage is)")
+    if problem.kind == "missing" and loc[:2] == ("xrouter", "reference"):
+        return InvalidArgument("xrouter.reference", f"needs a string {loc[2]}")
+    if problem.kind == "unsupported":
+        return Unsupported(field, problem.message)
+    return InvalidArgument(field or "body", problem.message)
+
+
+def _json_option(value: Any, field: str) -> str:
     if field == "response_format" and value == {"type": "text"}:
         return ""  # plain text is what every answer is: nothing to ask of the model (and any policy may serve it)
     return "" if value is None else json.dumps(value)
 
 
-def _options(body: dict[str, Any]) -> CallOptions:
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    stop = _typed(stop or [], list, "stop", "a string or a list of strings")
-    seed = body.get("seed")
-    top_p = body.get("top_p")
+def _options(body: ChatBody) -> CallOptions:
     return CallOptions(
-        top_p=None if top_p is None else _number(top_p, "top_p"),
-        stop=tuple(_typed(s, str, "stop", "a string or a list of strings") for s in stop),
-        seed=None if seed is None else _typed(seed, int, "seed", "an integer"),
-        user=_typed(body.get("user") or "", str, "user", "a string"),
-        tools=_json_option(body, "tools"), tool_choice=_json_option(body, "tool_choice"),
-        response_format=_json_option(body, "response_format"))
+        top_p=body.top_p, stop=tuple(body.stop or ()), seed=body.seed, user=body.user or "",
+        tools=_json_option(body.tools, "tools"), tool_choice=_json_option(body.tool_choice, "tool_choice"),
+        response_format=_json_option(body.response_format, "response_format"))
 
 
-def _max_tokens(body: dict[str, Any]) -> int:
-    given = {f: body[f] for f in ("max_completion_tokens", "max_tokens") if body.get(f) is not None}
-    for field, value in given.items():
-        _typed(value, int, field, "an integer")
-    if len(set(given.values())) > 1:
+def _max_tokens(body: ChatBody) -> int:
+    given = {v for v in (body.max_completion_tokens, body.max_tokens) if v is not None}
+    if len(given) > 1:
         raise InvalidArgument("max_tokens", "max_tokens and max_completion_tokens differ; send one of them")
-    return next(iter(given.values()), 0)
+    return next(iter(given), 0)
 
 
-def _model(model: Any, catalog: Collection[str]) -> tuple[float | None, str]:
+def _model(model: str, catalog: Collection[str]) -> tuple[float | None, str]:
     """``model`` → (λ or None for the default, the catalog model to call directly or "")."""
-    if not isinstance(model, str):
-        raise InvalidArgument("model", f"must be a string, got {shown(model)}")
     if model == MODEL:
         return None, ""
     if model.startswith(MODEL + "-") and model.removeprefix(MODEL + "-") in PRESETS:
@@ -185,39 +222,31 @@ def _model(model: Any, catalog: Collection[str]) -> tuple[float | None, str]:
     raise error
 
 
-def parse_chat_request(body: Any, tenant_header: str, catalog: Collection[str] = ()) -> ChatRequest:
+def parse_chat_request(raw: Any, tenant_header: str, catalog: Collection[str] = ()) -> ChatRequest:
     """An OpenAI chat body → the route request; strict about types, refuses what it does not honour."""
-    _typed(body, dict, "body", "a JSON object")
-    cost_lambda, direct = _model(body.get("model"), catalog)
-    _refuse_unhonoured(body)
-    controls = _typed(body.get("xrouter") or {}, dict, "xrouter", "an object")
-    if not set(controls) <= CONTROLS:
-        raise InvalidArgument("xrouter", f"unknown keys {sorted(set(controls) - CONTROLS)}; known: {sorted(CONTROLS)}")
-    allowed = _typed(controls.get("allowed_models") or [], list, "xrouter.allowed_models", "a list of model ids")
-    policy = _typed(controls.get("policy") or "", str, "xrouter.policy", "a string")
-    if direct and (policy or allowed):
-        raise InvalidArgument("xrouter.policy" if policy else "xrouter.allowed_models",
+    if not isinstance(raw, dict):
+        raise InvalidArgument("body", f"must be a JSON object, got {shown(raw)}")
+    try:
+        body = ChatBody.model_validate(raw)
+    except ValidationError as error:
+        raise _refused(error) from None
+    cost_lambda, direct = _model(body.model, catalog)
+    controls = body.xrouter or Controls()
+    if direct and (controls.policy or controls.allowed_models):
+        raise InvalidArgument("xrouter.policy" if controls.policy else "xrouter.allowed_models",
                               f"model {direct!r} is called directly; routing controls apply to model {MODEL!r}")
-    max_cost = controls.get("max_cost_usd")
-    temperature = body.get("temperature")
+    reference = controls.reference
     request = RouteRequest(
-        messages=_messages(body.get("messages")), cost_lambda=cost_lambda, max_tokens=_max_tokens(body),
-        allowed_models=[direct] if direct else [_typed(m, str, "xrouter.allowed_models", "a list of model ids")
-                                                for m in allowed],
-        max_cost_usd=None if max_cost is None else _number(max_cost, "xrouter.max_cost_usd"),
-        max_turns=_typed(controls.get("max_turns") or 0, int, "xrouter.max_turns", "an integer"),
-        tenant=_typed(controls.get("tenant") or tenant_header, str, "xrouter.tenant", "a string"),
-        policy=f"fixed:{direct}" if direct else policy,
-        reference=_reference(controls.get("reference")),
-        request_id=_typed(controls.get("request_id") or "", str, "xrouter.request_id", "a string"),
-        temperature=None if temperature is None else _number(temperature, "temperature"),
-        options=_options(body))
-    stream = _typed(False if body.get("stream") is None else body["stream"], bool, "stream", "true or false")
-    options = _typed(body.get("stream_options") or {}, dict, "stream_options", "an object")
-    if set(options) - {"include_usage"}:
-        raise Unsupported(f"stream_options.{sorted(set(options) - {'include_usage'})[0]}",
-                          "is not supported (only include_usage is)")
-    if options and not stream:
+        # "developer" is OpenAI's newer name for the system role.
+        messages=[("system" if m.role == "developer" else m.role, m.content) for m in body.messages],
+        cost_lambda=cost_lambda, max_tokens=_max_tokens(body),
+        allowed_models=[direct] if direct else list(controls.allowed_models or ()),
+        max_cost_usd=controls.max_cost_usd, max_turns=controls.max_turns or 0,
+        tenant=controls.tenant or tenant_header, policy=f"fixed:{direct}" if direct else controls.policy or "",
+        reference=None if reference is None else ScoringReference(**reference.model_dump()),
+        request_id=controls.request_id or "", temperature=body.temperature, options=_options(body))
+    stream = bool(body.stream)
+    options = body.stream_options
+    if options is not None and options.model_fields_set and not stream:
         raise InvalidArgument("stream_options", "is only allowed when stream is true")
-    include_usage = _typed(options.get("include_usage", False), bool, "stream_options.include_usage", "true or false")
-    return ChatRequest(request, stream, include_usage, body["model"])
+    return ChatRequest(request, stream, options is not None and options.include_usage, body.model)
