@@ -137,14 +137,15 @@ def test_catalog_checks_the_new_backends_fields() -> None:
         ({"backend": "kserve", "protocol": "soap"}, "model 'm'.protocol: 'soap' is not one of"),
         ({"backend": "local"}, "model 'm'.weights_package: a local model needs"),
         ({"credentials_env": "sk-live-123"}, "model 'm'.credentials_env: must be an environment variable name"),
-        ({"resilience": {"retries": 3}}, "model 'm'.resilience.retries: unknown setting"),
-        ({"resilience": {"timeout_s": 0}}, "model 'm'.resilience.timeout_s: must be a positive number"),
-        ({"resilience": {"max_attempts": 1.5}}, "model 'm'.resilience.max_attempts: must be a positive integer"),
+        ({"resilience": {"retries": 3}}, "model 'm'.resilience.retries: is not a known field"),
+        ({"resilience": {"timeout_s": 0}}, "model 'm'.resilience.timeout_s: must be > 0, got 0"),
+        ({"resilience": {"max_attempts": 1.5}}, "model 'm'.resilience.max_attempts: must be an integer, got 1.5"),
+        ({"resilience": {"max_queue": -1}}, "model 'm'.resilience.max_queue: must be >= 0, got -1"),
     ]:
         with pytest.raises(CatalogError, match=message.replace("(", r"\(").replace(".", r"\.")):
             parse_catalog({"models": [{**base, **change}]})
     spec = parse_catalog({"models": [{**base, "resilience": {"timeout_s": 2, "max_queue": 0}}]})["m"]
-    assert spec.policy.timeout_s == 2.0 and spec.policy.max_queue == 0 and spec.policy.max_attempts == 3
+    assert spec.resilience.timeout_s == 2.0 and spec.resilience.max_queue == 0 and spec.resilience.max_attempts == 3
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:

@@ -3,6 +3,7 @@ costs are exact."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -53,14 +54,19 @@ ENTRY = {"id": "m", "backend": "replay", "dataset": "d", "input_usd_per_mtok": "
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"backend": "carrier-pigeon"}, "model 'm'.backend: 'carrier-pigeon' is not supported"),
-    ({"input_usd_per_mtok": "-1"}, "model 'm'.input_usd_per_mtok: must be a finite price >= 0"),
-    ({"output_usd_per_mtok": "cheap"}, "model 'm'.output_usd_per_mtok: not a number"),
-    ({"context_tokens": 0}, "model 'm'.context_tokens: must be a positive integer"),
+    ({"input_usd_per_mtok": "-1"}, "model 'm'.input_usd_per_mtok: must be >= 0, got '-1'"),
+    ({"input_usd_per_mtok": "Infinity"}, "model 'm'.input_usd_per_mtok: must be a finite number"),
+    ({"output_usd_per_mtok": "cheap"}, "model 'm'.output_usd_per_mtok: must be a number, got 'cheap'"),
+    ({"context_tokens": 0}, "model 'm'.context_tokens: must be > 0, got 0"),
+    ({"context_tokens": 4096.5}, "model 'm'.context_tokens: must be an integer, got 4096.5"),
+    ({"tags": ["fast", 7]}, "model 'm'.tags[1]: must be a string, got 7"),
+    # A misspelt key would otherwise leave its field at the default without a word.
+    ({"max_ouput_tokens": 256}, "model 'm'.max_ouput_tokens: is not a known field"),
     ({"dataset": ""}, "model 'm'.dataset: a replay model needs"),
     ({"description": None}, "model 'm'.description: must be a string"),
 ])
 def test_catalog_errors_name_entry_and_field(change, message) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(CatalogError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(CatalogError, match=re.escape(message)):
         parse_catalog({"models": [{**ENTRY, **change}]})
 
 

@@ -3,50 +3,58 @@ price. Validated at start-up; every problem names the model entry and the field.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from xrouter.adapters.resilience import CallPolicy
 from xrouter.adapters.token_count import TokenizerError, load_tokenizer
+from xrouter.common.validation import field_path, first_problem
 
 # Backends this build can call; the catalog refuses any other kind instead of failing per call.
 #   replay: recorded outcomes · openai: OpenAI-compatible chat completions over HTTP (OpenAI, vLLM,
 #   KServe's OpenAI route) · kserve: Open Inference Protocol v2 (REST or gRPC) · local: a transformers
-#   model whose weights a Python package ships.
+#   model whose weights a Python package ships. (Tests and embedders may hand AdapterCore other
+#   backends with ModelSpecs built in code; only the catalog file is held to this list.)
 BACKENDS = frozenset({"replay", "openai", "kserve", "local"})
 KSERVE_PROTOCOLS = frozenset({"rest", "grpc"})
 MICRO = Decimal(1_000_000)
+# USD per one million tokens: a decimal written as a string ("0.4") or a YAML number, finite, >= 0.
+Price = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+Tokens = Annotated[StrictInt, Field(gt=0)]
 
 
 class CatalogError(ValueError):
     """The catalog file is unusable; the message names the entry and field to fix."""
 
 
-@dataclasses.dataclass(frozen=True)
+# extra="forbid": a misspelt key (``max_ouput_tokens``) is refused by name, not silently left at its default.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ModelSpec:
-    """One callable model. Prices are exact decimals in USD per one million tokens."""
+    """One callable model, and one entry of the catalog file (the YAML keys are these fields).
+    Prices are exact decimals in USD per one million tokens."""
 
-    id: str
-    backend: str
-    input_usd_per_mtok: Decimal
-    output_usd_per_mtok: Decimal
-    context_tokens: int
-    max_output_tokens: int
-    description: str
-    tags: tuple[str, ...] = ()
-    dataset: str = ""  # replay backend: which recorded outcome set answers
-    endpoint: str = ""
-    credentials_env: str = ""  # name of the variable holding the key, never the key itself
-    backend_model: str = ""  # the name the backend knows the model by (default: id)
-    protocol: str = ""  # kserve: "rest" or "grpc"
-    weights_package: str = ""  # local: the Python package that ships the weights
-    weights_file: str = ""  # local: the GGUF file inside that package
-    tokenizer: str = ""  # counts tokens a backend does not report (see token_count); "": estimated
-    policy: CallPolicy = CallPolicy()  # deadline, retries, breaker, concurrency
+    id: Annotated[StrictStr, Field(min_length=1)]
+    backend: StrictStr
+    input_usd_per_mtok: Price
+    output_usd_per_mtok: Price
+    context_tokens: Tokens
+    max_output_tokens: Tokens
+    description: StrictStr
+    tags: tuple[StrictStr, ...] = ()
+    dataset: StrictStr = ""  # replay backend: which recorded outcome set answers
+    endpoint: StrictStr = ""
+    credentials_env: StrictStr = ""  # name of the variable holding the key, never the key itself
+    backend_model: StrictStr = ""  # the name the backend knows the model by (default: id)
+    protocol: StrictStr = ""  # kserve: "rest" (the default) or "grpc"
+    weights_package: StrictStr = ""  # local: the Python package that ships the weights
+    weights_file: StrictStr = ""  # local: the GGUF file inside that package
+    tokenizer: StrictStr = ""  # counts tokens a backend does not report (see token_count); "": estimated
+    resilience: CallPolicy = CallPolicy()  # deadline, retries, breaker, concurrency
 
     @property
     def served_name(self) -> str:
@@ -68,71 +76,45 @@ def micro_to_usd(micro: int) -> float:
     return float(Decimal(micro) / MICRO)
 
 
-def _field(entry: dict[str, Any], where: str, name: str, kind: type, default: Any = None) -> Any:
-    if name not in entry:
-        if default is not None:
-            return default
-        raise CatalogError(f"{where}: missing field {name!r}")
-    value = entry[name]
-    if kind is Decimal:
-        try:
-            price = Decimal(str(value))
-        except InvalidOperation:
-            raise CatalogError(f"{where}.{name}: not a number: {value!r}") from None
-        if not price.is_finite() or price < 0:
-            raise CatalogError(f"{where}.{name}: must be a finite price >= 0, got {value!r}")
-        return price
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise CatalogError(f"{where}.{name}: must be a positive integer, got {value!r}")
-    if kind is str and not isinstance(value, str):
-        raise CatalogError(f"{where}.{name}: must be a string, got {value!r}")
-    return value
+_ENTRIES = TypeAdapter(list[ModelSpec])
+
+
+def _where(entries: list[Any], source: str, loc: tuple[int | str, ...]) -> str:
+    """``(2, "resilience", "timeout_s")`` → ``<source>: model 'gpt-4'.resilience.timeout_s``."""
+    entry = entries[int(loc[0])]
+    model_id = entry.get("id") if isinstance(entry, dict) else None
+    where = f"{source}: " + (f"model {model_id!r}" if isinstance(model_id, str) and model_id else f"models[{loc[0]}]")
+    return f"{where}.{field_path(loc[1:])}" if loc[1:] else where
 
 
 def parse_catalog(document: Any, source: str = "catalog") -> dict[str, ModelSpec]:
     """Validate a parsed catalog document; returns models by id in file order."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise CatalogError(f"{source}: expected a mapping with a 'models' list")
+    # A KServe model speaks REST unless its entry says otherwise.
+    entries = [{"protocol": "rest", **entry} if isinstance(entry, dict) and entry.get("backend") == "kserve"
+               else entry for entry in document["models"]]
+    try:
+        specs = _ENTRIES.validate_python(entries)
+    except ValidationError as error:
+        problem = first_problem(error)
+        raise CatalogError(f"{_where(entries, source, problem.loc)}: {problem.message}") from None
     models: dict[str, ModelSpec] = {}
-    for number, entry in enumerate(document["models"]):
-        where = f"{source}: models[{number}]"
-        if not isinstance(entry, dict):
-            raise CatalogError(f"{where}: expected a mapping, got {entry!r}")
-        model_id = _field(entry, where, "id", str)
-        where = f"{source}: model {model_id!r}"
-        if not model_id or model_id in models:
-            raise CatalogError(f"{where}: id must be non-empty and unique")
-        backend = _field(entry, where, "backend", str)
-        if backend not in BACKENDS:
-            raise CatalogError(f"{where}.backend: {backend!r} is not supported (supported: {sorted(BACKENDS)})")
-        tags = entry.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise CatalogError(f"{where}.tags: must be a list of strings")
-        spec = ModelSpec(
-            id=model_id, backend=backend,
-            input_usd_per_mtok=_field(entry, where, "input_usd_per_mtok", Decimal),
-            output_usd_per_mtok=_field(entry, where, "output_usd_per_mtok", Decimal),
-            context_tokens=_field(entry, where, "context_tokens", int),
-            max_output_tokens=_field(entry, where, "max_output_tokens", int),
-            description=_field(entry, where, "description", str),
-            tags=tuple(tags), dataset=_field(entry, where, "dataset", str, ""),
-            endpoint=_field(entry, where, "endpoint", str, ""),
-            credentials_env=_field(entry, where, "credentials_env", str, ""))
-        spec = dataclasses.replace(
-            spec, backend_model=_field(entry, where, "backend_model", str, ""),
-            protocol=_field(entry, where, "protocol", str, "rest" if backend == "kserve" else ""),
-            weights_package=_field(entry, where, "weights_package", str, ""),
-            weights_file=_field(entry, where, "weights_file", str, ""),
-            tokenizer=_field(entry, where, "tokenizer", str, ""),
-            policy=_policy(entry.get("resilience", {}), f"{where}.resilience"))
+    for spec in specs:
+        where = f"{source}: model {spec.id!r}"
+        if spec.id in models:
+            raise CatalogError(f"{where}: id must be unique")
         _check_backend_fields(spec, where)
-        models[model_id] = spec
+        models[spec.id] = spec
     if not models:
         raise CatalogError(f"{source}: the catalog lists no models")
     return models
 
 
 def _check_backend_fields(spec: ModelSpec, where: str) -> None:
+    """What one field's type cannot say: which fields each backend needs."""
+    if spec.backend not in BACKENDS:
+        raise CatalogError(f"{where}.backend: {spec.backend!r} is not supported (supported: {sorted(BACKENDS)})")
     if spec.backend == "replay" and not spec.dataset:
         raise CatalogError(f"{where}.dataset: a replay model needs the outcome set it replays")
     if spec.backend == "kserve" and spec.protocol not in KSERVE_PROTOCOLS:
@@ -154,27 +136,6 @@ def _check_backend_fields(spec: ModelSpec, where: str) -> None:
     if spec.credentials_env and not spec.credentials_env.replace("_", "").isalnum():
         raise CatalogError(f"{where}.credentials_env: must be an environment variable name, "
                            f"not the credential itself")
-
-
-def _policy(section: Any, where: str) -> CallPolicy:
-    """The ``resilience`` mapping: any CallPolicy field; integers where the default is one."""
-    if not isinstance(section, dict):
-        raise CatalogError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(CallPolicy))}")
-    defaults = CallPolicy()
-    values: dict[str, Any] = {}
-    for name, value in section.items():
-        default = getattr(defaults, str(name), None)
-        if default is None:
-            raise CatalogError(f"{where}.{name}: unknown setting (known: "
-                               f"{sorted(f.name for f in dataclasses.fields(CallPolicy))})")
-        number_types = (int,) if isinstance(default, int) else (int, float)
-        floor = 0 if name == "max_queue" else 1e-9  # a zero queue is allowed: refuse at once when busy
-        if isinstance(value, bool) or not isinstance(value, number_types) or value < floor:
-            kind = "integer" if isinstance(default, int) else "number"
-            raise CatalogError(f"{where}.{name}: must be a {'non-negative' if floor == 0 else 'positive'} "
-                               f"{kind}, got {value!r}")
-        values[name] = float(value) if isinstance(default, float) else value
-    return CallPolicy(**values)
 
 
 def load_catalog(path: pathlib.Path | str) -> dict[str, ModelSpec]:

@@ -18,7 +18,10 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
+
+import pydantic
+import pydantic.dataclasses
 
 from xrouter.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable, XRouterError
 
@@ -26,21 +29,26 @@ __all__ = ["BackendError", "BreakerState", "CallPolicy", "CircuitBreaker", "Conc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Seconds = Annotated[pydantic.StrictFloat, pydantic.Field(gt=0, allow_inf_nan=False)]
+_Count = Annotated[pydantic.StrictInt, pydantic.Field(gt=0)]
 
 
-@dataclasses.dataclass(frozen=True)
+# Validated on construction (pydantic): a catalog's ``resilience`` mapping becomes one, its keys
+# refused by name when unknown, integers where an integer is meant (no 1.5 attempts).
+@pydantic.dataclasses.dataclass(frozen=True, config=pydantic.ConfigDict(extra="forbid"))
 class CallPolicy:
     """How one model is called; every field can be set per model in the catalog's ``resilience``."""
 
-    timeout_s: float = 60.0  # the model's own deadline; the caller's may be shorter
-    max_attempts: int = 3  # first try included
-    backoff_base_s: float = 0.2  # full jitter: sleep uniform(0, min(max, base * 2**retry))
-    backoff_max_s: float = 5.0
-    max_concurrency: int = 16  # calls in flight on the backend
-    max_queue: int = 64  # calls waiting for a slot; one more is refused with RESOURCE_EXHAUSTED
-    breaker_failures: int = 5  # consecutive failed attempts that open the circuit
-    breaker_reset_s: float = 30.0  # how long it stays open before half-open probes
-    breaker_probes: int = 1  # calls let through while half-open
+    timeout_s: _Seconds = 60.0  # the model's own deadline; the caller's may be shorter
+    max_attempts: _Count = 3  # first try included
+    backoff_base_s: _Seconds = 0.2  # full jitter: sleep uniform(0, min(max, base * 2**retry))
+    backoff_max_s: _Seconds = 5.0
+    max_concurrency: _Count = 16  # calls in flight on the backend
+    # calls waiting for a slot; one more is refused with RESOURCE_EXHAUSTED (0: refuse at once when busy)
+    max_queue: Annotated[pydantic.StrictInt, pydantic.Field(ge=0)] = 64
+    breaker_failures: _Count = 5  # consecutive failed attempts that open the circuit
+    breaker_reset_s: _Seconds = 30.0  # how long it stays open before half-open probes
+    breaker_probes: _Count = 1  # calls let through while half-open
 
 
 class BackendError(Exception):
