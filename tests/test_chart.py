@@ -10,7 +10,6 @@ Helm these tests skip loudly, and fail under CI=true.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import functools
 import hashlib
 import json
@@ -20,12 +19,12 @@ import re
 import shutil
 import subprocess
 import sys
-import typing
 import warnings
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from xrouter.adapters.settings import AdapterSettings
 from xrouter.common import metrics, settings
@@ -125,7 +124,7 @@ def test_every_deployment_env_is_a_setting_and_every_required_setting_is_set(val
             else:
                 assert variable in otel_variables() | credentials, \
                     f"{name}: {variable} is neither a setting, an OTEL_* variable nor a catalog credential"
-        required = {f.metadata["env"] for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        required = {str(f.validation_alias) for f in cls.model_fields.values() if f.is_required()}
         assert required <= set(env), f"{name}: required settings not set: {sorted(required - set(env))}"
         assert env[f"XROUTER_{name.upper()}_HOST"] == "0.0.0.0"
 
@@ -194,14 +193,13 @@ def test_values_defaults_are_the_services_defaults() -> None:
     """A default in values.yaml that drifted from the code would silently override it."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for name, cls in SETTINGS.items():
-        fields = {f.metadata["env"]: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
+        fields = {field.validation_alias: (attribute, field) for attribute, field in cls.model_fields.items()}
         for key, value in values[name]["settings"].items():
             if value is None:
                 continue
-            field = fields[f"XROUTER_{name.upper()}_{_env_suffix(key)}"]
-            assert hints[field.name](value) == field.default, \
-                f"values.yaml {name}.settings.{key}={value!r} but {cls.__name__}.{field.name} defaults to {field.default!r}"
+            attribute, field = fields[f"XROUTER_{name.upper()}_{_env_suffix(key)}"]
+            assert TypeAdapter(field.annotation).validate_python(value) == field.default, \
+                f"values.yaml {name}.settings.{key}={value!r} but {cls.__name__}.{attribute} defaults to {field.default!r}"
 
 
 def test_a_typo_in_values_fails_naming_the_key() -> None:

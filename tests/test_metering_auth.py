@@ -209,13 +209,13 @@ BASE = {"XROUTER_METERING_DATABASE_URL": "sqlite:///x.db"}
 
 @pytest.mark.parametrize("changes, message", [
     ({"XROUTER_METERING_HOST": "0.0.0.0"}, "XROUTER_METERING_AUTH=off is allowed only on a loopback address"),
-    ({"XROUTER_METERING_AUTH": "maybe"}, "XROUTER_METERING_AUTH must be one of off, required"),
+    ({"XROUTER_METERING_AUTH": "maybe"}, "XROUTER_METERING_AUTH must be 'off' or 'required', got 'maybe'"),
     ({"XROUTER_METERING_AUTH": "required"}, "XROUTER_METERING_AUTH=required needs XROUTER_METERING_SERVICE_KEY_SHA256"),
     ({"XROUTER_METERING_AUTH": "required", "XROUTER_METERING_SERVICE_KEY_SHA256": "secret-in-clear"},
      "XROUTER_METERING_SERVICE_KEY_SHA256 must be comma-separated SHA-256 hex digests"),
     ({"XROUTER_METERING_ADMIN_KEY_SHA256": "ab" * 31}, "XROUTER_METERING_ADMIN_KEY_SHA256 must be"),
-    ({"XROUTER_METERING_SPOOL_MAX_ENTRIES": "0"}, "XROUTER_METERING_SPOOL_MAX_ENTRIES must be positive"),
-    ({"XROUTER_METERING_HEALTH_INTERVAL_S": "0"}, "XROUTER_METERING_HEALTH_INTERVAL_S must be positive"),
+    ({"XROUTER_METERING_SPOOL_MAX_ENTRIES": "0"}, "XROUTER_METERING_SPOOL_MAX_ENTRIES must be > 0, got '0'"),
+    ({"XROUTER_METERING_HEALTH_INTERVAL_S": "0"}, "XROUTER_METERING_HEALTH_INTERVAL_S must be > 0, got '0'"),
 ])
 def test_settings_refuse_unsafe_or_malformed_auth(changes: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message) as caught:

@@ -24,8 +24,8 @@ from xrouter.router.settings import RouterSettings
 TARGETS = {"XROUTER_ROUTER_ADAPTERS_TARGET": "127.0.0.1:1", "XROUTER_ROUTER_METERING_TARGET": "127.0.0.1:2"}
 
 
-@pytest.mark.parametrize("value, problem", [("0", "must be an integer >= 1, got 0"),
-                                            ("-3", "must be an integer >= 1, got -3"),
+@pytest.mark.parametrize("value, problem", [("0", "must be >= 1, got '0'"),
+                                            ("-3", "must be >= 1, got '-3'"),
                                             ("two", "must be an integer, got 'two'"),
                                             ("1.5", "must be an integer, got '1.5'")])
 def test_a_bad_process_count_is_refused_naming_the_variable(value: str, problem: str) -> None:

@@ -6,7 +6,6 @@ bound, and client-written tests refused unless the service is told to trust its 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import subprocess
@@ -215,8 +214,8 @@ def test_bounds_over_the_pod_stop_start_up() -> None:
                                             r"18880 MiB, is over the pod's 1024 MiB: 2 sandbox runs"):
         over.validate()
     # Fewer, smaller runs fit again.
-    dataclasses.replace(over, sandbox_processes=1, sandbox_memory_mb=64, sandbox_parallel=1,
-                        math_workers=1, math_memory_mb=256).validate()
+    RewardSettings(memory_limit_mb=1024, sandbox_processes=1, sandbox_memory_mb=64, sandbox_parallel=1,
+                   math_workers=1, math_memory_mb=256).validate()
 
 
 # --- client-written tests ----------------------------------------------------------------------

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 from xrouter.common.outcomes import DATA_DIR, ROUTERBENCH
-from xrouter.common.settings import SettingsError, env
+from xrouter.common.settings import Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 
 DEFAULT_CATALOG = DATA_DIR / "catalog.routerbench.yaml"
 
 
-@dataclasses.dataclass(frozen=True)
-class AdapterSettings:
+class AdapterSettings(Settings):
     host: str = env("XROUTER_ADAPTERS_HOST", "127.0.0.1")
-    port: int = env("XROUTER_ADAPTERS_PORT", 50052)
+    port: Port = env("XROUTER_ADAPTERS_PORT", 50052)
     catalog_path: str = env("XROUTER_ADAPTERS_CATALOG", str(DEFAULT_CATALOG),
                             help="the path of the model catalog YAML")
     # name=path pairs of outcome sets replay models may name; "routerbench" is bundled.
@@ -24,8 +22,8 @@ class AdapterSettings:
     # Empty: ~/.cache/xrouter (resolved at start-up, not import).
     model_cache_dir: str = env("XROUTER_ADAPTERS_MODEL_CACHE", "",
                                help="a writable folder for converted local model weights")
-    grace_s: float = env("XROUTER_ADAPTERS_GRACE_S", 5.0)
-    metrics_port: int = env("XROUTER_ADAPTERS_METRICS_PORT", 0)
+    grace_s: float = env("XROUTER_ADAPTERS_GRACE_S", 5.0, ge=0, allow_inf_nan=False)
+    metrics_port: Port = env("XROUTER_ADAPTERS_METRICS_PORT", 0)
     # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
     # are checked against. All empty: plaintext (the local default).
     tls_cert_file: str = env("XROUTER_ADAPTERS_TLS_CERT_FILE", "")
@@ -33,7 +31,7 @@ class AdapterSettings:
     tls_ca_file: str = env("XROUTER_ADAPTERS_TLS_CA_FILE", "")
     # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
     # speak TLS to the service port.
-    health_port: int = env("XROUTER_ADAPTERS_HEALTH_PORT", 0)
+    health_port: Port = env("XROUTER_ADAPTERS_HEALTH_PORT", 0)
 
     def datasets(self) -> dict[str, pathlib.Path]:
         pairs: dict[str, pathlib.Path] = {}

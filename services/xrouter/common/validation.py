@@ -67,7 +67,7 @@ def _message(error: ErrorDetails) -> str:
     elif kind == "value_error":  # a validator's ValueError: its own words
         return str(context.get("error", error["msg"]))
     elif kind == "literal_error":
-        phrase = f"must be one of {context.get('expected', '')}"
+        phrase = f"must be {context.get('expected', '')}"
     elif not error["msg"].startswith("Input should be"):  # a PydanticCustomError: written for the caller
         return error["msg"]
     else:

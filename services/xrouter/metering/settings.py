@@ -2,49 +2,46 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Literal
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from xrouter.common.settings import SettingsError, env
+from xrouter.common.settings import Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.metering.auth import parse_key_hashes
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
-AUTH_MODES = ("off", "required")
-BUDGET_MODES = ("memory", "database")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-@dataclasses.dataclass(frozen=True)
-class MeteringSettings:
+class MeteringSettings(Settings):
     """Where the metering service listens and which database holds its ledger."""
 
     database_url: str = env(
         "XROUTER_METERING_DATABASE_URL",
         help="a SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:///path")
-    host: str = env("XROUTER_METERING_HOST", "127.0.0.1")
-    port: int = env("XROUTER_METERING_PORT", 50053)
+    host: str = env("XROUTER_METERING_HOST", "127.0.0.1", min_length=1)
+    port: Port = env("XROUTER_METERING_PORT", 50053)
     # How long an Authorize reservation holds budget if its request never settles (a crashed router).
-    reservation_ttl_s: float = env("XROUTER_METERING_RESERVATION_TTL_S", 300.0)
-    grace_s: float = env("XROUTER_METERING_GRACE_S", 5.0)
-    metrics_port: int = env("XROUTER_METERING_METRICS_PORT", 0)
+    reservation_ttl_s: float = env("XROUTER_METERING_RESERVATION_TTL_S", 300.0, gt=0)
+    grace_s: float = env("XROUTER_METERING_GRACE_S", 5.0, ge=0, allow_inf_nan=False)
+    metrics_port: Port = env("XROUTER_METERING_METRICS_PORT", 0)
     # "required": every call carries an API key (see auth.py). "off" trusts every caller, and is
     # allowed only on a loopback address (the single-machine embedded default).
-    auth: str = env("XROUTER_METERING_AUTH", "off")
+    auth: Literal["off", "required"] = env("XROUTER_METERING_AUTH", "off")
     # SHA-256 hex digests (comma-separated, for rotation) of the router's and the admins' keys.
     service_key_sha256: str = env("XROUTER_METERING_SERVICE_KEY_SHA256", "")
     admin_key_sha256: str = env("XROUTER_METERING_ADMIN_KEY_SHA256", "")
     # Where Record/Settle go while the database is down; empty: they fail with UNAVAILABLE instead.
     spool_dir: str = env("XROUTER_METERING_SPOOL_DIR", "")
-    spool_max_entries: int = env("XROUTER_METERING_SPOOL_MAX_ENTRIES", 100_000)
+    spool_max_entries: int = env("XROUTER_METERING_SPOOL_MAX_ENTRIES", 100_000, gt=0)
     # "memory": Authorize checks budgets against running totals kept in memory (one metering
     # replica per ledger; see totals.py for the bound). "database": the serialised check in the
     # database, exact across any number of replicas.
-    budgets: str = env("XROUTER_METERING_BUDGETS", "memory")
+    budgets: Literal["memory", "database"] = env("XROUTER_METERING_BUDGETS", "memory")
     # How often the database is pinged (health, spool replay).
-    health_interval_s: float = env("XROUTER_METERING_HEALTH_INTERVAL_S", 1.0)
+    health_interval_s: float = env("XROUTER_METERING_HEALTH_INTERVAL_S", 1.0, gt=0)
     # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
     # are checked against. All empty: plaintext (the local default).
     tls_cert_file: str = env("XROUTER_METERING_TLS_CERT_FILE", "")
@@ -52,7 +49,7 @@ class MeteringSettings:
     tls_ca_file: str = env("XROUTER_METERING_TLS_CA_FILE", "")
     # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
     # speak TLS to the service port.
-    health_port: int = env("XROUTER_METERING_HEALTH_PORT", 0)
+    health_port: Port = env("XROUTER_METERING_HEALTH_PORT", 0)
 
     def tls(self) -> TlsFiles:
         """The TLS files of this service (all empty: plaintext)."""
@@ -71,19 +68,6 @@ class MeteringSettings:
         if backend not in SUPPORTED_BACKENDS:
             raise SettingsError(f"XROUTER_METERING_DATABASE_URL: backend {backend!r} is not supported "
                                 f"(use one of {', '.join(SUPPORTED_BACKENDS)})")
-        if not self.host:
-            raise SettingsError("XROUTER_METERING_HOST must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"XROUTER_METERING_PORT must be 0..65535, got {self.port}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise SettingsError(f"XROUTER_METERING_METRICS_PORT must be 0..65535, got {self.metrics_port}")
-        if not self.reservation_ttl_s > 0:
-            raise SettingsError(
-                f"XROUTER_METERING_RESERVATION_TTL_S must be positive, got {self.reservation_ttl_s}")
-        if not self.grace_s >= 0:
-            raise SettingsError(f"XROUTER_METERING_GRACE_S must not be negative, got {self.grace_s}")
-        if self.auth not in AUTH_MODES:
-            raise SettingsError(f"XROUTER_METERING_AUTH must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "off" and self.host not in LOOPBACK:
             raise SettingsError(
                 f"XROUTER_METERING_AUTH=off is allowed only on a loopback address, but XROUTER_METERING_HOST is "
@@ -92,15 +76,6 @@ class MeteringSettings:
         if self.auth == "required" and not service:
             raise SettingsError("XROUTER_METERING_AUTH=required needs XROUTER_METERING_SERVICE_KEY_SHA256 "
                                 "(the SHA-256 of the key the router sends) or the router cannot write the ledger")
-        if self.budgets not in BUDGET_MODES:
-            raise SettingsError(f"XROUTER_METERING_BUDGETS must be one of {', '.join(BUDGET_MODES)}, "
-                                f"got {self.budgets!r}")
-        if self.spool_max_entries <= 0:
-            raise SettingsError(
-                f"XROUTER_METERING_SPOOL_MAX_ENTRIES must be positive, got {self.spool_max_entries}")
-        if not self.health_interval_s > 0:
-            raise SettingsError(
-                f"XROUTER_METERING_HEALTH_INTERVAL_S must be positive, got {self.health_interval_s}")
 
     def key_hashes(self) -> tuple[frozenset[str], frozenset[str]]:
         """(service key hashes, admin key hashes); SettingsError names a malformed variable."""

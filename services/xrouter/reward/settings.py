@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import pathlib
+from typing import Annotated
+
+from pydantic import Field
 
 from xrouter.common.outcomes import ROUTERBENCH
-from xrouter.common.settings import SettingsError, env
+from xrouter.common.settings import Flag, Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.reward.sandbox import SandboxLimits
 
@@ -17,51 +18,54 @@ _RUN_OVERHEAD_MB = 64
 
 # Dataset names that need no path because the package bundles them.
 BUNDLED = {"routerbench": ROUTERBENCH}
+Positive = Annotated[int, Field(gt=0)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
-@dataclasses.dataclass(frozen=True)
-class RewardSettings:
+class RewardSettings(Settings):
     """Where the reward service listens, its reward constants and its recorded-label datasets."""
 
     host: str = env("XROUTER_REWARD_HOST", "127.0.0.1")
-    port: int = env("XROUTER_REWARD_PORT", 50054)
-    k: float = env("XROUTER_REWARD_K", 1.0, help="the reward of a free correct answer (> 0)")
-    cost_max: float = env("XROUTER_REWARD_COST_MAX", 0.7, help="the cap on the cost penalty (>= 0)")
+    port: Port = env("XROUTER_REWARD_PORT", 50054)
+    k: float = env("XROUTER_REWARD_K", 1.0, gt=0, allow_inf_nan=False,
+                   help="the reward of a free correct answer (> 0)")
+    cost_max: float = env("XROUTER_REWARD_COST_MAX", 0.7, ge=0, allow_inf_nan=False,
+                          help="the cap on the cost penalty (>= 0)")
     # Comma-separated name=path pairs; a bare bundled name ("routerbench") needs no path.
     recorded_datasets: str = env("XROUTER_REWARD_RECORDED_DATASETS", "routerbench")
-    max_parallel: int = env("XROUTER_REWARD_MAX_PARALLEL", 8)
-    grace_s: float = env("XROUTER_REWARD_GRACE_S", 5.0)
-    metrics_port: int = env("XROUTER_REWARD_METRICS_PORT", 0)
-    charge_router_cost: bool = env("XROUTER_REWARD_CHARGE_ROUTER_COST", True,
+    max_parallel: Positive = env("XROUTER_REWARD_MAX_PARALLEL", 8)
+    grace_s: float = env("XROUTER_REWARD_GRACE_S", 5.0, ge=0, allow_inf_nan=False)
+    metrics_port: Port = env("XROUTER_REWARD_METRICS_PORT", 0)
+    charge_router_cost: Flag = env("XROUTER_REWARD_CHARGE_ROUTER_COST", True,
                                    help="add the router's own cost to the cost penalty")
     # Code answers run in the sandbox; off, or on a host without namespaces, `code` is refused.
-    sandbox: bool = env("XROUTER_REWARD_SANDBOX", True)
-    sandbox_wall_s: float = env("XROUTER_REWARD_SANDBOX_WALL_S", 30.0)
-    sandbox_cpu_s: int = env("XROUTER_REWARD_SANDBOX_CPU_S", 10)
+    sandbox: Flag = env("XROUTER_REWARD_SANDBOX", True)
+    sandbox_wall_s: Seconds = env("XROUTER_REWARD_SANDBOX_WALL_S", 30.0)
+    sandbox_cpu_s: Positive = env("XROUTER_REWARD_SANDBOX_CPU_S", 10)
     # Per process of a run (address space); a run is up to `sandbox_processes` of the answer's
     # plus the tests' process, so its worst case is (processes + 1) x this (see memory_budget_mb).
-    sandbox_memory_mb: int = env("XROUTER_REWARD_SANDBOX_MEMORY_MB", 256)
-    sandbox_processes: int = env("XROUTER_REWARD_SANDBOX_PROCESSES", 4,
+    sandbox_memory_mb: Positive = env("XROUTER_REWARD_SANDBOX_MEMORY_MB", 256)
+    sandbox_processes: Positive = env("XROUTER_REWARD_SANDBOX_PROCESSES", 4,
                                  help="processes (and threads) the answer may run at once")
-    sandbox_parallel: int = env("XROUTER_REWARD_SANDBOX_PARALLEL", 2)
+    sandbox_parallel: Positive = env("XROUTER_REWARD_SANDBOX_PARALLEL", 2)
     # Callers write the tests a code answer must pass (reference.code); whoever writes the tests
     # decides the score ("assert True"), so only a deployment whose every caller is trusted with
     # the reward (its own router and trainer) should turn this on. Off: code references are refused.
-    client_tests: bool = env("XROUTER_REWARD_CLIENT_TESTS", False,
+    client_tests: Flag = env("XROUTER_REWARD_CLIENT_TESTS", False,
                              help="accept test code written by the caller (reference.code)")
-    math_workers: int = env("XROUTER_REWARD_MATH_WORKERS", 2)
-    math_deadline_s: float = env("XROUTER_REWARD_MATH_DEADLINE_S", 10.0)
+    math_workers: Positive = env("XROUTER_REWARD_MATH_WORKERS", 2)
+    math_deadline_s: Seconds = env("XROUTER_REWARD_MATH_DEADLINE_S", 10.0)
     # A math worker measured 93 MiB of address space after warming up (sympy + math-verify).
-    math_memory_mb: int = env("XROUTER_REWARD_MATH_MEMORY_MB", 512)
+    math_memory_mb: Positive = env("XROUTER_REWARD_MATH_MEMORY_MB", 512)
     # The pod's memory limit; 0 reads it from the cgroup (v2 memory.max, v1 limit_in_bytes) and
     # skips the check when there is none. The worst case of every bound above must fit in it.
-    memory_limit_mb: int = env("XROUTER_REWARD_MEMORY_LIMIT_MB", 0)
+    memory_limit_mb: int = env("XROUTER_REWARD_MEMORY_LIMIT_MB", 0, ge=0)
     # The service itself: 60 MiB RSS measured with RouterBench's labels loaded, plus headroom.
-    base_memory_mb: int = env("XROUTER_REWARD_BASE_MEMORY_MB", 256)
+    base_memory_mb: Positive = env("XROUTER_REWARD_BASE_MEMORY_MB", 256)
     # The judge: a model of the adapters' catalog, reached at this gRPC target. Both or neither.
     adapters_target: str = env("XROUTER_REWARD_ADAPTERS_TARGET", "")
     judge_model: str = env("XROUTER_REWARD_JUDGE_MODEL", "")
-    judge_timeout_s: float = env("XROUTER_REWARD_JUDGE_TIMEOUT_S", 60.0)
+    judge_timeout_s: Seconds = env("XROUTER_REWARD_JUDGE_TIMEOUT_S", 60.0)
     # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
     # are checked against (also used on the judge's channel to the adapters). Empty: plaintext.
     tls_cert_file: str = env("XROUTER_REWARD_TLS_CERT_FILE", "")
@@ -69,7 +73,7 @@ class RewardSettings:
     tls_ca_file: str = env("XROUTER_REWARD_TLS_CA_FILE", "")
     # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
     # speak TLS to the service port.
-    health_port: int = env("XROUTER_REWARD_HEALTH_PORT", 0)
+    health_port: Port = env("XROUTER_REWARD_HEALTH_PORT", 0)
 
     def sandbox_limits(self) -> SandboxLimits:
         """The per-run limits of the code sandbox."""
@@ -124,37 +128,9 @@ class RewardSettings:
     def validate(self) -> None:
         """Fail fast, naming the variable, on values the service could not run with."""
         self.tls().validate("XROUTER_REWARD")
-        for var, port in (("XROUTER_REWARD_PORT", self.port),
-                          ("XROUTER_REWARD_METRICS_PORT", self.metrics_port)):
-            if not 0 <= port <= 65535:
-                raise SettingsError(f"{var} must be a port in 0..65535, got {port}")
-        if not math.isfinite(self.k) or self.k <= 0:
-            raise SettingsError(f"XROUTER_REWARD_K must be a number > 0 (e.g. 1.0), got {self.k}")
-        if not math.isfinite(self.cost_max) or self.cost_max < 0:
-            raise SettingsError(
-                f"XROUTER_REWARD_COST_MAX must be a number >= 0 (e.g. 0.7), got {self.cost_max}")
-        if self.max_parallel < 1:
-            raise SettingsError(f"XROUTER_REWARD_MAX_PARALLEL must be >= 1, got {self.max_parallel}")
-        if not math.isfinite(self.grace_s) or self.grace_s < 0:
-            raise SettingsError(f"XROUTER_REWARD_GRACE_S must be seconds >= 0, got {self.grace_s}")
-        for var, value in (("XROUTER_REWARD_SANDBOX_WALL_S", self.sandbox_wall_s),
-                           ("XROUTER_REWARD_SANDBOX_CPU_S", self.sandbox_cpu_s),
-                           ("XROUTER_REWARD_SANDBOX_MEMORY_MB", self.sandbox_memory_mb),
-                           ("XROUTER_REWARD_SANDBOX_PARALLEL", self.sandbox_parallel),
-                           ("XROUTER_REWARD_SANDBOX_PROCESSES", self.sandbox_processes),
-                           ("XROUTER_REWARD_MATH_MEMORY_MB", self.math_memory_mb),
-                           ("XROUTER_REWARD_BASE_MEMORY_MB", self.base_memory_mb),
-                           ("XROUTER_REWARD_MATH_WORKERS", self.math_workers),
-                           ("XROUTER_REWARD_MATH_DEADLINE_S", self.math_deadline_s),
-                           ("XROUTER_REWARD_JUDGE_TIMEOUT_S", self.judge_timeout_s)):
-            if not (math.isfinite(value) and value > 0):
-                raise SettingsError(f"{var} must be a number > 0, got {value}")
         if bool(self.adapters_target) != bool(self.judge_model):
             raise SettingsError("XROUTER_REWARD_JUDGE_MODEL and XROUTER_REWARD_ADAPTERS_TARGET go "
                                 "together: set both to enable the judge, or neither")
-        if self.memory_limit_mb < 0:
-            raise SettingsError(f"XROUTER_REWARD_MEMORY_LIMIT_MB must be MiB >= 0 (0: the cgroup's), "
-                                f"got {self.memory_limit_mb}")
         self._check_memory()
         for name, path in self.datasets().items():
             if not path.is_file():

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
-from xrouter.common.settings import SettingsError, env
+from xrouter.common.settings import Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.router.core import Limits
 from xrouter.router.exploration import ExplorationRates, check_epsilon, parse_tenants
 from xrouter.router.policy_store import LMGeneration
 
 
-@dataclasses.dataclass(frozen=True)
-class RouterSettings:
+class RouterSettings(Settings):
     adapters_target: str = env("XROUTER_ROUTER_ADAPTERS_TARGET", help="host:port of the adapters service")
     metering_target: str = env("XROUTER_ROUTER_METERING_TARGET", help="host:port of the metering service")
     # The router's service key for metering (a secret; metering keeps only its SHA-256). Empty: none
@@ -22,19 +20,19 @@ class RouterSettings:
     # Empty: no online scoring (requests that carry a reference are then refused).
     reward_target: str = env("XROUTER_ROUTER_REWARD_TARGET", "")
     host: str = env("XROUTER_ROUTER_HOST", "127.0.0.1")
-    port: int = env("XROUTER_ROUTER_PORT", 50051)
-    http_port: int = env("XROUTER_ROUTER_HTTP_PORT", 8080)  # OpenAI-compatible face; 0 disables
+    port: Port = env("XROUTER_ROUTER_PORT", 50051)
+    http_port: Port = env("XROUTER_ROUTER_HTTP_PORT", 8080)  # OpenAI-compatible face; 0 disables
     policy: str = env("XROUTER_ROUTER_POLICY", "cascade")
     default_max_turns: int = env("XROUTER_ROUTER_DEFAULT_MAX_TURNS", 3)
     max_turns: int = env("XROUTER_ROUTER_MAX_TURNS", 8)
     max_prompt_chars: int = env("XROUTER_ROUTER_MAX_PROMPT_CHARS", 200_000)
-    default_cost_lambda: float = env("XROUTER_ROUTER_DEFAULT_COST_LAMBDA", 1.0)
+    default_cost_lambda: float = env("XROUTER_ROUTER_DEFAULT_COST_LAMBDA", 1.0, ge=0)
     default_tenant: str = env("XROUTER_ROUTER_DEFAULT_TENANT", "default")
-    request_timeout_s: float = env("XROUTER_ROUTER_REQUEST_TIMEOUT_S", 60.0)
-    call_timeout_s: float = env("XROUTER_ROUTER_CALL_TIMEOUT_S", 30.0)
+    request_timeout_s: float = env("XROUTER_ROUTER_REQUEST_TIMEOUT_S", 60.0, gt=0)
+    call_timeout_s: float = env("XROUTER_ROUTER_CALL_TIMEOUT_S", 30.0, gt=0)
     startup_timeout_s: float = env("XROUTER_ROUTER_STARTUP_TIMEOUT_S", 30.0)
     grace_s: float = env("XROUTER_ROUTER_GRACE_S", 5.0)
-    metrics_port: int = env("XROUTER_ROUTER_METRICS_PORT", 0)
+    metrics_port: Port = env("XROUTER_ROUTER_METRICS_PORT", 0)
     # The policy pointer: a ConfigMap whose `policy_key` names the checkpoint to serve (the training
     # Job patches it, `xrouter publish` too). Empty name: no watch (LoadPolicy still works).
     policy_configmap: str = env("XROUTER_ROUTER_POLICY_CONFIGMAP", "")
@@ -54,19 +52,20 @@ class RouterSettings:
     tls_ca_file: str = env("XROUTER_ROUTER_TLS_CA_FILE", "")
     # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
     # speak TLS to the service port.
-    health_port: int = env("XROUTER_ROUTER_HEALTH_PORT", 0)
+    health_port: Port = env("XROUTER_ROUTER_HEALTH_PORT", 0)
     # The name expected in the other services' certificates when it is not the target's host.
     tls_server_name: str = env("XROUTER_ROUTER_TLS_SERVER_NAME", "")
     # How long a verified API key is trusted without asking metering again: the bound on how late
     # a revocation takes effect (router/auth.py).
-    key_cache_s: float = env("XROUTER_ROUTER_KEY_CACHE_S", 30.0)
+    key_cache_s: float = env("XROUTER_ROUTER_KEY_CACHE_S", 30.0, ge=0, le=3600,
+                             help="seconds a revoked key may still work, within [0, 3600]")
     # ε-exploration of the first call (router/exploration.py), for the compact policy only: the rate
     # for every tenant (0: none, the default), and per-tenant overrides ("acme=0.05,globex=0.1").
     # Each explored request records the behaviour probability of its first call with its settlement.
     exploration_epsilon: float = env("XROUTER_ROUTER_EXPLORATION_EPSILON", 0.0)
     exploration_tenants: str = env("XROUTER_ROUTER_EXPLORATION_TENANTS", "")
     # Router processes sharing the ports with SO_REUSEPORT (router/processes.py): one per core.
-    processes: int = env("XROUTER_ROUTER_PROCESSES", 1)
+    processes: int = env("XROUTER_ROUTER_PROCESSES", 1, ge=1)
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
@@ -96,17 +95,8 @@ class RouterSettings:
                 raise SettingsError(f"{name} must be host:port, got {value!r}")
         if not 1 <= self.default_max_turns <= self.max_turns:
             raise SettingsError("XROUTER_ROUTER_DEFAULT_MAX_TURNS must be within [1, XROUTER_ROUTER_MAX_TURNS]")
-        for name, value in (("XROUTER_ROUTER_REQUEST_TIMEOUT_S", self.request_timeout_s),
-                            ("XROUTER_ROUTER_CALL_TIMEOUT_S", self.call_timeout_s)):
-            if value <= 0:
-                raise SettingsError(f"{name} must be > 0, got {value}")
-        if not 0 <= self.key_cache_s <= 3600:
-            raise SettingsError(f"XROUTER_ROUTER_KEY_CACHE_S must be within [0, 3600] seconds (how late a revoked "
-                                f"key may still work), got {self.key_cache_s}")
         self.exploration()
         self._check_processes()
-        if self.default_cost_lambda < 0:
-            raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")
         for name, value in (("XROUTER_ROUTER_POLICY_CONFIGMAP", self.policy_configmap),
                             ("XROUTER_ROUTER_POLICY_NAMESPACE", self.policy_namespace)):
             if value and not _DNS_NAME.fullmatch(value):
@@ -124,10 +114,7 @@ class RouterSettings:
         if self.lm_served_model != self.lm_served_model.strip():
             raise SettingsError(f"XROUTER_ROUTER_LM_SERVED_MODEL has leading or trailing spaces: {self.lm_served_model!r}")
 
-
     def _check_processes(self) -> None:
-        if self.processes < 1:
-            raise SettingsError(f"XROUTER_ROUTER_PROCESSES must be an integer >= 1, got {self.processes}")
         if self.processes > 1 and self.port == 0:  # each process would pick a different free port
             raise SettingsError(f"XROUTER_ROUTER_PORT=0 with XROUTER_ROUTER_PROCESSES={self.processes}: the "
                                 "processes share their ports, set a port number")
