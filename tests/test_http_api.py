@@ -286,6 +286,13 @@ async def test_a_body_that_is_not_an_object_is_a_400(stack, http) -> None:  # ty
                  id="reference-without-task-type"),
     pytest.param({"xrouter": {"allowed_models": GPT4}}, ("xrouter", "allowed_models"), id="allowed-models-a-string"),
     pytest.param({"xrouter": {"tenant": ["acme"]}}, ("xrouter", "tenant"), id="tenant-not-a-string"),
+    # Read by the pydantic body model (openai_request.py): the path names the very item at fault.
+    pytest.param({"messages": ["hi"]}, "messages[0]", id="message-not-an-object"),
+    pytest.param({"messages": [{"role": "user"}]}, "messages[0].content", id="message-without-content"),
+    pytest.param({"stop": ["\n", 7]}, "stop[1]", id="stop-item-not-a-string"),
+    pytest.param({"seed": "42"}, "seed", id="seed-a-string"),
+    pytest.param({"xrouter": {"reference": {"task_type": "math", "gold": 4}}}, "xrouter.reference.gold",
+                 id="reference-gold-not-a-string"),
 ])
 async def test_ill_typed_fields_get_an_openai_style_400(stack, http, body, param) -> None:  # type: ignore[no-untyped-def]
     tenant = new_tenant()

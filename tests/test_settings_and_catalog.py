@@ -29,6 +29,34 @@ def test_router_settings_name_the_variable() -> None:
     assert config.limits().default_cost_lambda == 2.5 and config.port == 50051
 
 
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("XROUTER_ROUTER_HTTP_PORT", "80800", "XROUTER_ROUTER_HTTP_PORT must be <= 65535, got '80800'"),
+    ("XROUTER_ROUTER_CALL_TIMEOUT_S", "0", "XROUTER_ROUTER_CALL_TIMEOUT_S must be > 0, got '0'"),
+    ("XROUTER_ROUTER_KEY_CACHE_S", "7200", "XROUTER_ROUTER_KEY_CACHE_S must be <= 3600, got '7200'; set it to "
+                                           "seconds a revoked key may still work"),
+    ("XROUTER_ROUTER_DEFAULT_COST_LAMBDA", "cheap", "XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be a number, got 'cheap'"),
+])
+def test_pydantic_bounds_name_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{re.escape(message)}"):
+        load(RouterSettings, {**TARGETS, variable: value})
+
+
+def test_flags_read_the_usual_words_and_empty_is_off() -> None:
+    from xrouter.reward.settings import RewardSettings
+    assert load(RewardSettings, {"XROUTER_REWARD_SANDBOX": ""}).sandbox is False
+    assert load(RewardSettings, {"XROUTER_REWARD_SANDBOX": " Off "}).sandbox is False
+    assert load(RewardSettings, {"XROUTER_REWARD_CLIENT_TESTS": "yes"}).client_tests is True
+    with pytest.raises(SettingsError, match="^XROUTER_REWARD_SANDBOX must be true or false, got 'sometimes'"):
+        load(RewardSettings, {"XROUTER_REWARD_SANDBOX": "sometimes"})
+
+
+def test_settings_are_read_from_the_mapping_given_not_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XROUTER_ADAPTERS_PORT", "not-a-port")
+    assert load(AdapterSettings, {}).port == 50052  # the embedded stack's defaults, whatever the shell holds
+    with pytest.raises(SettingsError, match="^XROUTER_ADAPTERS_PORT must be an integer, got 'not-a-port'"):
+        load(AdapterSettings)
+
+
 def test_adapter_settings_check_files() -> None:
     with pytest.raises(SettingsError, match="^XROUTER_ADAPTERS_CATALOG: no file at /nope.yaml"):
         load(AdapterSettings, {"XROUTER_ADAPTERS_CATALOG": "/nope.yaml"})
