@@ -81,9 +81,9 @@ def first_problem(error: ValidationError) -> Problem:
     return Problem(tuple(details["loc"]), field_path(tuple(details["loc"])), _message(details), details["type"])
 
 
-def invalid_argument(error: ValidationError, prefix: str = "") -> InvalidArgument:
-    """The domain's INVALID_ARGUMENT for a model that failed validation, naming the field."""
+def invalid_argument(error: ValidationError) -> InvalidArgument:
+    """The domain's INVALID_ARGUMENT for a body that failed validation, naming the field (the
+    body itself when the whole of it is at fault)."""
     problem = first_problem(error)
-    field = ".".join(filter(None, (prefix, problem.field)))
-    return InvalidArgument(field or prefix or "body", problem.message)
+    return InvalidArgument(problem.field or "body", problem.message)
 

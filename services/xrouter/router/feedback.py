@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from xrouter.common.bounds import check_comment, check_identifier, check_score
 from xrouter.common.errors import InvalidArgument
+from xrouter.common.validation import first_problem, invalid_argument
 from xrouter.router.ports import Meter
 
 THUMBS = {"up": 1.0, "down": 0.0}
-_FIELDS = {"request_id", "score", "thumbs", "comment", "tenant"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,21 +79,29 @@ class FeedbackDesk:
         return FeedbackResult(request.request_id, stored, duplicate)
 
 
+class FeedbackBody(BaseModel):
+    """The JSON body of ``POST /v1/feedback``; strict (JSON true is not a number, "1" is not 1)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    request_id: str | None = None
+    score: float | None = None
+    thumbs: str | None = None
+    comment: str | None = None
+    tenant: str | None = None
+
+
 def parse_body(body: Any, tenant_header: str) -> FeedbackRequest:
-    """The JSON body of ``POST /v1/feedback``; strict about types (JSON true is not a number)."""
+    """The feedback body → a :class:`FeedbackRequest` (its values are checked by ``FeedbackDesk``)."""
     if not isinstance(body, dict):
         raise InvalidArgument("body", f"must be a JSON object, got {type(body).__name__}")
-    if not set(body) <= _FIELDS:
-        raise InvalidArgument("body", f"unknown keys {sorted(set(body) - _FIELDS)}; known: {sorted(_FIELDS)}")
-    score = body.get("score")
-    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise InvalidArgument("score", f"must be a number within [0, 1], got {score!r}")
-    for name in ("request_id", "thumbs", "comment", "tenant"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise InvalidArgument(name, f"must be a string, got {body[name]!r}")
     try:
-        number = None if score is None else float(score)
-    except OverflowError:  # an integer written out with 400 digits
-        raise InvalidArgument("score", "must be a number within [0, 1]") from None
-    return FeedbackRequest(request_id=body.get("request_id") or "", score=number, thumbs=body.get("thumbs"),
-                           comment=body.get("comment") or "", tenant=body.get("tenant") or tenant_header)
+        parsed = FeedbackBody.model_validate(body)
+    except ValidationError as error:
+        problem = first_problem(error)
+        if problem.kind == "extra_forbidden":
+            raise InvalidArgument("body", f"unknown key {problem.field!r}; known: "
+                                  f"{sorted(FeedbackBody.model_fields)}") from None
+        raise invalid_argument(error) from None
+    return FeedbackRequest(request_id=parsed.request_id or "", score=parsed.score, thumbs=parsed.thumbs,
+                           comment=parsed.comment or "", tenant=parsed.tenant or tenant_header)

@@ -24,7 +24,7 @@ from pydantic_core import PydanticCustomError
 from xrouter.common.bounds import shown
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import InvalidArgument, NotFound
-from xrouter.common.validation import first_problem
+from xrouter.common.validation import first_problem, invalid_argument
 from xrouter.router.core import RouteRequest
 from xrouter.router.ports import ScoringReference
 
@@ -177,7 +177,7 @@ def _refused(error: ValidationError) -> InvalidArgument:
         return InvalidArgument("xrouter.reference", f"needs a string {loc[2]}")
     if problem.kind == "unsupported":
         return Unsupported(field, problem.message)
-    return InvalidArgument(field or "body", problem.message)
+    return invalid_argument(error)
 
 
 def _json_option(value: Any, field: str) -> str:
