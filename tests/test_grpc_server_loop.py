@@ -31,4 +31,4 @@ def test_an_unknown_loop_is_refused_naming_the_variable(monkeypatch: pytest.Monk
     with pytest.raises(SystemExit) as exited:
         grpc_server.run("metering", _loop_type)
     assert exited.value.code == 2
-    assert "xrouter-metering: XROUTER_EVENT_LOOP must be one of ['uvloop', 'asyncio'], got 'trio'" in capsys.readouterr().err
+    assert "xrouter-metering: XROUTER_EVENT_LOOP must be 'uvloop' or 'asyncio', got 'trio'" in capsys.readouterr().err

@@ -5,13 +5,12 @@ and a graceful drain on SIGTERM; :func:`run`, the event loop every service runs 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -204,21 +203,12 @@ def configure_logging() -> None:
 
 
 T = TypeVar("T")
-EVENT_LOOPS = ("uvloop", "asyncio")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopSettings:
+class LoopSettings(settings.Settings):
     """Which event loop the services run on (one setting for all four)."""
 
     # uvloop (libuv): fewer microseconds per callback, socket read and timer than the stdlib loop,
     # which every hop of a routed request pays several times. "asyncio": the stdlib loop (to compare).
-    event_loop: str = settings.env("XROUTER_EVENT_LOOP", "uvloop")
-
-    def validate(self) -> None:
-        if self.event_loop not in EVENT_LOOPS:
-            raise settings.SettingsError(f"XROUTER_EVENT_LOOP must be one of {list(EVENT_LOOPS)}, "
-                                         f"got {self.event_loop!r}")
+    event_loop: Literal["uvloop", "asyncio"] = settings.env("XROUTER_EVENT_LOOP", "uvloop")
 
 
 def run(name: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
