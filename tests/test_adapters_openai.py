@@ -145,7 +145,7 @@ def test_catalog_checks_the_new_backends_fields() -> None:
         with pytest.raises(CatalogError, match=message.replace("(", r"\(").replace(".", r"\.")):
             parse_catalog({"models": [{**base, **change}]})
     spec = parse_catalog({"models": [{**base, "resilience": {"timeout_s": 2, "max_queue": 0}}]})["m"]
-    assert spec.resilience.timeout_s == 2.0 and spec.resilience.max_queue == 0 and spec.resilience.max_attempts == 3
+    assert spec.policy.timeout_s == 2.0 and spec.policy.max_queue == 0 and spec.policy.max_attempts == 3
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:

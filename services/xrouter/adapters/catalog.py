@@ -33,9 +33,11 @@ class CatalogError(ValueError):
 
 
 # extra="forbid": a misspelt key (``max_ouput_tokens``) is refused by name, not silently left at its default.
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+# validate_by_name: code builds one with ``policy=`` (and dataclasses.replace does) where the file says ``resilience``.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True))
 class ModelSpec:
-    """One callable model, and one entry of the catalog file (the YAML keys are these fields).
+    """One callable model, and one entry of the catalog file (the YAML keys are these fields, but
+    ``policy`` is written ``resilience``).
     Prices are exact decimals in USD per one million tokens."""
 
     id: Annotated[StrictStr, Field(min_length=1)]
@@ -54,7 +56,8 @@ class ModelSpec:
     weights_package: StrictStr = ""  # local: the Python package that ships the weights
     weights_file: StrictStr = ""  # local: the GGUF file inside that package
     tokenizer: StrictStr = ""  # counts tokens a backend does not report (see token_count); "": estimated
-    resilience: CallPolicy = CallPolicy()  # deadline, retries, breaker, concurrency
+    # deadline, retries, breaker, concurrency: the entry's ``resilience`` mapping
+    policy: CallPolicy = Field(CallPolicy(), validation_alias="resilience")
 
     @property
     def served_name(self) -> str:

@@ -79,7 +79,7 @@ class AdapterCore:
         for spec in self.catalog.values():
             if backend_key(spec) not in self._backends:
                 raise ValueError(f"model {spec.id!r}: no backend {backend_key(spec)!r} configured")
-        self.guards = {spec.id: ModelGuard(spec.id, spec.resilience) for spec in self.catalog.values()}
+        self.guards = {spec.id: ModelGuard(spec.id, spec.policy) for spec in self.catalog.values()}
         # Looked up once: a runtime Protocol check per call costs more than the rest of the call.
         self._streaming = {key for key, backend in self._backends.items() if callable(getattr(backend, "stream", None))}
         self._on_call = on_call
@@ -205,7 +205,7 @@ class AdapterCore:
         if missing:
             raise InvalidArgument(missing[0], f"model {spec.id!r} ({spec.backend} backend) cannot honour "
                                   f"{', '.join(missing)}; it honours {sorted(self.options(spec)) or 'none of them'}")
-        budget = spec.resilience.timeout_s if timeout is None else min(timeout, spec.resilience.timeout_s)
+        budget = spec.policy.timeout_s if timeout is None else min(timeout, spec.policy.timeout_s)
         return spec, asyncio.get_running_loop().time() + max(0.0, budget)
 
     def _succeeded(self, spec: ModelSpec, reply: BackendReply, attempts: Attempts, started: float) -> Invocation:
