@@ -20,7 +20,9 @@ TEMPLATE_FIX = ("give the checkpoint a chat template that renders a `tools` list
                 "Qwen2.5-Instruct's chat_template in tokenizer_config.json), or a plain one that renders every "
                 "role's content (the router then writes the tool list into the system prompt), and re-publish it")
 _PROBE_TOOL = "call_xrouter_probe_model"
-_PROBE_SYSTEM, _PROBE_RESULT = "xrouter-probe-system-8c1f", "xrouter-probe-result-8c1f"
+# Markers that each appear in one place only (the tool call names the tool, so the tool list is
+# recognised by its description).
+_PROBE_TOOLS, _PROBE_SYSTEM, _PROBE_RESULT = "xrouter-probe-tools-8c1f", "xrouter-probe-system-8c1f", "xrouter-probe-result-8c1f"
 _PROBE_CALL = '<tool_call>{"name": "' + _PROBE_TOOL + '", "arguments": {"system_prompt": "x"}}</tool_call>'
 
 
@@ -28,7 +30,7 @@ def check_tool_support(tokenizer: Any, directory: pathlib.Path) -> None:
     """InvalidArgument naming the fix when the router LM could not see its tools or their results,
     or could not write a tool call the parser reads."""
     native = supports_tools(tokenizer)
-    tools = [{"type": "function", "function": {"name": _PROBE_TOOL, "description": "probe", "parameters": {
+    tools = [{"type": "function", "function": {"name": _PROBE_TOOL, "description": _PROBE_TOOLS, "parameters": {
         "type": "object", "properties": {"system_prompt": {"type": "string"}}, "required": ["system_prompt"]}}}]
     messages = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": "Which is heavier?"},
                 {"role": "assistant", "content": _PROBE_CALL}, {"role": "tool", "content": _PROBE_RESULT}]
@@ -39,7 +41,7 @@ def check_tool_support(tokenizer: Any, directory: pathlib.Path) -> None:
         raise InvalidArgument("source", f"{directory}: the chat template cannot render a tool call and its result "
                               f"({type(error).__name__}: {error}); {TEMPLATE_FIX}") from None
     missing = [what for what, marker in (
-        ("the tool list", _PROBE_TOOL if native else _PROBE_SYSTEM),  # the Hermes block rides in the system prompt
+        ("the tool list", _PROBE_TOOLS if native else _PROBE_SYSTEM),  # the Hermes block rides in the system prompt
         ("the tool call it made", _PROBE_CALL), ("the tool result", _PROBE_RESULT)) if marker not in text]
     if missing:
         raise InvalidArgument("source", f"{directory}: the chat template never renders {' or '.join(missing)}"
