@@ -27,6 +27,7 @@ from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
 from xrouter.router.checkpoint_manifest import catalog_hash
 from xrouter.router.lm import checkpoint
+from xrouter.router.lm.charge import RouterLMPrice, transcript_cost_usd
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.lm.transcript import Transcript
@@ -47,18 +48,21 @@ class Rollout:
     transcript: Transcript
     reward: float
     failure: str = ""
+    router_cost_usd: float = 0.0  # the router LM's own tokens (in the reward's cost with the calls')
 
 
-def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript) -> Rollout:
-    """The episode's cost-aware reward; 0, with the reason, when a reply was malformed or truncated
+def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript, price: RouterLMPrice) -> Rollout:
+    """The episode's cost-aware reward, its cost the calls' plus the router LM's own tokens at
+    ``price`` (serving bills them too); 0, with the reason, when a reply was malformed or truncated
     or the loop's fallback ended it (what the LM's tokens did not earn must not be rewarded)."""
     failure = transcript.failure
     if not failure and episode.result is not None and episode.result.strategy is Strategy.FALLBACK:
         failure = "the episode loop's fallback ended it (a call on the last turn, or a selected call that " \
                   "does not exist or failed)"
-    reward = cost_aware_reward(episode.score, episode.cost_usd, episode.cost_lambda, env.reward_config,
+    router_cost = transcript_cost_usd(transcript, price)
+    reward = cost_aware_reward(episode.score, episode.cost_usd + router_cost, episode.cost_lambda, env.reward_config,
                                failure=failure)
-    return Rollout(episode, transcript, reward, failure)
+    return Rollout(episode, transcript, reward, failure, router_cost)
 
 
 class LMTrainer:
@@ -84,7 +88,8 @@ class LMTrainer:
         self.validation = self.env.split("validation")[:limit]
         self.backend = TransformersBackend(self.model, self.tokenizer)
         self.policy = LMPolicy(self.tokenizer, self.backend,
-                               temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens)
+                               temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
+                               price=config.router_price())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -94,7 +99,7 @@ class LMTrainer:
         episode = await self.env.play(self.policy, prompt, pool, cost_lambda, self.config.max_turns)
         (transcript,) = self.policy.recorder
         self.policy.recorder = None
-        return judge(self.env, episode, transcript)
+        return judge(self.env, episode, transcript, self.config.router_price())
 
     async def rollout(self, prompts: list[Prompt]) -> list[list[Rollout]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
@@ -211,7 +216,8 @@ def summary(rollouts: list[Rollout]) -> dict[str, float]:
     episodes = [r.episode for r in rollouts]
     return {"reward": float(np.mean([r.reward for r in rollouts])),
             "accuracy": float(np.mean([e.score for e in episodes])),
-            "cost_usd": float(np.mean([e.cost_usd for e in episodes])),
+            "cost_usd": float(np.mean([e.cost_usd for e in episodes])),  # the model calls'
+            "router_cost_usd": float(np.mean([r.router_cost_usd for r in rollouts])),
             "calls_per_query": float(np.mean([sum(c.attempted for c in e.calls) for e in episodes])),
             "format_error_rate": float(np.mean([bool(r.failure) for r in rollouts])),
             "generated_tokens": float(np.mean([sum(r.transcript.generated) for r in rollouts]))}
