@@ -23,6 +23,7 @@ from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common.errors import InvalidArgument
 from xrouter.common.settings import SettingsError, load
 from xrouter.local_stack import InProcessStack
+from xrouter.metering.export import episodes
 from xrouter.metering.schema import LedgerCall
 from xrouter.router.auth import bearer_interceptors
 from xrouter.router.lm import checkpoint
@@ -119,6 +120,11 @@ async def test_grpc_route_bills_each_router_turn_as_its_own_priced_call(served, 
         *[(i + 1, "router", ROUTER_MODEL, *e) for i, e in enumerate(expected)]]
     spend = {m.model: m for m in stack.ledger.usage(tenant).models}
     assert spend[ROUTER_MODEL].calls == 2
+    # The training export (metering/EXPORT.md) has them too, and they are in the episode's cost.
+    (exported,) = [e for e in episodes(stack.ledger.engine, tenant=tenant) if e["request_id"] == reply.request_id]
+    assert [(c["role"], c["model"]) for c in exported["calls"]] == [("tool", tool.model), ("router", ROUTER_MODEL),
+                                                                    ("router", ROUTER_MODEL)]
+    assert exported["cost_micro_usd"] == exported["reported_cost_micro_usd"] == reply.total_cost_micro_usd
 
 
 @IN_STACK_LOOP
