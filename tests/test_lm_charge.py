@@ -27,6 +27,10 @@ from xrouter.metering.export import episodes
 from xrouter.metering.schema import LedgerCall
 from xrouter.router.auth import bearer_interceptors
 from xrouter.router.lm import checkpoint
+from xrouter.router.lm.generation import TransformersBackend
+from xrouter.router.lm.http_generation import CompletionsBackend, _usage_counts
+from xrouter.router.lm.policy import LMPolicy
+from xrouter.router.policy import EpisodeState
 from xrouter.router.settings import RouterSettings
 from xrouter_training.environment import ReplayEnvironment
 from xrouter_training.lm_models import tiny_llama
@@ -198,3 +202,36 @@ def test_a_tokenizer_that_strips_tool_call_markup_is_refused_at_load(tmp_path: p
     with pytest.raises(InvalidArgument, match=r"the tokenizer does not carry tool-call markup through .*comes "
                        r"back as '\{\"name\".*use a tokenizer that spells <tool_call> as text"):
         checkpoint.load_policy(directory, list(ReplayEnvironment().options.values()))
+
+
+def test_usage_counts_are_taken_only_when_they_are_counts() -> None:
+    assert _usage_counts({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}) == (12, 3)
+    assert _usage_counts({"prompt_tokens": True, "completion_tokens": -1}) == (None, None)
+    assert _usage_counts({"prompt_tokens": "12"}) == (None, None) and _usage_counts(None) == (None, None)
+
+
+async def test_each_turn_is_counted_where_its_tokens_were_made(tiny: tuple[Any, Any]) -> None:
+    """In process (transformers): the context read and the ids generated. Through a server: its
+    ``usage``, which the reply carries beside the ids."""
+    model, tokenizer = tiny
+    env = ReplayEnvironment()
+    state = EpisodeState([("user", "Which is heavier? A) a feather B) a brick")], [env.options[m] for m in POOL],
+                         1.0, None, 3, 0)
+    local = LMPolicy(tokenizer, TransformersBackend(model, tokenizer), max_new_tokens=8)
+    await local.decide(state)
+    transcript = local.transcript_of(state)
+    assert transcript is not None
+    (reply,) = transcript.replies
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.turn) == (
+        len(transcript.token_ids) - sum(transcript.generated), sum(transcript.generated), 1) and reply.latency_ms > 0
+    server = await CompletionsServer(model, tokenizer).start()
+    remote = CompletionsBackend(server.url, "m", tokenizer)
+    try:
+        server.script = [SELECT]
+        generation = await remote.generate([1, 2, 3], 64, 0.0)
+        assert (generation.prompt_tokens, generation.completion_tokens) == (3, len(generation.token_ids))
+        assert server.bodies[-1]["prompt"] == [1, 2, 3]
+    finally:
+        await remote.aclose()
+        await server.stop()
+    await local.backend.aclose()
