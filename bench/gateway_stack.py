@@ -115,9 +115,12 @@ def create_key(database_url: str, tenant: str = "bench") -> str:
 
 @contextlib.contextmanager
 def xrouter(home: pathlib.Path, backend_url: str, database_url: str, policy: str,
-            models: tuple[str, ...] = ("instant", "slow"), tenant: str = "bench") -> Iterator[tuple[str, str]]:
+            models: tuple[str, ...] = ("instant", "slow"), tenant: str = "bench",
+            extra_env: dict[str, str] | None = None,
+            modules: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
     """The four services as processes; yields the OpenAI face's ``/v1`` base URL and an API key of
-    ``tenant`` (the faces answer 401 without one)."""
+    ``tenant`` (the faces answer 401 without one). ``extra_env`` goes to every service; ``modules``
+    runs a service from another module (a profiling wrapper) instead of ``xrouter.<name>``."""
     home.mkdir(parents=True, exist_ok=True)
     catalog = home / "catalog.yaml"
     catalog.write_text(CATALOG.format(entries="".join(ENTRY.format(model=m, url=backend_url) for m in models)))
@@ -129,8 +132,10 @@ def xrouter(home: pathlib.Path, backend_url: str, database_url: str, policy: str
     try:
         for name in supervisor.SERVICES:
             log = open(home / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-            processes.append(subprocess.Popen([sys.executable, "-m", f"xrouter.{name}"],
-                                              env={**os.environ, **envs[name]}, stdout=log, stderr=subprocess.STDOUT))
+            module = (modules or {}).get(name, f"xrouter.{name}")
+            processes.append(subprocess.Popen([sys.executable, "-m", module],
+                                              env={**os.environ, **(extra_env or {}), **envs[name]},
+                                              stdout=log, stderr=subprocess.STDOUT))
             supervisor.wait_serving(f"127.0.0.1:{envs[name][f'XROUTER_{name.upper()}_PORT']}", processes[-1], name, 60)
         http = f"http://127.0.0.1:{envs['router']['XROUTER_ROUTER_HTTP_PORT']}"
         wait_http(f"{http}/healthz", processes[-1])

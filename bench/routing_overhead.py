@@ -40,7 +40,8 @@ import aiohttp
 import grpc
 from prometheus_client import REGISTRY
 
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.adapters.catalog import ModelSpec, load_catalog
 from xrouter.adapters.core import AdapterCore, backend_key
 from xrouter.adapters.settings import DEFAULT_CATALOG

@@ -25,6 +25,9 @@ BENCHMARKS = (
     "bench.memory_kernel",
     "bench.traffic_learning",
     "bench.streaming_ttft",
+    "bench.router_profile",
+    "bench.lm_rollout_speed",
+    "bench.token_counting",
 )
 
 

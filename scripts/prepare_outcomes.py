@@ -38,7 +38,7 @@ from decimal import Decimal
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "services"))
 
-from xrouter.adapters.backends import estimate_tokens  # noqa: E402
+from xrouter.adapters.token_count import estimate_tokens  # noqa: E402
 
 FIELDS = ("source", "task", "prompt_id", "prompt", "gold", "model", "score", "response",
           "prompt_tokens", "completion_tokens", "cost_usd", "cost_estimated")

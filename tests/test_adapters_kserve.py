@@ -17,10 +17,10 @@ import pytest
 
 pytest.importorskip("kserve", reason="the KServe backend needs kserve==0.21.0")
 
-from xrouter.adapters.backends import estimate_tokens  # noqa: E402
 from xrouter.adapters.backends.kserve_oip import KServeBackend  # noqa: E402
 from xrouter.adapters.catalog import parse_catalog  # noqa: E402
 from xrouter.adapters.core import AdapterCore, failed_call  # noqa: E402
+from xrouter.adapters.token_count import estimate_tokens  # noqa: E402
 from xrouter.common.call_options import CallOptions  # noqa: E402
 from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable  # noqa: E402
 

@@ -12,12 +12,12 @@ import pytest
 from adapters_openai_server import Fault, OpenAIProtocolServer
 from opentelemetry.sdk.trace import TracerProvider
 
-from xrouter.adapters.backends import estimate_tokens
 from xrouter.adapters.backends.openai_http import OpenAIBackend, parse_retry_after
 from xrouter.adapters.catalog import CatalogError, parse_catalog
 from xrouter.adapters.core import AdapterCore, Invocation, failed_call
 from xrouter.adapters.server import register
 from xrouter.adapters.status import failed_call_from_rpc_error
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
 from xrouter.api.common.v1 import common_pb2
 from xrouter.common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable

@@ -440,3 +440,16 @@ def test_the_metering_spool_survives_pod_loss_and_memory_budgets_take_one_replic
     replicated = render("default", "metering.replicas=3", "metering.settings.budgets=database")
     (metering,) = [d for d in find(replicated, "StatefulSet") if component(d) == "metering"]
     assert metering["spec"]["replicas"] == 3 and container_env(metering, replicated)["XROUTER_METERING_BUDGETS"] == "database"
+
+
+def test_router_processes_value_reaches_the_router_and_the_schema_bounds_it() -> None:
+    """router.processes → XROUTER_ROUTER_PROCESSES (several router processes per pod, beside the HPA's replicas)."""
+    for value_set, sets, expected in (("default", (), "1"), ("full", (), "2"), ("default", ("router.processes=4",), "4")):
+        docs = render(value_set, *sets)
+        (router,) = [d for d in find(docs, "Deployment") if component(d) == "router"]
+        assert container_env(router, docs)["XROUTER_ROUTER_PROCESSES"] == expected
+    assert find(render("default"), "HorizontalPodAutoscaler")  # replicas scale out, processes scale up
+    for bad in ("0", "1.5", "two"):
+        refused = subprocess.run([_helm(), "template", "x", str(CHART), "--set", f"router.processes={bad}"],
+                                 capture_output=True, text=True)
+        assert refused.returncode != 0 and "processes" in refused.stderr, refused.stderr[-500:]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from xrouter import cli
-from xrouter.adapters.backends import estimate_tokens
 from xrouter.adapters.catalog import load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.common.outcomes import ROUTERBENCH, split_of
 from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption

@@ -5,6 +5,7 @@ server backed by the same model."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.util
 import json
@@ -307,6 +308,41 @@ def test_cached_contexts_change_nothing_but_the_work(env: ReplayEnvironment, tin
     cached.clear_caches()
     cached.generate_blocking(prompt, 8, 0.0)
     assert cached.reused_tokens == len(prompt) - 1 + shared
+
+
+def test_a_batched_group_samples_what_single_calls_would(env: ReplayEnvironment, tiny: Tiny) -> None:
+    """G continuations of one context in one decode: greedy rows equal the single greedy call, each
+    row's log-probs are the model's own for its tokens, and rows that stop early end at their stop."""
+    model, tokenizer = tiny
+    prompt = start(ChatRenderer(tokenizer), state_for(env)).token_ids
+    backend = TransformersBackend(model, tokenizer)
+    single = backend.generate_blocking(prompt, 8, 0.0)
+    rows = backend.sample_blocking(prompt, 8, 0.0, 3)
+    assert [r.token_ids for r in rows] == [single.token_ids] * 3
+    torch.manual_seed(0)
+    sampled = backend.sample_blocking(prompt, 12, 1.0, 4)
+    assert len({r.token_ids for r in sampled}) > 1  # independent samples, not one copied
+    for row in sampled:
+        ids = torch.tensor([prompt + list(row.token_ids)])
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+        expected = torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]).squeeze(1)
+        assert max(abs(a - b) for a, b in zip(row.log_probs or (), expected.tolist())) < 1e-3
+        stops = [i for i, t in enumerate(row.token_ids) if t in backend.stop_ids]
+        assert stops in ([], [len(row.token_ids) - 1]) and (row.finish_reason == "stop") == bool(stops)
+
+
+async def test_concurrent_requests_for_one_context_share_a_decode(env: ReplayEnvironment, tiny: Tiny) -> None:
+    model, tokenizer = tiny
+    prompt = start(ChatRenderer(tokenizer), state_for(env)).token_ids
+    backend = TransformersBackend(model, tokenizer, batch_same_context=True)
+    try:
+        replies = await asyncio.gather(*[backend.generate(prompt, 6, 0.0) for _ in range(4)],
+                                       backend.generate(prompt[:-3], 6, 0.0))
+    finally:
+        await backend.aclose()
+    assert backend.batched_samples == 4  # the fifth, another context, decoded alone
+    assert len({r.token_ids for r in replies[:4]}) == 1
 
 
 def options(env: ReplayEnvironment) -> list[ModelOption]:

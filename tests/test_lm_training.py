@@ -52,6 +52,9 @@ def test_shipped_lm_configs_load() -> None:
     assert TrainConfig(policy="lm", lm_model="tiny", max_turns=1).max_turns == 1  # the LM can answer directly
     gpu = TrainConfig.from_file(CONFIGS / "lm-smollm2.yaml")
     assert (gpu.lm_model, gpu.group_size, gpu.clip_high) == ("smollm2", 8, 0.28)
+    cpu = TrainConfig.from_file(CONFIGS / "lm-smollm2-grpo.yaml")  # the 2-core CPU run
+    assert (cpu.lm_model, cpu.sft_teacher, cpu.lm_batch_group, cpu.lm_eval_prompts) == ("smollm2", "knn", True, 16)
+    assert TrainConfig.from_file(CONFIGS / "lm-smollm2-grpo-gpu.yaml").sft_teacher == "oracle"
 
 
 def test_masked_tokens_get_no_gradient() -> None:
@@ -78,8 +81,12 @@ def trainer(env: ReplayEnvironment, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 async def test_grpo_steps_on_the_tiny_model_change_every_parameter(trainer: LMTrainer) -> None:
+    batched = trainer.backend.batched_samples
     groups = await trainer.rollout(trainer.train_prompts[:2])
     assert [len(g) for g in groups] == [2, 2]
+    # the group's episodes played concurrently: each has its own transcript, their first turns one decode
+    assert all(g[0].transcript is not g[1].transcript for g in groups)
+    assert trainer.backend.batched_samples - batched >= 4
     # A random model earns 0 on real prompts (no tool calls, truncated replies), so no group would
     # carry a signal; the rewards are set here to exercise the update on its real rollouts.
     groups = [[dataclasses.replace(r, reward=float(i % 2)) for i, r in enumerate(g)] for g in groups]
@@ -92,8 +99,13 @@ async def test_grpo_steps_on_the_tiny_model_change_every_parameter(trainer: LMTr
     assert unchanged == []
     # The policy sampled from the old weights: its cached contexts are gone after the step.
     assert trainer.backend._caches == []  # noqa: SLF001
-    second = trainer.update([[dataclasses.replace(r, reward=1.0 - r.reward) for r in g] for g in groups])
-    assert math.isfinite(second["loss"])
+    # Two epochs: the old log-probs come from a pass before the update (one epoch reuses its own).
+    config, trainer.config = trainer.config, dataclasses.replace(trainer.config, update_epochs=2)
+    try:
+        second = trainer.update([[dataclasses.replace(r, reward=1.0 - r.reward) for r in g] for g in groups])
+    finally:
+        trainer.config = config
+    assert math.isfinite(second["loss"]) and second["entropy"] == pytest.approx(stats["entropy"], rel=0.05)
 
 
 async def test_groups_without_reward_variance_are_dropped(trainer: LMTrainer) -> None:
@@ -123,6 +135,9 @@ async def test_xrouter_train_with_policy_lm_writes_a_checkpoint_the_router_serve
     assert manifest["sft"] == sft and sft["teacher"] == "cheapest" and sft["kept"] >= 1
     assert len(sft["epochs"]) == 1 and math.isfinite(sft["epochs"][0]["nll"]) and sft["probe_after"]["decisions"] > 0
     assert manifest["eval"]["lambdas"][0]["lambda"] == 100
+    # the warm start is evaluated on the same prompts and λ as the result, and the curves are drawn
+    assert [r["lambda"] for r in manifest["eval"]["after_warm_start"]] == [100]
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     policy = await build_policy(str(out / "checkpoint"), list(env.options.values()))
     assert isinstance(policy, LMPolicy) and policy.version == manifest["version"]
     episode = await env.play(policy, env.split("validation")[0], sorted(env.options), 10.0)

@@ -16,7 +16,8 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.core import AdapterCore
 from xrouter.adapters.server import register as register_adapters

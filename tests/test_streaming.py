@@ -21,10 +21,10 @@ import sqlalchemy
 from adapters_openai_server import Fault, OpenAIProtocolServer
 from test_adapters_openai import entry
 
-from xrouter.adapters.backends import estimate_tokens
 from xrouter.adapters.backends.openai_http import OpenAIBackend
 from xrouter.adapters.catalog import parse_catalog
 from xrouter.adapters.core import AdapterCore
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.local_stack import InProcessStack

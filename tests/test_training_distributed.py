@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+from xrouter.router.checkpoint_manifest import MANIFEST
 from xrouter.router.compact.checkpoint import read_manifest
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -26,3 +27,21 @@ def test_torchrun_two_processes_train_one_model(tmp_path) -> None:  # type: igno
     assert [m["step"] for m in metrics] == [1, 2, 3]  # one log, written by rank 0
     manifest = read_manifest(tmp_path / "checkpoint")
     assert manifest["config"]["steps"] == 3
+
+
+def test_torchrun_two_processes_train_the_lm_policy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The LM policy's GRPO under torchrun: each rank rolls out its own prompts, token gradients are
+    summed over both, the replicas end identical and rank 0 alone logs and saves."""
+    bin_dir = pathlib.Path(sys.executable).parent
+    command = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node=2", "--no-python",
+               str(bin_dir / "xrouter"), "train", "--config", str(CONFIGS / "lm-tiny.yaml"), "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "weights identical on all 2 processes" in done.stdout
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]  # one log, written by rank 0
+    # both ranks' episodes in the log: 2 processes × 2 prompts per step × groups of 2
+    assert all(m["processes"] == 2 and m["episodes"] == 8 for m in metrics)
+    manifest = json.loads((tmp_path / "checkpoint" / MANIFEST).read_text())
+    assert manifest["config"]["steps"] == 2

@@ -78,7 +78,7 @@ def git_commit() -> str:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from xrouter_training.config import TrainConfig
     from xrouter_training.lm_sft import SupervisedWarmStart
-    from xrouter_training.lm_train import LMTrainer, summary
+    from xrouter_training.lm_train import LMTrainer, outcome, summary
 
     started = time.perf_counter()
     out = pathlib.Path(args.out)
@@ -210,8 +210,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         stats = trainer.update(groups)
         sync(device)
         step_s = time.perf_counter() - t0
-        flat = [r for g in groups for r in g]
-        row = {"step": step, **summary(flat), "tool_call_validity": 1.0 - summary(flat)["format_error_rate"],
+        flat = summary([outcome(r) for g in groups for r in g])
+        row = {"step": step, **flat, "tool_call_validity": 1.0 - flat["format_error_rate"],
                "reward_std_in_groups": float(sum(float(torch.tensor([r.reward for r in g]).std()) for g in groups)
                                              / len(groups)),
                **stats, "episodes": len(flat), "rollout_seconds": round(rollout_s, 3),
@@ -245,7 +245,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="training/configs/lm-smollm2-grpo.yaml")
+    parser.add_argument("--config", default="training/configs/lm-smollm2-grpo-gpu.yaml")
     parser.add_argument("--out", required=True)
     parser.add_argument("--lm-model", dest="lm_model")
     parser.add_argument("--steps", type=int)

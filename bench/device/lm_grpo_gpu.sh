@@ -4,7 +4,7 @@
 # $OUT is unset. Rollouts go through the repo's transformers generation path (model.generate on the
 # GPU, one episode at a time): vLLM is not installed on the GPU machine and is not used.
 #
-#   bash bench/device/lm_grpo_gpu.sh [OUTDIR]                 # the GPU run (training/configs/lm-smollm2-grpo.yaml)
+#   bash bench/device/lm_grpo_gpu.sh [OUTDIR]                 # the GPU run (training/configs/lm-smollm2-grpo-gpu.yaml)
 #   bash bench/device/lm_grpo_gpu.sh --cpu-dry-run [OUTDIR]   # tiny random Llama, 1 GRPO step, CPU, ~1-2 min
 #   bash bench/device/lm_grpo_gpu.sh --stage                  # GPU machine, first call: wheels + GGUF part 1
 #

@@ -106,6 +106,12 @@ class TrainConfig:
     max_new_tokens: int = 256
     rollout_temperature: float = 1.0
     lm_micro_batch: int = 4  # also the episodes per optimizer step of the supervised warm start
+    # A GRPO group's episodes play concurrently and their shared first-turn context is sampled in one
+    # batched decode (generation.py); off: one episode after another (the before of the speed bench).
+    lm_batch_group: bool = True
+    # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
+    # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
+    lm_eval_prompts: int = 0
     # What the router LM's own tokens cost, USD per million prompt / completion tokens: each episode's
     # cost in the reward includes them, at the price serving bills (XROUTER_ROUTER_LM_*_USD_PER_MTOK).
     router_input_usd_per_mtok: float = DEFAULT_INPUT_USD_PER_MTOK

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from xrouter.adapters.backends import estimate_tokens
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.common import outcomes
 from xrouter.common.outcomes import read_outcomes
 from xrouter.router.baselines import SYSTEM_PROMPT

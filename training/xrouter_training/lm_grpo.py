@@ -55,7 +55,8 @@ def token_log_probs(model: Any, batch: TokenBatch, temperature: float = 1.0,
     all_log_probs = torch.log_softmax(logits, dim=-1)
     targets = batch.input_ids[:, keep + 1]
     log_probs = all_log_probs.gather(2, targets[..., None]).squeeze(2)
-    entropy = -(all_log_probs.exp() * all_log_probs).sum(-1) if with_entropy else None
+    detached = all_log_probs.detach()  # entropy is a statistic here, never a loss term
+    entropy = -(detached.exp() * detached).sum(-1) if with_entropy else None
     return log_probs, entropy
 
 

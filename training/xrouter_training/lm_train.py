@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import random
 import time
@@ -31,11 +30,12 @@ from xrouter.router.lm.charge import RouterLMPrice, transcript_cost_usd
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.lm.transcript import Transcript
-from xrouter.router.policy import Strategy
-from xrouter_training import grpo, lm_grpo
+from xrouter.router.policy import Action, EpisodeState, Strategy
+from xrouter_training import distributed, grpo, lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.lm_models import load_base_model
+from xrouter_training.plot_training import plot_training_curves
 from xrouter_training.train import sample_lambda, sample_pool
 
 
@@ -65,20 +65,37 @@ def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript, pric
     return Rollout(episode, transcript, reward, failure, router_cost)
 
 
+class EpisodeTranscript:
+    """The LM policy as one episode sees it, keeping that episode's transcript (the policy itself
+    serves every concurrent episode)."""
+
+    def __init__(self, policy: LMPolicy) -> None:
+        self.policy, self.transcript = policy, None
+        self.kind, self.min_turns = policy.kind, policy.min_turns
+
+    async def decide(self, state: EpisodeState) -> Action:
+        action = await self.policy.decide(state)
+        self.transcript = self.policy.transcript_of(state)
+        return action
+
+
 class LMTrainer:
     """GRPO for the LM policy; ``env`` replaces the environment the config names (tests)."""
 
     def __init__(self, config: TrainConfig, out: pathlib.Path, env: ReplayEnvironment | None = None) -> None:
         if config.policy != "lm":
             raise ConfigError(f"policy={config.policy!r}: LMTrainer trains policy: lm")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("policy: lm trains in a single process for now; run it without torchrun")
         self.config, self.out = config, out
+        # Under torchrun each process samples its own prompts' groups; token-level gradients are
+        # summed over the processes, so the step is the token mean over every process's tokens.
+        self.processes = distributed.join()
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, self.tokenizer = load_base_model(config.lm_model, config.seed)
+        self.device = distributed.device()
+        with distributed.leader_first(self.processes):  # rank 0 converts the GGUF into the shared cache
+            model, self.tokenizer = load_base_model(config.lm_model, config.seed)  # the same start on every rank
         self.model = model.to(self.device)
+        torch.manual_seed(config.seed * 1000 + self.processes.rank)  # each rank samples its own completions
         data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
         kwargs = {"catalog": config.catalog} if config.catalog else {}
         reward = RewardConfig(config.reward_k, config.reward_cost_max)
@@ -86,7 +103,7 @@ class LMTrainer:
         limit = config.limit_prompts or None
         self.train_prompts = self.env.split("train")[:limit]
         self.validation = self.env.split("validation")[:limit]
-        self.backend = TransformersBackend(self.model, self.tokenizer)
+        self.backend = TransformersBackend(self.model, self.tokenizer, batch_same_context=config.lm_batch_group)
         self.policy = LMPolicy(self.tokenizer, self.backend,
                                temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
                                price=config.router_price())
@@ -94,19 +111,24 @@ class LMTrainer:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     async def play(self, prompt: Prompt, pool: list[str], cost_lambda: float) -> Rollout:
-        """One episode with the current policy settings; one that did not end properly scores 0."""
-        self.policy.recorder = []
-        episode = await self.env.play(self.policy, prompt, pool, cost_lambda, self.config.max_turns)
-        (transcript,) = self.policy.recorder
-        self.policy.recorder = None
-        return judge(self.env, episode, transcript, self.config.router_price())
+        """One episode with the current policy settings; one that did not end properly scores 0.
+        Several may play at once (a group): each keeps its own transcript."""
+        recorded = EpisodeTranscript(self.policy)
+        episode = await self.env.play(recorded, prompt, pool, cost_lambda, self.config.max_turns)
+        if recorded.transcript is None:
+            raise RuntimeError("the episode ended without asking the router LM for a decision")
+        return judge(self.env, episode, recorded.transcript, self.config.router_price())
 
-    async def rollout(self, prompts: list[Prompt]) -> list[list[Rollout]]:
+    async def rollout(self, prompts: list[Prompt], rng: random.Random | None = None) -> list[list[Rollout]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
-        groups = []
+        groups, rng = [], rng or self.rng
         for prompt in prompts:
-            pool, lam = sample_pool(self.env, prompt, self.config, self.rng), sample_lambda(self.config, self.rng)
-            groups.append([await self.play(prompt, pool, lam) for _ in range(self.config.group_size)])
+            pool, lam = sample_pool(self.env, prompt, self.config, rng), sample_lambda(self.config, rng)
+            plays = [self.play(prompt, pool, lam) for _ in range(self.config.group_size)]
+            if self.config.lm_batch_group:  # concurrently: their first turns share one batched decode
+                groups.append(list(await asyncio.gather(*plays)))
+            else:
+                groups.append([await play for play in plays])
         return groups
 
     def update(self, groups: list[list[Rollout]]) -> dict[str, float]:
@@ -117,35 +139,51 @@ class LMTrainer:
         advantages = grpo.group_advantages(rewards, scale=config.advantage_scale)
         samples = [(rollout.transcript, float(advantages[g, e])) for g, group in enumerate(groups) if keep[g]
                    for e, rollout in enumerate(group) if any(rollout.transcript.generated)]
-        stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": math.nan, "tokens": 0.0}
-        if not samples:
-            return stats
+        kept = distributed.total(float(keep.sum()), self.processes) / distributed.total(len(keep), self.processes)
+        stats = {"kept_groups": kept, "loss": 0.0, "entropy": math.nan, "tokens": 0.0}
         step = config.lm_micro_batch
         batches = [lm_grpo.pad_transcripts([t for t, _ in samples[i:i + step]], [a for _, a in samples[i:i + step]],
                                            self.pad_id).to(self.device) for i in range(0, len(samples), step)]
-        total = int(sum(int(b.loss_mask.sum()) for b in batches))
+        local = int(sum(int(b.loss_mask.sum()) for b in batches))
+        total = int(distributed.total(local, self.processes))  # every process's generated tokens
+        if not total:
+            return stats
         self.model.eval()  # no dropout: the ratio compares the same function before and after
-        old, entropy_sum = [], 0.0
-        with torch.no_grad():
-            for batch in batches:
-                log_probs, entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature, True)
-                old.append(log_probs)
-                assert entropy is not None
-                entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
+        # One pass (on-policy): the "old" log-probs are this very forward's, detached — the ratio is
+        # exactly 1 and the pass before the update that several epochs need (a quarter of the step's
+        # compute on CPU) is skipped.
+        single_pass = config.update_epochs == 1
+        old: list[torch.Tensor | None] = [None] * len(batches)
+        entropy_sum = 0.0
+        if not single_pass:
+            with torch.no_grad():
+                for i, batch in enumerate(batches):
+                    old[i], entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature, True)
+                    assert entropy is not None
+                    entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
         loss_value = 0.0
         for _ in range(config.update_epochs):
             self.optimizer.zero_grad()
             loss_value = 0.0
             for batch, old_log_probs in zip(batches, old, strict=True):
-                log_probs, _ = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature)
+                log_probs, entropy = lm_grpo.token_log_probs(self.model, batch, config.rollout_temperature,
+                                                             single_pass)
+                if old_log_probs is None:
+                    assert entropy is not None
+                    old_log_probs = log_probs.detach()
+                    entropy_sum += float(entropy[lm_grpo.kept_mask(batch)].sum())
                 loss = lm_grpo.token_loss(log_probs, old_log_probs, batch.advantages, lm_grpo.kept_mask(batch),
                                           config.clip_low, config.clip_high, total)
                 loss.backward()
                 loss_value += float(loss.detach())
+            # each rank's loss is its share of the global token mean: the sum is the whole gradient
+            distributed.reduce_gradients(self.model.parameters(), self.processes, average=False)
+            loss_value = distributed.total(loss_value, self.processes)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.backend.clear_caches()  # cached contexts hold keys/values of the old weights
-        stats.update(loss=loss_value, entropy=entropy_sum / total, tokens=float(total))
+        stats.update(loss=loss_value, entropy=distributed.total(entropy_sum, self.processes) / total,
+                     tokens=float(total))
         return stats
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
@@ -155,7 +193,7 @@ class LMTrainer:
         try:
             for lam in self.config.eval_lambdas:
                 rollouts = [await self.play(p, sorted(self.env.options), lam) for p in prompts]
-                rows.append(summary(rollouts) | {"lambda": lam})
+                rows.append(summary([outcome(r) for r in rollouts]) | {"lambda": lam})
         finally:
             self.policy.temperature = self.config.rollout_temperature
         return rows
@@ -163,38 +201,61 @@ class LMTrainer:
     async def run(self) -> pathlib.Path:
         config, started = self.config, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        processes = self.processes
         sft = None
         if config.sft_teacher:
             from xrouter_training.lm_sft import SupervisedWarmStart  # it builds on this module
 
-            warm = SupervisedWarmStart(config, self.env, self.model, self.tokenizer)
-            sft = await warm.run(self.train_prompts, self.validation[:config.sft_probe_prompts], self.rng, self.out)
+            if processes.leader:  # one warm start; the other processes take its weights
+                warm = SupervisedWarmStart(config, self.env, self.model, self.tokenizer)
+                sft = await warm.run(self.train_prompts, self.validation[:config.sft_probe_prompts], self.rng, self.out)
+            distributed.broadcast_weights(self.model, processes)
             self.backend.clear_caches()  # contexts cached before the warm start hold the old weights
+        eval_prompts = self.validation[:config.lm_eval_prompts or None]
+        after_sft = None
+        if config.sft_teacher and config.steps and processes.leader:  # the start GRPO is measured against
+            print(f"evaluating the warm start on {len(eval_prompts)} validation prompts...", flush=True)
+            after_sft = await self.evaluate(eval_prompts)
+            print_evaluation(after_sft)
+        # One shared order of prompts (the same shuffle on every rank); each rank takes its own slice.
         order, cursor = list(self.train_prompts), len(self.train_prompts)
-        with open(self.out / "metrics.jsonl", "w") as log:
+        per_step = config.prompts_per_step * processes.size
+        rollout_rng = random.Random(config.seed * 1000 + processes.rank)  # pools and λ differ by rank
+        log = open(self.out / "metrics.jsonl", "w") if processes.leader else None  # noqa: SIM115
+        try:
             for step in range(1, config.steps + 1):
-                if cursor + config.prompts_per_step > len(order):
-                    self.rng.shuffle(order)
+                if cursor + per_step > len(order):
+                    random.Random(config.seed + step).shuffle(order)
                     cursor = 0
-                prompts = order[cursor:cursor + config.prompts_per_step]
-                cursor += config.prompts_per_step
+                begin = cursor + processes.rank * config.prompts_per_step
+                prompts = order[begin:begin + config.prompts_per_step]
+                cursor += per_step
                 step_started = time.perf_counter()
-                groups = await self.rollout(prompts)
+                groups = await self.rollout(prompts, rollout_rng)
                 rollout_s = time.perf_counter() - step_started
                 stats = self.update(groups)
-                row = {"step": step, **summary([r for g in groups for r in g]), **stats, "rollout_seconds": rollout_s,
+                outcomes = distributed.gather([outcome(r) for g in groups for r in g], processes)
+                row = {"step": step, **summary(outcomes), **stats, "processes": processes.size, "episodes": len(outcomes),
+                       "rollout_seconds": rollout_s,
                        "step_seconds": time.perf_counter() - step_started, "seconds": time.perf_counter() - started}
+                if log is None:
+                    continue
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+                plot_training_curves(self.out / "metrics.jsonl", self.out / "metrics.png")  # a run cut short has it too
                 print(f"step {step:>4}/{config.steps}  reward {row['reward']:.3f}  acc {row['accuracy']:.3f}  "
                       f"cost ${row['cost_usd']:.5f}  calls {row['calls_per_query']:.2f}  "
                       f"format errors {row['format_error_rate']:.2f}  entropy {row['entropy']:.3f}  "
                       f"kept {row['kept_groups']:.2f}  {row['step_seconds']:.1f}s", flush=True)
+        finally:
+            if log is not None:
+                log.close()
+        distributed.check_replicas_agree(self.model, processes)
+        if not processes.leader:
+            return self.out / "checkpoint"
         print("evaluating on the validation split...", flush=True)
-        evaluation = await self.evaluate(self.validation)
-        for row in evaluation:
-            print(f"  λ={row['lambda']:<6g} accuracy {row['accuracy']:.3f}  cost ${row['cost_usd']:.6f}  "
-                  f"calls {row['calls_per_query']:.2f}  format errors {row['format_error_rate']:.2f}")
+        evaluation = await self.evaluate(eval_prompts)
+        print_evaluation(evaluation)
         version = f"{time.strftime('%Y%m%d%H%M%S')}-lm-s{config.seed}"
         self.model.to("cpu")  # saved weights load anywhere
         checkpoint.save(self.out / "checkpoint", self.model, self.tokenizer, {
@@ -204,25 +265,40 @@ class LMTrainer:
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "generation": {"max_new_tokens": config.max_new_tokens,
                            "max_response_chars": self.policy.max_response_chars},
-            "config": dataclasses.asdict(config), "sft": sft, "eval": {"split": "validation", "lambdas": evaluation},
+            "config": dataclasses.asdict(config), "sft": sft,
+            "eval": {"split": "validation", "prompts": len(eval_prompts), "lambdas": evaluation,
+                     "after_warm_start": after_sft},
             "train_seconds": time.perf_counter() - started})
         self.model.to(self.device)
         print(f"checkpoint {version} written to {self.out / 'checkpoint'} ({time.perf_counter() - started:.0f}s)")
         return self.out / "checkpoint"
 
 
-def summary(rollouts: list[Rollout]) -> dict[str, float]:
+def print_evaluation(rows: list[dict[str, float]]) -> None:
+    for row in rows:
+        print(f"  λ={row['lambda']:<6g} reward {row['reward']:.3f}  accuracy {row['accuracy']:.3f}  "
+              f"cost ${row['cost_usd']:.6f}  calls {row['calls_per_query']:.2f}  "
+              f"format errors {row['format_error_rate']:.2f}", flush=True)
+
+
+def outcome(rollout: Rollout) -> dict[str, float]:
+    """One episode's figures, small enough to gather from every process."""
+    episode = rollout.episode
+    return {"reward": rollout.reward, "accuracy": episode.score, "cost_usd": episode.cost_usd,  # the model calls'
+            "router_cost_usd": rollout.router_cost_usd,  # the router LM's own tokens (in the reward too)
+            "calls_per_query": float(sum(c.attempted for c in episode.calls)),
+            "format_error_rate": float(bool(rollout.failure)),
+            "generated_tokens": float(sum(rollout.transcript.generated))}
+
+
+def summary(outcomes: list[dict[str, float]]) -> dict[str, float]:
     """Mean reward, accuracy, cost, calls and the share of episodes with a malformed/truncated reply."""
-    episodes = [r.episode for r in rollouts]
-    return {"reward": float(np.mean([r.reward for r in rollouts])),
-            "accuracy": float(np.mean([e.score for e in episodes])),
-            "cost_usd": float(np.mean([e.cost_usd for e in episodes])),  # the model calls'
-            "router_cost_usd": float(np.mean([r.router_cost_usd for r in rollouts])),
-            "calls_per_query": float(np.mean([sum(c.attempted for c in e.calls) for e in episodes])),
-            "format_error_rate": float(np.mean([bool(r.failure) for r in rollouts])),
-            "generated_tokens": float(np.mean([sum(r.transcript.generated) for r in rollouts]))}
+    return {key: float(np.mean([o[key] for o in outcomes])) for key in outcomes[0]} if outcomes else {}
 
 
 def main(config: TrainConfig, out: str) -> int:
-    asyncio.run(LMTrainer(config, pathlib.Path(out)).run())
+    try:
+        asyncio.run(LMTrainer(config, pathlib.Path(out)).run())
+    finally:
+        distributed.leave()
     return 0

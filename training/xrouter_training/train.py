@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import random
 import time
@@ -25,7 +24,7 @@ from xrouter.router.compact.features import Vocabulary, descriptor_text
 from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy, Turn
-from xrouter_training import grpo, warm_start
+from xrouter_training import distributed, grpo, warm_start
 from xrouter_training.config import TrainConfig
 from xrouter_training.environment import Episode, MixedEnvironment, Prompt, ReplayEnvironment
 
@@ -76,10 +75,8 @@ class Trainer:
                  embed: Callable[[str], np.ndarray] | None = None, env: ReplayEnvironment | None = None) -> None:
         """``embed`` replaces the query encoder and ``env`` the environment built from the config (tests)."""
         self.config, self.out = config, out
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world > 1:  # launched by torchrun: gradients are averaged across processes
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.processes = distributed.join()  # under torchrun: gradients are averaged across processes
+        self.rank, self.world = self.processes.rank, self.processes.size
         torch.manual_seed(config.seed)
         torch.set_num_threads(1)  # tiny per-decision forwards: threads cost more than they give
         self.rng = random.Random(config.seed * 1000 + self.rank)
@@ -92,13 +89,10 @@ class Trainer:
         if embed is None:
             # Rank 0 exports the encoder and embeds the prompts into the cache; the others wait for it
             # and read the cache (concurrent writers would race on the same files).
-            if self.world > 1 and self.rank != 0:
-                torch.distributed.barrier()
-            encoder = QueryEncoder.load()
-            texts = [p.text for p in self.train_prompts + self.validation] + [descriptor_text(o) for o in options]
-            vectors = embed_prompts(encoder, [(text, text) for text in dict.fromkeys(texts)], progress=self.rank == 0)
-            if self.world > 1 and self.rank == 0:
-                torch.distributed.barrier()
+            with distributed.leader_first(self.processes):
+                encoder = QueryEncoder.load()
+                texts = [p.text for p in self.train_prompts + self.validation] + [descriptor_text(o) for o in options]
+                vectors = embed_prompts(encoder, [(text, text) for text in dict.fromkeys(texts)], progress=self.rank == 0)
             embed = vectors.__getitem__
         self.network = CompactRouter(len(self.vocabulary.models), len(self.vocabulary.tags), hidden=config.hidden,
                                      reward_k=config.reward_k, dropout=config.dropout, id_dropout=config.id_dropout)
@@ -170,35 +164,13 @@ class Trainer:
             self.optimizer.zero_grad()
             loss.backward()
             if self.world > 1:
-                self._average_gradients()
+                distributed.reduce_gradients(self.network.parameters(), self.processes, average=True)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
             self.optimizer.step()
         self.network.eval()
         stats.update(loss=float(loss.detach()), entropy=float(entropy.detach().mean()), correct_bce=float(bce.detach()),
                      cost_mse=float(cost_mse.detach()))
         return stats
-
-    def _average_gradients(self) -> None:
-        """Mean of every gradient over the processes. A parameter with no gradient here may have one
-        on another rank (its groups were all dropped here, not there): it joins with zeros, or the
-        collective calls would not line up."""
-        for parameter in self.network.parameters():
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            torch.distributed.all_reduce(parameter.grad)
-            parameter.grad /= self.world
-
-    def _check_replicas_agree(self) -> None:
-        """Data-parallel replicas must end with the same weights (same start, same averaged steps)."""
-        flat = torch.cat([t.detach().flatten().double() for t in self.network.state_dict().values()])
-        gathered = [torch.zeros_like(flat) for _ in range(self.world)]
-        torch.distributed.all_gather(gathered, flat)
-        spread = max(float((g - gathered[0]).abs().max()) for g in gathered)
-        if spread > 1e-6:
-            raise RuntimeError(f"the {self.world} training processes ended with different weights "
-                               f"(max difference {spread:.3g}): gradients were not averaged the same way")
-        if self.rank == 0:
-            print(f"weights identical on all {self.world} processes", flush=True)
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
         """Greedy policy, for each source and λ of the grid, every model of the prompt's source that
@@ -240,9 +212,8 @@ class Trainer:
         config, started = self.config, time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         warm = await self.warm_start() if config.warm_start_epochs else {}
-        if self.world > 1:  # every rank warm-starts identically (same seed); rank 0's copy is authoritative
-            for tensor in self.network.state_dict().values():
-                torch.distributed.broadcast(tensor, src=0)
+        # every rank warm-starts identically (same seed); rank 0's copy is authoritative
+        distributed.broadcast_weights(self.network, self.processes)
         if warm and self.rank == 0:
             print(f"warm start: held-out correctness BCE {warm['held_out_bce']:.4f}, cost MSE "
                   f"{warm['held_out_cost_mse']:.4f} (epoch {warm['best_epoch']}/{config.warm_start_epochs})", flush=True)
@@ -273,7 +244,7 @@ class Trainer:
                       f"entropy {row['entropy']:.3f}  bce {row['correct_bce']:.3f}  kept {row['kept_groups']:.2f}  {row['seconds']:.0f}s",
                       end="\n" if step % 10 == 0 or step == config.steps else "", flush=True)
         if self.world > 1:
-            self._check_replicas_agree()
+            distributed.check_replicas_agree(self.network, self.processes)
         if self.rank != 0:
             return self.out
         print("evaluating on the validation split...", flush=True)
@@ -306,6 +277,5 @@ def main(config_path: str, out: str) -> int:
     try:
         asyncio.run(Trainer(config, pathlib.Path(out)).run())
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.leave()
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from xrouter.adapters.resilience import CallPolicy
+from xrouter.adapters.token_count import TokenizerError, load_tokenizer
 
 # Backends this build can call; the catalog refuses any other kind instead of failing per call.
 #   replay: recorded outcomes · openai: OpenAI-compatible chat completions over HTTP (OpenAI, vLLM,
@@ -44,6 +45,7 @@ class ModelSpec:
     protocol: str = ""  # kserve: "rest" or "grpc"
     weights_package: str = ""  # local: the Python package that ships the weights
     weights_file: str = ""  # local: the GGUF file inside that package
+    tokenizer: str = ""  # counts tokens a backend does not report (see token_count); "": estimated
     policy: CallPolicy = CallPolicy()  # deadline, retries, breaker, concurrency
 
     @property
@@ -121,6 +123,7 @@ def parse_catalog(document: Any, source: str = "catalog") -> dict[str, ModelSpec
             protocol=_field(entry, where, "protocol", str, "rest" if backend == "kserve" else ""),
             weights_package=_field(entry, where, "weights_package", str, ""),
             weights_file=_field(entry, where, "weights_file", str, ""),
+            tokenizer=_field(entry, where, "tokenizer", str, ""),
             policy=_policy(entry.get("resilience", {}), f"{where}.resilience"))
         _check_backend_fields(spec, where)
         models[model_id] = spec
@@ -143,6 +146,11 @@ def _check_backend_fields(spec: ModelSpec, where: str) -> None:
     if spec.backend == "local" and not (spec.weights_package and spec.weights_file):
         raise CatalogError(f"{where}.weights_package: a local model needs weights_package and weights_file "
                            "(the Python package that ships its GGUF weights, and the file in it)")
+    if spec.tokenizer:
+        try:
+            load_tokenizer(spec.tokenizer)  # loaded (and cached) now: a bad one fails the start, not a call
+        except TokenizerError as error:
+            raise CatalogError(f"{where}.tokenizer: {error}") from None
     if spec.credentials_env and not spec.credentials_env.replace("_", "").isalnum():
         raise CatalogError(f"{where}.credentials_env: must be an environment variable name, "
                            f"not the credential itself")

@@ -15,9 +15,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from xrouter.adapters import metrics
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import Attempts, BackendError, ModelGuard
+from xrouter.adapters.token_count import counter_for
 from xrouter.adapters.tracing import finish_call_span, in_span, start_call_span
 from xrouter.common.call_options import CallOptions, check_options
 from xrouter.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, XRouterError
@@ -172,8 +173,10 @@ class AdapterCore:
             producer.cancel()
             if streamed and not attempts.output_tokens:
                 # Cut off (deadline, caller gone) mid-stream: what was generated is consumed all the same.
-                attempts.input_tokens = sum(estimate_tokens(content) for _, content in messages)
-                attempts.output_tokens, attempts.tokens_estimated = estimate_tokens("".join(streamed)), True
+                counter = counter_for(spec.tokenizer)
+                attempts.input_tokens = counter.messages(messages)
+                attempts.output_tokens = counter.text("".join(streamed))
+                attempts.tokens_estimated = attempts.tokens_estimated or not counter.exact
             if isinstance(error, GeneratorExit):  # the consumer stopped reading: account, then close
                 cancelled = asyncio.CancelledError()
                 finish_call_span(span, failed_call(self._failed(spec, cancelled, attempts, started)), error=cancelled)

@@ -4,6 +4,10 @@ that honour Retry-After, all inside one deadline.
 A :class:`ModelGuard` wraps every call on one catalog model. Backends raise :class:`BackendError`
 for a failed attempt, saying whether a retry may help and what the attempt consumed; the guard
 decides whether to retry, when, and whether the model's circuit opens.
+
+Why not tenacity: rewritten on ``tenacity.AsyncRetrying`` (custom Retry-After wait, stop by attempts or
+deadline, a give-up callback for the messages) it passed the same tests but was 19 lines longer and
+cost about 4x the per-call overhead (60-90 µs against 14-25 µs for a call that succeeds at once).
 """
 
 from __future__ import annotations

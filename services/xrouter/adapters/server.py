@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Mapping
 
@@ -143,6 +142,6 @@ def main() -> None:
         core.trace_with(provider)  # model-call and backend HTTP spans under the service's provider
         return register(core), core.aclose
 
-    asyncio.run(grpc_server.run_service("adapters", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls(),
-                                        health_port=config.health_port))
+    grpc_server.run("adapters", lambda: grpc_server.run_service(
+        "adapters", build, host=config.host, port=config.port, grace=config.grace_s,
+        metrics_port=config.metrics_port, tls=config.tls(), health_port=config.health_port))

@@ -38,6 +38,12 @@ class AlreadyExists(XRouterError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class FailedPrecondition(XRouterError):
+    """The request is valid but the system is not in a state to carry it out; the message says which."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class PermissionDenied(XRouterError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

@@ -281,7 +281,7 @@ def main() -> None:
         print(f"xrouter-metering: {error}", file=sys.stderr)
         sys.exit(2)
     try:
-        asyncio.run(serve(config))
+        grpc_server.run("metering", lambda: serve(config))
     except migrate.SchemaError as error:
         print(f"xrouter-metering: {error}", file=sys.stderr)
         sys.exit(2)

@@ -198,6 +198,6 @@ def main() -> None:
                 await channel.close()
         return register(scorer, config.max_parallel, config.client_tests), close
 
-    asyncio.run(grpc_server.run_service("reward", build, host=config.host, port=config.port,
-                                        grace=config.grace_s, metrics_port=config.metrics_port, tls=config.tls(),
-                                        health_port=config.health_port))
+    grpc_server.run("reward", lambda: grpc_server.run_service(
+        "reward", build, host=config.host, port=config.port, grace=config.grace_s,
+        metrics_port=config.metrics_port, tls=config.tls(), health_port=config.health_port))

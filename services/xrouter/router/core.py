@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xrouter.adapters.backends import estimate_tokens
+from xrouter.adapters.token_count import estimate_tokens
 from xrouter.common import bounds, metrics
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
@@ -29,6 +29,7 @@ from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.lm.charge import charge_router
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.accounting import metrics_for_costs, record_all
 from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 
 ROLES = frozenset({"system", "user", "assistant"})
@@ -369,10 +370,9 @@ class RouterCore:
         """Record every attempted call (failed ones too: they may be billed), then settle with what the
         training export needs (the conversation itself is not kept)."""
         attempted = [c for c in state.calls if c.attempted]
-        for call in attempted:
-            if call.ok:
-                metrics.COST.labels(call.model, metrics.TENANT_LABELS.label(tenant)).inc(call.cost_micro_usd / 1e6)
-            await self._meter.record(request_id, tenant, call, policy.version, trace_id, _left(deadline, floor=5.0))
+        metrics_for_costs(attempted, tenant)
+        # Independent writes, sent together (one wait, metering's group commit); Settle after all of them.
+        await record_all(self._meter, request_id, tenant, attempted, policy.version, trace_id, _left(deadline, floor=5.0))
         await self._meter.settle(
             request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),
             _left(deadline, floor=5.0), policy_version=f"{policy.kind}@{policy.version}", trace_id=trace_id,

@@ -303,13 +303,21 @@ def make_app(core: RouterCore, auth: RouterAuth) -> web.Application:
     return app
 
 
-async def start_http(core: RouterCore, host: str, port: int, auth: RouterAuth) -> web.AppRunner:
-    """Serve the HTTP face on ``host:port`` (0: a free port; read it from the runner's addresses)."""
+async def start_http(core: RouterCore, host: str, port: int, auth: RouterAuth,
+                     worker: int | None = None) -> web.AppRunner:
+    """Serve the HTTP face on ``host:port`` (0: a free port; read it from the runner's addresses).
+    ``worker``: this is one of several router processes sharing the port (router/processes.py);
+    each response names it in the X-Xrouter-Router-Process header."""
+    app = make_app(core, auth)
+    if worker is not None:
+        async def name_worker(request: web.Request, response: web.StreamResponse) -> None:
+            response.headers["X-Xrouter-Router-Process"] = str(worker)
+        app.on_response_prepare.append(name_worker)
     # A client that disconnects cancels its handler, and so the episode and the backend call in
     # flight (what they consumed is still recorded); aiohttp would otherwise let them run to the end.
-    runner = web.AppRunner(make_app(core, auth), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=worker is not None).start()
     return runner
 
 

@@ -8,7 +8,7 @@ import enum
 import functools
 from typing import Protocol
 
-from xrouter.adapters.backends import estimate_tokens
+from xrouter.adapters.token_count import estimate_tokens
 
 # Tokens a call is assumed to generate when neither the request nor the model says less; used
 # only for estimates (cost caps, reservations), never for billing.

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
 from xrouter.common import grpc_server, settings, telemetry
-from xrouter.common.errors import Unavailable, XRouterError
+from xrouter.common.errors import FailedPrecondition, Unavailable, XRouterError
 from xrouter.common.grpc_server import Register
 from xrouter.router import convert
 from xrouter.router.policy_store import PolicyStore, build_policy
@@ -32,10 +32,11 @@ _DONE = object()
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     """proto → core → proto; every RPC authenticated first (router/auth.py)."""
 
-    def __init__(self, core: RouterCore, store: PolicyStore, auth: RouterAuth) -> None:
+    def __init__(self, core: RouterCore, store: PolicyStore, auth: RouterAuth, processes: int = 1) -> None:
         self._core = core
         self._store = store
         self._auth = auth
+        self._processes = processes
         self._feedback = FeedbackDesk(core.meter, core.limits.request_timeout_s)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
@@ -96,16 +97,20 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                          context: grpc.aio.ServicerContext) -> router_pb2.PolicyInfo:
         caller = await self._caller(context)
         self._auth.require_admin(caller, "LoadPolicy")
+        if self._processes > 1:  # this call reaches one of the processes: the others would keep the old policy
+            raise FailedPrecondition(f"LoadPolicy switches one router process's policy, and XROUTER_ROUTER_PROCESSES="
+                                     f"{self._processes}: publish the checkpoint through the policy ConfigMap "
+                                     "(XROUTER_ROUTER_POLICY_CONFIGMAP, which every process watches), or run one process")
         log.warning("audit: admin key %s loads policy %r", caller.key_id, request.source)
         policy = await self._store.load(request.source)
         return router_pb2.PolicyInfo(kind=policy.kind, version=policy.version, source=self._store.source)
 
 
-def register(core: RouterCore, store: PolicyStore | None, auth: RouterAuth) -> Register:
+def register(core: RouterCore, store: PolicyStore | None, auth: RouterAuth, processes: int = 1) -> Register:
     store = store or PolicyStore(core, core.policy.kind)
 
     def add(server: grpc.aio.Server) -> list[str]:
-        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core, store, auth), server)
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(core, store, auth, processes), server)
         return [SERVICE]
     return add
 
@@ -142,12 +147,18 @@ def make_auth(config: RouterSettings, metering_channel: grpc.aio.Channel) -> Rou
     return RouterAuth(meter.authenticate, config.default_tenant, config.key_cache_s)
 
 
-def main() -> None:
+def main(worker: int | None = None) -> None:
+    """``xrouter-router``; with XROUTER_ROUTER_PROCESSES > 1 it supervises that many workers
+    (router/processes.py), each of which runs this with its ``worker`` index."""
     grpc_server.configure_logging()
     try:
         config = settings.load(RouterSettings)
     except settings.SettingsError as error:
         sys.exit(f"xrouter-router: {error}")
+    if config.processes > 1 and worker is None:
+        from xrouter.router.processes import supervise
+
+        sys.exit(supervise(config))
 
     async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
         core, channels = await connect(config, provider)
@@ -160,7 +171,8 @@ def main() -> None:
         if config.http_port:
             from xrouter.router.http_api import start_http
 
-            http = await start_http(core, config.host, config.http_port, auth)
+            http = await start_http(core, config.host, config.http_port, auth,
+                                    worker=worker if config.processes > 1 else None)
 
         async def close() -> None:
             if watcher is not None:
@@ -169,10 +181,10 @@ def main() -> None:
                 await http.cleanup()
             for channel in channels:
                 await channel.close()
-        return register(core, store, auth), close
+        return register(core, store, auth, config.processes), close
 
     try:
-        asyncio.run(grpc_server.run_service("router", build, host=config.host, port=config.port,
+        grpc_server.run("router", lambda: grpc_server.run_service("router", build, host=config.host, port=config.port,
                                             grace=config.grace_s, metrics_port=config.metrics_port,
                                             # The public port: callers prove who they are with API keys.
                                             tls=config.tls(), require_client_cert=False,

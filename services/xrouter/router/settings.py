@@ -72,6 +72,8 @@ class RouterSettings:
     # Each explored request records the behaviour probability of its first call with its settlement.
     exploration_epsilon: float = env("XROUTER_ROUTER_EXPLORATION_EPSILON", 0.0)
     exploration_tenants: str = env("XROUTER_ROUTER_EXPLORATION_TENANTS", "")
+    # Router processes sharing the ports with SO_REUSEPORT (router/processes.py): one per core.
+    processes: int = env("XROUTER_ROUTER_PROCESSES", 1)
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
@@ -118,6 +120,7 @@ class RouterSettings:
             raise SettingsError(f"XROUTER_ROUTER_KEY_CACHE_S must be within [0, 3600] seconds (how late a revoked "
                                 f"key may still work), got {self.key_cache_s}")
         self.exploration()
+        self._check_processes()
         if self.default_cost_lambda < 0:
             raise SettingsError("XROUTER_ROUTER_DEFAULT_COST_LAMBDA must be >= 0")
         for name, value in (("XROUTER_ROUTER_POLICY_CONFIGMAP", self.policy_configmap),
@@ -137,6 +140,13 @@ class RouterSettings:
         self.lm_price()
         if self.lm_served_model != self.lm_served_model.strip():
             raise SettingsError(f"XROUTER_ROUTER_LM_SERVED_MODEL has leading or trailing spaces: {self.lm_served_model!r}")
+
+    def _check_processes(self) -> None:
+        if self.processes < 1:
+            raise SettingsError(f"XROUTER_ROUTER_PROCESSES must be an integer >= 1, got {self.processes}")
+        if self.processes > 1 and self.port == 0:  # each process would pick a different free port
+            raise SettingsError(f"XROUTER_ROUTER_PORT=0 with XROUTER_ROUTER_PROCESSES={self.processes}: the "
+                                "processes share their ports, set a port number")
 
 
 _PRICE_VARIABLES = {"model_id": "XROUTER_ROUTER_LM_MODEL_ID",

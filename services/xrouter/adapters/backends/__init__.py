@@ -17,8 +17,3 @@ class BackendReply:
     cost_micro_usd: int | None = None
     tool_calls: str = ""  # JSON array of OpenAI tool calls; "" when the model made none
     model: str = ""  # the model the backend says answered (its reply's own name); "" when it says none
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count (about four characters a token for English) for backends that report none."""
-    return max(1, (len(text) + 3) // 4) if text else 0

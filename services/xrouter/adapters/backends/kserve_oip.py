@@ -7,7 +7,8 @@ names, which KServe runtimes share):
   (``[{"role": ..., "content": ...}, ...]``); request parameters ``temperature`` (a number over REST,
   a decimal string over gRPC, whose InferParameter has no float) and ``max_tokens``.
 - response: output ``text_output`` (BYTES, [1]); optional ``input_tokens`` and ``output_tokens``
-  (INT64, [1]) and ``finish_reason`` (BYTES, [1]). Without token outputs the counts are estimated.
+  (INT64, [1]) and ``finish_reason`` (BYTES, [1]). Without token outputs the counts are the catalog
+  tokenizer's, or estimated (and marked so) where the catalog names none.
 
 The SDK clients' own retries are switched off: the model's guard (resilience.py) retries.
 """
@@ -27,10 +28,11 @@ from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
 from xrouter.adapters.backends.openai_http import http_error
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import BackendError
+from xrouter.adapters.token_count import counter_for
 from xrouter.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable, XRouterError
 from xrouter.common.http_tracing import TracedTransport
 
@@ -66,7 +68,8 @@ def reply_from_response(spec: ModelSpec, messages: Sequence[tuple[str, str]], re
     if "input_tokens" in outputs and "output_tokens" in outputs:
         return BackendReply(text, int(_first(outputs["input_tokens"])), int(_first(outputs["output_tokens"])),
                             False, finish, model=response.model_name or "")
-    return BackendReply(text, sum(estimate_tokens(c) for _, c in messages), estimate_tokens(text), True, finish,
+    counter = counter_for(spec.tokenizer)
+    return BackendReply(text, counter.messages(messages), counter.text(text), not counter.exact, finish,
                         model=response.model_name or "")
 
 

@@ -15,6 +15,7 @@ import concurrent.futures
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import pathlib
 import shutil
 import threading
@@ -111,13 +112,21 @@ def load_local_model(package: str, weights_file: str, cache_dir: pathlib.Path | 
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        partial = cached.with_name(cached.name + ".partial")
+        # A folder of this process's own: several processes (torchrun ranks, pods on one cache) may
+        # convert at once, and one must never delete or read another's half-written files.
+        partial = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         (partial / READY).write_text(f"{package}=={version} {weights_file}\n", encoding="utf-8")
-        shutil.rmtree(cached, ignore_errors=True)
-        partial.rename(cached)
+        if (cached / READY).is_file():  # another process finished first: keep its copy
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            shutil.rmtree(cached, ignore_errors=True)  # an interrupted conversion's leftovers
+            try:
+                partial.rename(cached)
+            except OSError:  # another process renamed its copy in between
+                shutil.rmtree(partial, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(cached)
     model = AutoModelForCausalLM.from_pretrained(cached)
     model.eval()

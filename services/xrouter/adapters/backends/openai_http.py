@@ -21,9 +21,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
 from xrouter.adapters.catalog import ModelSpec
 from xrouter.adapters.resilience import BackendError
+from xrouter.adapters.token_count import counter_for, estimate_tokens
 from xrouter.common.call_options import SAMPLING, STRUCTURED, CallOptions
 from xrouter.common.http_tracing import client_trace_config
 from xrouter.common.errors import (
@@ -264,8 +265,9 @@ def _reply(spec: ModelSpec, messages: Sequence[tuple[str, str]], text: str, fini
             and isinstance(usage.get("completion_tokens"), int):
         return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish, tool_calls=calls,
                             model=model)
-    return BackendReply(text, sum(estimate_tokens(content) for _, content in messages),
-                        estimate_tokens(text + calls), True, finish, tool_calls=calls, model=model)
+    counter = counter_for(spec.tokenizer)
+    return BackendReply(text, counter.messages(messages), counter.text(text + calls), not counter.exact, finish,
+                        tool_calls=calls, model=model)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

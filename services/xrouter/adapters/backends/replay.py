@@ -14,8 +14,9 @@ import pathlib
 import time
 from collections.abc import Sequence
 
-from xrouter.adapters.backends import BackendReply, estimate_tokens
+from xrouter.adapters.backends import BackendReply
 from xrouter.adapters.catalog import ModelSpec, usd_to_micro
+from xrouter.adapters.token_count import counter_for
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import NotFound
 from xrouter.common.outcomes import is_placeholder, placeholder_text, read_outcomes
@@ -88,20 +89,21 @@ class ReplayBackend:
         if recorded is None:
             raise NotFound(f"replay {self.name}: model {spec.id!r} has no recorded answer to {prompt_id}")
         text, cost = recorded
-        input_tokens = sum(estimate_tokens(content) for _, content in messages)
+        counter = counter_for(spec.tokenizer)  # a recording carries no token counts of its own
+        input_tokens, estimated = counter.messages(messages), not counter.exact
         cut = min((text.find(s) for s in options.stop if s in text), default=-1)
         if cut >= 0 and not is_placeholder(text):  # generation ends before the stop sequence
             text = text[:cut]
             cost = None  # priced for the tokens "generated" up to the stop, as the cut below
-            if not max_tokens or estimate_tokens(text) <= max_tokens:
-                return BackendReply(text, input_tokens, estimate_tokens(text), True, "stop")
-        output_tokens = estimate_tokens(text)
+            if not max_tokens or counter.text(text) <= max_tokens:
+                return BackendReply(text, input_tokens, counter.text(text), estimated, "stop")
+        output_tokens = counter.text(text)
         if is_placeholder(text):
             # No recorded text: the row's (recorded or priced) cost stands, the text is never cut.
-            return BackendReply(text, input_tokens, output_tokens, True, "stop", cost)
+            return BackendReply(text, input_tokens, output_tokens, estimated, "stop", cost)
         if max_tokens and output_tokens > max_tokens:
             # The recording is longer than the caller allows: cut it, and price what was "generated".
-            text = text[: max_tokens * 4]
-            return BackendReply(text, input_tokens, max_tokens, True, "length",
+            text = counter.truncate(text, max_tokens)
+            return BackendReply(text, input_tokens, max_tokens, estimated, "length",
                                 spec.cost_micro_usd(input_tokens, max_tokens))
-        return BackendReply(text, input_tokens, output_tokens, True, "stop", cost)
+        return BackendReply(text, input_tokens, output_tokens, estimated, "stop", cost)
