@@ -7,7 +7,9 @@ Replies are the model's own greedy or sampled generation, or — when ``script``
 texts, one per request, with the model's real log-probabilities for their tokens (teacher-forced).
 ``fail_with`` makes the next request fail with that HTTP status and an OpenAI-style error body;
 ``text_only`` answers without logprobs, as a server without vLLM's extensions would; with
-``served_models`` set, a request for any other model gets vLLM's 404 ("The model ... does not exist")."""
+``served_models`` set (served name → the directory it was loaded from: vLLM's
+``--served-model-name`` → ``--model``), ``/v1/models`` lists them as vLLM does (``id``, ``root``)
+and a request for any other model gets vLLM's 404 ("The model ... does not exist")."""
 
 from __future__ import annotations
 
@@ -27,10 +29,16 @@ class CompletionsServer(LocalHttpServer):
         self.bodies: list[dict[str, Any]] = []
         self.fail_with: int | None = None
         self.text_only = False
-        self.served_models: set[str] | None = None
+        self.served_models: dict[str, str] | None = None
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": root,
+             "parent": None, "max_model_len": 8192} for name, root in (self.served_models or {}).items()]})
 
     async def _completions(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -64,11 +64,12 @@ async def test_an_lm_checkpoint_generates_on_the_named_server(lm_checkpoint: pat
                                                               tiny: tuple[Any, Any], served_model: str,
                                                               expected: str) -> None:
     server = await CompletionsServer(*tiny).start()
+    name = str(lm_checkpoint) if expected == "path" else expected
+    server.served_models = {name: str(lm_checkpoint)}  # vLLM --model CHECKPOINT [--served-model-name NAME]
     try:
         policy = await build_policy(str(lm_checkpoint), list(env.options.values()),
                                     LMGeneration(server.url, served_model))
         assert isinstance(policy, LMPolicy) and isinstance(policy.backend, CompletionsBackend)
-        name = str(lm_checkpoint) if expected == "path" else expected
         assert server.bodies and all(b["model"] == name for b in server.bodies)  # the smoke episode ran there
         server.script = [CALL, SELECT]
         prompt = next(p for p in env.split("validation") if env.scores[p.prompt_id].get("gpt-4-1106-preview") == 1.0)
@@ -83,16 +84,28 @@ async def test_an_lm_checkpoint_generates_on_the_named_server(lm_checkpoint: pat
 async def test_a_server_serving_other_weights_is_refused_and_the_old_policy_keeps_serving(
         lm_checkpoint: pathlib.Path, env: ReplayEnvironment, tiny: tuple[Any, Any]) -> None:
     server = await CompletionsServer(*tiny).start()
-    server.served_models = {"/models/an-older-checkpoint"}  # vLLM started with another --model
+    older = "/models/an-older-checkpoint"
+    server.served_models = {older: older}  # vLLM started with another --model
     catalog = dict(env.options)
     cascade = make_baseline("cascade", set(catalog))
     core = types.SimpleNamespace(catalog=catalog, policy=cascade)
     store = PolicyStore(core, "cascade", LMGeneration(server.url))
     try:
-        with pytest.raises(InvalidArgument, match=r"smoke episode failed: Unavailable: .*HTTP 404.*does not exist"):
+        # Probed at load (/v1/models), before a single token is generated there.
+        with pytest.raises(InvalidArgument, match=rf"XROUTER_ROUTER_LM_GENERATION_URL={server.url} serves "
+                           rf"'{older}', not '{lm_checkpoint}', the checkpoint {lm_checkpoint} \(manifest version "
+                           r"'lm-serve-1'\): start vLLM with --model"):
             await store.load(str(lm_checkpoint))
-        assert core.policy is cascade and store.source == "cascade"
-        server.served_models = {str(lm_checkpoint)}  # the server now serves what the pointer names
+        assert core.policy is cascade and store.source == "cascade" and server.bodies == []
+        # The same served name, other weights behind it (--served-model-name reused for an older --model).
+        store.lm_generation = LMGeneration(server.url, "router-lm")
+        server.served_models = {"router-lm": older}
+        with pytest.raises(InvalidArgument, match=rf"serves 'router-lm' from {older}, other weights than the "
+                           rf"checkpoint {lm_checkpoint}"):
+            await store.load(str(lm_checkpoint))
+        assert core.policy is cascade and server.bodies == []
+        store.lm_generation = LMGeneration(server.url)
+        server.served_models = {str(lm_checkpoint): str(lm_checkpoint)}  # now serves what the pointer names
         policy = await store.load(str(lm_checkpoint))
         assert core.policy is policy and (policy.kind, policy.version) == ("lm", "lm-serve-1")
         await policy.backend.aclose()  # type: ignore[attr-defined]

@@ -8,16 +8,18 @@ import dataclasses
 import json
 import math
 import pathlib
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 import torch
 
+from xrouter.router.lm.charge import RouterLMPrice
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.policy_store import build_policy
 from xrouter_training import lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import ReplayEnvironment
-from xrouter_training.lm_train import LMTrainer
+from xrouter_training.lm_train import LMTrainer, judge
 from xrouter_training.train import main as train_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -36,6 +38,8 @@ def env() -> ReplayEnvironment:
     ({"policy": "lm", "lm_model": "tiny", "warm_start_epochs": 5}, "set warm_start_epochs: 0"),
     ({"policy": "lm", "lm_model": "tiny", "rollout_temperature": 0}, "GRPO needs sampled rollouts"),
     ({"policy": "lm", "lm_model": "tiny", "max_new_tokens": 0}, "max_new_tokens=0"),
+    ({"router_input_usd_per_mtok": -0.05}, r"router_input_usd_per_mtok: must be a finite number .*got -0.05; set it"),
+    ({"router_output_usd_per_mtok": float("nan")}, r"router_output_usd_per_mtok: must be a finite number .*nan"),
 ])
 def test_bad_lm_configs_say_how_to_fix_them(change, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=message):
@@ -154,18 +158,30 @@ async def test_episodes_that_do_not_end_properly_earn_nothing(trainer: LMTrainer
     trainer.policy.backend = CompletionsBackend(server.url, "tiny", trainer.tokenizer)
     trainer.policy.max_new_tokens = 64  # room for the scripted replies (lm-tiny generates 16 tokens)
     try:
-        outcomes = {}
+        outcomes, contexts = {}, {}
         for case, replies in {"select": [call, select % 0], "turn limit": [call, call, call],
                               "missing call": [call, select % 7]}.items():
             server.script = list(replies)
             outcomes[case] = await trainer.play(prompt, ["gpt-4-1106-preview", "claude-v2"], 10.0)
+            contexts[case] = [len(body["prompt"]) for body in server.bodies[-len(replies):]]
     finally:
         await trainer.policy.backend.aclose()
         trainer.policy.backend, trainer.policy.max_new_tokens = local, trainer.config.max_new_tokens
         await server.stop()
     good = outcomes["select"]
     assert good.failure == "" and good.episode.score == 1.0
-    assert good.reward == pytest.approx(1.0 - 10.0 * good.episode.cost_usd)
+    # The router LM's own tokens are in the cost: each turn's context and reply (+ its stop token)
+    # at the configured price, in whole micro-dollars per turn as the ledger bills them (half-even);
+    # without them the reward is higher by λ times that.
+    price = trainer.config.router_price()
+    generated = [len(trainer.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in (call, select % 0)]
+    micro = [(p * Decimal(str(price.input_usd_per_mtok)) + g * Decimal(str(price.output_usd_per_mtok)))
+             .quantize(Decimal(1), rounding=ROUND_HALF_EVEN) for p, g in zip(contexts["select"], generated, strict=True)]
+    router_usd = float(sum(micro)) / 1e6
+    assert good.router_cost_usd == router_usd and router_usd > 0
+    assert good.reward == pytest.approx(1.0 - 10.0 * (good.episode.cost_usd + router_usd))
+    free = judge(env, good.episode, good.transcript, RouterLMPrice(input_usd_per_mtok=0.0, output_usd_per_mtok=0.0))
+    assert free.router_cost_usd == 0 and free.reward - good.reward == pytest.approx(10.0 * router_usd, rel=1e-6)
     for case in ("turn limit", "missing call"):
         assert outcomes[case].episode.score == 1.0 and outcomes[case].reward == 0.0, case
         assert "fallback" in outcomes[case].failure

@@ -204,6 +204,7 @@ def test_usage_sums_by_model_and_time_range(ledger: Ledger, clock: Clock) -> Non
     (lambda l: l.record(call(input_tokens=-1)), "input_tokens"),
     (lambda l: l.record(call(cost_micro_usd=-5)), "cost_micro_usd"),
     (lambda l: l.record(call(status="CALL_STATUS_UNSPECIFIED")), "status"),
+    (lambda l: l.record(call(role="judge")), "role"),
     (lambda l: l.authorize("r", "", 1), "tenant"),
     (lambda l: l.authorize("r", "acme", -1), "estimate_micro_usd"),
     (lambda l: l.set_budget("acme", "week", 1), "period"),
@@ -326,6 +327,7 @@ async def test_grpc_budget_refusal_carries_quota_failure(served) -> None:  # typ
 @pytest.mark.parametrize("rpc, message, field", [
     ("Record", record_request(request_id=""), "request_id"),
     ("Record", record_request(status=common_pb2.CALL_STATUS_UNSPECIFIED), "status"),
+    ("Record", record_request(role="planner"), "role"),
     ("Authorize", metering_pb2.AuthorizeRequest(request_id="r", tenant="acme", estimate_micro_usd=-1),
      "estimate_micro_usd"),
     ("SetBudget", metering_pb2.SetBudgetRequest(tenant="acme", limit_micro_usd=1), "period"),

@@ -94,9 +94,9 @@ async def test_settled_and_scored_requests_export_as_episodes(
         "cost_lambda": 2.0, "prompt": {"dataset": "routerbench", "prompt_id": "mmlu-123"},
         "messages": [{"role": "user", "content": "2+2? A) 4 B) 5"}],
         "calls": [
-            {"index": 0, "model": "mistral-7b", "status": "ok", "input_tokens": 100, "output_tokens": 20,
+            {"index": 0, "model": "mistral-7b", "role": "tool", "status": "ok", "input_tokens": 100, "output_tokens": 20,
              "cost_micro_usd": 30, "latency_ms": 250.5, "at": "2025-03-15T12:00:00Z"},
-            {"index": 1, "model": "gpt-4", "status": "timeout", "input_tokens": 101, "output_tokens": 20,
+            {"index": 1, "model": "gpt-4", "role": "tool", "status": "timeout", "input_tokens": 101, "output_tokens": 20,
              "cost_micro_usd": 4_000, "latency_ms": 250.5, "at": "2025-03-15T12:00:00Z"}],
         "reported_cost_micro_usd": 4_030, "cost_micro_usd": 4_030, "cost_usd": "0.004030",
         "score": 1.0, "reward": 0.99194, "scored_at": "2025-03-15T12:00:00Z",

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from xrouter.router.lm.charge import DEFAULT_INPUT_USD_PER_MTOK, DEFAULT_OUTPUT_USD_PER_MTOK, RouterLMPrice
 
 # Teachers of the LM policy's supervised warm start besides fixed:<model>, cascade:A,B[,C] and
 # checkpoint directories (knn and oracle are evaluation's baselines; the oracle reads the labels).
@@ -111,6 +112,10 @@ class TrainConfig:
     # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
     # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
     lm_eval_prompts: int = 0
+    # What the router LM's own tokens cost, USD per million prompt / completion tokens: each episode's
+    # cost in the reward includes them, at the price serving bills (XROUTER_ROUTER_LM_*_USD_PER_MTOK).
+    router_input_usd_per_mtok: float = DEFAULT_INPUT_USD_PER_MTOK
+    router_output_usd_per_mtok: float = DEFAULT_OUTPUT_USD_PER_MTOK
     # Supervised warm start of the LM policy before GRPO (lm_sft.py). A teacher — "" (off), a
     # baseline or checkpoint as the router names them (cascade, cheapest, fixed:<model>, a
     # directory), or "knn" / "oracle" from evaluation — plays sft_episodes train episodes with
@@ -125,6 +130,11 @@ class TrainConfig:
     sft_reward_above: float = 0.0  # 0: only episodes the teacher answered correctly
     sft_probe_prompts: int = 16
 
+    def router_price(self) -> RouterLMPrice:
+        """The price of the router LM's own tokens in the reward (the model id is serving's business)."""
+        return RouterLMPrice(input_usd_per_mtok=self.router_input_usd_per_mtok,
+                             output_usd_per_mtok=self.router_output_usd_per_mtok)
+
     def __post_init__(self) -> None:
         if self.group_size < 2:
             raise ConfigError(f"group_size={self.group_size}: GRPO needs at least 2 episodes per prompt to "
@@ -133,6 +143,10 @@ class TrainConfig:
             raise ConfigError(f"clip_low={self.clip_low}, clip_high={self.clip_high}: need 0 < clip_low < 1 and "
                               "clip_high >= clip_low (DAPO uses 0.2 / 0.28)")
         self._check_sources()
+        problem = self.router_price().problem()
+        if problem is not None:
+            raise ConfigError(f"router_{problem[0]}: {problem[1]}; set it to the router model's self-hosted price "
+                              "per million tokens (what XROUTER_ROUTER_LM_*_USD_PER_MTOK bills when serving)")
         if not all(math.isfinite(v) for v in (self.lambda_min, self.lambda_max)) \
                 or not 0 <= self.lambda_min <= self.lambda_max:
             raise ConfigError(f"lambda range [{self.lambda_min}, {self.lambda_max}]: need 0 <= lambda_min <= lambda_max")

@@ -221,7 +221,7 @@ class SupervisedWarmStart:
         if not forced.lm.recorder:
             return None
         (transcript,) = forced.lm.recorder
-        return judge(self.env, episode, transcript)
+        return judge(self.env, episode, transcript, self.config.router_price())
 
     async def collect(self, teacher: Policy, prompts: Sequence[Prompt], episodes: int,
                       rng: random.Random) -> list[Rollout]:

@@ -26,6 +26,7 @@ from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
 from xrouter.router.checkpoint_manifest import catalog_hash
 from xrouter.router.lm import checkpoint
+from xrouter.router.lm.charge import RouterLMPrice, transcript_cost_usd
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.lm.transcript import Transcript
@@ -47,18 +48,21 @@ class Rollout:
     transcript: Transcript
     reward: float
     failure: str = ""
+    router_cost_usd: float = 0.0  # the router LM's own tokens (in the reward's cost with the calls')
 
 
-def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript) -> Rollout:
-    """The episode's cost-aware reward; 0, with the reason, when a reply was malformed or truncated
+def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript, price: RouterLMPrice) -> Rollout:
+    """The episode's cost-aware reward, its cost the calls' plus the router LM's own tokens at
+    ``price`` (serving bills them too); 0, with the reason, when a reply was malformed or truncated
     or the loop's fallback ended it (what the LM's tokens did not earn must not be rewarded)."""
     failure = transcript.failure
     if not failure and episode.result is not None and episode.result.strategy is Strategy.FALLBACK:
         failure = "the episode loop's fallback ended it (a call on the last turn, or a selected call that " \
                   "does not exist or failed)"
-    reward = cost_aware_reward(episode.score, episode.cost_usd, episode.cost_lambda, env.reward_config,
+    router_cost = transcript_cost_usd(transcript, price)
+    reward = cost_aware_reward(episode.score, episode.cost_usd + router_cost, episode.cost_lambda, env.reward_config,
                                failure=failure)
-    return Rollout(episode, transcript, reward, failure)
+    return Rollout(episode, transcript, reward, failure, router_cost)
 
 
 class EpisodeTranscript:
@@ -101,7 +105,8 @@ class LMTrainer:
         self.validation = self.env.split("validation")[:limit]
         self.backend = TransformersBackend(self.model, self.tokenizer, batch_same_context=config.lm_batch_group)
         self.policy = LMPolicy(self.tokenizer, self.backend,
-                               temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens)
+                               temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
+                               price=config.router_price())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -112,7 +117,7 @@ class LMTrainer:
         episode = await self.env.play(recorded, prompt, pool, cost_lambda, self.config.max_turns)
         if recorded.transcript is None:
             raise RuntimeError("the episode ended without asking the router LM for a decision")
-        return judge(self.env, episode, recorded.transcript)
+        return judge(self.env, episode, recorded.transcript, self.config.router_price())
 
     async def rollout(self, prompts: list[Prompt], rng: random.Random | None = None) -> list[list[Rollout]]:
         """G sampled episodes per prompt; each group shares its prompt, pool and λ."""
@@ -279,7 +284,8 @@ def print_evaluation(rows: list[dict[str, float]]) -> None:
 def outcome(rollout: Rollout) -> dict[str, float]:
     """One episode's figures, small enough to gather from every process."""
     episode = rollout.episode
-    return {"reward": rollout.reward, "accuracy": episode.score, "cost_usd": episode.cost_usd,
+    return {"reward": rollout.reward, "accuracy": episode.score, "cost_usd": episode.cost_usd,  # the model calls'
+            "router_cost_usd": rollout.router_cost_usd,  # the router LM's own tokens (in the reward too)
             "calls_per_query": float(sum(c.attempted for c in episode.calls)),
             "format_error_rate": float(bool(rollout.failure)),
             "generated_tokens": float(sum(rollout.transcript.generated))}

@@ -69,7 +69,8 @@ def _episode(summary: RequestSummary, calls: list[LedgerCall], verdict: Feedback
                    if summary.dataset or summary.prompt_id else None),
         "messages": json.loads(summary.messages_json) if summary.messages_json else None,
         "calls": [{
-            "index": c.call_index, "model": c.model, "status": c.status.removeprefix("CALL_STATUS_").lower(),
+            "index": c.call_index, "model": c.model, "role": c.role,
+            "status": c.status.removeprefix("CALL_STATUS_").lower(),
             "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
             "cost_micro_usd": c.cost_micro_usd, "latency_ms": c.latency_ms, "at": _iso(c.created_at),
         } for c in calls],

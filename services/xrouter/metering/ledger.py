@@ -29,6 +29,7 @@ from xrouter.metering.usage import BUCKETS, ModelUsage, Usage, UsageBucket
 __all__ = ["Authorization", "CallRecord", "FeedbackRecord", "Ledger", "LedgerCall", "ModelUsage", "PERIODS", "Reservation",
            "Settlement", "Usage", "UsageBucket", "period_start", "usd", "utc_now"]
 
+CALL_ROLES = frozenset({"tool", "router"})  # who made a call: a pool model, or the router LM itself
 CALL_STATUSES = frozenset(
     {"CALL_STATUS_OK", "CALL_STATUS_ERROR", "CALL_STATUS_TIMEOUT", "CALL_STATUS_SKIPPED_BUDGET"})
 MAX_MESSAGES_CHARS = 1_000_000  # a kept conversation larger than this is refused, not truncated
@@ -56,6 +57,7 @@ class CallRecord:
     status: str
     policy_version: str = ""
     trace_id: str = ""
+    role: str = "tool"
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
@@ -66,6 +68,9 @@ class CallRecord:
         check_micro_usd(self.cost_micro_usd, "cost_micro_usd")
         if self.status not in CALL_STATUSES:
             raise InvalidArgument("status", f"must be one of {', '.join(sorted(CALL_STATUSES))}, got {self.status!r}")
+        if self.role not in CALL_ROLES:
+            raise InvalidArgument("role", f"must be one of {', '.join(sorted(CALL_ROLES))} (empty: tool), got "
+                                  f"{self.role[:64]!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,7 +52,8 @@ class LedgerCall(Base):
 
     __tablename__ = "ledger_calls"
     __table_args__ = (sa.UniqueConstraint("request_id", "call_index", name="uq_ledger_calls_request_call"),
-                      sa.Index("ix_ledger_calls_tenant_created", "tenant", "created_at"))
+                      sa.Index("ix_ledger_calls_tenant_created", "tenant", "created_at"),
+                      sa.CheckConstraint("role IN ('tool', 'router')", name="ck_ledger_calls_role"))
 
     # SQLite only auto-increments an INTEGER primary key.
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
@@ -67,6 +68,8 @@ class LedgerCall(Base):
     status: Mapped[str]
     policy_version: Mapped[str]
     trace_id: Mapped[str]
+    # "tool": a pool model's call; "router": the LM policy's own tokens for one decision turn.
+    role: Mapped[str] = mapped_column(sa.String(16), server_default="tool")
     # When metering received the call (not when a spooled record reached the database).
     created_at: Mapped[dt.datetime]
 

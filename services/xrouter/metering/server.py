@@ -122,7 +122,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             model=request.model, input_tokens=request.input_tokens, output_tokens=request.output_tokens,
             cost_micro_usd=request.cost_micro_usd, latency_ms=request.latency_ms,
             status=_status_name(request.status), policy_version=request.policy_version,
-            trace_id=request.trace_id)
+            trace_id=request.trace_id, role=request.role or "tool")
         duplicate, spooled = await self._records.record(call)
         return metering_pb2.RecordResponse(duplicate=duplicate, spooled=spooled)
 

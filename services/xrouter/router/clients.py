@@ -149,7 +149,7 @@ class MeteringClient:
             input_tokens=call.input_tokens, output_tokens=call.output_tokens,
             cost_micro_usd=call.cost_micro_usd, latency_ms=call.latency_ms,
             status=common_pb2.CallStatus.Value(call.status.value), policy_version=policy_version,
-            trace_id=trace_id), timeout)
+            trace_id=trace_id, role=call.role), timeout)
 
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",

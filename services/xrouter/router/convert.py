@@ -48,7 +48,7 @@ def model_call(call: CallOutcome) -> router_pb2.ModelCall:
         tokens_estimated=call.tokens_estimated, cost_micro_usd=call.cost_micro_usd,
         cost_usd=micro_to_usd(call.cost_micro_usd), latency_ms=call.latency_ms,
         status=common_pb2.CallStatus.Value(call.status.value), error=call.error, response=call.text,
-        finish_reason=call.finish_reason, tool_calls_json=call.tool_calls)
+        finish_reason=call.finish_reason, tool_calls_json=call.tool_calls, role=call.role)
 
 
 def route_response(result: RouteResult) -> router_pb2.RouteResponse:

@@ -26,6 +26,7 @@ from xrouter.router import replay
 from xrouter.router.baselines import make_baseline
 from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
 from xrouter.router.exploration import ExplorationRates, ExploringPolicy
+from xrouter.router.lm.charge import charge_router
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
 from xrouter.router.accounting import metrics_for_costs, record_all
@@ -138,6 +139,7 @@ class RouterCore:
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
                 episode = await run_episode(_Traced(explorer or policy, self.tracer), state, invoke, on_event,
                                             stream)
+                charge_router(policy, state)  # the LM policy's own tokens: priced calls like any other
                 total = sum(c.cost_micro_usd for c in state.calls)
                 span.set_attributes({"xrouter.strategy": episode.strategy.value, "xrouter.cost_usd": total / 1e6,
                                      "xrouter.calls": len(state.calls)})
@@ -163,6 +165,7 @@ class RouterCore:
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
                 state.calls.extend(sorted(in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
+                charge_router(policy, state)  # (once: a no-op when the episode ended normally)
                 # What a verdict on the answer is about: the call whose text the user got, if one did.
                 returned = episode.selected_call if episode and outcome == "ok" and episode.selected_call >= 0 else None
                 # Shielded: a second cancel (client gone during accounting) must not lose ledger rows.

@@ -78,7 +78,7 @@ def _xrouter_block(result: RouteResult) -> dict[str, Any]:
         "policy": {"kind": result.policy_kind, "version": result.policy_version},
         "total_cost_usd": micro_to_usd(result.total_cost_micro_usd), "selected_call": result.selected_call,
         "score": result.score, "reward": result.reward, "replayed": result.replayed,
-        "calls": [{"index": c.index, "turn": c.turn, "model": c.model, "status": c.status.name.lower(),
+        "calls": [{"index": c.index, "turn": c.turn, "model": c.model, "role": c.role, "status": c.status.name.lower(),
                    "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
                    "tokens_estimated": c.tokens_estimated, "cost_usd": micro_to_usd(c.cost_micro_usd),
                    "latency_ms": round(c.latency_ms, 3), "error": c.error} for c in result.calls],

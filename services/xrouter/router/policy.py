@@ -104,6 +104,7 @@ class CallOutcome:
     error: str = ""
     tool_calls: str = ""  # JSON array of the model's tool calls; "" when none
     attempted: bool = False  # reached the adapters (so it is recorded, and may be billed)
+    role: str = "tool"  # "router": the LM policy's own tokens for one decision turn (router/lm/charge.py)
 
     @property
     def ok(self) -> bool:

@@ -15,6 +15,7 @@ from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.policy import ModelOption, Policy
 from xrouter.router.checkpoint_manifest import MANIFEST
+from xrouter.router.lm.charge import RouterLMPrice
 
 log = logging.getLogger(__name__)
 ROLLBACK = "rollback"
@@ -30,10 +31,12 @@ class LMGeneration:
     ``served_model`` is the name the server knows it by; empty → the checkpoint directory itself,
     which is vLLM's name for ``--model DIR``, so a router can only ever use the weights it verified
     (a server serving another checkpoint answers 404 and the smoke episode refuses the swap).
-    ``{version}`` in it becomes the manifest's version (for ``--served-model-name VERSION``)."""
+    ``{version}`` in it becomes the manifest's version (for ``--served-model-name VERSION``).
+    ``price``: what those tokens cost, billed per decision turn (router/lm/charge.py)."""
 
     url: str = ""
     served_model: str = ""
+    price: RouterLMPrice = RouterLMPrice()
 
 
 async def build_policy(source: str, catalog: list[ModelOption], lm_generation: LMGeneration = LMGeneration()) -> Policy:
@@ -68,7 +71,7 @@ def load_checkpoint(directory: pathlib.Path, catalog: list[ModelOption],
         served = lm_generation.served_model
         if lm_generation.url and "{version}" in served:
             served = served.replace("{version}", str(lm.read_manifest(directory)["version"]))
-        return lm.load_policy(directory, catalog, lm_generation.url, served)
+        return lm.load_policy(directory, catalog, lm_generation.url, served, lm_generation.price)
     from xrouter.router.compact.checkpoint import load_policy  # torch only when needed
 
     return load_policy(directory, catalog)

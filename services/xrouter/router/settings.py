@@ -8,6 +8,8 @@ from xrouter.common.settings import Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.router.core import Limits
 from xrouter.router.exploration import ExplorationRates, check_epsilon, parse_tenants
+from xrouter.router.lm.charge import (DEFAULT_INPUT_USD_PER_MTOK, DEFAULT_MODEL_ID, DEFAULT_OUTPUT_USD_PER_MTOK,
+                                      RouterLMPrice)
 from xrouter.router.policy_store import LMGeneration
 
 
@@ -45,6 +47,11 @@ class RouterSettings(Settings):
     # checkpoint's version (for `--served-model-name VERSION`).
     lm_generation_url: str = env("XROUTER_ROUTER_LM_GENERATION_URL", "")
     lm_served_model: str = env("XROUTER_ROUTER_LM_SERVED_MODEL", "")
+    # What an LM policy's own tokens cost: each decision turn is a priced call in the ledger under
+    # this model id (router/lm/charge.py; the defaults are a stated assumption for a self-hosted 7B).
+    lm_model_id: str = env("XROUTER_ROUTER_LM_MODEL_ID", DEFAULT_MODEL_ID)
+    lm_input_usd_per_mtok: float = env("XROUTER_ROUTER_LM_INPUT_USD_PER_MTOK", DEFAULT_INPUT_USD_PER_MTOK)
+    lm_output_usd_per_mtok: float = env("XROUTER_ROUTER_LM_OUTPUT_USD_PER_MTOK", DEFAULT_OUTPUT_USD_PER_MTOK)
     # TLS (common/tls.py): this service's certificate and key, and the CA its peers' certificates
     # are checked against. All empty: plaintext (the local default).
     tls_cert_file: str = env("XROUTER_ROUTER_TLS_CERT_FILE", "")
@@ -81,7 +88,16 @@ class RouterSettings(Settings):
             raise SettingsError(str(error)) from None
 
     def lm_generation(self) -> LMGeneration:
-        return LMGeneration(self.lm_generation_url, self.lm_served_model)
+        return LMGeneration(self.lm_generation_url, self.lm_served_model, self.lm_price())
+
+    def lm_price(self) -> RouterLMPrice:
+        """The router LM's price; SettingsError naming the variable when it cannot be billed."""
+        price = RouterLMPrice(self.lm_model_id, self.lm_input_usd_per_mtok, self.lm_output_usd_per_mtok)
+        problem = price.problem()
+        if problem is not None:
+            field, why = problem
+            raise SettingsError(f"{_PRICE_VARIABLES[field]} {why}")
+        return price
 
     def tls(self) -> TlsFiles:
         """The TLS files of this service (all empty: plaintext)."""
@@ -111,6 +127,7 @@ class RouterSettings(Settings):
         if self.lm_served_model and not self.lm_generation_url:
             raise SettingsError("XROUTER_ROUTER_LM_SERVED_MODEL names the model on the generation server; set "
                                 "XROUTER_ROUTER_LM_GENERATION_URL too, or leave it empty")
+        self.lm_price()
         if self.lm_served_model != self.lm_served_model.strip():
             raise SettingsError(f"XROUTER_ROUTER_LM_SERVED_MODEL has leading or trailing spaces: {self.lm_served_model!r}")
 
@@ -120,6 +137,9 @@ class RouterSettings(Settings):
                                 "processes share their ports, set a port number")
 
 
+_PRICE_VARIABLES = {"model_id": "XROUTER_ROUTER_LM_MODEL_ID",
+                    "input_usd_per_mtok": "XROUTER_ROUTER_LM_INPUT_USD_PER_MTOK",
+                    "output_usd_per_mtok": "XROUTER_ROUTER_LM_OUTPUT_USD_PER_MTOK"}
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 _BASE_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")

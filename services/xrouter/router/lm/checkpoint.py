@@ -11,6 +11,8 @@ from typing import Any
 
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.checkpoint_manifest import MANIFEST, catalog_hash, read_verified, sha256, write_manifest
+from xrouter.router.lm.charge import RouterLMPrice
+from xrouter.router.lm.compatibility import TEMPLATE_FIX, check_served_weights, check_tool_support
 from xrouter.router.lm.policy import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_RESPONSE_CHARS, LMPolicy
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption
 
@@ -45,9 +47,10 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
 
 
 def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], generation_url: str = "",
-                served_model: str = "") -> LMPolicy:
+                served_model: str = "", price: RouterLMPrice = RouterLMPrice()) -> LMPolicy:
     """Verify and load an LM checkpoint. Tokens come from transformers in this process, or from the
-    OpenAI-compatible server at ``generation_url`` (vLLM serving this same directory as ``served_model``)."""
+    OpenAI-compatible server at ``generation_url`` (vLLM serving this same directory as ``served_model``);
+    each decision turn's tokens are billed at ``price``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = pathlib.Path(directory)
@@ -62,11 +65,13 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
     except (OSError, ValueError) as error:
         raise InvalidArgument("source", f"{directory}: the tokenizer does not load ({error})") from None
     if not tokenizer.chat_template:
-        raise InvalidArgument("source", f"{directory}: the tokenizer has no chat template")
+        raise InvalidArgument("source", f"{directory}: the tokenizer has no chat template; {TEMPLATE_FIX}")
+    check_tool_support(tokenizer, directory)
     generation = manifest.get("generation", {})
     if generation_url:
         from xrouter.router.lm.http_generation import CompletionsBackend
 
+        check_served_weights(generation_url, served_model or str(directory), directory, manifest)
         backend: Any = CompletionsBackend(generation_url, served_model or str(directory), tokenizer)
     else:
         from xrouter.router.lm.generation import TransformersBackend
@@ -78,7 +83,8 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
         backend = TransformersBackend(model.eval(), tokenizer)
     policy = LMPolicy(tokenizer, backend, version=str(manifest["version"]), temperature=0.0,
                       max_new_tokens=int(generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
-                      max_response_chars=int(generation.get("max_response_chars", DEFAULT_MAX_RESPONSE_CHARS)))
+                      max_response_chars=int(generation.get("max_response_chars", DEFAULT_MAX_RESPONSE_CHARS)),
+                      price=price)
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
 

@@ -23,6 +23,10 @@ class Generation:
     token_ids: tuple[int, ...]
     log_probs: tuple[float, ...] | None
     finish_reason: str  # "stop": a stop token ended it; "length": max_new_tokens ran out
+    # What the backend billed itself for (an OpenAI-compatible server's ``usage``); None: not reported,
+    # and the router counts the context and the generated ids it holds.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class GenerationBackend(Protocol):

@@ -74,9 +74,20 @@ class CompletionsBackend:
             if finish == "stop" and self.tokenizer.eos_token_id is not None:
                 ids += (self.tokenizer.eos_token_id,)  # the stop token a text-only server does not show
             log_probs = None
-        return Generation(ids, log_probs, finish)
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        return Generation(ids, log_probs, finish, *_usage_counts(usage))
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _usage_counts(usage: Any) -> tuple[int | None, int | None]:
+    """(prompt_tokens, completion_tokens) of the reply's ``usage``; None for a count not reported
+    as a non-negative integer (the router then counts the tokens itself)."""
+    if not isinstance(usage, dict):
+        return None, None
+    counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    return tuple(c if isinstance(c, int) and not isinstance(c, bool) and c >= 0 else None  # type: ignore[return-value]
+                 for c in counts)

@@ -14,10 +14,12 @@ trainer scores such an episode 0, as the paper does, so the fallback never pays 
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any
 
 from xrouter.router.baselines import SYSTEM_PROMPT
+from xrouter.router.lm.charge import RouterLMPrice
 from xrouter.router.lm.generation import GenerationBackend
 from xrouter.router.lm.parsing import parse_reply
 from xrouter.router.lm.tools import build_toolset, request_prompt, tool_result
@@ -39,19 +41,21 @@ def fallback_action(state: EpisodeState) -> Action:
 class LMPolicy:
     """A causal LM deciding turns through a generation backend; ``temperature`` 0 decodes greedily
     (serving), > 0 samples (rollouts). With ``recorder`` set to a list, the transcript of every
-    episode started is appended to it (the trainer reads token ids, masks and failures from it)."""
+    episode started is appended to it (the trainer reads token ids, masks and failures from it).
+    ``price`` is what its own tokens cost (router/lm/charge.py bills every decision turn at it)."""
 
     kind = "lm"
     min_turns = 1
 
     def __init__(self, tokenizer: Any, backend: GenerationBackend, version: str = "0", temperature: float = 0.0,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS) -> None:
+                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, price: RouterLMPrice = RouterLMPrice()) -> None:
         if temperature < 0 or max_new_tokens < 1 or max_response_chars < 1:
             raise ValueError(f"temperature={temperature}, max_new_tokens={max_new_tokens}, max_response_chars="
                              f"{max_response_chars}: need temperature >= 0 and the limits >= 1")
         self.tokenizer, self.backend, self.version = tokenizer, backend, version
         self.temperature, self.max_new_tokens, self.max_response_chars = temperature, max_new_tokens, max_response_chars
+        self.price = price
         self.renderer = ChatRenderer(tokenizer)
         self.recorder: list[Transcript] | None = None
         # One transcript per live episode, keyed by its state object (concurrent requests each have
@@ -84,10 +88,19 @@ class LMPolicy:
 
     async def decide(self, state: EpisodeState) -> Action:
         transcript = self._advance(state)
+        started = time.perf_counter()
         generation = await self.backend.generate(transcript.token_ids, self.max_new_tokens, self.temperature)
+        latency_ms = (time.perf_counter() - started) * 1000
         text = self.tokenizer.decode(list(generation.token_ids), skip_special_tokens=True)
         parsed = parse_reply(text, transcript.toolset.models)
-        reply = Reply(text, generation.finish_reason, parsed.error)
+        reply = Reply(text, generation.finish_reason, parsed.error,
+                      _count(generation.prompt_tokens, len(transcript.token_ids)),
+                      _count(generation.completion_tokens, len(generation.token_ids)), state.turn, latency_ms)
         transcript.add_generation(list(generation.token_ids),
                                   list(generation.log_probs) if generation.log_probs is not None else None, reply)
         return parsed.action if parsed.action is not None else fallback_action(state)
+
+
+def _count(reported: int | None, held: int) -> int:
+    """The backend's own count where it reports one (what a vLLM server bills), else the ids held."""
+    return held if reported is None else reported

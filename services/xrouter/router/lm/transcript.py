@@ -43,6 +43,12 @@ class Reply:
     text: str
     finish_reason: str
     error: str = ""
+    # What generating it cost (router/lm/charge.py prices these): the context it continued and the
+    # tokens generated, as the backend counted them; the turn it decided and how long it took.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    turn: int = 0
+    latency_ms: float = 0.0
 
 
 @dataclasses.dataclass

@@ -84,7 +84,7 @@ class AuthorizeResponse(_message.Message):
     def __init__(self, reservation_id: _Optional[str] = ..., remaining_micro_usd: _Optional[int] = ..., soft_limit_exceeded: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[RequestState, str]] = ..., response_json: _Optional[str] = ...) -> None: ...
 
 class RecordRequest(_message.Message):
-    __slots__ = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms", "status", "policy_version", "trace_id")
+    __slots__ = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms", "status", "policy_version", "trace_id", "role")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CALL_INDEX_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class RecordRequest(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     call_index: int
     tenant: str
@@ -107,7 +108,8 @@ class RecordRequest(_message.Message):
     status: _common_pb2.CallStatus
     policy_version: str
     trace_id: str
-    def __init__(self, request_id: _Optional[str] = ..., call_index: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_micro_usd: _Optional[int] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, request_id: _Optional[str] = ..., call_index: _Optional[int] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cost_micro_usd: _Optional[int] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class RecordResponse(_message.Message):
     __slots__ = ("duplicate", "spooled")

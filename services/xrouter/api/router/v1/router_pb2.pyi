@@ -72,7 +72,7 @@ class RouteRequest(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., allowed_models: _Optional[_Iterable[str]] = ..., cost_lambda: _Optional[float] = ..., max_cost_usd: _Optional[float] = ..., max_turns: _Optional[int] = ..., max_tokens: _Optional[int] = ..., tenant: _Optional[str] = ..., policy: _Optional[str] = ..., reference: _Optional[_Union[_reward_pb2.Reference, _Mapping]] = ..., request_id: _Optional[str] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., user: _Optional[str] = ..., tools_json: _Optional[str] = ..., tool_choice_json: _Optional[str] = ..., response_format_json: _Optional[str] = ...) -> None: ...
 
 class ModelCall(_message.Message):
-    __slots__ = ("index", "turn", "model", "system_prompt", "temperature", "input_tokens", "output_tokens", "tokens_estimated", "cost_micro_usd", "cost_usd", "latency_ms", "status", "error", "response", "finish_reason", "tool_calls_json")
+    __slots__ = ("index", "turn", "model", "system_prompt", "temperature", "input_tokens", "output_tokens", "tokens_estimated", "cost_micro_usd", "cost_usd", "latency_ms", "status", "error", "response", "finish_reason", "tool_calls_json", "role")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class ModelCall(_message.Message):
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     index: int
     turn: int
     model: str
@@ -105,7 +106,8 @@ class ModelCall(_message.Message):
     response: str
     finish_reason: str
     tool_calls_json: str
-    def __init__(self, index: _Optional[int] = ..., turn: _Optional[int] = ..., model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., temperature: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., error: _Optional[str] = ..., response: _Optional[str] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, index: _Optional[int] = ..., turn: _Optional[int] = ..., model: _Optional[str] = ..., system_prompt: _Optional[str] = ..., temperature: _Optional[float] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., tokens_estimated: _Optional[bool] = ..., cost_micro_usd: _Optional[int] = ..., cost_usd: _Optional[float] = ..., latency_ms: _Optional[float] = ..., status: _Optional[_Union[_common_pb2.CallStatus, str]] = ..., error: _Optional[str] = ..., response: _Optional[str] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("answer", "calls", "total_cost_usd", "total_cost_micro_usd", "strategy", "turns_used", "turn_limit_reached", "policy_kind", "policy_version", "request_id", "trace_id", "score", "reward", "selected_call", "replayed")
