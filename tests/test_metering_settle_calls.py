@@ -149,7 +149,8 @@ async def test_a_changed_call_refuses_the_whole_settle(ledger: Ledger) -> None:
     (carried(300, 400)[:1] * 2, "call_records[1].call_index"),
     ([metering_pb2.RecordRequest(call_index=0, status=common_pb2.CALL_STATUS_OK)], "call_records[0].model"),
 ])
-async def test_bad_calls_are_refused_naming_their_field(ledger: Ledger, calls: list, field: str) -> None:  # type: ignore[type-arg]
+async def test_bad_calls_are_refused_naming_their_field(ledger: Ledger, calls: list[metering_pb2.RecordRequest],
+                                                        field: str) -> None:
     async with Service(ledger) as service:
         await authorize(service, "r1")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
