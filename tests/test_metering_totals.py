@@ -86,10 +86,13 @@ async def record(stub, request_id: str, index: int, cost: int, model: str = "gpt
         status=common_pb2.CALL_STATUS_OK))
 
 
+@pytest.mark.parametrize("carried", [False, True], ids=["records", "calls-in-settle"])
 @pytest.mark.parametrize("overrun", [False, True], ids=["within-estimates", "overrunning-estimates"])
-async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledger, overrun: bool) -> None:
-    """64 flows (Authorize $0.05 → 1-3 Records → Settle) fired at once at a $1.00 daily budget of
-    which $0.40 was spent before the service started (so the start-up load must see it).
+async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledger, overrun: bool,
+                                                                    carried: bool) -> None:
+    """64 flows (Authorize $0.05 → 1-3 Records → Settle, or the calls carried by the Settle: what
+    the router sends) fired at once at a $1.00 daily budget of which $0.40 was spent before the
+    service started (so the start-up load must see it).
 
     The bound stated in totals.py: spend - limit <= sum over admitted requests of
     max(0, cost - estimate), hence <= N in flight x (C - E) for costs up to C. Within estimates
@@ -117,10 +120,16 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
                 assert "daily budget exceeded" in (error.details() or "")
                 return False
-            for index, cost in enumerate(plans[request_id]):
-                await record(stub, request_id, index, cost)
-            await stub.Settle(metering_pb2.SettleRequest(request_id=request_id, tenant="acme", strategy="s",
-                                                         outcome="ok", calls=len(plans[request_id])))
+            calls = [metering_pb2.RecordRequest(call_index=index, model="gpt-4o", cost_micro_usd=cost,
+                                                status=common_pb2.CALL_STATUS_OK)
+                     for index, cost in enumerate(plans[request_id])]
+            if not carried:
+                for index, cost in enumerate(plans[request_id]):
+                    await record(stub, request_id, index, cost)
+            reply = await stub.Settle(metering_pb2.SettleRequest(
+                request_id=request_id, tenant="acme", strategy="s", outcome="ok", calls=len(plans[request_id]),
+                call_records=calls if carried else []))
+            assert reply.recorded_calls == (len(calls) if carried else 0)
             return True
 
         sampler = threading.Thread(target=sample)

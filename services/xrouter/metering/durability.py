@@ -196,24 +196,29 @@ class StoreGuard:
         return [o if isinstance(o, XRouterError) else (o, False) for o in outcomes]
 
     def settle(self, summary: Settlement) -> bool:
-        """Settle a request; True when spooled."""
-        return self.settle_many([summary])[0]
+        """Settle a request (with the calls it carries); True when spooled."""
+        return self.settle_many([summary])[0][0]
 
-    def settle_many(self, summaries: list[Settlement]) -> list[bool]:
-        """Settle requests in one transaction (or one spool fsync); per request, whether spooled."""
+    def settle_many(self, summaries: list[Settlement]) -> list[tuple[bool, int]]:
+        """Settle requests, with the calls they carry, in one transaction (or one spool fsync); per
+        request (spooled, how many of its calls the ledger or the spool holds now). The totals see
+        each new call once, after the commit, before its reservation is released."""
         for summary in summaries:
             summary.validate()  # refused now, not discovered on replay
         at = self.ledger.now()
 
         def direct() -> None:
             with self._committing():
-                self.ledger.settle_many(summaries, at=at)
-                if self.totals is not None:
+                duplicates = self.ledger.settle_many(summaries, at=at)
+                if self.totals is not None:  # new calls only: a duplicate was counted when first recorded
+                    self.totals.consume([(c.request_id, c.tenant, c.model, c.cost_micro_usd, at)
+                                         for s, seen in zip(summaries, duplicates, strict=True)
+                                         for c, before in zip(s.call_records, seen, strict=True) if not before])
                     self.totals.release([s.request_id for s in summaries])
 
         spooled = self._write(lambda: [{"op": "settle", "at": at.isoformat(), "summary": dataclasses.asdict(s)}
                                        for s in summaries], direct)[1]
-        return [spooled] * len(summaries)
+        return [(spooled, len(s.call_records)) for s in summaries]
 
     def reserve_many(self, held: list[Held]) -> list[bool]:
         """Write reservations admitted by the in-memory totals: per reservation True (new work) or
@@ -301,7 +306,9 @@ class StoreGuard:
             if entry["op"] == "record":
                 self.ledger.record(CallRecord(**entry["call"]), at=at)
             elif entry["op"] == "settle":
-                fields = dict(entry["summary"], messages=tuple(tuple(m) for m in entry["summary"]["messages"]))
+                summary = entry["summary"]
+                fields = dict(summary, messages=tuple(tuple(m) for m in summary["messages"]),
+                              call_records=tuple(CallRecord(**c) for c in summary.get("call_records", ())))
                 self.ledger.settle(Settlement(**fields), at=at)
             elif entry["op"] == "score":
                 self.ledger.record_score(entry["request_id"], entry["tenant"], entry["score"], entry["reward"], at=at)

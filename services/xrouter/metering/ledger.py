@@ -95,10 +95,25 @@ class Settlement:
     exploration_epsilon: float | None = None
     first_call_probability: float | None = None
     first_call_explored: bool | None = None
+    # The request's calls, written in the settlement's transaction (idempotent as Record).
+    call_records: tuple[CallRecord, ...] = ()
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
         _ids(self.request_id, self.tenant)
+        indexes: set[int] = set()
+        for number, call in enumerate(self.call_records):
+            field = f"call_records[{number}]"
+            try:
+                call.validate()
+            except InvalidArgument as error:
+                raise InvalidArgument(f"{field}.{error.field}", error.message.removeprefix(f"{error.field}: ")) from None
+            if (call.request_id, call.tenant) != (self.request_id, self.tenant):
+                wrong = "request_id" if call.request_id != self.request_id else "tenant"
+                raise InvalidArgument(f"{field}.{wrong}", f"must be empty or this Settle's {wrong}")
+            if call.call_index in indexes:
+                raise InvalidArgument(f"{field}.call_index", f"{call.call_index} appears twice in this Settle")
+            indexes.add(call.call_index)
         _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
         _non_negative(self.calls, "calls")
         if self.returned_call_index is not None:
@@ -246,20 +261,23 @@ class Ledger:
             times = at
         return self._transaction(lambda s: calls.insert_many(s, records, times))
 
-    def settle(self, summary: Settlement, at: dt.datetime | None = None) -> None:
-        """Release the request's reservation and store (or overwrite) its summary; repeatable.
-        A score already recorded for the request is kept, and so is a stored response when this
-        settlement carries none."""
-        self.settle_many([summary], at)
+    def settle(self, summary: Settlement, at: dt.datetime | None = None) -> list[bool]:
+        """Write the calls the settlement carries, release the request's reservation and store (or
+        overwrite) its summary, in one transaction; repeatable. A score already recorded for the
+        request is kept, and so is a stored response when this settlement carries none. Returns,
+        per carried call, whether it was recorded before; a changed one raises AlreadyExists and
+        nothing is written."""
+        return self.settle_many([summary], at)[0]
 
     def settle_many(self, summaries: Sequence[Settlement],
-                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> None:
+                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[list[bool]]:
         """Settle many requests in one transaction (group commit), in order, at ``at`` (one time
-        for all, one per settlement, or now)."""
+        for all, one per settlement, or now): per settlement, per carried call, whether it was
+        recorded before. One changed call refuses the whole transaction (AlreadyExists)."""
         for summary in summaries:
             summary.validate()
         times = [at or self.now()] * len(summaries) if at is None or isinstance(at, dt.datetime) else at
-        self._transaction(lambda s: settlements.settle_many(s, summaries, times))
+        return self._transaction(lambda s: settlements.settle_many(s, summaries, times))
 
     def seen(self, request_id: str) -> bool:
         """Whether ``request_id`` was reserved or settled before."""

@@ -70,6 +70,16 @@ def _exploration(request: metering_pb2.SettleRequest) -> dict[str, object]:
             "first_call_explored": request.exploration.explored}
 
 
+def _call_record(request: metering_pb2.RecordRequest, request_id: str = "", tenant: str = "") -> CallRecord:
+    """The ledger's call from a RecordRequest; ``request_id`` and ``tenant`` fill empty ones (a call
+    carried by a Settle)."""
+    return CallRecord(
+        request_id=request.request_id or request_id, call_index=request.call_index, tenant=request.tenant or tenant,
+        model=request.model, input_tokens=request.input_tokens, output_tokens=request.output_tokens,
+        cost_micro_usd=request.cost_micro_usd, latency_ms=request.latency_ms, status=_status_name(request.status),
+        policy_version=request.policy_version, trace_id=request.trace_id, role=request.role or "tool")
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     """Authenticate, authorize, then proto → ledger → proto. Ledger calls block on the database, so
     they run in worker threads; domain errors propagate to the DomainErrorInterceptor."""
@@ -79,7 +89,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._ledger = guard.ledger
         self._auth = authenticator
         self._records = RecordBatcher(guard)
-        self._settles: GroupCommit[Settlement, bool] = GroupCommit(guard.settle_many, metrics.SETTLE_BATCH)
+        self._settles: GroupCommit[Settlement, tuple[bool, int]] = GroupCommit(guard.settle_many, metrics.SETTLE_BATCH)
         self._scores: GroupCommit[tuple[str, str, float, float], bool] = GroupCommit(
             guard.record_score_many, metrics.SCORE_BATCH)
         # Memory mode (guard.totals set): budgets from running totals; else the database path.
@@ -117,13 +127,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def Record(self, request: metering_pb2.RecordRequest,
                      context: grpc.aio.ServicerContext) -> metering_pb2.RecordResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        call = CallRecord(
-            request_id=request.request_id, call_index=request.call_index, tenant=request.tenant,
-            model=request.model, input_tokens=request.input_tokens, output_tokens=request.output_tokens,
-            cost_micro_usd=request.cost_micro_usd, latency_ms=request.latency_ms,
-            status=_status_name(request.status), policy_version=request.policy_version,
-            trace_id=request.trace_id, role=request.role or "tool")
-        duplicate, spooled = await self._records.record(call)
+        duplicate, spooled = await self._records.record(_call_record(request))
         return metering_pb2.RecordResponse(duplicate=duplicate, spooled=spooled)
 
     async def Settle(self, request: metering_pb2.SettleRequest,
@@ -137,10 +141,11 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             dataset=request.dataset, prompt_id=request.prompt_id,
             messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json,
             returned_call_index=request.returned_call_index if request.HasField("returned_call_index") else None,
+            call_records=tuple(_call_record(c, request.request_id, request.tenant) for c in request.call_records),
             **_exploration(request))
         summary.validate()  # a bad settlement is refused alone, not with its batch
-        spooled = await self._settles.submit(summary)
-        return metering_pb2.SettleResponse(spooled=spooled)
+        spooled, recorded = await self._settles.submit(summary)
+        return metering_pb2.SettleResponse(spooled=spooled, recorded_calls=recorded)
 
     async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
                           context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:

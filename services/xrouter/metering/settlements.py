@@ -1,5 +1,6 @@
-"""Settling requests, one or many per transaction (group commit): release their reservations and
-store (or overwrite) their summaries with one UPDATE and one multi-row upsert."""
+"""Settling requests, one or many per transaction (group commit): write the calls a settlement
+carries, release the reservations and store (or overwrite) the summaries, all in one transaction:
+one multi-row call insert, one UPDATE and one multi-row upsert."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from xrouter.common.errors import AlreadyExists
+from xrouter.metering import calls
 from xrouter.metering.schema import RequestSummary, Reservation
 
 if TYPE_CHECKING:
@@ -37,9 +40,28 @@ def values_of(summary: Settlement, at: dt.datetime) -> dict[str, Any]:
         response_json=summary.response_json or None)
 
 
-def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> None:
+def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> list[list[bool]]:
     """Settle in order: a later settlement of the same request in the batch wins, as it would in
-    its own transaction, and a stored response survives a settlement that carries none."""
+    its own transaction, and a stored response survives a settlement that carries none. The calls
+    the settlements carry go first (their costs consume the reservations before they are released),
+    idempotent as Record: per settlement, per call, False (new) or True (recorded before). A changed
+    duplicate raises AlreadyExists, so that the caller's transaction writes nothing of the batch."""
+    carried = [call for summary in summaries for call in summary.call_records]
+    outcomes = calls.insert_many(session, carried, [at for summary, at in zip(summaries, times, strict=True)
+                                                    for _ in summary.call_records]) if carried else []
+    refused = next((o for o in outcomes if isinstance(o, AlreadyExists)), None)
+    if refused is not None:
+        raise refused
+    duplicates, start = [], 0
+    for summary in summaries:
+        duplicates.append([bool(o) for o in outcomes[start:start + len(summary.call_records)]])
+        start += len(summary.call_records)
+    _store(session, summaries, times)
+    return duplicates
+
+
+def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> None:
+    """Release the reservations and upsert the summaries (the later settlement of a request wins)."""
     merged: dict[str, dict[str, Any]] = {}
     for summary, at in zip(summaries, times, strict=True):
         values = values_of(summary, at)

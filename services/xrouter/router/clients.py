@@ -74,6 +74,16 @@ class AdaptersClient:
         raise _failure_without_status(model)
 
 
+def _record_request(call: CallOutcome, policy_version: str, trace_id: str, request_id: str = "",
+                    tenant: str = "") -> metering_pb2.RecordRequest:
+    """One call for metering; request_id and tenant empty inside a Settle (it supplies its own)."""
+    return metering_pb2.RecordRequest(
+        request_id=request_id, call_index=call.index, tenant=tenant, model=call.model,
+        input_tokens=call.input_tokens, output_tokens=call.output_tokens, cost_micro_usd=call.cost_micro_usd,
+        latency_ms=call.latency_ms, status=common_pb2.CallStatus.Value(call.status.value),
+        policy_version=policy_version, trace_id=trace_id, role=call.role)
+
+
 def _invoke_request(model: str, messages: list[tuple[str, str]], temperature: float, max_tokens: int,
                     request_id: str, call_index: int, options: CallOptions) -> adapters_pb2.InvokeRequest:
     return adapters_pb2.InvokeRequest(
@@ -144,29 +154,30 @@ class MeteringClient:
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None:
-        await self._write(self._stub.Record, metering_pb2.RecordRequest(
-            request_id=request_id, call_index=call.index, tenant=tenant, model=call.model,
-            input_tokens=call.input_tokens, output_tokens=call.output_tokens,
-            cost_micro_usd=call.cost_micro_usd, latency_ms=call.latency_ms,
-            status=common_pb2.CallStatus.Value(call.status.value), policy_version=policy_version,
-            trace_id=trace_id, role=call.role), timeout)
+        await self._write(self._stub.Record, _record_request(call, policy_version, trace_id, request_id, tenant),
+                          timeout)
 
     async def settle(self, request_id: str, tenant: str, strategy: str, outcome: str,
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "", prompt_id: str = "",
                      messages: Sequence[tuple[str, str]] = (), response_json: str = "",
-                     returned_call_index: int | None = None, exploration: Exploration | None = None) -> None:
-        """Close the request. The keyword fields feed the training export (metering/EXPORT.md);
+                     returned_call_index: int | None = None, exploration: Exploration | None = None,
+                     call_records: Sequence[CallOutcome] = (), call_policy_version: str = "") -> int:
+        """Close the request, writing ``call_records`` (recorded with ``call_policy_version``) in the
+        same transaction; returns how many of them metering holds (0 from a metering that predates
+        call_records). The keyword fields feed the training export (metering/EXPORT.md);
         ``messages`` only when conversations may be kept."""
         explored = None if exploration is None else metering_pb2.Exploration(
             epsilon=exploration.epsilon, first_call_probability=exploration.first_call_probability,
             explored=exploration.explored)
-        await self._write(self._stub.Settle, metering_pb2.SettleRequest(
+        reply = await self._write(self._stub.Settle, metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
             messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
-            response_json=response_json, returned_call_index=returned_call_index, exploration=explored), timeout)
+            response_json=response_json, returned_call_index=returned_call_index, exploration=explored,
+            call_records=[_record_request(c, call_policy_version, trace_id) for c in call_records]), timeout)
+        return reply.recorded_calls
 
     async def record_feedback(self, request_id: str, tenant: str, score: float, comment: str,
                               timeout: float) -> tuple[bool, float]:

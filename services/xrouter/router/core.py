@@ -29,7 +29,7 @@ from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.lm.charge import charge_router
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
-from xrouter.router.accounting import metrics_for_costs, record_all
+from xrouter.router.accounting import metrics_for_costs, settle_with_calls
 from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 
 ROLES = frozenset({"system", "user", "assistant"})
@@ -367,18 +367,18 @@ class RouterCore:
                        reference: ScoringReference | None, deadline: float, strategy: str, outcome: str,
                        response_json: str = "", returned_call: int | None = None,
                        exploration: Exploration | None = None) -> None:
-        """Record every attempted call (failed ones too: they may be billed), then settle with what the
-        training export needs (the conversation itself is not kept)."""
+        """Settle carrying every attempted call (failed ones too: they may be billed) and what the
+        training export needs (the conversation itself is not kept): one round trip, and metering
+        writes the calls and the settlement in one transaction. Every call has ended by now (a
+        cancel accounted the ones cut off), so none needs a Record of its own."""
         attempted = [c for c in state.calls if c.attempted]
         metrics_for_costs(attempted, tenant)
-        # Independent writes, sent together (one wait, metering's group commit); Settle after all of them.
-        await record_all(self._meter, request_id, tenant, attempted, policy.version, trace_id, _left(deadline, floor=5.0))
-        await self._meter.settle(
-            request_id, tenant, strategy, outcome, sum(c.cost_micro_usd for c in attempted), len(attempted),
-            _left(deadline, floor=5.0), policy_version=f"{policy.kind}@{policy.version}", trace_id=trace_id,
-            cost_lambda=state.cost_lambda, dataset=reference.dataset if reference else "",
-            prompt_id=reference.prompt_id if reference else "", response_json=response_json,
-            returned_call_index=returned_call, exploration=exploration)
+        await settle_with_calls(
+            self._meter, request_id, tenant, attempted, policy.version, trace_id, _left(deadline, floor=5.0),
+            strategy=strategy, outcome=outcome, total_cost_micro_usd=sum(c.cost_micro_usd for c in attempted),
+            calls=len(attempted), policy_version=f"{policy.kind}@{policy.version}", cost_lambda=state.cost_lambda,
+            dataset=reference.dataset if reference else "", prompt_id=reference.prompt_id if reference else "",
+            response_json=response_json, returned_call_index=returned_call, exploration=exploration)
 
 
 def _behaviour(explorer: ExploringPolicy | None) -> Exploration | None:

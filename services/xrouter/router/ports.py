@@ -71,7 +71,11 @@ class Meter(Protocol):
                      total_cost_micro_usd: int, calls: int, timeout: float, *, policy_version: str = "",
                      trace_id: str = "", cost_lambda: float | None = None, dataset: str = "",
                      prompt_id: str = "", response_json: str = "", returned_call_index: int | None = None,
-                     exploration: Exploration | None = None) -> None: ...
+                     exploration: Exploration | None = None, call_records: Sequence[CallOutcome] = (),
+                     call_policy_version: str = "") -> int:
+        """Close the request, writing ``call_records`` in the same transaction; how many of them
+        metering holds now (0 when it ignored them: a metering older than call_records)."""
+        ...
 
     async def record_score(self, request_id: str, tenant: str, score: float, reward: float,
                            timeout: float) -> None: ...

@@ -120,7 +120,7 @@ class RecordResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ..., spooled: _Optional[bool] = ...) -> None: ...
 
 class SettleRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages", "response_json", "returned_call_index", "exploration")
+    __slots__ = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "policy_version", "trace_id", "cost_lambda", "dataset", "prompt_id", "messages", "response_json", "returned_call_index", "exploration", "call_records")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class SettleRequest(_message.Message):
     RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
     RETURNED_CALL_INDEX_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    CALL_RECORDS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     strategy: str
@@ -151,7 +152,8 @@ class SettleRequest(_message.Message):
     response_json: str
     returned_call_index: int
     exploration: Exploration
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response_json: _Optional[str] = ..., returned_call_index: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ...) -> None: ...
+    call_records: _containers.RepeatedCompositeFieldContainer[RecordRequest]
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., strategy: _Optional[str] = ..., outcome: _Optional[str] = ..., total_cost_micro_usd: _Optional[int] = ..., calls: _Optional[int] = ..., policy_version: _Optional[str] = ..., trace_id: _Optional[str] = ..., cost_lambda: _Optional[float] = ..., dataset: _Optional[str] = ..., prompt_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., response_json: _Optional[str] = ..., returned_call_index: _Optional[int] = ..., exploration: _Optional[_Union[Exploration, _Mapping]] = ..., call_records: _Optional[_Iterable[_Union[RecordRequest, _Mapping]]] = ...) -> None: ...
 
 class Exploration(_message.Message):
     __slots__ = ("epsilon", "first_call_probability", "explored")
@@ -164,10 +166,12 @@ class Exploration(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., first_call_probability: _Optional[float] = ..., explored: _Optional[bool] = ...) -> None: ...
 
 class SettleResponse(_message.Message):
-    __slots__ = ("spooled",)
+    __slots__ = ("spooled", "recorded_calls")
     SPOOLED_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_CALLS_FIELD_NUMBER: _ClassVar[int]
     spooled: bool
-    def __init__(self, spooled: _Optional[bool] = ...) -> None: ...
+    recorded_calls: int
+    def __init__(self, spooled: _Optional[bool] = ..., recorded_calls: _Optional[int] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("tenant", "start", "end", "model", "bucket")

@@ -139,7 +139,11 @@ class MeteringServiceServicer:
 
     def Settle(self, request, context):
         """Closes a request: releases its reservation and stores its summary.
-        Repeatable; spooled like Record while the database is down.
+        Repeatable; spooled like Record while the database is down. With
+        call_records, the request's calls are written in the same transaction as
+        its settlement (both or neither), idempotent exactly as Record: a call
+        already recorded (by Record or an earlier Settle) is not counted again, and
+        a changed one is ALREADY_EXISTS with nothing of this Settle written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

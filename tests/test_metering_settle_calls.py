@@ -1,0 +1,209 @@
+"""Settle carrying the request's calls (SettleRequest.call_records), on SQLite and real PostgreSQL,
+through a real metering gRPC server with in-memory budget totals: the calls and the settlement are
+written in one transaction (a database refusal mid-way leaves neither), a resent Settle is a no-op,
+a call recorded earlier by Record is counted once, bad calls are refused naming their field, and
+the router's client falls back to Records against a metering that ignores call_records, and a
+Settle spooled in an outage replays with its calls."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from opentelemetry.sdk.trace import TracerProvider
+
+from xrouter.api.common.v1 import common_pb2
+from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
+from xrouter.common.grpc_server import GrpcServer
+from xrouter.metering import server as metering_server
+from xrouter.metering.auth import Authenticator
+from xrouter.metering.durability import StoreGuard
+from xrouter.metering.ledger import Ledger, LedgerCall, Reservation, Settlement
+from xrouter.metering.schema import RequestSummary
+from xrouter.metering.spool import Spool
+from xrouter.metering.store import make_engine
+from xrouter.metering.totals import BudgetTotals
+from xrouter.router.accounting import settle_with_calls
+from xrouter.router.clients import MeteringClient
+from xrouter.router.policy import CallOutcome, CallStatus
+
+from test_metering_durability import FlakyLedger, a_call  # noqa: E402
+from test_metering_totals import Service, assert_same, fresh_load, ledger  # noqa: E402,F401 - fixture and helpers
+
+ESTIMATE = 50_000
+
+
+def carried(*costs: int, request_id: str = "", tenant: str = "") -> list[metering_pb2.RecordRequest]:
+    return [metering_pb2.RecordRequest(request_id=request_id, tenant=tenant, call_index=index, model="gpt-4o",
+                                       input_tokens=10, output_tokens=5, cost_micro_usd=cost,
+                                       status=common_pb2.CALL_STATUS_OK) for index, cost in enumerate(costs)]
+
+
+def settle(request_id: str, calls: list[metering_pb2.RecordRequest]) -> metering_pb2.SettleRequest:
+    return metering_pb2.SettleRequest(request_id=request_id, tenant="acme", strategy="cascade", outcome="ok",
+                                      total_cost_micro_usd=sum(c.cost_micro_usd for c in calls), calls=len(calls),
+                                      call_records=calls)
+
+
+def rows(ledger: Ledger, table: type) -> list[tuple]:  # type: ignore[type-arg]
+    with ledger.engine.connect() as connection:
+        if table is LedgerCall:
+            return [tuple(r) for r in connection.execute(sa.select(
+                LedgerCall.request_id, LedgerCall.call_index, LedgerCall.cost_micro_usd).order_by(
+                LedgerCall.request_id, LedgerCall.call_index))]
+        if table is RequestSummary:
+            return [tuple(r) for r in connection.execute(sa.select(
+                RequestSummary.request_id, RequestSummary.calls, RequestSummary.total_cost_micro_usd))]
+        return [tuple(r) for r in connection.execute(sa.select(
+            Reservation.request_id, Reservation.consumed_micro_usd, Reservation.released))]
+
+
+def spent_today(totals: BudgetTotals, ledger: Ledger) -> int:
+    return totals.spent("acme", "", "day", ledger.now())
+
+
+async def authorize(service: Service, request_id: str) -> metering_pb2.AuthorizeResponse:
+    return await service.stub.Authorize(metering_pb2.AuthorizeRequest(
+        request_id=request_id, tenant="acme", estimate_micro_usd=ESTIMATE))
+
+
+def refuse_summaries(ledger: Ledger) -> None:
+    """Make the database itself refuse every summary row: a failure after the calls were inserted,
+    inside the same transaction."""
+    with ledger.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(sa.text(
+                "CREATE FUNCTION refuse_summary() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'summary refused' USING ERRCODE = '22023'; END $$ LANGUAGE plpgsql"))
+            connection.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON request_summaries "
+                                       "FOR EACH ROW EXECUTE FUNCTION refuse_summary()"))
+        else:
+            connection.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON request_summaries "
+                                       "BEGIN SELECT RAISE(ABORT, 'summary refused'); END"))
+
+
+async def test_calls_and_settlement_are_one_transaction(ledger: Ledger) -> None:
+    async with Service(ledger) as service:
+        await authorize(service, "r1")
+        refuse_summaries(ledger)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await service.stub.Settle(settle("r1", carried(300, 400)))
+        assert refused.value.code() != grpc.StatusCode.OK
+        # Neither the calls nor the settlement: the reservation still holds its full estimate.
+        assert rows(ledger, LedgerCall) == [] and rows(ledger, RequestSummary) == []
+        assert rows(ledger, Reservation) == [("r1", 0, False)]
+        assert spent_today(service.guard.totals, ledger) == 0  # type: ignore[arg-type]
+        assert service.guard.totals.outstanding("acme") == {"r1": ESTIMATE}  # type: ignore[union-attr]
+        assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+
+
+async def test_a_resent_settle_is_a_no_op(ledger: Ledger) -> None:
+    async with Service(ledger) as service:
+        await authorize(service, "r1")
+        for _ in range(3):
+            reply = await service.stub.Settle(settle("r1", carried(300, 400)))
+            assert reply.recorded_calls == 2 and not reply.spooled
+        assert rows(ledger, LedgerCall) == [("r1", 0, 300), ("r1", 1, 400)]
+        assert rows(ledger, RequestSummary) == [("r1", 2, 700)]
+        assert rows(ledger, Reservation) == [("r1", 700, True)]
+        assert spent_today(service.guard.totals, ledger) == 700  # type: ignore[arg-type]
+        assert service.guard.totals.outstanding("acme") == {}  # type: ignore[union-attr]
+        assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+        probe = await authorize(service, "probe")
+        assert probe.remaining_micro_usd == -1  # no hard limit set: nothing else to compare
+
+
+async def test_a_call_recorded_before_the_settle_counts_once(ledger: Ledger) -> None:
+    ledger.set_budget("acme", "day", 1_000_000)
+    async with Service(ledger) as service:
+        await authorize(service, "r1")
+        first = carried(300, 400, request_id="r1", tenant="acme")
+        assert not (await service.stub.Record(first[0])).duplicate
+        reply = await service.stub.Settle(settle("r1", carried(300, 400)))
+        assert reply.recorded_calls == 2
+        assert rows(ledger, LedgerCall) == [("r1", 0, 300), ("r1", 1, 400)]
+        assert rows(ledger, Reservation) == [("r1", 700, True)]
+        assert spent_today(service.guard.totals, ledger) == 700  # type: ignore[arg-type]
+        assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+        probe = await authorize(service, "probe")
+        assert probe.remaining_micro_usd == 1_000_000 - 700 - ESTIMATE
+
+
+async def test_a_changed_call_refuses_the_whole_settle(ledger: Ledger) -> None:
+    async with Service(ledger) as service:
+        await authorize(service, "r1")
+        await service.stub.Record(carried(300, request_id="r1", tenant="acme")[0])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await service.stub.Settle(settle("r1", carried(999, 400)))  # call 0 with another cost
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "cost_micro_usd" in (refused.value.details() or "")
+        assert rows(ledger, LedgerCall) == [("r1", 0, 300)] and rows(ledger, RequestSummary) == []
+        assert spent_today(service.guard.totals, ledger) == 300  # type: ignore[arg-type]
+        assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("calls", "field"), [
+    (carried(300, -5), "call_records[1].cost_micro_usd"),
+    (carried(300, tenant="globex"), "call_records[0].tenant"),
+    (carried(300, request_id="other"), "call_records[0].request_id"),
+    (carried(300, 400)[:1] * 2, "call_records[1].call_index"),
+    ([metering_pb2.RecordRequest(call_index=0, status=common_pb2.CALL_STATUS_OK)], "call_records[0].model"),
+])
+async def test_bad_calls_are_refused_naming_their_field(ledger: Ledger, calls: list[metering_pb2.RecordRequest],
+                                                        field: str) -> None:
+    async with Service(ledger) as service:
+        await authorize(service, "r1")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await service.stub.Settle(settle("r1", calls))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (refused.value.details() or "").startswith(f"{field}:")
+        assert rows(ledger, LedgerCall) == [] and rows(ledger, RequestSummary) == []
+
+
+class OlderMetering(metering_server.MeteringServicer):
+    """What a metering that predates call_records does with them: nothing (an unknown proto field)."""
+
+    async def Settle(self, request, context):  # type: ignore[no-untyped-def]
+        request.ClearField("call_records")
+        return await super().Settle(request, context)
+
+
+def outcome(index: int, cost: int) -> CallOutcome:
+    return CallOutcome(index, 0, "gpt-4o", "", 0.0, CallStatus.OK, input_tokens=10, output_tokens=5,
+                       cost_micro_usd=cost, attempted=True)
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["current-metering", "older-metering"])
+async def test_the_router_bills_its_calls_whatever_metering_version(ledger: Ledger, older: bool) -> None:
+    service = Service(ledger)
+    if older:
+        def add(server: grpc.aio.Server) -> list[str]:
+            metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+                OlderMetering(service.guard, Authenticator.off(lambda digest: None)), server)
+            return [metering_server.SERVICE]
+        service.server = GrpcServer("metering", add, TracerProvider())
+    async with service:
+        client = MeteringClient(service.channel)
+        await authorize(service, "r1")
+        await settle_with_calls(client, "r1", "acme", [outcome(0, 300), outcome(1, 400)], "p1", "", 10.0,
+                                strategy="cascade", outcome="ok", total_cost_micro_usd=700, calls=2)
+        assert rows(ledger, LedgerCall) == [("r1", 0, 300), ("r1", 1, 400)]
+        assert rows(ledger, RequestSummary) == [("r1", 2, 700)]
+        assert rows(ledger, Reservation)[0][2] is True
+        assert spent_today(service.guard.totals, ledger) == 700  # type: ignore[arg-type]
+        assert fresh_load(ledger).spent("acme", "", "day", ledger.now()) == 700
+
+
+def test_a_settle_spooled_in_an_outage_replays_with_its_calls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    flaky = FlakyLedger(engine, 60.0)
+    flaky.create_schema()
+    guard = StoreGuard(flaky, Spool(tmp_path / "spool", max_entries=10))
+    flaky.down = True
+    summary = Settlement("req", "acme", "single", "ok", 20, 2, call_records=(a_call(0), a_call(1)))
+    assert guard.settle_many([summary]) == [(True, 2)]
+    flaky.down = False
+    assert guard.check() is True and guard.pending == 0
+    assert rows(flaky, LedgerCall) == [("req", 0, 10), ("req", 1, 10)]
+    assert rows(flaky, RequestSummary) == [("req", 2, 20)]
+    engine.dispose()
