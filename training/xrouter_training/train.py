@@ -163,8 +163,7 @@ class Trainer:
                 loss = loss - self.config.entropy_coef * entropy[pg].mean()
             self.optimizer.zero_grad()
             loss.backward()
-            if self.world > 1:
-                distributed.reduce_gradients(self.network.parameters(), self.processes, average=True)
+            distributed.reduce_gradients(self.network.parameters(), self.processes, average=True)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 1.0)
             self.optimizer.step()
         self.network.eval()
@@ -243,8 +242,7 @@ class Trainer:
                       f"cost ${row['cost_usd']:.5f}  calls {row['calls_per_query']:.2f}  "
                       f"entropy {row['entropy']:.3f}  bce {row['correct_bce']:.3f}  kept {row['kept_groups']:.2f}  {row['seconds']:.0f}s",
                       end="\n" if step % 10 == 0 or step == config.steps else "", flush=True)
-        if self.world > 1:
-            distributed.check_replicas_agree(self.network, self.processes)
+        distributed.check_replicas_agree(self.network, self.processes)
         if self.rank != 0:
             return self.out
         print("evaluating on the validation split...", flush=True)
