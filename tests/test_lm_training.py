@@ -140,8 +140,13 @@ async def test_xrouter_train_with_policy_lm_writes_a_checkpoint_the_router_serve
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     policy = await build_policy(str(out / "checkpoint"), list(env.options.values()))
     assert isinstance(policy, LMPolicy) and policy.version == manifest["version"]
+    assert policy.tool_prompt == manifest["generation"]["tool_prompt"] == "compact"  # the config's default
     episode = await env.play(policy, env.split("validation")[0], sorted(env.options), 10.0)
     assert episode.result is not None or episode.score == 0
+    # The warm start is a checkpoint of its own, for `xrouter eval` beside the result.
+    warm = await build_policy(str(out / "checkpoint-warm-start"), list(env.options.values()))
+    assert isinstance(warm, LMPolicy) and warm.version.endswith("-warm-start") and warm.version != policy.version
+    assert json.loads((out / "checkpoint-warm-start" / "manifest.json").read_text())["sft"] == sft
 
 
 async def test_episodes_that_do_not_end_properly_earn_nothing(trainer: LMTrainer, env: ReplayEnvironment) -> None:

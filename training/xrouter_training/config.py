@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from xrouter.router.lm.charge import DEFAULT_INPUT_USD_PER_MTOK, DEFAULT_OUTPUT_USD_PER_MTOK, RouterLMPrice
+from xrouter.router.lm.tools import TOOL_PROMPTS
 
 # Teachers of the LM policy's supervised warm start besides fixed:<model>, cascade:A,B[,C] and
 # checkpoint directories (knn and oracle are evaluation's baselines; the oracle reads the labels).
@@ -112,6 +113,11 @@ class TrainConfig:
     # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
     # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
     lm_eval_prompts: int = 0
+    # How the pool is shown to the router LM (router/lm/tools.py): "compact" (one table row per model)
+    # or "full" (a JSON signature per model with its whole description); saved in the checkpoint.
+    lm_tool_prompt: str = "compact"
+    # The router LM reads at most this many last tokens of each user message (0: all); saved too.
+    lm_message_tokens: int = 0
     # What the router LM's own tokens cost, USD per million prompt / completion tokens: each episode's
     # cost in the reward includes them, at the price serving bills (XROUTER_ROUTER_LM_*_USD_PER_MTOK).
     router_input_usd_per_mtok: float = DEFAULT_INPUT_USD_PER_MTOK
@@ -218,6 +224,10 @@ class TrainConfig:
         if self.max_turns < 1 or self.max_new_tokens < 1 or self.lm_micro_batch < 1:
             raise ConfigError(f"max_turns={self.max_turns}, max_new_tokens={self.max_new_tokens}, lm_micro_batch="
                               f"{self.lm_micro_batch}: each must be >= 1")
+        if self.lm_tool_prompt not in TOOL_PROMPTS:
+            raise ConfigError(f"lm_tool_prompt={self.lm_tool_prompt!r}: expected one of {', '.join(TOOL_PROMPTS)}")
+        if self.lm_message_tokens < 0:
+            raise ConfigError(f"lm_message_tokens={self.lm_message_tokens}: need >= 0 (0: whole messages)")
         if not 0 < self.rollout_temperature <= 2:
             raise ConfigError(f"rollout_temperature={self.rollout_temperature}: GRPO needs sampled rollouts (greedy "
                               "ones make every episode of a group the same); use a value in (0, 2], usually 1.0")

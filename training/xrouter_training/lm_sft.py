@@ -209,7 +209,8 @@ class SupervisedWarmStart:
 
     def _forced(self, teacher: Policy, probe: GenerationBackend | None = None) -> TeacherForcedPolicy:
         backend = ScriptedBackend(probe)
-        lm = LMPolicy(self.tokenizer, backend, temperature=0.0, max_new_tokens=self.config.max_new_tokens)
+        lm = LMPolicy(self.tokenizer, backend, temperature=0.0, max_new_tokens=self.config.max_new_tokens,
+                      tool_prompt=self.config.lm_tool_prompt, message_tokens=self.config.lm_message_tokens)
         return TeacherForcedPolicy(teacher, lm, backend)
 
     async def _play(self, forced: TeacherForcedPolicy, prompt: Prompt, rng: random.Random) -> Rollout | None:

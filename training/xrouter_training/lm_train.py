@@ -18,6 +18,7 @@ import math
 import pathlib
 import random
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,7 +107,8 @@ class LMTrainer:
         self.backend = TransformersBackend(self.model, self.tokenizer, batch_same_context=config.lm_batch_group)
         self.policy = LMPolicy(self.tokenizer, self.backend,
                                temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
-                               price=config.router_price())
+                               price=config.router_price(), tool_prompt=config.lm_tool_prompt,
+                               message_tokens=config.lm_message_tokens)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -214,6 +216,8 @@ class LMTrainer:
         eval_prompts = self.validation[:config.lm_eval_prompts or None]
         after_sft = None
         if config.sft_teacher and config.steps and processes.leader:  # the start GRPO is measured against
+            # Saved too, so `xrouter eval` can put the warm start beside the GRPO result.
+            self.save("checkpoint-warm-start", sft, None, started, tag="-warm-start")
             print(f"evaluating the warm start on {len(eval_prompts)} validation prompts...", flush=True)
             after_sft = await self.evaluate(eval_prompts)
             print_evaluation(after_sft)
@@ -256,22 +260,30 @@ class LMTrainer:
         print("evaluating on the validation split...", flush=True)
         evaluation = await self.evaluate(eval_prompts)
         print_evaluation(evaluation)
-        version = f"{time.strftime('%Y%m%d%H%M%S')}-lm-s{config.seed}"
+        version = self.save("checkpoint", sft, {"split": "validation", "prompts": len(eval_prompts),
+                                                "lambdas": evaluation, "after_warm_start": after_sft}, started)
+        print(f"checkpoint {version} written to {self.out / 'checkpoint'} ({time.perf_counter() - started:.0f}s)")
+        return self.out / "checkpoint"
+
+
+    def save(self, name: str, sft: dict[str, Any] | None, evaluation: dict[str, Any] | None, started: float,
+             tag: str = "") -> str:
+        """Write the current weights as an LM checkpoint ``out/name``; its version."""
+        config = self.config
+        version = f"{time.strftime('%Y%m%d%H%M%S')}-lm-s{config.seed}{tag}"
         self.model.to("cpu")  # saved weights load anywhere
-        checkpoint.save(self.out / "checkpoint", self.model, self.tokenizer, {
+        checkpoint.save(self.out / name, self.model, self.tokenizer, {
             "version": version, "base_model": config.lm_model, "catalog_hash": catalog_hash(self.env.options.values()),
             "data": {"file": config.data, "train_prompts": len(self.train_prompts),
                      "split": "train (xrouter.common.outcomes.split_of)"},
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "generation": {"max_new_tokens": config.max_new_tokens,
-                           "max_response_chars": self.policy.max_response_chars},
-            "config": dataclasses.asdict(config), "sft": sft,
-            "eval": {"split": "validation", "prompts": len(eval_prompts), "lambdas": evaluation,
-                     "after_warm_start": after_sft},
+                           "max_response_chars": self.policy.max_response_chars,
+                           "tool_prompt": config.lm_tool_prompt, "message_tokens": config.lm_message_tokens},
+            "config": dataclasses.asdict(config), "sft": sft, "eval": evaluation,
             "train_seconds": time.perf_counter() - started})
         self.model.to(self.device)
-        print(f"checkpoint {version} written to {self.out / 'checkpoint'} ({time.perf_counter() - started:.0f}s)")
-        return self.out / "checkpoint"
+        return version
 
 
 def print_evaluation(rows: list[dict[str, float]]) -> None:

@@ -14,6 +14,7 @@ from xrouter.router.checkpoint_manifest import MANIFEST, catalog_hash, read_veri
 from xrouter.router.lm.charge import RouterLMPrice
 from xrouter.router.lm.compatibility import TEMPLATE_FIX, check_served_weights, check_tool_support
 from xrouter.router.lm.policy import DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_RESPONSE_CHARS, LMPolicy
+from xrouter.router.lm.tools import TOOL_PROMPTS
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,14 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
         raise InvalidArgument("source", f"{directory}: the tokenizer has no chat template; {TEMPLATE_FIX}")
     check_tool_support(tokenizer, directory)
     generation = manifest.get("generation", {})
+    tool_prompt = generation.get("tool_prompt", "full")  # checkpoints from before the compact prompt
+    if tool_prompt not in TOOL_PROMPTS:
+        raise InvalidArgument("source", f"{directory}: manifest generation.tool_prompt={tool_prompt!r} is not one of "
+                                        f"{', '.join(TOOL_PROMPTS)} (re-publish with a supported one)")
+    message_tokens = generation.get("message_tokens", 0)
+    if not isinstance(message_tokens, int) or isinstance(message_tokens, bool) or message_tokens < 0:
+        raise InvalidArgument("source", f"{directory}: manifest generation.message_tokens={message_tokens!r} "
+                                        "must be an integer >= 0 (0: whole messages)")
     if generation_url:
         from xrouter.router.lm.http_generation import CompletionsBackend
 
@@ -84,7 +93,7 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
     policy = LMPolicy(tokenizer, backend, version=str(manifest["version"]), temperature=0.0,
                       max_new_tokens=int(generation.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
                       max_response_chars=int(generation.get("max_response_chars", DEFAULT_MAX_RESPONSE_CHARS)),
-                      price=price)
+                      price=price, tool_prompt=tool_prompt, message_tokens=message_tokens)
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
 

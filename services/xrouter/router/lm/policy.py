@@ -22,7 +22,7 @@ from xrouter.router.baselines import SYSTEM_PROMPT
 from xrouter.router.lm.charge import RouterLMPrice
 from xrouter.router.lm.generation import GenerationBackend
 from xrouter.router.lm.parsing import parse_reply
-from xrouter.router.lm.tools import build_toolset, request_prompt, tool_result
+from xrouter.router.lm.tools import build_toolset, check_tool_prompt, request_prompt, tool_result
 from xrouter.router.lm.transcript import ChatRenderer, Reply, Transcript
 from xrouter.router.policy import Action, CallModels, EpisodeState, SelectResponse, ToolCall
 
@@ -42,21 +42,24 @@ class LMPolicy:
     """A causal LM deciding turns through a generation backend; ``temperature`` 0 decodes greedily
     (serving), > 0 samples (rollouts). With ``recorder`` set to a list, the transcript of every
     episode started is appended to it (the trainer reads token ids, masks and failures from it).
-    ``price`` is what its own tokens cost (router/lm/charge.py bills every decision turn at it)."""
+    ``price`` is what its own tokens cost (router/lm/charge.py bills every decision turn at it);
+    ``tool_prompt`` is how the pool is shown ("full" or "compact", see tools.py): a checkpoint must be
+    served with the one it was trained with, as with ``message_tokens`` (see ChatRenderer)."""
 
     kind = "lm"
     min_turns = 1
 
     def __init__(self, tokenizer: Any, backend: GenerationBackend, version: str = "0", temperature: float = 0.0,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, price: RouterLMPrice = RouterLMPrice()) -> None:
+                 max_response_chars: int = DEFAULT_MAX_RESPONSE_CHARS, price: RouterLMPrice = RouterLMPrice(),
+                 tool_prompt: str = "full", message_tokens: int = 0) -> None:
         if temperature < 0 or max_new_tokens < 1 or max_response_chars < 1:
             raise ValueError(f"temperature={temperature}, max_new_tokens={max_new_tokens}, max_response_chars="
                              f"{max_response_chars}: need temperature >= 0 and the limits >= 1")
         self.tokenizer, self.backend, self.version = tokenizer, backend, version
         self.temperature, self.max_new_tokens, self.max_response_chars = temperature, max_new_tokens, max_response_chars
-        self.price = price
-        self.renderer = ChatRenderer(tokenizer)
+        self.price, self.tool_prompt = price, check_tool_prompt(tool_prompt)
+        self.renderer = ChatRenderer(tokenizer, message_tokens)
         self.recorder: list[Transcript] | None = None
         # One transcript per live episode, keyed by its state object (concurrent requests each have
         # their own); dropped when the state is garbage-collected.
@@ -71,7 +74,7 @@ class LMPolicy:
         key = id(state)
         transcript = self._transcripts.get(key)
         if transcript is None:
-            toolset = build_toolset(state)
+            toolset = build_toolset(state, self.tool_prompt)
             transcript = self.renderer.start(request_prompt(state, toolset), state.messages, toolset)
             self._transcripts[key] = transcript
             weakref.finalize(state, self._transcripts.pop, key, None)

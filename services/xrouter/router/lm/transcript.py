@@ -86,10 +86,15 @@ class Transcript:
 
 class ChatRenderer:
     """Renders transcripts with a tokenizer's chat template (tools natively, or as a Hermes block
-    in the system prompt when the template has no tool support)."""
+    in the system prompt when the template has no tool support). With ``message_tokens`` > 0 the
+    router reads only the last that many tokens of each conversation message (the models it calls
+    still get the whole conversation): in few-shot prompts the question comes last, and the rest is
+    context every GRPO update would pay for (the compact policy's encoder cuts the same way)."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, message_tokens: int = 0) -> None:
+        if message_tokens < 0:
+            raise ValueError(f"message_tokens={message_tokens}: need >= 0 (0: whole messages)")
+        self.tokenizer, self.message_tokens = tokenizer, message_tokens
         self.native_tools = supports_tools(tokenizer)
         self.stop_ids = stop_token_ids(tokenizer)
 
@@ -108,12 +113,21 @@ class ChatRenderer:
         if self.native_tools:  # the template appends the tools to the system message itself
             system = f"{ROUTER_PROMPT}\n\n{request}"
         else:
-            system = f"{ROUTER_PROMPT}\n\n{hermes_block(toolset.tools)}\n\n{request}"
+            system = f"{ROUTER_PROMPT}\n\n{hermes_block(toolset.tools, toolset.compact)}\n\n{request}"
         messages = [{"role": "system", "content": system}]
-        messages += [{"role": role, "content": content} for role, content in conversation if role != "system"]
+        messages += [{"role": role, "content": self._tail(content)} for role, content in conversation if role != "system"]
         transcript = Transcript(toolset, messages, [], [], [])
         transcript.add_context(self._ids(self._text(messages, toolset.tools)))
         return transcript
+
+    def _tail(self, content: str) -> str:
+        """``content`` cut to its last ``message_tokens`` tokens, marked as cut."""
+        if not self.message_tokens:
+            return content
+        ids = self._ids(content)
+        if len(ids) <= self.message_tokens:
+            return content
+        return "[...] " + self.tokenizer.decode(ids[-self.message_tokens:])
 
     def continue_with(self, transcript: Transcript, messages: list[dict[str, str]]) -> None:
         """Append what follows the last reply: its end-of-turn tokens, ``messages``, a new prompt."""
