@@ -5,8 +5,10 @@ on one machine, loaded by h2load over HTTP/1.1 at c=1, 16 and 64.
   50 ms apart);
 - LiteLLM proxy, one worker, in its own throwaway virtualenv under .cache/ (pip ``litellm[proxy]``;
   bench-only, never a dependency of xrouter);
-- xrouter: four service processes, Postgres ledger (SQLite when no Postgres answers), fixed policy;
-  called with a tenant key issued for the run (``xrouter keys create --tenant bench``).
+- xrouter: four service processes, Postgres ledger (SQLite when no Postgres answers), called with a
+  tenant key issued for the run (``xrouter keys create --tenant bench``), three ways: the fixed
+  policy with one router process, the same with two (``XROUTER_ROUTER_PROCESSES=2``), and the
+  bundled learned compact policy (see ``gateways``). Each gateway runs alone while it is loaded.
 
 Per gateway and concurrency: req/s, mean/p50/p99 latency (h2load's per-request log), the mean added
 over the bare backend, and req/s as a ratio to LiteLLM's; TTFT of a stream (the official ``openai``
@@ -30,12 +32,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
 from bench import gateway_stack
 from bench.streaming_ttft import one, summary
+from xrouter.router.policy_store import BUNDLED_POLICY
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 LITELLM_VENV = pathlib.Path(".cache/litellm-venv")
@@ -57,7 +60,7 @@ def ensure_litellm() -> pathlib.Path:
 
 
 @contextmanager
-def litellm(home: pathlib.Path, backend_url: str) -> Iterator[str]:
+def litellm(home: pathlib.Path, backend_url: str) -> Iterator[tuple[str, str]]:
     config = home / "litellm.yaml"
     config.write_text("model_list:\n" + "".join(
         f"  - model_name: {m}\n    litellm_params:\n      model: openai/{m}\n      api_base: {backend_url}\n"
@@ -70,7 +73,7 @@ def litellm(home: pathlib.Path, backend_url: str) -> Iterator[str]:
                                     "LITELLM_MASTER_KEY": LITELLM_KEY})
     try:
         gateway_stack.wait_http(f"http://127.0.0.1:{port}/health/liveliness", process, timeout=180)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1", LITELLM_KEY
     finally:
         gateway_stack.stop([process])
 
@@ -105,6 +108,37 @@ async def ttft(url: str, key: str, model: str, extra: dict[str, Any], requests: 
     return summary(values)
 
 
+Gateway = tuple[str, Callable[[], AbstractContextManager[tuple[str, str]]], str, dict[str, Any],
+                tuple[str, dict[str, Any]] | None]
+
+
+def gateways(home: pathlib.Path, backend: str, database_url: str) -> list[Gateway]:
+    """(name, start -> (base URL, key), model, extra body, (model, extra) of the TTFT stream or None).
+
+    xrouter three ways, each its own stack on the same Postgres schema: the fixed policy with one
+    router process and with two (XROUTER_ROUTER_PROCESSES, SO_REUSEPORT: the GIL makes one process
+    one core of routing), and the bundled learned compact policy. The compact stack's catalog is two
+    instant models (the policy chooses between them and may call both), without ``slow``: a learned
+    choice of the 1 s streaming model would measure the backend, not the router."""
+    fixed, slow = {"xrouter": {"policy": "fixed:instant"}}, {"xrouter": {"policy": "fixed:slow"}}
+
+    @contextmanager
+    def bare() -> Iterator[tuple[str, str]]:
+        yield backend, LITELLM_KEY  # the bare backend ignores the key
+
+    def router(folder: str, policy: str, models: tuple[str, ...], **env: str) -> Callable[[], Any]:
+        return lambda: gateway_stack.xrouter(home / folder, backend, database_url, policy, models=models,
+                                             extra_env=env)
+
+    return [("backend", bare, "instant", {}, ("slow", {})),
+            ("litellm", lambda: litellm(home, backend), "instant", {}, ("slow", {})),
+            ("xrouter", router("xrouter", "fixed:instant", ("instant", "slow")), "xrouter", fixed, ("xrouter", slow)),
+            ("xrouter-2proc", router("xrouter-2proc", "fixed:instant", ("instant", "slow"),
+                                     XROUTER_ROUTER_PROCESSES="2"), "xrouter", fixed, ("xrouter", slow)),
+            ("xrouter-compact", router("xrouter-compact", str(BUNDLED_POLICY), ("instant", "instant-b")),
+             "xrouter", {}, None)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway")
     parser.add_argument("--quick", action="store_true", help="2 s per load point, 5 TTFT requests")
@@ -120,23 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         home = pathlib.Path(folder)
         backend = stack.enter_context(gateway_stack.backend(gap_ms=50))
         database_url, result["ledger"] = stack.enter_context(gateway_stack.ledger_database())
-        litellm_url = stack.enter_context(litellm(home, backend))
-        xrouter_url, xrouter_key = stack.enter_context(gateway_stack.xrouter(home / "xrouter", backend,
-                                                                             database_url, "fixed:instant"))
-        gateways = {"backend": (backend, LITELLM_KEY, "instant", {}),  # the bare backend ignores the key
-                    "litellm": (litellm_url, LITELLM_KEY, "instant", {}),
-                    "xrouter": (xrouter_url, xrouter_key, "xrouter", {"xrouter": {"policy": "fixed:instant"}})}
-        for name, (url, key, model, extra) in gateways.items():
-            result["load"][name] = {}
-            for clients in CONCURRENCY:
-                body = {"model": model, "messages": PROMPT, **extra}
-                figures = h2load(f"{url}/chat/completions", key, body, clients, seconds, home)
-                result["load"][name][f"c{clients}"] = figures
-                print(f"  {name:<8} c={clients:<3} {figures}", flush=True)
-            slow_extra = {"xrouter": {"policy": "fixed:slow"}} if name == "xrouter" else {}
-            result["ttft_ms"][name] = asyncio.run(ttft(url, key, "slow" if name != "xrouter" else "xrouter",
-                                                       slow_extra, requests))
-            print(f"  {name:<8} streaming TTFT {result['ttft_ms'][name]}", flush=True)
+        for name, start, model, extra, stream in gateways(home, backend, database_url):
+            with start() as (url, key):  # one gateway up at a time: the others' idle processes stay out
+                result["load"][name] = {}
+                for clients in CONCURRENCY:
+                    body = {"model": model, "messages": PROMPT, **extra}
+                    figures = h2load(f"{url}/chat/completions", key, body, clients, seconds, home)
+                    result["load"][name][f"c{clients}"] = figures
+                    print(f"  {name:<15} c={clients:<3} {figures}", flush=True)
+                if stream is not None:
+                    result["ttft_ms"][name] = asyncio.run(ttft(url, key, stream[0], stream[1], requests))
+                    print(f"  {name:<15} streaming TTFT {result['ttft_ms'][name]}", flush=True)
     compare(result)
     (RESULTS / "gateway.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, RESULTS / "gateway.png")
@@ -147,13 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def compare(result: dict[str, Any]) -> None:
     """Added mean latency over the bare backend, req/s ratio to LiteLLM, TTFT added over the backend."""
     load, comparison = result["load"], {}
-    for name in ("litellm", "xrouter"):
+    for name in (n for n in load if n != "backend"):
         comparison[name] = {
             f"c{c}": {"added_mean_ms": round(load[name][f"c{c}"]["mean_ms"] - load["backend"][f"c{c}"]["mean_ms"], 3),
                       "req_per_s_vs_litellm": round(load[name][f"c{c}"]["req_per_s"]
                                                     / load["litellm"][f"c{c}"]["req_per_s"], 2)}
             for c in CONCURRENCY}
-        comparison[name]["ttft_added_p50_ms"] = round(result["ttft_ms"][name]["p50"] - result["ttft_ms"]["backend"]["p50"], 2)
+        if name in result["ttft_ms"]:
+            comparison[name]["ttft_added_p50_ms"] = round(result["ttft_ms"][name]["p50"] - result["ttft_ms"]["backend"]["p50"], 2)
     result["comparison"] = comparison
 
 
@@ -171,9 +200,10 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
         rate.bar(xs, [result["load"][name][f"c{c}"]["req_per_s"] for c in CONCURRENCY], width, label=name)
         latency.bar(xs, [result["load"][name][f"c{c}"]["mean_ms"] for c in CONCURRENCY], width, label=name)
     for axis, title in ((rate, "requests/s"), (latency, "mean latency (ms)")):
-        axis.set_xticks([i + width for i in range(len(CONCURRENCY))], [f"c={c}" for c in CONCURRENCY])
+        axis.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(CONCURRENCY))], [f"c={c}" for c in CONCURRENCY])
         axis.set_title(title)
-        axis.legend()
+        axis.set_yscale("log")  # the bare backend is ~100x the gateways: linear bars would hide them
+    latency.legend(loc="upper left", fontsize="small")  # one legend, where c=1's short bars leave room
     figure.suptitle(f"gateways over an instant backend (one run, {result['cpus']} CPUs, {result['ledger']} ledger)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

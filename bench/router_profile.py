@@ -10,7 +10,9 @@ timed by bench/metering_db_timing.py). Tracing and the timing wrapper cost time 
 end-to-end figures here are higher than ``make bench-gateway``'s; the split is what this is for.
 
 Each variant is one stack start with its own environment, measured in the same run:
-``asyncio`` (the stdlib event loop in every service: the code before uvloop) and ``uvloop``.
+``asyncio`` (the stdlib event loop in every service: the code before uvloop), ``uvloop``, and
+``untraced`` (uvloop, no OTLP endpoint: the services export no spans, as a deployment without a
+collector; end-to-end figures only, no split). Tracing costs the traced variants time of its own.
 
     .venv/bin/python -m bench.router_profile [--quick] [--requests N]
 
@@ -39,7 +41,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from bench import gateway_stack
 
 RESULTS = pathlib.Path("bench-results")
-VARIANTS = {"asyncio": {"XROUTER_EVENT_LOOP": "asyncio"}, "uvloop": {"XROUTER_EVENT_LOOP": "uvloop"}}
+VARIANTS = {"asyncio": {"XROUTER_EVENT_LOOP": "asyncio"}, "uvloop": {"XROUTER_EVENT_LOOP": "uvloop"},
+            "untraced": {"XROUTER_EVENT_LOOP": "uvloop"}}
+UNTRACED = {"untraced"}  # no spans exported: no split
 BODY = {"model": "xrouter", "messages": [{"role": "user", "content": "count to twenty"}],
         "xrouter": {"policy": "fixed:instant"}}
 WARM_UP = 20
@@ -147,8 +151,10 @@ def profile(name: str, env: dict[str, str], requests: int, home: pathlib.Path, b
     receiver.start()
     db_file = home / f"db-times-{name}.json"
     otel = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_BSP_MAX_QUEUE_SIZE": "65536",
-            "XROUTER_BENCH_DB_TIMES": str(db_file)}
+            "OTEL_BSP_SCHEDULE_DELAY": "500", "OTEL_BSP_MAX_QUEUE_SIZE": "65536"}
+    if name in UNTRACED:  # and none inherited from this shell
+        otel = {"OTEL_TRACES_EXPORTER": "none"}
+    otel["XROUTER_BENCH_DB_TIMES"] = str(db_file)
     body = json.dumps(BODY).encode()
     try:
         with gateway_stack.xrouter(home / name, backend, database_url, "fixed:instant", extra_env={**otel, **env},
@@ -158,7 +164,7 @@ def profile(name: str, env: dict[str, str], requests: int, home: pathlib.Path, b
             times = send(url, "/v1/chat/completions", key, body, requests)
             window = (window_start, time.time())
         # The services flushed their spans (and metering its database times) on SIGTERM.
-        figures = split(sink.spans, window, json.loads(db_file.read_text()), requests)
+        figures = {} if name in UNTRACED else split(sink.spans, window, json.loads(db_file.read_text()), requests)
     finally:
         receiver.stop(0)
     ms = sorted(t * 1000 for t in times)

@@ -107,7 +107,7 @@ class InProcessStack:
         if self.exporter is None:  # as each deployed service does: OTLP when the OTEL_* variables say so
             return telemetry.tracer_provider(f"xrouter-{name}")
         provider = TracerProvider(resource=Resource.create({"service.name": f"xrouter-{name}"}))
-        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        telemetry.export_to(provider, SimpleSpanProcessor(self.exporter))
         return provider
 
     def force_flush(self) -> None:

@@ -120,7 +120,7 @@ class GrpcServer:
         self._health_address = f"{host}:{health_port}" if health_port else ""
         self._health_server: grpc.aio.Server | None = None
         self._server = grpc.aio.server(interceptors=[
-            telemetry.server_interceptor(provider), DomainErrorInterceptor(name)])
+            *telemetry.server_interceptors(provider), DomainErrorInterceptor(name)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._services = list(register(self._server))
