@@ -33,8 +33,8 @@ test: $(STAMP) protos-check chart-check $(if $(filter true,$(CI)),vllm-env) ## t
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" XROUTER_HELM="$(CURDIR)/$(HELM)" \
 	  XROUTER_TEST_VLLM_PYTHON="$${XROUTER_TEST_VLLM_PYTHON:-$(abspath $(VLLM_PY))}" $(PY) -m pytest -q -ra
 
-bench: $(STAMP) ## benchmarks; figures land in bench-results/*.json
-	$(PY) -m bench.run
+bench: $(STAMP) ## benchmarks; figures land in bench-results/*.json (the vLLM column needs `make vllm-env`)
+	XROUTER_VLLM_PYTHON="$${XROUTER_VLLM_PYTHON:-$(if $(wildcard $(VLLM_PY)),$(abspath $(VLLM_PY)))}" $(PY) -m bench.run
 
 bench-gateway: $(STAMP) ## xrouter vs LiteLLM's proxy vs the bare backend under h2load; bench/results/gateway.{json,png}
 	@command -v h2load >/dev/null || { echo "installing h2load (Debian nghttp2-client)"; apt-get install -y -q nghttp2-client; }

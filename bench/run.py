@@ -27,6 +27,7 @@ BENCHMARKS = (
     "bench.streaming_ttft",
     "bench.router_profile",
     "bench.lm_rollout_speed",
+    "bench.lm_decision_latency",
     "bench.token_counting",
 )
 

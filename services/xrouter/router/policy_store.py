@@ -120,6 +120,10 @@ class PolicyStore:
                 if self._previous is None:
                     raise InvalidArgument("source", "no previous policy to roll back to")
                 policy, source = self._previous
+                if policy.kind == "lm":
+                    from xrouter.router.lm.checkpoint import check_generation_server
+
+                    await asyncio.to_thread(check_generation_server, policy, pathlib.Path(source))  # type: ignore[arg-type]
             else:
                 policy = await build_policy(source, list(self._core.catalog.values()), self.lm_generation)
             if source != self.source:  # reloading what serves (a publish seen twice) keeps the rollback target

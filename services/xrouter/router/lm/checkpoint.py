@@ -98,6 +98,19 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], gener
     return policy
 
 
+def check_generation_server(policy: LMPolicy, directory: pathlib.Path) -> None:
+    """For a policy loaded earlier whose tokens come from a server: that server must still serve its
+    checkpoint. A rollback swaps back the policy object it kept, without loading anything, while the
+    server may have been restarted on the newer weights since (under a fixed --served-model-name it
+    would answer with them, and the router would route with the new weights while reporting the old
+    version). InvalidArgument naming the fix otherwise; a no-op for in-process generation."""
+    from xrouter.router.lm.http_generation import CompletionsBackend
+
+    if isinstance(policy.backend, CompletionsBackend):
+        check_served_weights(policy.backend.base_url, policy.backend.model, directory,
+                             policy.manifest)  # type: ignore[attr-defined]
+
+
 async def smoke_episode(policy: LMPolicy, catalog: list[ModelOption]) -> None:
     """A first decision on a synthetic request must generate and yield an action on the pool (an
     untrained LM may answer directly; a broken template, tokenizer or model fails here)."""

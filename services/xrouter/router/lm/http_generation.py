@@ -28,7 +28,8 @@ class CompletionsBackend:
     def __init__(self, base_url: str, model: str, tokenizer: Any, api_key: str = "", timeout_s: float = 120.0) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url {base_url!r}: expected http(s)://host:port/v1")
-        self.url = base_url.rstrip("/") + "/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/completions"
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = stop_token_ids(tokenizer)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
