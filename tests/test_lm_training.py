@@ -38,6 +38,11 @@ def env() -> ReplayEnvironment:
     ({"policy": "lm", "lm_model": "tiny", "warm_start_epochs": 5}, "set warm_start_epochs: 0"),
     ({"policy": "lm", "lm_model": "tiny", "rollout_temperature": 0}, "GRPO needs sampled rollouts"),
     ({"policy": "lm", "lm_model": "tiny", "max_new_tokens": 0}, "max_new_tokens=0"),
+    ({"policy": "lm", "lm_model": "tiny", "prompts_per_step": 2, "dynamic_sampling_max_groups": 1},
+     "dynamic_sampling_max_groups=1: the refill needs dynamic_sampling: true and a limit >= prompts_per_step"),
+    ({"policy": "lm", "lm_model": "tiny", "dynamic_sampling": False, "dynamic_sampling_max_groups": 64},
+     "the refill needs dynamic_sampling: true"),
+    ({"dynamic_sampling_max_groups": 8}, "dynamic_sampling_max_groups is only read with policy: lm"),
     ({"router_input_usd_per_mtok": -0.05}, r"router_input_usd_per_mtok: must be a finite number .*got -0.05; set it"),
     ({"router_output_usd_per_mtok": float("nan")}, r"router_output_usd_per_mtok: must be a finite number .*nan"),
 ])
@@ -191,3 +196,33 @@ async def test_episodes_that_do_not_end_properly_earn_nothing(trainer: LMTrainer
         assert outcomes[case].episode.score == 1.0 and outcomes[case].reward == 0.0, case
         assert "fallback" in outcomes[case].failure
     assert outcomes["turn limit"].episode.result.turn_limit_reached  # type: ignore[union-attr]
+
+
+async def test_refill_draws_groups_until_enough_carry_a_signal(trainer: LMTrainer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """DAPO's dynamic sampling: groups whose rewards do not vary are replaced by fresh prompts' groups,
+    up to the limit; without a limit the step keeps what it drew."""
+    rollouts = await trainer.rollout(trainer.train_prompts[:1])
+    flat = [dataclasses.replace(r, reward=0.0) for r in rollouts[0]]
+    varied = [dataclasses.replace(r, reward=float(i % 2)) for i, r in enumerate(rollouts[0])]
+    drawn: list[list] = []
+    script = iter([varied, varied, flat, flat, flat, flat])
+
+    async def fake_rollout(prompts, rng=None):  # type: ignore[no-untyped-def]
+        drawn.append(prompts)
+        return [next(script) for _ in prompts]
+
+    monkeypatch.setattr(trainer, "rollout", fake_rollout)
+    config = trainer.config
+    try:
+        trainer.config = dataclasses.replace(config, prompts_per_step=2, dynamic_sampling=True,
+                                             dynamic_sampling_max_groups=6)
+        groups = await trainer.refill([flat, flat], trainer.rng)
+        assert len(groups) == 4 and len(drawn) == 2  # two more draws, then two groups vary: enough
+        assert all(len(prompts) == 1 and prompts[0] in trainer.train_prompts for prompts in drawn)
+        groups = await trainer.refill([flat, flat], trainer.rng)  # the script's rest never varies
+        assert len(groups) == 6 and len(drawn) == 6  # stops at the limit
+        trainer.config = dataclasses.replace(config, dynamic_sampling_max_groups=0)
+        assert await trainer.refill([flat], trainer.rng) == [flat]  # off: the step keeps its draw
+    finally:
+        trainer.config = config

@@ -91,6 +91,11 @@ class TrainConfig:
     warm_start_weight_decay: float = 0.01
     warm_start_held_out: float = 0.1
     dynamic_sampling: bool = True  # drop groups whose rewards do not vary (no learning signal)
+    # DAPO's refill (policy: lm): while fewer than prompts_per_step groups of a step carry a signal,
+    # roll out one more random train prompt's group, up to this many groups in all (0: drop only).
+    # Why: a warm-started router agrees with itself on most prompts, and a step whose groups all
+    # score alike updates nothing (measured: 5 of the first 17 steps of the CPU run).
+    dynamic_sampling_max_groups: int = 0
     advantage_scale: str = "batch"  # "batch" or "group" (GRPO as published): see grpo.group_advantages
     reward_k: float = 1.0
     reward_cost_max: float = 0.7
@@ -212,6 +217,9 @@ class TrainConfig:
                 raise ConfigError(f"lm_model={self.lm_model!r}, sft_teacher={self.sft_teacher!r} are only read with "
                                   "policy: lm; remove them or set policy: lm (the compact policy's warm start is "
                                   "warm_start_epochs)")
+            if self.dynamic_sampling_max_groups:
+                raise ConfigError("dynamic_sampling_max_groups is only read with policy: lm; remove it (the compact "
+                                  "policy's steps draw prompts_per_step groups and drop the ones without a signal)")
             return
         if not self.lm_model:
             raise ConfigError("policy: lm needs lm_model: tiny (random tiny Llama), smollm2 (SmolLM2-135M-Instruct "
@@ -226,6 +234,11 @@ class TrainConfig:
                               f"{self.lm_micro_batch}: each must be >= 1")
         if self.lm_tool_prompt not in TOOL_PROMPTS:
             raise ConfigError(f"lm_tool_prompt={self.lm_tool_prompt!r}: expected one of {', '.join(TOOL_PROMPTS)}")
+        if self.dynamic_sampling_max_groups and (not self.dynamic_sampling
+                                                 or self.dynamic_sampling_max_groups < self.prompts_per_step):
+            raise ConfigError(f"dynamic_sampling_max_groups={self.dynamic_sampling_max_groups}: the refill needs "
+                              f"dynamic_sampling: true and a limit >= prompts_per_step ({self.prompts_per_step}); "
+                              "0 turns it off")
         if self.lm_message_tokens < 0:
             raise ConfigError(f"lm_message_tokens={self.lm_message_tokens}: need >= 0 (0: whole messages)")
         if not 0 < self.rollout_temperature <= 2:

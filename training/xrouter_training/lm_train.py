@@ -133,6 +133,19 @@ class LMTrainer:
                 groups.append([await play for play in plays])
         return groups
 
+    async def refill(self, groups: list[list[Rollout]], rng: random.Random) -> list[list[Rollout]]:
+        """DAPO's dynamic sampling: while fewer than ``prompts_per_step`` groups' rewards vary, add
+        one more random train prompt's group, up to ``dynamic_sampling_max_groups`` groups in all.
+        Each rank refills its own share (a random draw, not the shared prompt order)."""
+        limit = self.config.dynamic_sampling_max_groups
+
+        def informative() -> int:
+            return int(grpo.informative_groups(np.array([[r.reward for r in g] for g in groups])).sum())
+
+        while len(groups) < limit and informative() < self.config.prompts_per_step:
+            groups = groups + await self.rollout([rng.choice(self.train_prompts)], rng)
+        return groups
+
     def update(self, groups: list[list[Rollout]]) -> dict[str, float]:
         """``update_epochs`` optimizer steps on the informative groups' generated tokens."""
         config = self.config
@@ -235,11 +248,12 @@ class LMTrainer:
                 prompts = order[begin:begin + config.prompts_per_step]
                 cursor += per_step
                 step_started = time.perf_counter()
-                groups = await self.rollout(prompts, rollout_rng)
+                groups = await self.refill(await self.rollout(prompts, rollout_rng), rollout_rng)
                 rollout_s = time.perf_counter() - step_started
                 stats = self.update(groups)
                 outcomes = distributed.gather([outcome(r) for g in groups for r in g], processes)
                 row = {"step": step, **summary(outcomes), **stats, "processes": processes.size, "episodes": len(outcomes),
+                       "groups": distributed.total(len(groups), processes),
                        "rollout_seconds": rollout_s,
                        "step_seconds": time.perf_counter() - step_started, "seconds": time.perf_counter() - started}
                 if log is None:
