@@ -334,3 +334,9 @@ def test_an_lm_checkpoint_is_evaluated_as_the_subject(subset: pathlib.Path, tmp_
     assert [(r["group"], r["lambda"]) for r in rows] == [("subject", 0.0), ("subject", 100.0)]
     lines = [json.loads(x) for x in (out / "decisions.jsonl").open() if '"checkpoint:lm-ckpt"' in x]
     assert len(lines) == 10 and report["metrics"]["checkpoint:lm-ckpt"] is not None
+    # The router LM's own tokens are on its bill here as when serving: in cost_usd, shown apart, not a
+    # model call (the compact policy and the baselines have none).
+    assert all(x["router_cost_usd"] > 0 and x["cost_usd"] >= x["router_cost_usd"] for x in lines)
+    assert all(c["model"] in report["pool"] for x in lines for c in x["calls"])
+    assert all(r["router_cost_usd"] > 0 for r in rows)
+    assert all("router_cost_usd" not in r for r in report["runs"] if r["group"] != "subject")

@@ -19,7 +19,8 @@ from xrouter.router.policy_store import build_policy
 from xrouter_training import lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import ReplayEnvironment
-from xrouter_training.lm_train import LMTrainer, judge
+from xrouter.router.lm import charge
+from xrouter_training.lm_train import LMTrainer, judge, outcome
 from xrouter_training.train import main as train_main
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "training" / "configs"
@@ -192,6 +193,14 @@ async def test_episodes_that_do_not_end_properly_earn_nothing(trainer: LMTrainer
     assert good.reward == pytest.approx(1.0 - 10.0 * (good.episode.cost_usd + router_usd))
     free = judge(env, good.episode, good.transcript, RouterLMPrice(input_usd_per_mtok=0.0, output_usd_per_mtok=0.0))
     assert free.router_cost_usd == 0 and free.reward - good.reward == pytest.approx(10.0 * router_usd, rel=1e-6)
+    # Charged once: an episode whose environment already billed the router's turns (as `xrouter eval`
+    # does) is judged the same.
+    turns = charge.turn_calls(good.transcript, price, 1.0, len(good.episode.calls))
+    billed = dataclasses.replace(good.episode, calls=[*good.episode.calls, *turns],
+                                 cost_usd=good.episode.cost_usd + router_usd)
+    again = judge(env, billed, good.transcript, price)
+    assert again.reward == pytest.approx(good.reward) and outcome(again)["cost_usd"] == good.episode.cost_usd
+    assert outcome(again)["calls_per_query"] == outcome(good)["calls_per_query"]
     for case in ("turn limit", "missing call"):
         assert outcomes[case].episode.score == 1.0 and outcomes[case].reward == 0.0, case
         assert "fallback" in outcomes[case].failure

@@ -17,6 +17,7 @@ from xrouter.common.outcomes import ROUTERBENCH, read_outcomes, source, split_of
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
 from xrouter.reward.verifiers import RecordedLabels
 from xrouter.router.episode import EpisodeResult, run_episode
+from xrouter.router.lm.charge import charge_router
 from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, ToolCall
 
 
@@ -100,6 +101,9 @@ class ReplayEnvironment:
             score = self.labels.verdict(prompt.prompt_id, result.answer).score
         except (NotFound, XRouterError):
             pass
+        # A generative router's own tokens are priced calls here as on the bill (router/core.py), so
+        # its evaluation is not cheaper than serving it; other policies have none.
+        charge_router(policy, state)
         cost = sum(c.cost_micro_usd for c in state.calls) / 1e6
         reward = cost_aware_reward(score, cost, cost_lambda, self.reward_config)
         return Episode(prompt, cost_lambda, tuple(pool), result, state.calls, score, cost, reward)

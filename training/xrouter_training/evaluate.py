@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
+from xrouter.router.lm.charge import ROUTER_ROLE
 from xrouter.router.policy import ModelOption, Policy
 from xrouter.router.policy_store import load_checkpoint
 
@@ -120,7 +121,10 @@ def decision_record(run: str, cost_lambda: float | None, episode: Episode) -> di
     return {"policy": run, "lambda": cost_lambda, "prompt_id": episode.prompt.prompt_id,
             "task": episode.prompt.task,
             "calls": [{"model": c.model, "turn": c.turn, "status": c.status.name.lower(),
-                       "cost_usd": c.cost_micro_usd / 1e6} for c in episode.calls if c.attempted],
+                       "cost_usd": c.cost_micro_usd / 1e6} for c in episode.calls
+                      if c.attempted and c.role != ROUTER_ROLE],
+            # A generative router's own tokens: in cost_usd, as on the bill, but not a model call.
+            "router_cost_usd": sum(c.cost_micro_usd for c in episode.calls if c.role == ROUTER_ROLE) / 1e6,
             "returned_model": returned, "strategy": result.strategy.name.lower() if result else None,
             "failed": result is None, "cost_usd": episode.cost_usd, "score": episode.score,
             "reward": None if cost_lambda is None else episode.reward}

@@ -27,7 +27,7 @@ from xrouter.common.outcomes import ROUTERBENCH
 from xrouter.reward.formula import RewardConfig, cost_aware_reward
 from xrouter.router.checkpoint_manifest import catalog_hash
 from xrouter.router.lm import checkpoint
-from xrouter.router.lm.charge import RouterLMPrice, transcript_cost_usd
+from xrouter.router.lm.charge import ROUTER_ROLE, RouterLMPrice, transcript_cost_usd
 from xrouter.router.lm.generation import TransformersBackend
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.lm.transcript import Transcript
@@ -61,8 +61,9 @@ def judge(env: ReplayEnvironment, episode: Episode, transcript: Transcript, pric
         failure = "the episode loop's fallback ended it (a call on the last turn, or a selected call that " \
                   "does not exist or failed)"
     router_cost = transcript_cost_usd(transcript, price)
-    reward = cost_aware_reward(episode.score, episode.cost_usd + router_cost, episode.cost_lambda, env.reward_config,
-                               failure=failure)
+    # The calls' cost without any router turns the environment charged itself (once, at ``price``).
+    reward = cost_aware_reward(episode.score, model_cost_usd(episode) + router_cost, episode.cost_lambda,
+                               env.reward_config, failure=failure)
     return Rollout(episode, transcript, reward, failure, router_cost)
 
 
@@ -307,12 +308,17 @@ def print_evaluation(rows: list[dict[str, float]]) -> None:
               f"format errors {row['format_error_rate']:.2f}", flush=True)
 
 
+def model_cost_usd(episode: Episode) -> float:
+    """What the episode's model calls cost, the router LM's own turns left out."""
+    return sum(c.cost_micro_usd for c in episode.calls if c.role != ROUTER_ROLE) / 1e6
+
+
 def outcome(rollout: Rollout) -> dict[str, float]:
     """One episode's figures, small enough to gather from every process."""
     episode = rollout.episode
-    return {"reward": rollout.reward, "accuracy": episode.score, "cost_usd": episode.cost_usd,  # the model calls'
+    return {"reward": rollout.reward, "accuracy": episode.score, "cost_usd": model_cost_usd(episode),
             "router_cost_usd": rollout.router_cost_usd,  # the router LM's own tokens (in the reward too)
-            "calls_per_query": float(sum(c.attempted for c in episode.calls)),
+            "calls_per_query": float(sum(c.attempted for c in episode.calls if c.role != ROUTER_ROLE)),
             "format_error_rate": float(bool(rollout.failure)),
             "generated_tokens": float(sum(rollout.transcript.generated))}
 

@@ -17,12 +17,16 @@ NEAR_STRONG_ACCURACY_SHARE, NEAR_STRONG_COST_SHARE = 0.95, 0.10
 
 
 def summarize(records: Sequence[Mapping]) -> dict:
-    """Accuracy (mean score), mean cost per query, attempted calls per query, failed episodes."""
+    """Accuracy (mean score), mean cost per query (a generative router's own tokens included, and
+    shown apart), attempted model calls per query, failed episodes."""
     n = len(records)
     summary = {"prompts": n, "accuracy": sum(r["score"] for r in records) / n,
                "cost_usd": sum(r["cost_usd"] for r in records) / n,
                "calls_per_query": sum(len(r["calls"]) for r in records) / n,
                "failed": sum(r["failed"] for r in records)}
+    router = sum(r.get("router_cost_usd", 0.0) for r in records) / n
+    if router:  # a generative router's own tokens, already inside cost_usd
+        summary["router_cost_usd"] = router
     if records[0]["lambda"] is not None:
         summary["reward"] = sum(r["reward"] for r in records) / n
     return summary
