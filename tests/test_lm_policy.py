@@ -252,7 +252,11 @@ async def test_episode_with_parallel_calls_over_http(server: CompletionsServer, 
         episode = await env.play(policy, prompt, pool, 10.0)
     finally:
         await policy.backend.aclose()
-    assert [(c.index, c.turn, c.model) for c in episode.calls] == [(0, 1, pool[0]), (1, 1, pool[1])]
+    # The two model calls of turn 1, then the router LM's own two turns as priced calls (as billed).
+    assert [(c.index, c.turn, c.model, c.role) for c in episode.calls] == [
+        (0, 1, pool[0], "tool"), (1, 1, pool[1], "tool"),
+        (2, 1, "xrouter-router-lm", "router"), (3, 2, "xrouter-router-lm", "router")]
+    assert episode.cost_usd == sum(c.cost_micro_usd for c in episode.calls) / 1e6
     assert episode.result is not None and episode.result.selected_call == 1
     assert episode.result.answer == episode.calls[1].text and episode.score == env.scores[prompt.prompt_id][pool[1]]
     (transcript,) = policy.recorder
