@@ -13,13 +13,13 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import pytest
 import torch
 
+from xrouter.router.lm import charge
 from xrouter.router.lm.charge import RouterLMPrice
 from xrouter.router.lm.policy import LMPolicy
 from xrouter.router.policy_store import build_policy
 from xrouter_training import lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import ReplayEnvironment
-from xrouter.router.lm import charge
 from xrouter_training.lm_train import LMTrainer, judge, outcome
 from xrouter_training.train import main as train_main
 
