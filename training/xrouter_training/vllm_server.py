@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 INSTALL_HINT = "`make vllm-env` installs vLLM (CPU) into .cache/vllm-venv"
@@ -67,7 +67,7 @@ def log_tail(path: pathlib.Path, lines: int = 40) -> str:
 
 @contextlib.contextmanager
 def vllm_server(python: str, model: pathlib.Path | str, log_path: pathlib.Path, args: Sequence[str] = (),
-                kv_cache_gib: int = 1, timeout_s: float = 600) -> Iterator[str]:
+                kv_cache_gib: int = 1, timeout_s: float = 600, env: Mapping[str, str] | None = None) -> Iterator[str]:
     """Run ``python -m vllm.entrypoints.openai.api_server --model MODEL ARGS`` on a free local port
     until the block ends; yields its base URL (``http://127.0.0.1:PORT/v1``) once /health answers.
     ``kv_cache_gib``: VLLM_CPU_KVCACHE_SPACE (the CPU build's default, 4 GiB, is far more than a
@@ -77,7 +77,8 @@ def vllm_server(python: str, model: pathlib.Path | str, log_path: pathlib.Path, 
         process = subprocess.Popen(
             [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
              "--port", str(port), *args],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)})
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), **(env or {})})
         try:
             deadline = time.monotonic() + timeout_s
             while True:
