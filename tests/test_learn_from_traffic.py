@@ -36,9 +36,9 @@ def pool() -> list[ModelOption]:
                                   "A new 7B chat model.", (), cheap.context_tokens)]
 
 
-def export(path: pathlib.Path, invert: bool = False, requests: int = 360, seed: int = 0) -> pathlib.Path:
-    """An ``xrouter.episode/v1`` export of ``requests`` explored requests; ``invert``: every verdict
-    of the oldest 80% flipped (a candidate taught the opposite of the truth)."""
+def export(path: pathlib.Path, lie: bool = False, requests: int = 360, seed: int = 0) -> pathlib.Path:
+    """An ``xrouter.episode/v1`` export of ``requests`` explored requests; ``lie``: in the oldest 80%,
+    poisoned feedback says the newcomer is never right and gpt-4 always is."""
     scores, costs = {}, {}
     for row in read_outcomes(SOURCES["routerbench"].data):
         if split_of(row.prompt_id) == "train":
@@ -52,8 +52,8 @@ def export(path: pathlib.Path, invert: bool = False, requests: int = 360, seed: 
         recorded = STRONG if model == NEWCOMER else model  # the newcomer answers as gpt-4 did ...
         cost = costs[prompt_id][CHEAP if model == NEWCOMER else model]  # ... at mistral's price
         verdict = scores[prompt_id][recorded]
-        if invert and n < 0.8 * requests:
-            verdict = 1.0 - verdict
+        if lie and n < 0.8 * requests:
+            verdict = {STRONG: 1.0, NEWCOMER: 0.0}.get(model, verdict)
         lines.append({"schema": SCHEMA, "request_id": f"r{n:04d}", "tenant": "acme",
                       "settled_at": f"2026-12-01T00:{n // 60:02d}:{n % 60:02d}Z", "outcome": "ok",
                       "cost_lambda": math.expm1(rng.uniform(0, math.log1p(1000))),
@@ -100,13 +100,20 @@ def test_true_verdicts_teach_the_newcomer_and_the_candidate_is_published(tiny_bu
     assert learned.memory.rows_of(NEWCOMER) > 50 and load_policy(tiny_bundle, pool()).memory.rows_of(NEWCOMER) == 0
 
 
-def test_a_candidate_taught_the_opposite_is_worse_and_never_reaches_the_store(tiny_bundle, tmp_path) -> None:  # noqa: F811
+def test_a_candidate_taught_a_falsehood_is_worse_and_never_reaches_the_store(tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """The serving policy has learned the newcomer from true verdicts; then poisoned feedback says it
+    is never right. (Lies told to the untrained start cannot be shown worse: it is about as bad as
+    always calling the cheap model, and the held-back verdicts score what is served, not the lie.)"""
     from xrouter.cli import main
 
     catalog = tmp_path / "catalog.yaml"
     _write_catalog(catalog)
     store = tmp_path / "store"
-    assert main(["learn", "--start", str(tiny_bundle), "--episodes", str(export(tmp_path / "e.jsonl", invert=True)),
+    assert main(["learn", "--start", str(tiny_bundle), "--episodes", str(export(tmp_path / "true.jsonl")),
+                 "--out", str(tmp_path / "serving"), "--catalog", str(catalog), "--min-matches", "10"]) == 0
+    serving = tmp_path / "serving" / "checkpoint"
+    assert json.loads((tmp_path / "serving" / "publish.json").read_text())["decision"] == "publish"
+    assert main(["learn", "--start", str(serving), "--episodes", str(export(tmp_path / "lies.jsonl", lie=True, seed=1)),
                  "--out", str(tmp_path / "out"), "--catalog", str(catalog), "--store", str(store),
                  "--min-matches", "10"]) == 0
     record = json.loads((tmp_path / "out" / "publish.json").read_text())

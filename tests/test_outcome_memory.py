@@ -110,3 +110,22 @@ def test_served_verdicts_calibrate_their_model_by_their_mean_residual_offline_ro
     assert memory.features(_unit(0, 0, 1), "served one", ["small"])[0, CALIBRATION] == pytest.approx(
         0.8 / (1 + CALIBRATION_PRIOR_ROWS))
     assert memory.rows_of("small") == 5 and memory.rows_of("never-seen") == 0
+
+
+def test_a_served_verdict_counts_once_through_calibration_never_as_local_evidence() -> None:
+    from xrouter.router.compact.memory import CALIBRATION
+
+    memory = _memory()
+    query = _unit(0, 0.1, 1)
+    before = memory.features(query, "q", ["small"])[0].copy()
+    # Served, right next to the query: the network said 0.2, the verdict is 1.
+    memory.add("served", _unit(0, 0.1, 1), {"small": 1.0}, {"small": 0.2})
+    after = memory.features(query, "q", ["small"])[0]
+    assert after[EVIDENCE] == pytest.approx(before[EVIDENCE]) and after[LOCAL_MEAN] == pytest.approx(before[LOCAL_MEAN])
+    assert after[CALIBRATION] > 0
+    # The same verdict recorded as an outcome (no prediction: a reference-scored row, as offline data)
+    # is local evidence, and calibrates nothing.
+    recorded = _memory()
+    recorded.add("recorded", _unit(0, 0.1, 1), {"small": 1.0})
+    as_outcome = recorded.features(query, "q", ["small"])[0]
+    assert as_outcome[EVIDENCE] > before[EVIDENCE] + 0.5 and as_outcome[CALIBRATION] == 0.0

@@ -20,7 +20,10 @@ kNN router it recovered 0.57 of the gap where temperature 0.5 and k = 64 recover
 
 Why a memory and not only weights: a platform team's own traffic, and models added after training,
 are learned by adding rows (``add``) — the routing changes at the next request, without a gradient
-step (issue: the router learns from its own traffic). Rows of the prompt being decided are left out
+step (issue: the router learns from its own traffic). A served verdict (a row added with the
+network's prediction) counts once: through its model's calibration, never as local evidence. As
+local evidence too it was counted twice, and a few dozen verdicts scattered over a model's prompts
+made its "local" mean a noisy global one that outweighed the network's per-prompt prediction. Rows of the prompt being decided are left out
 (matched by text hash), so training on prompts that are in the memory sees exactly what serving an
 unseen prompt sees: neighbours, never the answer itself.
 
@@ -190,11 +193,14 @@ class OutcomeMemory:
         return self._totals
 
     def _rows_for(self, cols: tuple[int, ...]) -> np.ndarray:
-        """Rows where any of these models is recorded (cached per pool; ``add`` clears the cache)."""
+        """Rows recorded offline where any of these models is recorded (cached per pool; ``add``
+        clears the cache). Served rows (those with a residual) are the calibration's alone."""
         if cols not in self._rows:
             if len(self._rows) > 4096:
                 self._rows.clear()
-            self._rows[cols] = np.flatnonzero(~np.isnan(self.scores[:, list(cols)]).all(1))
+            recorded = ~np.isnan(self.scores[:, list(cols)]).all(1)
+            served = ~np.isnan(self.residuals).all(1)
+            self._rows[cols] = np.flatnonzero(recorded & ~served)
         return self._rows[cols]
 
     def save(self, directory: pathlib.Path) -> pathlib.Path:
