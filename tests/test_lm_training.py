@@ -61,6 +61,8 @@ def test_shipped_lm_configs_load() -> None:
     cpu = TrainConfig.from_file(CONFIGS / "lm-smollm2-grpo.yaml")  # the 2-core CPU run
     assert (cpu.lm_model, cpu.sft_teacher, cpu.lm_batch_group, cpu.lm_eval_prompts) == ("smollm2", "knn", True, 16)
     assert TrainConfig.from_file(CONFIGS / "lm-smollm2-grpo-gpu.yaml").sft_teacher == "oracle"
+    refill = TrainConfig.from_file(CONFIGS / "lm-smollm2-grpo-refill.yaml")  # the CPU run with DAPO's refill
+    assert refill.dynamic_sampling_max_groups == 6 and dataclasses.replace(refill, dynamic_sampling_max_groups=0) == cpu
 
 
 def test_masked_tokens_get_no_gradient() -> None:
