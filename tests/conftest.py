@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
-import warnings
 
 import pytest
 import sqlalchemy
 
+from missing_dependency import skip_loudly_or_fail
 from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -28,12 +28,8 @@ def postgres_server_url() -> str:
             connection.execute(sqlalchemy.text("select 1"))
         engine.dispose()
     except sqlalchemy.exc.OperationalError as error:
-        message = f"PostgreSQL not reachable at {url} ({type(error).__name__}): Postgres tests SKIPPED"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} -- in CI a missing Postgres is a failure")
-        warnings.warn(message, stacklevel=1)
-        print(f"\n!!! {message} !!!")
-        pytest.skip(message)
+        skip_loudly_or_fail(f"PostgreSQL not reachable at {url} ({type(error).__name__}): Postgres tests SKIPPED",
+                            "Postgres")
     return url
 
 

