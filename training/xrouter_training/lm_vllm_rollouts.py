@@ -55,7 +55,6 @@ class VLLMRollouts:
         self.version = 0
         self.base_url = ""
         self.backend: CompletionsBackend | None = None
-        self.sync_seconds: list[float] = []
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[CompletionsBackend]:
@@ -89,8 +88,7 @@ class VLLMRollouts:
         self._post("/reset_prefix_cache", None)
         shutil.rmtree(previous, ignore_errors=True)
         self.check()
-        self.sync_seconds.append(time.perf_counter() - started)
-        return self.sync_seconds[-1]
+        return time.perf_counter() - started
 
     def check(self) -> None:
         """The server's greedy token on the probe, and its log-prob, are the trainer's."""
