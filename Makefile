@@ -111,6 +111,9 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP) ## install vLLM (CPU) into VLLM_VENV (.cache/vllm-venv) for the vLLM adapter test (`make test` does it in CI)
 
+images-resolve: ## check that the training image's two environments (xrouter, vLLM) resolve: pip --dry-run, needs PyPI, no Docker
+	bash docker/resolve.sh $(PYTHON)
+
 lock: ## re-resolve the dependencies into requirements/lock.txt (needs the network to PyPI)
 	rm -rf /tmp/xrouter-lock && $(PYTHON) -m venv /tmp/xrouter-lock
 	/tmp/xrouter-lock/bin/pip install --quiet -e ".[dev]" torch==2.13.0
@@ -120,4 +123,4 @@ lock: ## re-resolve the dependencies into requirements/lock.txt (needs the netwo
 clean: ## remove the environment and local state
 	rm -rf $(VENV) var bench-results .pytest_cache
 
-.PHONY: help venv run up test bench protos protos-check tools chart-check vllm-env lock clean
+.PHONY: help venv run up test bench protos protos-check tools chart-check vllm-env images-resolve lock clean
