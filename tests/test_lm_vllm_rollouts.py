@@ -22,6 +22,50 @@ def test_the_rollout_engine_is_a_known_one_and_only_for_the_lm_policy() -> None:
         TrainConfig(lm_rollout_engine="vllm")
 
 
+def test_the_servers_share_of_the_gpu_is_bounded_and_only_read_with_vllm() -> None:
+    assert TrainConfig(policy="lm", lm_model="tiny", lm_rollout_engine="vllm", lm_vllm_gpu_memory=0.5).lm_vllm_gpu_memory == 0.5
+    for share in (0.0, 1.0, -0.2):
+        with pytest.raises(ConfigError, match=f"lm_vllm_gpu_memory={share}: a share of the GPU"):
+            TrainConfig(policy="lm", lm_model="tiny", lm_rollout_engine="vllm", lm_vllm_gpu_memory=share)
+    with pytest.raises(ConfigError, match="only read with lm_rollout_engine: vllm"):
+        TrainConfig(policy="lm", lm_model="tiny", lm_vllm_gpu_memory=0.5)
+    with pytest.raises(ConfigError, match="only read with policy: lm"):
+        TrainConfig(lm_vllm_gpu_memory=0.5)
+
+
+def test_the_server_runs_the_trainers_dtype_and_takes_its_share_only_of_a_gpu(tmp_path: pathlib.Path) -> None:
+    from xrouter_training.lm_models import tiny_llama
+    from xrouter_training.lm_vllm_rollouts import VLLMRollouts
+
+    model, tokenizer = tiny_llama(seed=0)
+    args = VLLMRollouts(model, tokenizer, tmp_path, gpu_memory=0.25).server_args()
+    assert args[args.index("--dtype") + 1] == "float32" and "--gpu-memory-utilization" not in args  # CPU
+    model.to(torch.bfloat16)
+    args = VLLMRollouts(model, tokenizer, tmp_path, gpu_memory=0.25).server_args()
+    assert args[args.index("--dtype") + 1] == "bfloat16"
+    # On a GPU (faked by the device the parameters report): the trainer keeps the rest of it.
+    on_gpu = VLLMRollouts(model, tokenizer, tmp_path, gpu_memory=0.25)
+    on_gpu.model = _OnDevice(model, torch.device("cuda", 0))
+    args = on_gpu.server_args()
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.25"
+
+
+class _OnDevice:
+    """A model whose parameters report another device (no GPU here)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self._model, self._device = model, device
+
+    def parameters(self):  # type: ignore[no-untyped-def]
+        for parameter in self._model.parameters():
+            yield _Parameter(parameter.dtype, self._device)
+
+
+class _Parameter:
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+
+
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
 def test_the_server_samples_the_trainers_weights_only_after_a_sync(tmp_path: pathlib.Path,

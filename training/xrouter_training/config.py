@@ -119,6 +119,9 @@ class TrainConfig:
     # starts, its weights synced after every update: lm_vllm_rollouts.py). The warm start and the
     # final evaluation stay in process.
     lm_rollout_engine: str = "transformers"
+    # With lm_rollout_engine: vllm on a GPU, the share of it the vLLM server may take (its weights and
+    # KV cache); the trainer shares the device, and vLLM's own default (0.9) would leave it nothing.
+    lm_vllm_gpu_memory: float = 0.3
     # Validation prompts the LM is evaluated on (greedy, every eval λ) after training — and after the
     # warm start too, when there is one and GRPO steps follow — 0: all (hours on CPU for SmolLM2).
     lm_eval_prompts: int = 0
@@ -221,8 +224,9 @@ class TrainConfig:
                 raise ConfigError(f"lm_model={self.lm_model!r}, sft_teacher={self.sft_teacher!r} are only read with "
                                   "policy: lm; remove them or set policy: lm (the compact policy's warm start is "
                                   "warm_start_epochs)")
-            if self.lm_rollout_engine != "transformers":
-                raise ConfigError(f"lm_rollout_engine={self.lm_rollout_engine!r} is only read with policy: lm; remove it")
+            if self.lm_rollout_engine != "transformers" or self.lm_vllm_gpu_memory != TrainConfig.lm_vllm_gpu_memory:
+                raise ConfigError(f"lm_rollout_engine={self.lm_rollout_engine!r}, lm_vllm_gpu_memory="
+                                  f"{self.lm_vllm_gpu_memory} are only read with policy: lm; remove them")
             if self.dynamic_sampling_max_groups:
                 raise ConfigError("dynamic_sampling_max_groups is only read with policy: lm; remove it (the compact "
                                   "policy's steps draw prompts_per_step groups and drop the ones without a signal)")
@@ -247,6 +251,11 @@ class TrainConfig:
                               "0 turns it off")
         if self.lm_rollout_engine not in ("transformers", "vllm"):
             raise ConfigError(f"lm_rollout_engine={self.lm_rollout_engine!r}: expected 'transformers' or 'vllm'")
+        if not 0 < self.lm_vllm_gpu_memory < 1:
+            raise ConfigError(f"lm_vllm_gpu_memory={self.lm_vllm_gpu_memory}: a share of the GPU in (0, 1), e.g. 0.3")
+        if self.lm_rollout_engine != "vllm" and self.lm_vllm_gpu_memory != TrainConfig.lm_vllm_gpu_memory:
+            raise ConfigError(f"lm_vllm_gpu_memory={self.lm_vllm_gpu_memory} is only read with lm_rollout_engine: "
+                              "vllm; remove it or set the engine")
         if self.lm_message_tokens < 0:
             raise ConfigError(f"lm_message_tokens={self.lm_message_tokens}: need >= 0 (0: whole messages)")
         if not 0 < self.rollout_temperature <= 2:

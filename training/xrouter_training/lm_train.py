@@ -251,7 +251,8 @@ class LMTrainer:
         engine = contextlib.ExitStack()
         try:
             if config.lm_rollout_engine == "vllm" and config.steps:
-                self.vllm = VLLMRollouts(self.model, self.tokenizer, self.out / "rollout-engine")
+                self.vllm = VLLMRollouts(self.model, self.tokenizer, self.out / "rollout-engine",
+                                         gpu_memory=config.lm_vllm_gpu_memory)
                 print("starting the vLLM rollout engine with the current weights...", flush=True)
                 self.policy.backend = engine.enter_context(self.vllm.serving())
             for step in range(1, config.steps + 1):

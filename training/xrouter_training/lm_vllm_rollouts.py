@@ -48,10 +48,12 @@ class VLLMRollouts:
     """The server and the sync; ``backend`` generates through it once the block has started."""
 
     def __init__(self, model: Any, tokenizer: Any, folder: pathlib.Path, max_model_len: int = 8192,
-                 eager: bool = False) -> None:
-        """``eager``: skip vLLM's graph compilation (a faster start, slower decoding: tests)."""
+                 eager: bool = False, gpu_memory: float = 0.3) -> None:
+        """``eager``: skip vLLM's graph compilation (a faster start, slower decoding: tests).
+        ``gpu_memory``: the share of the GPU the server may take (weights and KV cache) when the
+        trainer is on one: the trainer shares it, and vLLM's own default (0.9) would starve it."""
         self.model, self.tokenizer, self.folder = model, tokenizer, folder
-        self.max_model_len, self.eager = max_model_len, eager
+        self.max_model_len, self.eager, self.gpu_memory = max_model_len, eager, gpu_memory
         self.version = 0
         self.base_url = ""
         self.backend: CompletionsBackend | None = None
@@ -64,9 +66,7 @@ class VLLMRollouts:
                                "XROUTER_VLLM_PYTHON to an interpreter that imports vllm")
         self.folder.mkdir(parents=True, exist_ok=True)
         first = self._write_weights()
-        args = ["--dtype", "float32", "--enable-prefix-caching", "--max-model-len", str(self.max_model_len),
-                "--served-model-name", SERVED_NAME, "--generation-config", "vllm", "--seed", "0",
-                *(["--enforce-eager"] if self.eager else [])]
+        args = self.server_args()
         try:
             with vllm_server(python, first, self.folder / "vllm.log", args=args,
                              env={"VLLM_SERVER_DEV_MODE": "1"}) as url:
@@ -77,6 +77,17 @@ class VLLMRollouts:
         finally:
             self.backend = None
             shutil.rmtree(self.folder / f"weights-{self.version}", ignore_errors=True)
+
+    def server_args(self) -> list[str]:
+        """The server runs the trainer's dtype on the trainer's kind of device, so that the probe's
+        log-probs compare like with like; on a GPU it takes only ``gpu_memory`` of it."""
+        parameter = next(self.model.parameters())
+        dtype = str(parameter.dtype).removeprefix("torch.")
+        args = ["--dtype", dtype, "--enable-prefix-caching", "--max-model-len", str(self.max_model_len),
+                "--served-model-name", SERVED_NAME, "--generation-config", "vllm", "--seed", "0"]
+        if parameter.device.type == "cuda":
+            args += ["--gpu-memory-utilization", str(self.gpu_memory)]
+        return args + (["--enforce-eager"] if self.eager else [])
 
     def sync(self) -> float:
         """Send the trainer's current weights to the server; seconds taken."""
