@@ -367,6 +367,29 @@ def test_training_job_asks_for_gpus_and_writes_to_its_claim() -> None:
     assert "--tool-call-parser=hermes" in policy_isvc["spec"]["predictor"]["model"]["args"]
 
 
+def test_the_lm_policys_grpo_job_runs_one_trainer_with_vllm_rollouts_on_one_gpu() -> None:
+    from xrouter_training.config import TrainConfig
+
+    in_image = "/opt/xrouter/training/configs/lm-smollm2.yaml"
+    docs = render("full", "training.gpus=1", "training.config=null", f"training.configPath={in_image}")
+    (job,) = [j for j in find(docs, "Job") if component(j) == "training"]
+    (train,) = job["spec"]["template"]["spec"]["initContainers"]
+    assert train["command"] == ["xrouter", "train", "--config", in_image, "--out", "/checkpoints/2026-01-15"]
+    assert train["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The image copies training/ to /opt/xrouter/training: the file the Job names is this one.
+    config = TrainConfig.from_file(ROOT / in_image.removeprefix("/opt/xrouter/"))
+    assert (config.policy, config.lm_model, config.lm_rollout_engine) == ("lm", "smollm2", "vllm")
+    # The trainer finds vLLM where the image installs it (its own environment: its pins clash with ours).
+    dockerfile = (ROOT / "docker" / "Dockerfile.training").read_text()
+    assert "XROUTER_VLLM_PYTHON=/opt/vllm/bin/python" in dockerfile
+    assert '/opt/vllm/bin/pip install --no-compile "vllm==${VLLM_VERSION}"' in dockerfile
+    # torchrun's processes would each start a server on the one GPU: refused by name, inline configs.
+    with pytest.raises(chart_check.CheckFailed, match="set training.gpus=1 or lm_rollout_engine: transformers"):
+        render("full", "training.gpus=2", "training.config.policy=lm", "training.config.lm_rollout_engine=vllm")
+    assert find(render("full", "training.gpus=1", "training.config.policy=lm",
+                       "training.config.lm_rollout_engine=vllm"), "Job")
+
+
 def test_learning_cronjob_starts_from_the_serving_checkpoint_and_publishes_into_the_store() -> None:
     docs = render("full")
     (cron,) = find(docs, "CronJob")
