@@ -249,8 +249,10 @@ def reserve_many(session: Session, reservations: Sequence[tuple[str, str, str, i
     :func:`authorize` what that request is doing. Rows go in request_id order, so concurrent
     writers lock in the same order."""
     ids = sorted({r[1] for r in reservations})
-    settled = set(session.scalars(sa.select(RequestSummary.request_id).where(
-        RequestSummary.request_id.in_(ids), RequestSummary.outcome != ""))) if ids else set()
+    connection = session.connection()  # Core throughout: the ORM's per-statement work is CPU on the hot path
+    summaries = RequestSummary.__table__
+    settled = set(connection.scalars(sa.select(summaries.c.request_id).where(
+        summaries.c.request_id.in_(ids), summaries.c.outcome != ""))) if ids else set()
     first: dict[str, tuple[str, str, str, int, Sequence[str], dt.datetime, dt.datetime]] = {}
     for item in reservations:
         if item[1] not in settled:
@@ -261,7 +263,6 @@ def reserve_many(session: Session, reservations: Sequence[tuple[str, str, str, i
     inserted: set[str] = set()
     if rows:
         table = Reservation.__table__
-        connection = session.connection()
         statement = (_insert(connection.dialect.name, table).on_conflict_do_nothing(index_elements=["request_id"])
                      .returning(table.c.request_id))
         inserted = {request_id for (request_id,) in connection.execute(statement, rows)}

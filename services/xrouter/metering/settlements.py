@@ -72,11 +72,24 @@ def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt
     if not merged:
         return
     ids = sorted(merged)  # one lock order for every writer
-    session.execute(sa.update(Reservation).where(Reservation.request_id.in_(ids)).values(released=True))
-    table = RequestSummary.__table__
     connection = session.connection()
-    # One multi-row statement (not an executemany): a single round trip for the whole batch.
-    statement = _INSERT[connection.dialect.name](table).values([merged[request_id] for request_id in ids])
-    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in _KEPT}
-    updates["response_json"] = sa.func.coalesce(statement.excluded.response_json, table.c.response_json)
-    connection.execute(statement.on_conflict_do_update(index_elements=["request_id"], set_=updates))
+    connection.execute(sa.update(Reservation.__table__).where(Reservation.request_id.in_(ids)).values(released=True))
+    # An executemany of one cached statement: psycopg sends it in one pipeline (one round trip), and
+    # SQLAlchemy compiles it once per process. (A multi-row VALUES statement was compiled anew for
+    # every batch: ~0.9 ms of CPU per settlement, most of metering's time.)
+    connection.execute(_upsert(connection.dialect.name), [merged[request_id] for request_id in ids])
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (request_id) DO UPDATE of a summary row, keeping the _KEPT fields and a
+    stored response that the new row lacks; built once per dialect."""
+    if dialect not in _UPSERTS:
+        table = RequestSummary.__table__
+        statement = _INSERT[dialect](table)
+        updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in _KEPT}
+        updates["response_json"] = sa.func.coalesce(statement.excluded.response_json, table.c.response_json)
+        _UPSERTS[dialect] = statement.on_conflict_do_update(index_elements=["request_id"], set_=updates)
+    return _UPSERTS[dialect]
