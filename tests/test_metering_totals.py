@@ -86,10 +86,11 @@ async def record(stub, request_id: str, index: int, cost: int, model: str = "gpt
         status=common_pb2.CALL_STATUS_OK))
 
 
-@pytest.mark.parametrize("carried", [False, True], ids=["records", "calls-in-settle"])
+@pytest.mark.parametrize("carried, generated", [(False, False), (True, False), (True, True)],
+                         ids=["records", "calls-in-settle", "calls-in-settle-generated-ids"])
 @pytest.mark.parametrize("overrun", [False, True], ids=["within-estimates", "overrunning-estimates"])
 async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledger, overrun: bool,
-                                                                    carried: bool) -> None:
+                                                                    carried: bool, generated: bool) -> None:
     """64 flows (Authorize $0.05 → 1-3 Records → Settle, or the calls carried by the Settle: what
     the router sends) fired at once at a $1.00 daily budget of which $0.40 was spent before the
     service started (so the start-up load must see it).
@@ -115,7 +116,7 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
         async def flow(request_id: str) -> bool:
             try:
                 await stub.Authorize(metering_pb2.AuthorizeRequest(
-                    request_id=request_id, tenant="acme", estimate_micro_usd=ESTIMATE))
+                    request_id=request_id, tenant="acme", estimate_micro_usd=ESTIMATE, generated_request_id=generated))
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
                 assert "daily budget exceeded" in (error.details() or "")
@@ -254,6 +255,72 @@ async def test_totals_are_reloaded_after_a_spool_replay(tmp_path) -> None:  # ty
                                                                   estimate_micro_usd=100_000))
         assert fits.remaining_micro_usd == 0
         assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+    engine.dispose()
+
+
+def _reservation_rows(ledger: Ledger) -> set[str]:
+    with ledger.engine.connect() as connection:
+        return set(connection.scalars(sa.text("SELECT request_id FROM reservations")))
+
+
+async def _authorize(stub, request_id: str, estimate: int, generated: bool = True):  # type: ignore[no-untyped-def]
+    return await stub.Authorize(metering_pb2.AuthorizeRequest(request_id=request_id, tenant="acme",
+                                                              estimate_micro_usd=estimate,
+                                                              generated_request_id=generated))
+
+
+async def _settle(stub, request_id: str, cost: int):  # type: ignore[no-untyped-def]
+    return await stub.Settle(metering_pb2.SettleRequest(
+        request_id=request_id, tenant="acme", strategy="s", outcome="ok", calls=1,
+        call_records=[metering_pb2.RecordRequest(call_index=0, model="gpt-4o", cost_micro_usd=cost,
+                                                 status=common_pb2.CALL_STATUS_OK)]))
+
+
+async def test_a_router_generated_request_id_is_reserved_in_memory_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No retry can carry an id the router made up, so its reservation needs no ledger row (no
+    transaction on the way in). Memory still counts it: against the budget, through a reload after
+    an outage (dropped only once its request settled, whose spend the ledger then holds), and it is
+    released by its Settle. A restart forgets it, and the request's Settle still bills its calls."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = FlakyLedger(engine, 3600.0, clock=Clock(NOON))
+    ledger.create_schema()
+    ledger.set_budget("acme", "day", LIMIT)
+    async with Service(ledger, Spool(tmp_path / "spool", 100)) as service:
+        stub, totals = service.stub, service.guard.totals
+        assert totals is not None
+        first = await _authorize(stub, "g1", 900_000)
+        assert first.state == metering_pb2.REQUEST_STATE_NEW and first.remaining_micro_usd == 100_000
+        await _authorize(stub, "c1", 0, generated=False)  # a client's id: its row is written as before
+        assert _reservation_rows(ledger) == {"c1"} and totals.outstanding("acme") == {"g1": 900_000, "c1": 0}
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # memory counts what the ledger lacks
+            await _authorize(stub, "g2", 200_000)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        await _authorize(stub, "g3", 50_000)
+        FlakyLedger.down = True  # g3 settles during an outage: spooled
+        try:
+            assert (await _settle(stub, "g3", 50_000)).spooled
+        finally:
+            FlakyLedger.down = False
+        assert await asyncio.to_thread(service.guard.check)  # replays the spool, reloads the totals
+        # Kept: g1 (unsettled, in memory only). Dropped: g3, whose $0.05 the ledger now holds as
+        # spend: held too, it would count twice and refuse this request that fits exactly.
+        assert totals.outstanding("acme") == {"g1": 900_000, "c1": 0}
+        exact = await _authorize(stub, "g4", 50_000)
+        assert exact.remaining_micro_usd == 0
+        await _settle(stub, "g4", 50_000)
+        await _settle(stub, "g1", 700_000)  # released; its calls billed
+        assert totals.outstanding("acme") == {"c1": 0} and spent(ledger) == 800_000
+        assert_same(totals, ledger)
+        await _authorize(stub, "g5", 100_000)
+    # A restart: memory is gone, g5's row never existed; its Settle still bills its call exactly once.
+    async with Service(ledger, Spool(tmp_path / "spool", 100)) as service:
+        assert service.guard.totals is not None and service.guard.totals.outstanding("acme") == {"c1": 0}
+        assert (await _settle(service.stub, "g5", 150_000)).recorded_calls == 1
+        assert spent(ledger) == 950_000 and _reservation_rows(ledger) == {"c1"}
+        assert_same(service.guard.totals, ledger)
+        with pytest.raises(grpc.aio.AioRpcError) as full:
+            await _authorize(service.stub, "g6", 50_001)
+        assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     engine.dispose()
 
 

@@ -1,5 +1,7 @@
 """Authorize in memory mode: the budget check from the in-memory totals (``totals.py``), the
-reservation written by group commit before the answer goes out.
+reservation written by group commit before the answer goes out — or, for a request_id the router
+generated (the client sent none, so no retry can ever carry it), held in memory only: no
+transaction at all on the request's way in.
 
 New work (the common case: a fresh request_id) costs no budget query and no row lock: the totals
 decide, and the reservation row joins the next batched transaction, which also proves the id new
@@ -34,24 +36,30 @@ class MemoryAdmission:
         self._totals: BudgetTotals = guard.totals
         self._reservations: GroupCommit[Held, bool] = GroupCommit(guard.reserve_many, metrics.RESERVE_BATCH)
 
-    async def authorize(self, request_id: str, tenant: str, estimate: int, models: Sequence[str]) -> Authorization:
+    async def authorize(self, request_id: str, tenant: str, estimate: int, models: Sequence[str],
+                        generated: bool = False) -> Authorization:
         """Reserve ``estimate`` or raise ResourceExhausted naming the budget it would pass (see
-        ``Ledger.authorize`` for the states of a request_id seen before)."""
+        ``Ledger.authorize`` for the states of a request_id seen before). ``generated``: the router
+        made the id up, so no retry can carry it: the reservation is held in memory only, and the
+        answer needs no transaction (the hot path's common case)."""
         validate_authorize(request_id, tenant, estimate, models)
         self._guard.require_complete()
         if self._totals.holds(request_id):  # in flight here: the database path says what it is doing
             return await self._from_ledger(request_id, tenant, estimate, models)
         now = self._guard.ledger.now()
         held = Held(str(uuid.uuid4()), request_id, tenant, estimate, frozenset(models), now,
-                    now + self._guard.ledger.reservation_ttl)
+                    now + self._guard.ledger.reservation_ttl, durable=not generated)
         try:
             granted = self._totals.admit(held, now)
         except ResourceExhausted:
             # A request_id seen before is never refused for budget (its retry gets the stored
             # answer or its state): only a new one is. Refusals alone pay this lookup.
-            if await asyncio.to_thread(self._guard.call, self._guard.ledger.seen, request_id):
+            if not generated and await asyncio.to_thread(self._guard.call, self._guard.ledger.seen, request_id):
                 return await self._from_ledger(request_id, tenant, estimate, models)
             raise
+        if generated:
+            metrics.RESERVED_IN_MEMORY.inc()
+            return granted
         try:
             new = await self._reservations.submit(held)
         except Exception:

@@ -23,3 +23,5 @@ RESERVE_BATCH = Histogram("xrouter_metering_reserve_batch_size",
                           "Reservations written per transaction (group commit, in-memory budgets)", buckets=_SIZES)
 AUTHORIZE_FROM_LEDGER = Counter("xrouter_metering_authorize_from_ledger",
                                 "Authorizations answered by the database path in memory mode (a request_id seen before)")
+RESERVED_IN_MEMORY = Counter("xrouter_metering_reserved_in_memory",
+                             "Reservations held in memory only (router-generated request_id: no ledger row)")

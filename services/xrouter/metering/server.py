@@ -112,7 +112,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         await self._caller(context, Permission.WRITE_LEDGER)
         if self._admission is not None:
             granted = await self._admission.authorize(request.request_id, request.tenant,
-                                                      request.estimate_micro_usd, list(request.models))
+                                                      request.estimate_micro_usd, list(request.models),
+                                                      generated=request.generated_request_id)
         else:
             granted = await self._db(self._ledger.authorize, request.request_id, request.tenant,
                                      request.estimate_micro_usd, list(request.models))

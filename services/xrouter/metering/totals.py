@@ -20,7 +20,9 @@ The admission rule is the database path's (``budgets.py``), per hard budget B:
 and the check and the reservation happen under one lock, so concurrent requests never see the same
 room twice. **Overshoot bound (one metering replica):** the spend of a budget period can exceed the
 limit only by what admitted requests spend beyond their own estimates, plus spend of requests whose
-reservation expired (``reservation_ttl_s``) before they settled:
+reservation expired (``reservation_ttl_s``) before they settled, plus the spend of requests whose
+reservation was memory-only (a router-generated request_id: ``Held.durable`` False) and in flight
+when metering restarted (a restart forgets those holds; a reload keeps the unsettled ones):
 
     spend - limit <= sum over admitted requests r of max(0, cost_r - estimate_r)
 
@@ -48,7 +50,7 @@ from sqlalchemy.orm import Session
 
 from xrouter.metering import budgets
 from xrouter.metering.budgets import PERIODS, Authorization, period_start
-from xrouter.metering.schema import Budget, LedgerCall, Reservation, ReservationModel
+from xrouter.metering.schema import Budget, LedgerCall, RequestSummary, Reservation, ReservationModel
 
 SpentKey = tuple[str, str, str, dt.datetime]  # tenant, model ("" = all), period, period start
 
@@ -65,6 +67,9 @@ class Held:
     created_at: dt.datetime
     expires_at: dt.datetime
     consumed: int = 0
+    # False: held in memory only, without a ledger row (a router-generated request_id, which no
+    # retry can carry): a reload keeps it until its request settles; a restart forgets it.
+    durable: bool = True
 
     def left(self) -> int:
         """What the reservation still holds: the estimate less what its records consumed."""
@@ -156,6 +161,9 @@ class BudgetTotals:
         held = [Held(r.id, r.request_id, r.tenant, r.estimate_micro_usd, frozenset(models.get(r.id, ())),
                      r.created_at, r.expires_at, r.consumed_micro_usd)
                 for r in session.scalars(sa.select(Reservation).where(active))]
+        with self._lock:
+            memory_only = [item for item in self._held.values() if not item.durable and item.expires_at > now]
+        held += _unsettled(session, memory_only)
         with self._lock:
             self._limits, self._spent, self._held, self._by_tenant = limits, spent, {}, {}
             for item in held:
@@ -277,3 +285,15 @@ class BudgetTotals:
             mine.pop(request_id, None)
             if not mine:
                 self._by_tenant.pop(held.tenant, None)
+
+
+def _unsettled(session: Session, memory_only: Sequence[Held]) -> list[Held]:
+    """The memory-only reservations whose requests have not settled: a reload keeps them (they have
+    no row to be read back from), while the spend of those that settled (their Settle spooled
+    during an outage, say) is now in the ledger, and holding them too would count it twice."""
+    if not memory_only:
+        return []
+    settled = set(session.scalars(sa.select(RequestSummary.request_id).where(
+        RequestSummary.request_id.in_(sorted(item.request_id for item in memory_only)),
+        RequestSummary.outcome != "")))
+    return [item for item in memory_only if item.request_id not in settled]

@@ -143,13 +143,14 @@ class MeteringClient:
             delay = min(delay * 2, 0.5)
 
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
-                        models: Sequence[str] = ()) -> Admission:
+                        models: Sequence[str] = (), generated: bool = False) -> Admission:
         """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
         budgets apply (empty: all of them). A request_id seen before reserves nothing: the
-        admission says what that request is doing."""
+        admission says what that request is doing. ``generated``: the router made the id up (no
+        retry can carry it), so metering may hold the reservation without a ledger row."""
         reply = await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
-            request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models)),
-            timeout)
+            request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models),
+            generated_request_id=generated), timeout)
         return Admission(_STATES.get(reply.state, "new"), reply.response_json)
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,

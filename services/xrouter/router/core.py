@@ -128,7 +128,7 @@ class RouterCore:
             model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
             # this id answered. Only the per-model budgets of models this request may call apply.
-            earlier = await self._admit(request_id, tenant, state, deadline, print_)
+            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated=not request.request_id)
             if earlier is not None:
                 span.set_attribute("xrouter.replayed", True)
                 return earlier
@@ -189,15 +189,17 @@ class RouterCore:
         return ExploringPolicy(policy, epsilon, rng=self._rng)
 
     async def _admit(self, request_id: str, tenant: str, state: EpisodeState, deadline: float,
-                     print_: str) -> RouteResult | None:
+                     print_: str, generated: bool = False) -> RouteResult | None:
         """None when this is new work (reserved now, after the budget check); the earlier response
         when the id was answered before; waits (bounded) while an earlier attempt is in flight,
-        then ALREADY_EXISTS. Nothing is spent on any path but the first."""
+        then ALREADY_EXISTS. Nothing is spent on any path but the first. ``generated``: the id is
+        the router's own (no retry can carry it), which spares metering a ledger row."""
         give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)
         delay = 0.05
         while True:
             admission = await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
-                                                    models=[option.id for option in state.pool])
+                                                    models=[option.id for option in state.pool],
+                                                    generated=generated)
             seen = admission.state if admission is not None else "new"
             if seen == "new":
                 return None

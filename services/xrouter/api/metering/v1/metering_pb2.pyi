@@ -54,16 +54,18 @@ FEEDBACK_SOURCE_USER: FeedbackSource
 FEEDBACK_SOURCE_REFERENCE: FeedbackSource
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "estimate_micro_usd", "models")
+    __slots__ = ("request_id", "tenant", "estimate_micro_usd", "models", "generated_request_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_MICRO_USD_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     estimate_micro_usd: int
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., estimate_micro_usd: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    generated_request_id: bool
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., estimate_micro_usd: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., generated_request_id: _Optional[bool] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
     __slots__ = ("reservation_id", "remaining_micro_usd", "soft_limit_exceeded", "warnings", "expires_at", "state", "response_json")
