@@ -40,26 +40,24 @@ def changed_duplicate(call: CallRecord, differing: list[str]) -> AlreadyExists:
                          f"with different {', '.join(differing)}")
 
 
-def insert_many(session: Session, calls: Sequence[CallRecord],
-                times: Sequence[dt.datetime]) -> list[bool | AlreadyExists]:
+def insert_many(session: Session, calls: Sequence[CallRecord], times: Sequence[dt.datetime],
+                consume: bool = True) -> list[bool | AlreadyExists]:
     """Insert the new calls in one statement, consume their cost from their requests'
-    reservations, and return per call: False (new), True (same content already there), or the
-    AlreadyExists refusal of a changed duplicate. Rows and reservation updates go in key order, so
-    concurrent batches (several replicas) lock in the same order and cannot deadlock each other."""
+    reservations (unless ``consume`` is False: a settlement folds that into its release), and
+    return per call: False (new), True (same content already there), or the AlreadyExists refusal
+    of a changed duplicate. Rows and reservation updates go in key order, so concurrent batches
+    (several replicas) lock in the same order and cannot deadlock each other."""
     first: dict[Key, CallRecord] = {}
     received: dict[Key, dt.datetime] = {}
     for call, at in zip(calls, times, strict=True):
         if key(call) not in first:
             first[key(call)], received[key(call)] = call, at
     new = sorted(first.values(), key=key)
-    table = LedgerCall.__table__  # Core: one multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING
     connection = session.connection()
-    statement = (_INSERT[connection.dialect.name](table)
-                 .on_conflict_do_nothing(index_elements=["request_id", "call_index"])
-                 .returning(table.c.request_id, table.c.call_index))
     rows: list[dict[str, Any]] = [{**dataclasses.asdict(c), "created_at": received[key(c)]} for c in new]
-    inserted = {(r, i) for r, i in connection.execute(statement, rows)} if rows else set()
-    budgets.consume(session, [(c.request_id, c.tenant, c.cost_micro_usd) for c in new if key(c) in inserted])
+    inserted = {(r, i) for r, i in connection.execute(_insert(connection.dialect.name), rows)} if rows else set()
+    if consume:
+        budgets.consume(session, [(c.request_id, c.tenant, c.cost_micro_usd) for c in new if key(c) in inserted])
     retried = {key(c) for c in calls} - inserted
     stored: dict[Key, LedgerCall] = {}
     if retried:
@@ -82,3 +80,17 @@ def insert_many(session: Session, calls: Sequence[CallRecord],
             raise RuntimeError(f"call {key(call)} was neither inserted nor found: a concurrent delete?")
         results.append(changed_duplicate(call, differing) if differing else True)
     return results
+
+
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING the inserted keys, built once per dialect (sent
+    as an executemany: SQLAlchemy batches it into multi-row VALUES from one cached compilation)."""
+    if dialect not in _INSERTS:
+        table = LedgerCall.__table__
+        _INSERTS[dialect] = (_INSERT[dialect](table)
+                             .on_conflict_do_nothing(index_elements=["request_id", "call_index"])
+                             .returning(table.c.request_id, table.c.call_index))
+    return _INSERTS[dialect]

@@ -1,6 +1,6 @@
 """Settling requests, one or many per transaction (group commit): write the calls a settlement
 carries, release the reservations and store (or overwrite) the summaries, all in one transaction:
-one multi-row call insert, one UPDATE and one multi-row upsert."""
+one multi-row call insert, one UPDATE (release, with what the new calls consumed) and one upsert."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequen
     duplicate raises AlreadyExists, so that the caller's transaction writes nothing of the batch."""
     carried = [call for summary in summaries for call in summary.call_records]
     outcomes = calls.insert_many(session, carried, [at for summary, at in zip(summaries, times, strict=True)
-                                                    for _ in summary.call_records]) if carried else []
+                                                    for _ in summary.call_records], consume=False) if carried else []
     refused = next((o for o in outcomes if isinstance(o, AlreadyExists)), None)
     if refused is not None:
         raise refused
@@ -56,12 +56,18 @@ def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequen
     for summary in summaries:
         duplicates.append([bool(o) for o in outcomes[start:start + len(summary.call_records)]])
         start += len(summary.call_records)
-    _store(session, summaries, times)
+    consumed: dict[str, int] = {}  # per request, what its new calls cost (released below)
+    for call, outcome in zip(carried, outcomes, strict=True):
+        if outcome is False:
+            consumed[call.request_id] = consumed.get(call.request_id, 0) + call.cost_micro_usd
+    _store(session, summaries, times, consumed)
     return duplicates
 
 
-def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> None:
-    """Release the reservations and upsert the summaries (the later settlement of a request wins)."""
+def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
+           consumed: dict[str, int]) -> None:
+    """Release the reservations, adding what their new calls ``consumed``, and upsert the summaries
+    (the later settlement of a request wins)."""
     merged: dict[str, dict[str, Any]] = {}
     for summary, at in zip(summaries, times, strict=True):
         values = values_of(summary, at)
@@ -73,13 +79,20 @@ def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt
         return
     ids = sorted(merged)  # one lock order for every writer
     connection = session.connection()
-    connection.execute(sa.update(Reservation.__table__).where(Reservation.request_id.in_(ids)).values(released=True))
+    # One UPDATE per request in one executemany: release, and move the new calls' cost into
+    # consumed (a settlement's calls and release share the statement: one round trip, not two).
+    connection.execute(_RELEASE, [{"rid": request_id, "cost": consumed.get(request_id, 0)} for request_id in ids])
     # An executemany of one cached statement: psycopg sends it in one pipeline (one round trip), and
     # SQLAlchemy compiles it once per process. (A multi-row VALUES statement was compiled anew for
     # every batch: ~0.9 ms of CPU per settlement, most of metering's time.)
     connection.execute(_upsert(connection.dialect.name), [merged[request_id] for request_id in ids])
 
 
+_RESERVATIONS = Reservation.__table__
+_RELEASE = (sa.update(_RESERVATIONS).where(_RESERVATIONS.c.request_id == sa.bindparam("rid"))
+            .values(released=True, consumed_micro_usd=sa.case(
+                (_RESERVATIONS.c.released.is_(False), _RESERVATIONS.c.consumed_micro_usd + sa.bindparam("cost")),
+                else_=_RESERVATIONS.c.consumed_micro_usd)))
 _UPSERTS: dict[str, Any] = {}
 
 
