@@ -11,7 +11,9 @@ on one machine, loaded by h2load over HTTP/1.1 at c=1, 16 and 64.
   bundled learned compact policy (see ``gateways``). Each gateway runs alone while it is loaded.
 
 Per gateway and concurrency: req/s, mean/p50/p99 latency (h2load's per-request log), the mean added
-over the bare backend, and req/s as a ratio to LiteLLM's; TTFT of a stream (the official ``openai``
+over the bare backend, req/s as a ratio to LiteLLM's, and CPU milliseconds per request per process
+role (``bench/cpu_use.py``: router, adapters, metering, reward, postgres, litellm, backend; on a
+2-core machine CPU per request is what caps req/s); TTFT of a stream (the official ``openai``
 client, one at a time) for each gateway. One run's figures: ratios are the comparison, absolute
 numbers depend on the machine (and on whatever else it is running).
 
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any
 
-from bench import gateway_stack
+from bench import cpu_use, gateway_stack
 from bench.streaming_ttft import one, summary
 from xrouter.router.policy_store import BUNDLED_POLICY
 
@@ -159,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result["load"][name] = {}
                 for clients in CONCURRENCY:
                     body = {"model": model, "messages": PROMPT, **extra}
+                    before = cpu_use.snapshot()
                     figures = h2load(f"{url}/chat/completions", key, body, clients, seconds, home)
+                    # h2load's 1 s warm-up is served (and uses CPU) but not logged: count it at the logged rate
+                    served = figures["requests"] * (seconds + 1) / seconds
+                    figures["cpu_ms_per_request"] = cpu_use.per_request_ms(before, cpu_use.snapshot(), served)
                     result["load"][name][f"c{clients}"] = figures
                     print(f"  {name:<15} c={clients:<3} {figures}", flush=True)
                 if stream is not None:
@@ -181,6 +187,11 @@ def compare(result: dict[str, Any]) -> None:
                       "req_per_s_vs_litellm": round(load[name][f"c{c}"]["req_per_s"]
                                                     / load["litellm"][f"c{c}"]["req_per_s"], 2)}
             for c in CONCURRENCY}
+        cpu = {c: load[name][f"c{c}"].get("cpu_ms_per_request", {}) for c in CONCURRENCY}
+        for c in CONCURRENCY:  # the gateway's own CPU (Postgres included, the backend not) per request
+            if cpu[c]:
+                comparison[name][f"c{c}"]["gateway_cpu_ms_per_request"] = round(
+                    sum(v for role, v in cpu[c].items() if role not in ("backend", "total")), 3)
         if name in result["ttft_ms"]:
             comparison[name]["ttft_added_p50_ms"] = round(result["ttft_ms"][name]["p50"] - result["ttft_ms"]["backend"]["p50"], 2)
     result["comparison"] = comparison
@@ -193,7 +204,7 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(result["load"])
-    figure, (rate, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (rate, latency, cpu) = plt.subplots(1, 3, figsize=(16, 4))
     width = 0.8 / len(names)
     for offset, name in enumerate(names):
         xs = [i + offset * width for i in range(len(CONCURRENCY))]
@@ -204,9 +215,28 @@ def plot(result: dict[str, Any], path: pathlib.Path) -> None:
         axis.set_title(title)
         axis.set_yscale("log")  # the bare backend is ~100x the gateways: linear bars would hide them
     latency.legend(loc="upper left", fontsize="small")  # one legend, where c=1's short bars leave room
+    cpu_per_request(cpu, result)
     figure.suptitle(f"gateways over an instant backend (one run, {result['cpus']} CPUs, {result['ledger']} ledger)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def cpu_per_request(axis: Any, result: dict[str, Any], clients: int = 16) -> None:
+    """The gateways' CPU per request at ``clients``, stacked by process role (the backend left out)."""
+    gateways = [n for n in result["load"] if n != "backend" and result["load"][n][f"c{clients}"].get("cpu_ms_per_request")]
+    if not gateways:
+        axis.set_axis_off()
+        return
+    roles = sorted({r for n in gateways for r in result["load"][n][f"c{clients}"]["cpu_ms_per_request"]}
+                   - {"backend", "total"})
+    bottoms = [0.0] * len(gateways)
+    for role in roles:
+        heights = [result["load"][n][f"c{clients}"]["cpu_ms_per_request"].get(role, 0.0) for n in gateways]
+        axis.bar(gateways, heights, bottom=bottoms, label=role)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    axis.set_title(f"CPU ms per request at c={clients}, by process")
+    axis.tick_params(axis="x", labelrotation=20)
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
 
 
 if __name__ == "__main__":
