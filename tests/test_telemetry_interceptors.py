@@ -73,3 +73,23 @@ def test_the_environment_decides_for_a_deployed_service(monkeypatch: pytest.Monk
     assert telemetry.exporting(telemetry.tracer_provider("xrouter-test"))
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
     assert not telemetry.exporting(telemetry.tracer_provider("xrouter-test"))
+
+
+def test_a_services_provider_makes_non_recording_spans_with_real_ids_until_it_exports(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    provider = telemetry.tracer_provider("xrouter-test")  # exports nowhere
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("quiet") as span:
+        assert not span.is_recording()
+        quiet_trace = telemetry.current_trace_id()
+        with tracer.start_as_current_span("child") as child:
+            assert telemetry.current_trace_id() == quiet_trace  # a child keeps its parent's trace
+            assert not child.is_recording()
+    assert len(quiet_trace) == 32 and quiet_trace != "0" * 32  # the ledger still gets a trace id
+    spans = InMemorySpanExporter()
+    telemetry.export_to(provider, SimpleSpanProcessor(spans))  # the tracer made before now records
+    with tracer.start_as_current_span("exported") as span:
+        assert span.is_recording()
+    assert [s.name for s in spans.get_finished_spans()] == ["exported"]

@@ -5,7 +5,10 @@ The gRPC interceptors are installed only for a provider whose spans go somewhere
 without one they would open, propagate and end a span per RPC on both sides for nobody — measured
 at 0.2-0.4 ms per round trip on the shared 2-core machine, three round trips per routed request.
 A service's own spans (the router's ``xrouter.route``, whose trace id the ledger keeps) are
-created either way.
+created either way; a provider made by :func:`tracer_provider` makes them non-recording while it
+exports nowhere (:class:`RecordWhenExporting`): they keep their trace and span ids, and skip the
+attributes, events and end-of-span processing nobody would read (about a sixth of the router's
+CPU per request under load, measured with py-spy).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_serv
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 
 
 from xrouter.common.tls import TlsFiles, channel_credentials, channel_options
@@ -36,7 +40,9 @@ def tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> 
     resource = Resource.create({"service.name": service_name, "service.namespace": "xrouter"})
     if os.environ.get("OTEL_SERVICE_NAME"):  # an explicit name from the deployment wins
         resource = Resource.create({"service.namespace": "xrouter"})
-    provider = TracerProvider(resource=resource)
+    sampler = RecordWhenExporting()
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    sampler.provider = weakref.ref(provider)
     if exporter is None and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none" and (
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     ):
@@ -46,6 +52,26 @@ def tracer_provider(service_name: str, exporter: SpanExporter | None = None) -> 
     if exporter is not None:
         export_to(provider, BatchSpanProcessor(exporter))
     return provider
+
+
+class RecordWhenExporting(Sampler):
+    """Parent-based always-on while the provider exports (:func:`export_to`); otherwise every span
+    is non-recording (DROP still gives it valid ids: a root gets a new trace id, a child its
+    parent's, so ``current_trace_id`` and propagation work as before)."""
+
+    def __init__(self) -> None:
+        self.provider: weakref.ref[TracerProvider] | None = None
+        self._recording = ParentBased(ALWAYS_ON)
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,  # type: ignore[no-untyped-def]
+                      trace_state=None) -> SamplingResult:
+        provider = self.provider() if self.provider is not None else None
+        if provider is not None and exporting(provider):
+            return self._recording.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+        return SamplingResult(Decision.DROP)
+
+    def get_description(self) -> str:
+        return "RecordWhenExporting"
 
 
 def export_to(provider: TracerProvider, processor: SpanProcessor) -> None:
