@@ -6,9 +6,11 @@ Settle's group commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -269,6 +271,22 @@ async def _authorize(stub, request_id: str, estimate: int, generated: bool = Tru
                                                               generated_request_id=generated))
 
 
+@contextlib.contextmanager
+def _statements(engine: sa.Engine, prefix: str) -> Iterator[list[str]]:
+    """The SQL statements starting with ``prefix`` that ``engine`` sends while the block runs."""
+    sent: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(prefix.upper()):
+            sent.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
 async def _settle(stub, request_id: str, cost: int):  # type: ignore[no-untyped-def]
     return await stub.Settle(metering_pb2.SettleRequest(
         request_id=request_id, tenant="acme", strategy="s", outcome="ok", calls=1,
@@ -307,16 +325,21 @@ async def test_a_router_generated_request_id_is_reserved_in_memory_only(tmp_path
         assert totals.outstanding("acme") == {"g1": 900_000, "c1": 0}
         exact = await _authorize(stub, "g4", 50_000)
         assert exact.remaining_micro_usd == 0
-        await _settle(stub, "g4", 50_000)
+        with _statements(engine, "UPDATE reservations") as releases:
+            await _settle(stub, "g4", 50_000)  # memory-only: no row to release, so no UPDATE is sent
+        assert releases == []
         await _settle(stub, "g1", 700_000)  # released; its calls billed
         assert totals.outstanding("acme") == {"c1": 0} and spent(ledger) == 800_000
         assert_same(totals, ledger)
+        with _statements(engine, "UPDATE reservations") as releases:
+            await _settle(stub, "c1", 0)  # a client's id has its row: released by one UPDATE
+        assert len(releases) == 1 and totals.outstanding("acme") == {}
         await _authorize(stub, "g5", 100_000)
     # A restart: memory is gone, g5's row never existed; its Settle still bills its call exactly once.
     async with Service(ledger, Spool(tmp_path / "spool", 100)) as service:
-        assert service.guard.totals is not None and service.guard.totals.outstanding("acme") == {"c1": 0}
+        assert service.guard.totals is not None and service.guard.totals.outstanding("acme") == {}
         assert (await _settle(service.stub, "g5", 150_000)).recorded_calls == 1
-        assert spent(ledger) == 950_000 and _reservation_rows(ledger) == {"c1"}
+        assert spent(ledger) == 950_000 and _reservation_rows(ledger) == {"c1"}  # c1's, released
         assert_same(service.guard.totals, ledger)
         with pytest.raises(grpc.aio.AioRpcError) as full:
             await _authorize(service.stub, "g6", 50_001)

@@ -270,14 +270,16 @@ class Ledger:
         return self.settle_many([summary], at)[0]
 
     def settle_many(self, summaries: Sequence[Settlement],
-                    at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[list[bool]]:
+                    at: dt.datetime | Sequence[dt.datetime] | None = None,
+                    without_reservation_rows: frozenset[str] = frozenset()) -> list[list[bool]]:
         """Settle many requests in one transaction (group commit), in order, at ``at`` (one time
         for all, one per settlement, or now): per settlement, per carried call, whether it was
-        recorded before. One changed call refuses the whole transaction (AlreadyExists)."""
+        recorded before. One changed call refuses the whole transaction (AlreadyExists). Requests in
+        ``without_reservation_rows`` were reserved in memory only: there is no row to release."""
         for summary in summaries:
             summary.validate()
         times = [at or self.now()] * len(summaries) if at is None or isinstance(at, dt.datetime) else at
-        return self._transaction(lambda s: settlements.settle_many(s, summaries, times))
+        return self._transaction(lambda s: settlements.settle_many(s, summaries, times, without_reservation_rows))
 
     def seen(self, request_id: str) -> bool:
         """Whether ``request_id`` was reserved or settled before."""

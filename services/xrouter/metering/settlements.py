@@ -40,7 +40,8 @@ def values_of(summary: Settlement, at: dt.datetime) -> dict[str, Any]:
         response_json=summary.response_json or None)
 
 
-def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> list[list[bool]]:
+def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
+                without_reservation_rows: frozenset[str] = frozenset()) -> list[list[bool]]:
     """Settle in order: a later settlement of the same request in the batch wins, as it would in
     its own transaction, and a stored response survives a settlement that carries none. The calls
     the settlements carry go first (their costs consume the reservations before they are released),
@@ -60,14 +61,14 @@ def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequen
     for call, outcome in zip(carried, outcomes, strict=True):
         if outcome is False:
             consumed[call.request_id] = consumed.get(call.request_id, 0) + call.cost_micro_usd
-    _store(session, summaries, times, consumed)
+    _store(session, summaries, times, consumed, without_reservation_rows)
     return duplicates
 
 
 def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
-           consumed: dict[str, int]) -> None:
-    """Release the reservations, adding what their new calls ``consumed``, and upsert the summaries
-    (the later settlement of a request wins)."""
+           consumed: dict[str, int], without_rows: frozenset[str]) -> None:
+    """Release the reservations (but those ``without_rows``: held in memory only), adding what their
+    new calls ``consumed``, and upsert the summaries (the later settlement of a request wins)."""
     merged: dict[str, dict[str, Any]] = {}
     for summary, at in zip(summaries, times, strict=True):
         values = values_of(summary, at)
@@ -81,7 +82,10 @@ def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt
     connection = session.connection()
     # One UPDATE per request in one executemany: release, and move the new calls' cost into
     # consumed (a settlement's calls and release share the statement: one round trip, not two).
-    connection.execute(_RELEASE, _rows([{"rid": request_id, "cost": consumed.get(request_id, 0)} for request_id in ids]))
+    releases = [{"rid": request_id, "cost": consumed.get(request_id, 0)} for request_id in ids
+                if request_id not in without_rows]
+    if releases:
+        connection.execute(_RELEASE, _rows(releases))
     # An executemany of one cached statement: psycopg sends it in one pipeline (one round trip), and
     # SQLAlchemy compiles it once per process. (A multi-row VALUES statement was compiled anew for
     # every batch: ~0.9 ms of CPU per settlement, most of metering's time.)

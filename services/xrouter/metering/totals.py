@@ -177,6 +177,12 @@ class BudgetTotals:
         with self._lock:
             return request_id in self._held
 
+    def without_rows(self, request_ids: Sequence[str]) -> frozenset[str]:
+        """Those of ``request_ids`` whose reservation memory holds without a ledger row (memory-only:
+        a settlement has no row of theirs to release)."""
+        with self._lock:
+            return frozenset(r for r in request_ids if (held := self._held.get(r)) is not None and not held.durable)
+
     def admit(self, held: Held, now: dt.datetime) -> Authorization:
         """Check ``held`` against the tenant's hard budgets and, if it fits, hold it (to be
         confirmed once its row is committed, or forgotten); raise ResourceExhausted naming the
