@@ -291,3 +291,23 @@ async def test_a_backend_failing_before_its_first_chunk_is_a_plain_error(stack, 
     assert failed.value.code == {"http": "http 503", "grpc": "unavailable"}[face.name]
     calls = await settled(stack, tenant)
     assert [c["status"] for c in calls] == ["CALL_STATUS_ERROR"] * 2  # the fixed policy tried again
+
+
+async def test_a_stream_without_a_request_id_is_authorized_as_the_routers_own(  # type: ignore[no-untyped-def]
+        stack, face, monkeypatch) -> None:
+    """The HTTP face names the stream before routing it, but the id is still the router's own: no
+    retry can carry it, so Authorize says so (with in-memory budgets metering then writes no
+    reservation row on the way in: tests/test_metering_totals.py). A client's id is not."""
+    meter, flags = stack.router_core.meter, []
+    real = meter.authorize
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        flags.append(kwargs.get("generated"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(meter, "authorize", spy)
+    tenant = new_tenant()
+    events = await face.open("plain", tenant)
+    assert "".join([value async for kind, value in events if kind == "text"]) == ANSWER
+    assert [row["status"] for row in await settled(stack, tenant)] == ["CALL_STATUS_OK"]
+    assert flags == [True]

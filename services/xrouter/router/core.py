@@ -68,6 +68,9 @@ class RouteRequest:
     policy: str = ""
     reference: ScoringReference | None = None
     request_id: str = ""
+    # The caller sent no request_id and a face made this one up (the SSE stream's id): no retry
+    # can carry it, so metering may hold its reservation without a ledger row, as for an empty id.
+    request_id_generated: bool = False
     temperature: float | None = None  # replaces the policy's own for every call when set
     options: CallOptions = CallOptions()
 
@@ -128,7 +131,7 @@ class RouterCore:
             model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
             # this id answered. Only the per-model budgets of models this request may call apply.
-            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated=not request.request_id)
+            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated=request.request_id_generated or not request.request_id)
             if earlier is not None:
                 span.set_attribute("xrouter.replayed", True)
                 return earlier

@@ -131,7 +131,8 @@ class ChatCompletions:
         """SSE with the answer's text as the backend generates it (see RouterCore.route's ``stream``).
         The response starts with the first piece of the answer: a refusal or a failure before it is
         a plain JSON error with its HTTP status; a failure after it is a terminal ``error`` event."""
-        request = dataclasses.replace(request, request_id=request.request_id or uuid.uuid4().hex)
+        if not request.request_id:  # the stream's id before the route starts; still the router's own
+            request = dataclasses.replace(request, request_id=uuid.uuid4().hex, request_id_generated=True)
         sse = _Sse(http, {"id": f"chatcmpl-{request.request_id}", "object": "chat.completion.chunk",
                           "created": int(time.time()), "model": model})
         queue: asyncio.Queue[object] = asyncio.Queue()
