@@ -209,8 +209,8 @@ class StoreGuard:
 
         def direct() -> None:
             with self._committing():
-                rowless = self.totals.without_rows([s.request_id for s in summaries]) if self.totals is not None \
-                    else frozenset()
+                rowless = (self.totals.without_rows([s.request_id for s in summaries])
+                           if self.totals is not None else frozenset())
                 duplicates = self.ledger.settle_many(summaries, at=at, without_reservation_rows=rowless)
                 if self.totals is not None:  # new calls only: a duplicate was counted when first recorded
                     self.totals.consume([(c.request_id, c.tenant, c.model, c.cost_micro_usd, at)

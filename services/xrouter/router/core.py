@@ -120,6 +120,7 @@ class RouterCore:
         policy, state, tenant = self._prepare(request)  # every field checked before anything is spent
         explorer = self._explorer(policy, tenant, request)
         request_id = request.request_id or uuid.uuid4().hex
+        generated = request.request_id_generated or not request.request_id  # no retry can carry it
         print_ = replay.fingerprint(request)
         with self.tracer.start_as_current_span("xrouter.route") as span:
             span.set_attributes({"xrouter.request_id": request_id, "xrouter.tenant": tenant,
@@ -131,7 +132,7 @@ class RouterCore:
             model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
             # this id answered. Only the per-model budgets of models this request may call apply.
-            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated=request.request_id_generated or not request.request_id)
+            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated)
             if earlier is not None:
                 span.set_attribute("xrouter.replayed", True)
                 return earlier
@@ -192,7 +193,7 @@ class RouterCore:
         return ExploringPolicy(policy, epsilon, rng=self._rng)
 
     async def _admit(self, request_id: str, tenant: str, state: EpisodeState, deadline: float,
-                     print_: str, generated: bool = False) -> RouteResult | None:
+                     print_: str, generated: bool) -> RouteResult | None:
         """None when this is new work (reserved now, after the budget check); the earlier response
         when the id was answered before; waits (bounded) while an earlier attempt is in flight,
         then ALREADY_EXISTS. Nothing is spent on any path but the first. ``generated``: the id is
