@@ -28,9 +28,13 @@ class DecisionBatch:
     masks: Masks
     descriptors: torch.Tensor | None
 
+    def inputs(self) -> tuple[torch.Tensor | None, ...]:
+        """The network's inputs in its argument order."""
+        return (self.query, self.global_x, self.model_ids, self.model_x, self.present, self.masks.selectable,
+                self.descriptors)
+
     def forward(self, network: CompactRouter) -> dict[str, torch.Tensor]:
-        return network(self.query, self.global_x, self.model_ids, self.model_x, self.present,
-                       self.masks.selectable, self.descriptors)
+        return network(*self.inputs())
 
 
 def pad_decisions(queries: Sequence[np.ndarray], arrays: Sequence[StateArrays], finals: Sequence[bool], n_tags: int,

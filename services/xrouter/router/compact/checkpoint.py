@@ -109,7 +109,7 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
                            use_descriptors=bool(manifest.get("use_descriptors", False)),
                            use_query=bool(manifest.get("use_query", True)),
                            parallel_calls=bool(manifest.get("parallel_calls", True)),
-                           answer_checks=bool(manifest.get("answer_checks", True)))
+                           answer_checks=bool(manifest.get("answer_checks", True)), serving_graph=True)
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
 

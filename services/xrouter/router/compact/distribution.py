@@ -99,3 +99,22 @@ def choose(out: dict[str, torch.Tensor], masks: Masks, greedy: bool, generator: 
                 second = pick(_masked(out["call"][0], others))
     as_tensor = lambda v: torch.tensor([v])  # noqa: E731
     return Actions(torch.tensor([stop]), as_tensor(first), as_tensor(more), as_tensor(second), as_tensor(select))
+
+
+def choose_greedy(out: dict[str, torch.Tensor], masks: Masks, parallel_calls: bool = True) -> Actions:
+    """The most likely action of each of B decisions at once: what :func:`choose` picks with
+    ``greedy=True`` row by row, without a Python pass per decision (a batch of concurrent requests
+    is decided in one go)."""
+    rows, m = out["call"].shape
+    final = masks.final
+    choice = first_logits(out, masks).argmax(-1)
+    stop = final | (choice == m)
+    first = torch.where(stop, torch.zeros_like(choice), choice)
+    select = torch.where(stop, _masked(out["select"], masks.selectable).argmax(-1), torch.full_like(choice, -1))
+    others = masks.callable_.clone()
+    others[torch.arange(rows), first] = False
+    offered = ~stop & others.any(-1) if parallel_calls else torch.zeros_like(stop)
+    wanted = torch.sigmoid(more_logit(out, others)) > 0.5
+    more = torch.where(offered, wanted.long(), torch.full_like(choice, -1))
+    second = torch.where(more == 1, _masked(out["call"], others).argmax(-1), torch.full_like(choice, -1))
+    return Actions(stop, first, more, second, select)

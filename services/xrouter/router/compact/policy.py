@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from xrouter.router.baselines import SYSTEM_PROMPT
-from xrouter.router.compact.batch import pad_decisions
-from xrouter.router.compact.distribution import Actions, Masks, choose, log_prob
+from xrouter.router.compact.batch import DecisionBatch, pad_decisions
+from xrouter.router.compact.distribution import Actions, Masks, choose, choose_greedy, log_prob
 from xrouter.router.compact.features import StateArrays, Vocabulary, descriptor_text, encode_state
 from xrouter.router.compact.memory import CALIBRATION, EVIDENCE, OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
+from xrouter.router.compact.serving_graph import ServingGraph
 from xrouter.router.policy import Action, CallModels, EpisodeState, ModelOption, SelectResponse, ToolCall
 
 
@@ -41,12 +42,16 @@ class CompactPolicy:
     def __init__(self, network: CompactRouter, vocabulary: Vocabulary, embed: Callable[[str], np.ndarray],
                  version: str = "0", greedy: bool = True, seed: int | None = None, lambda_top: float = math.inf,
                  use_descriptors: bool = True, use_query: bool = True, parallel_calls: bool = True,
-                 answer_checks: bool = True, memory: OutcomeMemory | None = None) -> None:
+                 answer_checks: bool = True, memory: OutcomeMemory | None = None,
+                 serving_graph: bool = False) -> None:
         """``lambda_top``: the top of the trained λ range; a larger λ is decided as this one. The
         switches (on by default; off in ablations): read each model's catalog description, read the
         query's embedding, call two models in one turn, check an answer before returning it.
-        ``memory``: recorded outcomes looked up by query similarity (memory.py; None: none)."""
+        ``memory``: recorded outcomes looked up by query similarity (memory.py; None: none).
+        ``serving_graph``: run forwards that record nothing through onnxruntime (serving_graph.py; a
+        loaded checkpoint's policy), not through torch op by op."""
         self.network = network.eval()
+        self._graph = ServingGraph(network, use_descriptors) if serving_graph else None
         self.memory = memory
         self._memory_x: collections.OrderedDict[tuple[str, tuple[str, ...]], np.ndarray] = collections.OrderedDict()
         self.lambda_top = lambda_top
@@ -110,7 +115,7 @@ class CompactPolicy:
         batch = pad_decisions([self._query(text)], [arrays], [False], len(self.vocabulary.tags),
                               None if not self.use_descriptors else [self.descriptors(list(pool))])
         with torch.inference_mode():
-            return torch.sigmoid(batch.forward(self.network)["correct"][0, :len(pool)]).tolist()
+            return torch.sigmoid(self._forward(batch)["correct"][0, :len(pool)]).tolist()
 
     def forget_memory_cache(self) -> None:
         """After the memory gained rows: lookups already made are stale."""
@@ -167,7 +172,12 @@ class CompactPolicy:
         batch = pad_decisions(queries, [arrays[i] for i in rows], [states[i].final_turn for i in rows],
                               len(self.vocabulary.tags), descriptors)
         with torch.inference_mode():
-            out = batch.forward(self.network)
+            out = self._forward(batch)
+            if self.greedy and self.recorder is None:  # serving: every decision of the batch at once
+                chosen = choose_greedy(out, batch.masks, self.parallel_calls)
+                for position, i in enumerate(rows):
+                    actions[i] = _action(states[i], arrays[i], chosen, position)
+                return actions  # type: ignore[return-value]
             for position, i in enumerate(rows):
                 one = {key: value[position:position + 1] for key, value in out.items()}
                 masks = Masks(batch.masks.callable_[position:position + 1], batch.masks.selectable[position:position + 1],
@@ -179,14 +189,22 @@ class CompactPolicy:
                 actions[i] = _action(states[i], arrays[i], chosen)
         return actions  # type: ignore[return-value]
 
+    def _forward(self, batch: DecisionBatch) -> dict[str, torch.Tensor]:
+        # A rollout being recorded for the trainer runs torch itself: its log-probabilities must be
+        # exactly those the update recomputes.
+        if self._graph is not None and self.recorder is None:
+            return self._graph(batch.inputs())
+        return batch.forward(self.network)
 
-def _action(state: EpisodeState, arrays: StateArrays, chosen: Actions) -> Action:
-    if bool(chosen.stop[0]):
-        model = arrays.models[int(chosen.select[0])]
+
+def _action(state: EpisodeState, arrays: StateArrays, chosen: Actions, row: int = 0) -> Action:
+    """The action of decision ``row`` of ``chosen``."""
+    if bool(chosen.stop[row]):
+        model = arrays.models[int(chosen.select[row])]
         return SelectResponse(max(c.index for c in state.calls if c.model == model and c.ok))
-    calls = [arrays.models[int(chosen.first[0])]]
-    if int(chosen.second[0]) >= 0:
-        calls.append(arrays.models[int(chosen.second[0])])
+    calls = [arrays.models[int(chosen.first[row])]]
+    if int(chosen.second[row]) >= 0:
+        calls.append(arrays.models[int(chosen.second[row])])
     # A single call made when only the selecting turn remains and nothing else succeeded is the one
     # answer the policy can return: it may stream to the user as it is generated.
     final = len(calls) == 1 and state.turn + 1 >= state.max_turns and not any(c.ok for c in state.calls)
