@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 BENCHMARKS = (
+    "bench.grpc_round_trip",
     "bench.routing_overhead",
     "bench.metering_record",
     "bench.metering_flow",
