@@ -132,14 +132,24 @@ class RouterCore:
             model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
             # this id answered. Only the per-model budgets of models this request may call apply.
-            earlier = await self._admit(request_id, tenant, state, deadline, print_, generated)
+            # Meanwhile the policy readies what it needs of the request off the event loop (the
+            # compact policy: the query's embedding); nothing is spent before admission.
+            ready = _prepare_policy(policy, state)
+            try:
+                earlier = await self._admit(request_id, tenant, state, deadline, print_, generated)
+            except BaseException:
+                _drop(ready)
+                raise
             if earlier is not None:
+                _drop(ready)
                 span.set_attribute("xrouter.replayed", True)
                 return earlier
             metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
             outcome, episode, result, stored = "ok", None, None, ""
             in_flight: dict[int, CallOutcome] = {}
             try:
+                if ready is not None:  # admitted: a failed preparation fails the request, which is then settled
+                    await ready
                 invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
                 episode = await run_episode(_Traced(explorer or policy, self.tracer), state, invoke, on_event,
                                             stream)
@@ -394,6 +404,19 @@ def _behaviour(explorer: ExploringPolicy | None) -> Exploration | None:
         return None
     first = explorer.log[0]
     return Exploration(explorer.epsilon, first.probability, first.explored)
+
+
+def _prepare_policy(policy: Policy, state: EpisodeState) -> asyncio.Future[None] | None:
+    """The policy's ``prepare(state)`` started as a task (None for a policy without one)."""
+    prepare = getattr(policy, "prepare", None)
+    return None if prepare is None else asyncio.ensure_future(prepare(state))
+
+
+def _drop(ready: asyncio.Future[None] | None) -> None:
+    """Cancel a preparation no decision will use (a worker thread already running finishes unheard)."""
+    if ready is not None:
+        ready.cancel()
+        ready.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
 
 
 def _given(options: CallOptions) -> dict[str, CallOptions]:

@@ -157,7 +157,9 @@ class Policy(Protocol):
     ``min_turns`` is the fewest turns the policy can finish in (requests with fewer are refused).
     A policy whose answer is always one call's answer unchanged (it never compares, selects among
     or rewrites answers) says so with ``one_answer = True``: only such a policy can hand back a
-    model's tool calls or schema-shaped answer (tools, response_format); absent means False."""
+    model's tool calls or schema-shaped answer (tools, response_format); absent means False.
+    A policy may also define ``async prepare(state)``: work on the request that the router runs
+    while metering admits it (the compact policy encodes the query); it must spend nothing."""
 
     kind: str
     version: str
