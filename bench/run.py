@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench.memory_kernel",
     "bench.traffic_learning",
     "bench.streaming_ttft",
+    "bench.fresh_prompts",
     "bench.router_profile",
     "bench.lm_rollout_speed",
     "bench.lm_decision_latency",

@@ -100,7 +100,12 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
         network.load_state_dict(load_file(str(directory / WEIGHTS)))
     except (RuntimeError, OSError) as error:
         raise InvalidArgument("source", f"{directory / WEIGHTS}: weights do not fit the network ({error})") from None
-    # Two intra-op threads: the encoder is most of a decision (~5 ms vs ~8 ms with one, measured here).
+    # Two intra-op threads, which sleep when idle (encoder.py): one request alone encodes on both
+    # cores, while concurrent requests encode in parallel on worker threads (CompactPolicy.prepare).
+    # Spinning idle threads were most of the router's CPU with a new prompt per request. Measured in
+    # the compact stack (bench.fresh_prompts, 2026-12-06, 2 cores, two runs each), before (spinning,
+    # encoding on the event loop) → after: router CPU per request 35-46 → 18-19 ms for a 25-token
+    # prompt, 82-100 → 49-65 ms for a 200-token one.
     encoder = QueryEncoder(_encoder_file(directory, manifest), threads=min(2, os.cpu_count() or 1))
     lambda_top = float(manifest.get("lambda_range", [0, math.inf])[1])
     memory = OutcomeMemory.load(directory / MEMORY) if MEMORY in manifest["sha256"] else None

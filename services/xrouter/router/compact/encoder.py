@@ -154,6 +154,9 @@ def _session(path: pathlib.Path, threads: int):  # type: ignore[no-untyped-def]
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: in a router serving many requests on few cores,
+    # spinning threads burned CPU the other requests needed (measured: see compact/checkpoint.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
