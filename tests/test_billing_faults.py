@@ -76,7 +76,12 @@ class Process:
                 self.process.kill()
 
 
-def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: str, tmp_path: pathlib.Path) -> None:
+# Budgeted: every request asks metering (Authorize). Unbudgeted: router-made ids of a tenant without
+# a hard budget are admitted without asking (router/unbudgeted.py), so they keep coming while
+# metering is dead, and must still be billed once it is back.
+@pytest.mark.parametrize("budgeted", [True, False], ids=["budgeted", "unbudgeted"])
+def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: str, tmp_path: pathlib.Path,
+                                                                 budgeted: bool) -> None:
     envs = stack_env(tmp_path)
     envs["metering"].update({"XROUTER_METERING_DATABASE_URL": postgres_url,
                              "XROUTER_METERING_SPOOL_DIR": str(tmp_path / "spool"),
@@ -95,8 +100,9 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
         key = local_keys(tmp_path, services["metering"].target)["api_key"]
         with grpc.insecure_channel(services["metering"].target) as channel:  # auth is off on loopback
             metering = metering_pb2_grpc.MeteringServiceStub(channel)
-            metering.SetBudget(metering_pb2.SetBudgetRequest(tenant="local", period=metering_pb2.BUDGET_PERIOD_DAY,
-                                                             limit_micro_usd=LIMIT), timeout=10)
+            if budgeted:
+                metering.SetBudget(metering_pb2.SetBudgetRequest(
+                    tenant="local", period=metering_pb2.BUDGET_PERIOD_DAY, limit_micro_usd=LIMIT), timeout=10)
             log, sent, events = asyncio.run(_load(services, key, prompts))
             time.sleep(max(0.0, events["router killed"] + RESERVATION_TTL_S + 1.0 - events["ended"]))
             # The restarted metering's in-memory totals (reloaded after its kill, kept since) must
@@ -119,7 +125,7 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
             "(SELECT coalesce(sum(greatest(estimate_micro_usd - consumed_micro_usd, 0)), 0) FROM reservations "
             "WHERE tenant = 'local' AND NOT released AND expires_at > now())")).scalar_one()
     engine.dispose()
-    assert probe.remaining_micro_usd == room, "metering's budget totals drifted from the ledger"
+    assert probe.remaining_micro_usd == (room if budgeted else -1), "metering's budget totals drifted from the ledger"
     billed: dict[str, dict[int, int]] = {}
     for request_id, index, cost in rows:
         assert index not in billed.setdefault(request_id, {}), f"call {index} of {request_id} billed twice"
@@ -146,6 +152,11 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
     across = {kill: [(start, end) for start, end in events["answers"] if start < events[f"{kill} killed"] < end]
               for kill in ("metering", "router")}
     assert across["metering"], "no answered request was in flight when metering was killed"
+    if not budgeted:  # admitted without asking the dead metering, answered once it took their Settle
+        down = (events["metering killed"], events["metering serving again"])
+        assert any(down[0] < start < down[1] and not client
+                   for (start, _), client in zip(events["answers"], events["client ids"], strict=True)), \
+            "no request without a client id was admitted while metering was down"
     router_down = (events["router killed"], events["router serving again"])
     assert any(router_down[0] - 1.0 <= at <= router_down[1] + 1.0 for at in events["failures"]), "router kill hit nothing"
     for kill in ("metering", "router"):

@@ -26,6 +26,11 @@ POLICY_REQUESTS = Counter(
     "xrouter_policy_requests", "Routed requests, by the kind and version of the policy that served them",
     ["kind", "version"])
 
+# Router-made request ids admitted without an Authorize round trip (router/unbudgeted.py).
+ADMITTED_WITHOUT_AUTHORIZE = Counter(
+    "xrouter_admitted_without_authorize",
+    "Requests admitted without asking metering: the tenant had no hard budget on the pool a moment ago")
+
 
 class TenantLabels:
     """Bounds the tenant label's values: a tenant gets its own series only once a key of its own

@@ -31,6 +31,7 @@ from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOp
 from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
 from xrouter.router.accounting import metrics_for_costs, settle_with_calls
 from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
+from xrouter.router.unbudgeted import UnbudgetedTenants
 
 ROLES = frozenset({"system", "user", "assistant"})
 # Bounds of the fields the ledger, the reward service and the metrics see (with common/bounds.py).
@@ -54,6 +55,9 @@ class Limits:
     in_flight_wait_s: float = 10.0
     # ε-exploration of the first call, per tenant (router/exploration.py); none by default.
     exploration: ExplorationRates = ExplorationRates()
+    # How long "no hard budget applies" from metering lets router-made request ids in without an
+    # Authorize round trip (router/unbudgeted.py: a new budget is enforced at most this late).
+    unbudgeted_admission_s: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +108,7 @@ class RouterCore:
         self.limits = limits
         self.tracer = tracer or trace.get_tracer("xrouter.router")  # public: the HTTP face's server spans too
         self._rng = random.Random()  # exploration's draws (shared by the per-request wrappers)
+        self._unbudgeted = UnbudgetedTenants(limits.unbudgeted_admission_s)
 
     @property
     def meter(self) -> Meter:
@@ -208,14 +213,19 @@ class RouterCore:
         when the id was answered before; waits (bounded) while an earlier attempt is in flight,
         then ALREADY_EXISTS. Nothing is spent on any path but the first. ``generated``: the id is
         the router's own (no retry can carry it), which spares metering a ledger row."""
+        models = [option.id for option in state.pool]
+        if generated and self._unbudgeted.admits(tenant, models):  # nothing to check, no attempt to find
+            metrics.ADMITTED_WITHOUT_AUTHORIZE.inc()
+            return None
         give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)
         delay = 0.05
         while True:
             admission = await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
-                                                    models=[option.id for option in state.pool],
-                                                    generated=generated)
+                                                    models=models, generated=generated)
             seen = admission.state if admission is not None else "new"
             if seen == "new":
+                if admission is not None:
+                    self._unbudgeted.note(tenant, models, admission.remaining_micro_usd)
                 return None
             if seen == "settled":
                 return replay.decode(admission.response_json, request_id, print_)  # type: ignore[union-attr]

@@ -21,6 +21,8 @@ class Admission:
 
     state: str = "new"
     response_json: str = ""
+    # The budget left after the reservation (the tightest hard limit that applies); -1: none applies.
+    remaining_micro_usd: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,13 +71,18 @@ class RouterSettings(Settings):
     # Each explored request records the behaviour probability of its first call with its settlement.
     exploration_epsilon: float = env("XROUTER_ROUTER_EXPLORATION_EPSILON", 0.0)
     exploration_tenants: str = env("XROUTER_ROUTER_EXPLORATION_TENANTS", "")
+    # How long metering's "no hard budget applies" admits router-made request ids of that tenant and
+    # pool without an Authorize round trip: a budget set on a tenant without one is enforced at most
+    # this late (router/unbudgeted.py). 0: ask metering for every request.
+    unbudgeted_admission_s: float = env("XROUTER_ROUTER_UNBUDGETED_ADMISSION_S", 5.0, ge=0, le=60,
+                                        help="seconds within [0, 60]")
     # Router processes sharing the ports with SO_REUSEPORT (router/processes.py): one per core.
     processes: int = env("XROUTER_ROUTER_PROCESSES", 1, ge=1)
 
     def limits(self) -> Limits:
         return Limits(self.default_max_turns, self.max_turns, self.max_prompt_chars, self.default_cost_lambda,
                       self.default_tenant, self.request_timeout_s, self.call_timeout_s,
-                      exploration=self.exploration())
+                      exploration=self.exploration(), unbudgeted_admission_s=self.unbudgeted_admission_s)
 
     def exploration(self) -> ExplorationRates:
         """The exploration rates; SettingsError naming the variable when one is malformed."""
