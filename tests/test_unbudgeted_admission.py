@@ -34,7 +34,7 @@ def test_no_hard_budget_is_remembered_for_the_window_per_tenant_and_pool() -> No
     clock = Clock()
     tenants = UnbudgetedTenants(1.0, clock)
     assert not tenants.admits("acme", ["a", "b"])
-    tenants.note("acme", ["a", "b"], -1)
+    tenants.note("acme", ["a", "b"], -1, False)
     assert tenants.admits("acme", ["b", "a"])  # the pool, not its order
     assert not tenants.admits("acme", ["a"]) and not tenants.admits("globex", ["a", "b"])
     clock.now += 0.99
@@ -43,14 +43,16 @@ def test_no_hard_budget_is_remembered_for_the_window_per_tenant_and_pool() -> No
     assert not tenants.admits("acme", ["a", "b"])  # expired: ask again
 
 
-def test_a_budget_in_an_answer_forgets_the_tenant_and_a_zero_window_never_admits() -> None:
+def test_a_budget_or_a_passed_soft_limit_is_never_remembered_and_a_zero_window_never_admits() -> None:
     clock = Clock()
     tenants = UnbudgetedTenants(1.0, clock)
-    tenants.note("acme", ["a"], -1)
-    tenants.note("acme", ["a"], 0)  # a hard limit applies now (even one with nothing left)
+    tenants.note("acme", ["a"], -1, False)
+    tenants.note("acme", ["a"], 0, False)  # a hard limit applies now (even one with nothing left)
     assert not tenants.admits("acme", ["a"])
+    tenants.note("globex", ["a"], -1, True)  # no hard limit, but past a soft one: metering counts each
+    assert not tenants.admits("globex", ["a"])
     never = UnbudgetedTenants(0.0, clock)
-    never.note("acme", ["a"], -1)
+    never.note("acme", ["a"], -1, False)
     assert not never.admits("acme", ["a"])
 
 

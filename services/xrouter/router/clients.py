@@ -151,7 +151,8 @@ class MeteringClient:
         reply = await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
             request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models),
             generated_request_id=generated), timeout)
-        return Admission(_STATES.get(reply.state, "new"), reply.response_json, reply.remaining_micro_usd)
+        return Admission(_STATES.get(reply.state, "new"), reply.response_json, reply.remaining_micro_usd,
+                         reply.soft_limit_exceeded)
 
     async def record(self, request_id: str, tenant: str, call: CallOutcome, policy_version: str,
                      trace_id: str, timeout: float) -> None:

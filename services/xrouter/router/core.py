@@ -225,7 +225,8 @@ class RouterCore:
             seen = admission.state if admission is not None else "new"
             if seen == "new":
                 if admission is not None:
-                    self._unbudgeted.note(tenant, models, admission.remaining_micro_usd)
+                    self._unbudgeted.note(tenant, models, admission.remaining_micro_usd,
+                                          admission.soft_limit_exceeded)
                 return None
             if seen == "settled":
                 return replay.decode(admission.response_json, request_id, print_)  # type: ignore[union-attr]

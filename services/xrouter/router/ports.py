@@ -23,6 +23,7 @@ class Admission:
     response_json: str = ""
     # The budget left after the reservation (the tightest hard limit that applies); -1: none applies.
     remaining_micro_usd: int = 0
+    soft_limit_exceeded: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,10 +35,12 @@ class UnbudgetedTenants:
         until = self._until.get((tenant, frozenset(models)))
         return until is not None and until > self._clock()
 
-    def note(self, tenant: str, models: Iterable[str], remaining_micro_usd: int) -> None:
-        """What an Authorize answered (``remaining_micro_usd`` −1: no hard limit applies)."""
+    def note(self, tenant: str, models: Iterable[str], remaining_micro_usd: int, soft_limit_exceeded: bool) -> None:
+        """What an Authorize answered (``remaining_micro_usd`` −1: no hard limit applies). A passed
+        soft limit is not remembered as "nothing to check": metering counts every request past it
+        (xrouter_metering_soft_limit_exceeded), so those requests keep asking."""
         key = (tenant, frozenset(models))
-        if remaining_micro_usd != -1 or self.ttl_s <= 0:
+        if remaining_micro_usd != -1 or soft_limit_exceeded or self.ttl_s <= 0:
             self._until.pop(key, None)
             return
         if len(self._until) >= MAX_ENTRIES:
