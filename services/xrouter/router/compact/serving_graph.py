@@ -2,7 +2,7 @@
 
 Why: a decision's forward is ~40 small tensor ops; through torch each pays Python and dispatcher
 overhead (~0.6 ms for one decision here), which made the network most of the learned policy's
-router CPU under load. Exported once when a checkpoint loads (~0.2 s), the same graph runs in
+router CPU under load. Exported once when the checkpoint loads (~0.2 s), the same graph runs in
 ~0.15 ms. The graph is traced from the network itself, so there is one definition of the policy;
 outputs agree with torch to float rounding (tests/test_compact_serving_graph.py).
 
@@ -18,7 +18,8 @@ import warnings
 import numpy as np
 import torch
 
-from xrouter.router.compact.network import CompactRouter
+from xrouter.router.compact.features import GLOBAL_FEATURES, MODEL_FEATURES
+from xrouter.router.compact.network import DESCRIPTOR_DIM, CompactRouter
 
 INPUTS = ("query", "global_x", "model_ids", "model_x", "present", "selectable", "descriptors")
 OUTPUTS = ("call", "select", "stop", "more", "penalty", "correct", "log_cost")
@@ -53,6 +54,9 @@ class ServingGraph:
         self._names = INPUTS if descriptors else INPUTS[:-1]
         self._session = None
         self._weights_version = -1
+        # Exported now, where the checkpoint is loaded (a worker thread when the router loads one),
+        # not on the first decision: that would stall the event loop for the export (~0.2 s).
+        self._export()
 
     def _version(self) -> int:
         # Every in-place change of a parameter (an optimizer step, load_state_dict) bumps its version.
@@ -86,7 +90,7 @@ class ServingGraph:
         self._weights_version = self._version()
 
     def __call__(self, inputs: tuple[torch.Tensor | None, ...]) -> dict[str, torch.Tensor]:
-        if self._session is None or self._version() != self._weights_version:
+        if self._version() != self._weights_version:
             self._export()
         feed = {name: value.numpy() for name, value in zip(self._names, inputs, strict=False)}
         results = self._session.run(None, feed)  # type: ignore[attr-defined]
@@ -95,9 +99,6 @@ class ServingGraph:
 
 def _examples(network: CompactRouter, descriptors: bool) -> tuple[torch.Tensor, ...]:
     """Inputs of the right widths for tracing (2 decisions over 3 models; any sizes serve after)."""
-    from xrouter.router.compact.features import GLOBAL_FEATURES, MODEL_FEATURES
-    from xrouter.router.compact.network import DESCRIPTOR_DIM
-
     config = network.config
     batch, models = 2, 3
     generator = np.random.default_rng(0)
