@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 
 import grpc
@@ -103,7 +104,7 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
             if budgeted:
                 metering.SetBudget(metering_pb2.SetBudgetRequest(
                     tenant="local", period=metering_pb2.BUDGET_PERIOD_DAY, limit_micro_usd=LIMIT), timeout=10)
-            log, sent, events = asyncio.run(_load(services, key, prompts))
+            log, sent, events = asyncio.run(_load(services, key, prompts, budgeted))
             time.sleep(max(0.0, events["router killed"] + RESERVATION_TTL_S + 1.0 - events["ended"]))
             # The restarted metering's in-memory totals (reloaded after its kill, kept since) must
             # give the room the ledger gives: limit - (spent today + still reserved).
@@ -152,11 +153,16 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
     across = {kill: [(start, end) for start, end in events["answers"] if start < events[f"{kill} killed"] < end]
               for kill in ("metering", "router")}
     assert across["metering"], "no answered request was in flight when metering was killed"
-    if not budgeted:  # admitted without asking the dead metering, answered once it took their Settle
-        down = (events["metering killed"], events["metering serving again"])
+    # Unbudgeted: a request without an id was admitted without asking the dead metering, and answered
+    # (so billed, as checked above) once it took its Settle. Budgeted: every admission asks metering.
+    down = (events["metering killed"], events["metering serving again"])
+    if budgeted:
+        assert events["admitted while metering was down"] == 0 and not events["probe answered"]
+    else:
+        assert events["admitted while metering was down"] > 0
         assert any(down[0] < start < down[1] and not client
                    for (start, _), client in zip(events["answers"], events["client ids"], strict=True)), \
-            "no request without a client id was admitted while metering was down"
+            "no request without a client id sent while metering was down was answered"
     router_down = (events["router killed"], events["router serving again"])
     assert any(router_down[0] - 1.0 <= at <= router_down[1] + 1.0 for at in events["failures"]), "router kill hit nothing"
     for kill in ("metering", "router"):
@@ -171,7 +177,7 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
           f"+ {len(cut_off)} cut off by a kill with {sum(len(billed[r]) for r in cut_off)} calls made before it")
 
 
-async def _load(services: dict[str, Process], key: str, prompts: list[str]):  # type: ignore[no-untyped-def]
+async def _load(services: dict[str, Process], key: str, prompts: list[str], budgeted: bool):  # type: ignore[no-untyped-def]
     """Route from WORKERS workers while killing and restarting metering, then the router; returns
     (answered: [(request_id, total, {call_index: cost})], every request_id sent, event times)."""
     log: list[tuple[str, int, dict[int, int]]] = []
@@ -180,53 +186,85 @@ async def _load(services: dict[str, Process], key: str, prompts: list[str]):  # 
     events: dict = {"failures": [], "answers": [], "generated failures": 0, "client ids": []}  # type: ignore[type-arg]
     stop = asyncio.Event()
     metadata = (("authorization", f"Bearer {key}"),)
+    metrics = f"http://127.0.0.1:{services['router'].env['XROUTER_ROUTER_METRICS_PORT']}/metrics"
+
+    async def route_once(client_ids: bool, turn: int) -> bool:
+        """One request (with a client-made id or without); whether it was answered."""
+        request_id = uuid.uuid4().hex if client_ids else ""
+        started = time.monotonic() - began
+        if client_ids:
+            sent.add(request_id)
+        # A fresh channel per request: a channel to a killed router would keep failing for its backoff.
+        async with grpc.aio.insecure_channel(services["router"].target) as channel:
+            try:
+                reply = await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
+                    messages=[common_pb2.ChatMessage(role="user", content=prompts[turn % len(prompts)])],
+                    request_id=request_id), timeout=20, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                # A dead service (or, on a crawling machine, a request that outlived the client's
+                # deadline while the router waited for metering): not answered, not logged.
+                assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
+                                        grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED), error
+                events["failures"].append(time.monotonic() - began)
+                events["generated failures"] += not client_ids
+                return False
+        assert reply.request_id == (request_id or reply.request_id) and reply.request_id and not reply.replayed
+        request_id = reply.request_id
+        sent.add(request_id)
+        events["client ids"].append(client_ids)
+        log.append((request_id, reply.total_cost_micro_usd, {c.index: c.cost_micro_usd for c in reply.calls
+                                                             if c.status != common_pb2.CALL_STATUS_SKIPPED_BUDGET}))
+        events["answers"].append((started, time.monotonic() - began))
+        return True
 
     async def worker(number: int) -> None:
         turn = number
         client_ids = number % 2 == 0  # the other half leave the id to the router
         while not stop.is_set():
-            request_id = uuid.uuid4().hex if client_ids else ""
-            started = time.monotonic() - began
-            if client_ids:
-                sent.add(request_id)
             turn += WORKERS
-            # A fresh channel per request: a channel to a killed router would keep failing for its backoff.
-            async with grpc.aio.insecure_channel(services["router"].target) as channel:
-                try:
-                    reply = await router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
-                        messages=[common_pb2.ChatMessage(role="user", content=prompts[turn % len(prompts)])],
-                        request_id=request_id), timeout=20, metadata=metadata)
-                except grpc.aio.AioRpcError as error:
-                    # A dead service (or, on a crawling machine, a request that outlived the client's
-                    # deadline while the router waited for metering): not answered, not logged.
-                    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL,
-                                            grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED), error
-                    events["failures"].append(time.monotonic() - began)
-                    events["generated failures"] += not client_ids
-                    await asyncio.sleep(0.1)
-                    continue
-            assert reply.request_id == (request_id or reply.request_id) and reply.request_id and not reply.replayed
-            request_id = reply.request_id
-            sent.add(request_id)
-            events["client ids"].append(client_ids)
-            log.append((request_id, reply.total_cost_micro_usd, {c.index: c.cost_micro_usd for c in reply.calls
-                                                                 if c.status != common_pb2.CALL_STATUS_SKIPPED_BUDGET}))
-            events["answers"].append((started, time.monotonic() - began))
+            if not await route_once(client_ids, turn):
+                await asyncio.sleep(0.1)
 
     async def crash(name: str) -> None:
         await asyncio.sleep(PHASE_S)
         services[name].kill9()
         events[f"{name} killed"] = time.monotonic() - began  # dead and reaped by now
+        if name == "metering":
+            # The workers' requests in flight now wait for metering to take their Settle, so none of
+            # them may start another while it is down: this one does, without an id. Without a hard
+            # budget it is admitted without Authorize, which the router counts (metering stays down
+            # until it has been, or 5 s), and answered once metering is back. With a budget, its
+            # Authorize fails at once: refused, nothing spent.
+            admitted = await asyncio.to_thread(_admitted_without_authorize, metrics)
+            probe = asyncio.create_task(route_once(client_ids=False, turn=0))
+            probes.append(probe)
+            if budgeted:
+                events["probe answered"] = await probe
+            waited = time.monotonic()
+            while not budgeted and time.monotonic() - waited < 5.0 and \
+                    await asyncio.to_thread(_admitted_without_authorize, metrics) == admitted:
+                await asyncio.sleep(0.02)
+            events["admitted while metering was down"] = \
+                await asyncio.to_thread(_admitted_without_authorize, metrics) - admitted
         await asyncio.to_thread(services[name].start)
         events[f"{name} serving again"] = time.monotonic() - began
 
     workers = [asyncio.create_task(worker(n)) for n in range(WORKERS)]
+    probes: list[asyncio.Task[bool]] = []
     try:
         await crash("metering")
         await crash("router")
         await asyncio.sleep(PHASE_S)
     finally:
         stop.set()
-        await asyncio.gather(*workers)
+        await asyncio.gather(*workers, *probes)
     events["ended"] = time.monotonic() - began
     return log, sent, events
+
+
+def _admitted_without_authorize(metrics_url: str) -> float:
+    """The router's count of requests admitted without an Authorize round trip."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("xrouter_admitted_without_authorize_total "))
