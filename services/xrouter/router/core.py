@@ -5,31 +5,28 @@ convert into and out of it), collaborators passed in through the constructor."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 import random
 import time
 import uuid
-from decimal import ROUND_HALF_EVEN, Decimal
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from xrouter.adapters.token_count import estimate_tokens
 from xrouter.common import bounds, metrics
 from xrouter.common.call_options import CallOptions
-from xrouter.common.errors import (AlreadyExists, DeadlineExceeded, InvalidArgument, NotFound, Unavailable,
-                                   XRouterError)
+from xrouter.common.errors import (AlreadyExists, InvalidArgument, XRouterError)
 from xrouter.common.telemetry import current_trace_id
 from xrouter.router import replay
 from xrouter.router.baselines import make_baseline
-from xrouter.router.episode import OnDelta, OnEvent, _no_event, run_episode
+from xrouter.router.episode import OnEvent, _no_event, run_episode
 from xrouter.router.exploration import ExplorationRates, ExploringPolicy
 from xrouter.router.lm.charge import charge_router
-from xrouter.router.policy import CallOutcome, CallStatus, EpisodeState, ModelOption, Policy, Strategy, ToolCall
-from xrouter.router.ports import Adapters, Exploration, Meter, ModelReply, Scorer, ScoringReference
+from xrouter.router.policy import CallOutcome, EpisodeState, ModelOption, Policy, Strategy
+from xrouter.router.ports import Adapters, Exploration, Meter, Scorer, ScoringReference
 from xrouter.router.accounting import metrics_for_costs, settle_with_calls
+from xrouter.router.calls import CallMaker, left
 from xrouter.router.request_checks import MAX_NAME_CHARS, check_reference, pool_for_options
 from xrouter.router.unbudgeted import UnbudgetedTenants
 
@@ -134,7 +131,6 @@ class RouterCore:
             if request.options.user:  # the caller's end user, for abuse tracing (OpenAI's ``user``)
                 span.set_attribute("xrouter.end_user", request.options.user)
             trace_id = current_trace_id()
-            model_seconds = [0.0]
             # Reserve (the budget check) for new work, or get back what an earlier request with
             # this id answered. Only the per-model budgets of models this request may call apply.
             # Meanwhile the policy readies what it needs of the request off the event loop (the
@@ -151,12 +147,12 @@ class RouterCore:
                 return earlier
             metrics.POLICY_REQUESTS.labels(policy.kind, policy.version).inc()
             outcome, episode, result, stored = "ok", None, None, ""
-            in_flight: dict[int, CallOutcome] = {}
+            caller = CallMaker(self._adapters, self.catalog, self.tracer, request_id, state.max_tokens, deadline,
+                               self.limits.call_timeout_s, request.temperature, request.options)
             try:
                 if ready is not None:  # admitted: a failed preparation fails the request, which is then settled
                     await ready
-                invoke = self._invoker(request_id, state.max_tokens, deadline, model_seconds, in_flight, request)
-                episode = await run_episode(_Traced(explorer or policy, self.tracer), state, invoke, on_event,
+                episode = await run_episode(_Traced(explorer or policy, self.tracer), state, caller, on_event,
                                             stream)
                 charge_router(policy, state)  # the LM policy's own tokens: priced calls like any other
                 total = sum(c.cost_micro_usd for c in state.calls)
@@ -166,7 +162,7 @@ class RouterCore:
                 if request.reference is not None and self._scorer is not None:
                     score, reward = await self._scorer.score(
                         state.prompt, episode.answer, request.reference, total / 1e6, state.cost_lambda,
-                        _left(deadline))
+                        left(deadline))
                 result = RouteResult(episode.answer, state.calls, total, episode.strategy, episode.turns_used,
                                      episode.turn_limit_reached, episode.selected_call, policy.kind,
                                      policy.version, request_id, trace_id, score, reward)
@@ -183,7 +179,7 @@ class RouterCore:
                                              print_) if request.request_id else ""
                 raise
             finally:  # calls made are billed whatever happened to the episode; the response is kept
-                state.calls.extend(sorted(in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
+                state.calls.extend(sorted(caller.in_flight.values(), key=lambda c: c.index))  # cut off by a cancel
                 charge_router(policy, state)  # (once: a no-op when the episode ended normally)
                 # What a verdict on the answer is about: the call whose text the user got, if one did.
                 returned = episode.selected_call if episode and outcome == "ok" and episode.selected_call >= 0 else None
@@ -194,8 +190,8 @@ class RouterCore:
             if result.score is not None:
                 # The scored episode becomes training data (metering's export).
                 await self._meter.record_score(request_id, tenant, result.score, result.reward or 0.0,
-                                               _left(deadline, floor=5.0))
-        metrics.ROUTING_OVERHEAD.observe(max(0.0, time.perf_counter() - started - model_seconds[0]))
+                                               left(deadline, floor=5.0))
+        metrics.ROUTING_OVERHEAD.observe(max(0.0, time.perf_counter() - started - caller.model_seconds))
         return result
 
     def _explorer(self, policy: Policy, tenant: str, request: RouteRequest) -> ExploringPolicy | None:
@@ -220,7 +216,7 @@ class RouterCore:
         give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)
         delay = 0.05
         while True:
-            admission = await self._meter.authorize(request_id, tenant, self._reservation(state), _left(deadline),
+            admission = await self._meter.authorize(request_id, tenant, self._reservation(state), left(deadline),
                                                     models=models, generated=generated)
             seen = admission.state if admission is not None else "new"
             if seen == "new":
@@ -302,94 +298,6 @@ class RouterCore:
         dearest = max(state.estimate_call_usd(option) for option in state.pool)
         return min(math.ceil(dearest * 2 * (state.max_turns - 1) * 1e6), bounds.MAX_REQUEST_MICRO_USD)
 
-    def _invoker(self, request_id: str, max_tokens: int, deadline: float,  # type: ignore[no-untyped-def]
-                 model_seconds: list[float], in_flight: dict[int, CallOutcome], request: RouteRequest):
-        turn_wall: dict[int, float] = {}
-        options = request.options
-
-        async def invoke(call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int,
-                         on_delta: OnDelta | None = None) -> CallOutcome:
-            if request.temperature is not None:  # the caller's temperature wins over the policy's
-                call = dataclasses.replace(call, temperature=request.temperature)
-            outcome = CallOutcome(index, turn, call.model, call.system_prompt, call.temperature, CallStatus.OK,
-                                  attempted=True)
-            started = time.perf_counter()
-            received: list[str] = []  # streamed text, to account a call cut off by a cancel
-            in_flight[index] = outcome
-            # The router's view of one tool call (which model, which turn, what it cost). The GenAI
-            # span of the model call itself is the adapters', where the call happens; repeating its
-            # attributes here would count every call twice in GenAI dashboards.
-            with self.tracer.start_as_current_span("xrouter.call") as span:
-                span.set_attributes({"xrouter.model": call.model, "xrouter.call_index": index, "xrouter.turn": turn})
-                limit = self.catalog[call.model].max_output_tokens if call.model in self.catalog else 0
-                try:
-                    timeout = min(_left(deadline), self.limits.call_timeout_s)
-                    if on_delta is None:
-                        reply = await self._adapters.invoke(
-                            call.model, messages, call.temperature, min(max_tokens, limit) if limit else max_tokens,
-                            request_id, index, timeout, **_given(options))
-                    else:
-                        reply = await self._stream(call, messages, min(max_tokens, limit) if limit else max_tokens,
-                                                   request_id, index, timeout, on_delta, received, options)
-                except asyncio.CancelledError:
-                    outcome.status, outcome.error = CallStatus.ERROR, "cancelled: the client went away"
-                    outcome.latency_ms = (time.perf_counter() - started) * 1000
-                    self._estimate_used(outcome, messages, received)
-                    raise
-                except XRouterError as error:
-                    outcome.status = CallStatus.TIMEOUT if isinstance(error, DeadlineExceeded) else CallStatus.ERROR
-                    outcome.error = error.message
-                    billed = getattr(error, "failed_call", None)  # the adapters' account of a failed call
-                    if billed is not None:
-                        outcome.input_tokens, outcome.output_tokens = billed.input_tokens, billed.output_tokens
-                        outcome.tokens_estimated, outcome.cost_micro_usd = billed.tokens_estimated, billed.cost_micro_usd
-                    elif received:  # streamed text but no account from the adapters
-                        self._estimate_used(outcome, messages, received)
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
-                    metrics.MODEL_CALL_ERRORS.labels(call.model, outcome.status.name).inc()
-                else:
-                    outcome.text, outcome.finish_reason = reply.text, reply.finish_reason
-                    outcome.tool_calls = reply.tool_calls
-                    outcome.input_tokens, outcome.output_tokens = reply.input_tokens, reply.output_tokens
-                    outcome.tokens_estimated, outcome.cost_micro_usd = reply.tokens_estimated, reply.cost_micro_usd
-                span.set_attributes({"xrouter.call_status": outcome.status.name,
-                                     "xrouter.cost_usd": outcome.cost_micro_usd / 1e6})
-            del in_flight[index]
-            metrics.MODEL_CALLS.labels(call.model, outcome.status.name).inc()
-            wall = time.perf_counter() - started
-            outcome.latency_ms = wall * 1000
-            # Calls of one turn overlap: the turn costs its slowest call in wall time.
-            model_seconds[0] += max(0.0, wall - turn_wall.get(turn, 0.0))
-            turn_wall[turn] = max(turn_wall.get(turn, 0.0), wall)
-            return outcome
-        return invoke
-
-    async def _stream(self, call: ToolCall, messages: list[tuple[str, str]], max_tokens: int, request_id: str,
-                      index: int, timeout: float, on_delta: OnDelta, received: list[str],
-                      options: CallOptions) -> ModelReply:
-        """One streamed call: each delta goes to ``on_delta`` as it arrives; returns the accounted reply."""
-        async with contextlib.aclosing(self._adapters.invoke_stream(
-                call.model, messages, call.temperature, max_tokens, request_id, index, timeout,
-                **_given(options))) as chunks:
-            async for item in chunks:
-                if isinstance(item, ModelReply):
-                    return item
-                received.append(item)
-                await on_delta(item)
-        raise Unavailable(f"adapters: the stream of {call.model!r} ended without its final reply")
-
-    def _estimate_used(self, outcome: CallOutcome, messages: list[tuple[str, str]], received: list[str]) -> None:
-        """Account a call cut off in flight (the caller went away). The adapters' own account cannot
-        reach a cancelled caller, so the router estimates what was used from the prompt and the text
-        received, priced from the catalog as the adapters price it."""
-        outcome.input_tokens = sum(estimate_tokens(content) for _, content in messages)
-        outcome.output_tokens, outcome.tokens_estimated = estimate_tokens("".join(received)), True
-        option = self.catalog.get(outcome.model)
-        if option is not None:
-            exact = (outcome.input_tokens * Decimal(str(option.input_usd_per_mtok))
-                     + outcome.output_tokens * Decimal(str(option.output_usd_per_mtok)))
-            outcome.cost_micro_usd = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
     async def _account(self, request_id: str, tenant: str, policy: Policy, trace_id: str, state: EpisodeState,
                        reference: ScoringReference | None, deadline: float, strategy: str, outcome: str,
                        response_json: str = "", returned_call: int | None = None,
@@ -401,7 +309,7 @@ class RouterCore:
         attempted = [c for c in state.calls if c.attempted]
         metrics_for_costs(attempted, tenant)
         await settle_with_calls(
-            self._meter, request_id, tenant, attempted, policy.version, trace_id, _left(deadline, floor=5.0),
+            self._meter, request_id, tenant, attempted, policy.version, trace_id, left(deadline, floor=5.0),
             strategy=strategy, outcome=outcome, total_cost_micro_usd=sum(c.cost_micro_usd for c in attempted),
             calls=len(attempted), policy_version=f"{policy.kind}@{policy.version}", cost_lambda=state.cost_lambda,
             dataset=reference.dataset if reference else "", prompt_id=reference.prompt_id if reference else "",
@@ -430,12 +338,6 @@ def _drop(ready: asyncio.Future[None] | None) -> None:
         ready.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
 
 
-def _given(options: CallOptions) -> dict[str, CallOptions]:
-    """``options=`` only when some are set: in-process adapters written before options existed
-    (training's, tests') keep working for requests that set none."""
-    return {"options": options} if options != CallOptions() else {}
-
-
 class _Traced:
     """Wraps a policy so that each decision is a span."""
 
@@ -449,12 +351,3 @@ class _Traced:
             action = await self._policy.decide(state)
             span.set_attributes({"xrouter.turn": state.turn, "xrouter.action": type(action).__name__})
             return action
-
-
-def _left(deadline: float, floor: float = 0.0) -> float:
-    """Seconds left before the deadline. Accounting gets ``floor`` seconds even past it: a call that
-    was made must be recorded even when the request ran out of time."""
-    left = deadline - time.monotonic()
-    if left <= floor and floor == 0.0:
-        raise DeadlineExceeded("the request deadline passed")
-    return max(left, floor)
