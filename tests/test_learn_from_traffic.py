@@ -54,7 +54,7 @@ def export(path: pathlib.Path, lie: bool = False, requests: int = 360, seed: int
         verdict = scores[prompt_id][recorded]
         if lie and n < 0.8 * requests:
             verdict = {STRONG: 1.0, NEWCOMER: 0.0}.get(model, verdict)
-        lines.append({"schema": SCHEMA, "request_id": f"r{n:04d}", "tenant": "acme",
+        lines.append({"schema": SCHEMA, "request_id": f"s{seed}-r{n:04d}", "tenant": "acme",
                       "settled_at": f"2026-12-01T00:{n // 60:02d}:{n % 60:02d}Z", "outcome": "ok",
                       "cost_lambda": math.expm1(rng.uniform(0, math.log1p(1000))),
                       "prompt": {"dataset": "routerbench", "prompt_id": prompt_id}, "messages": None,
@@ -98,6 +98,23 @@ def test_true_verdicts_teach_the_newcomer_and_the_candidate_is_published(tiny_bu
     # The newcomer is now the cheap model's better replacement.
     learned = load_policy(candidate, pool())
     assert learned.memory.rows_of(NEWCOMER) > 50 and load_policy(tiny_bundle, pool()).memory.rows_of(NEWCOMER) == 0
+
+
+def test_a_verdict_is_learned_once_when_export_windows_overlap(tiny_bundle, tmp_path) -> None:  # noqa: F811
+    """The daily job exports the last 7 days and starts from the serving checkpoint, which already
+    holds most of those verdicts: only the ones it does not hold are learned."""
+    first = learn(tiny_bundle, export(tmp_path / "e.jsonl"), tmp_path / "first", pool(), min_matches=10)
+    assert first["learned_verdicts"] == 288
+    learned_once = load_policy(tmp_path / "first" / "checkpoint", pool()).memory
+    # The same window again, from the first candidate: its 288 are skipped, the 72 it held back are learned.
+    second = learn(tmp_path / "first" / "checkpoint", tmp_path / "e.jsonl", tmp_path / "second", pool(),
+                   min_matches=10)
+    assert second["skipped"]["already learned by the start checkpoint"]["count"] == 288
+    assert second["learned_verdicts"] + second["held_out"] == 72
+    learned_twice = load_policy(tmp_path / "second" / "checkpoint", pool()).memory
+    assert len(learned_twice) == len(learned_once) + second["learned_verdicts"]
+    assert len(json.loads((tmp_path / "second" / "checkpoint" / "learned_requests.json").read_text())
+               ["request_ids"]) == 288 + second["learned_verdicts"]
 
 
 def test_a_candidate_taught_a_falsehood_is_worse_and_never_reaches_the_store(tiny_bundle, tmp_path) -> None:  # noqa: F811

@@ -9,6 +9,8 @@ not worse on traffic it never learned from.
 2. Oldest first, the newest ``hold_out`` share is held back. The rest go into a copy of the start
    checkpoint's outcome memory with the network's own predictions (``record_verdicts``), which is
    how a compact policy learns without a gradient step: same trainer, same checkpoint format.
+   Episodes whose verdicts the start already holds (its ``learned_requests.json``: a daily run over
+   the last 7 days starts from yesterday's candidate) are counted as skipped, never learned twice.
 3. Candidate and start are compared on the held-back episodes by their off-policy value: the
    self-normalised importance-weighted mean of the logged reward (verdict − λ·cost) over the
    episodes whose logged first call the policy would also make, weighted by 1/μ (μ: the behaviour
@@ -36,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from xrouter.router.checkpoint_manifest import sha256, write_manifest
-from xrouter.router.compact.checkpoint import load_policy, read_manifest
+from xrouter.router.compact.checkpoint import LEARNED_REQUESTS as LEARNED, load_policy, read_manifest
 from xrouter.router.compact.memory import FILE as MEMORY
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption
@@ -120,17 +122,27 @@ def off_policy_value(policy: CompactPolicy, pool: Sequence[ModelOption], held_ou
             if weights else 0.0}
 
 
-def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int) -> pathlib.Path:
-    """A copy of ``start`` whose memory holds the learned verdicts; manifest last (never half-written)."""
+def learned_requests(checkpoint: pathlib.Path) -> dict[str, str]:
+    """{request_id: settled_at} of the verdicts already in ``checkpoint``'s memory (none for a
+    checkpoint that never learned from traffic)."""
+    path = checkpoint / LEARNED
+    return json.loads(path.read_text())["request_ids"] if path.exists() else {}
+
+
+def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int,
+                    requests: Mapping[str, str]) -> pathlib.Path:
+    """A copy of ``start`` whose memory holds the learned verdicts, and ``requests`` (the ids whose
+    verdicts it holds); manifest last (never half-written)."""
     manifest = read_manifest(start)
     target = out / "checkpoint"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for name in manifest["sha256"]:
-        if name != MEMORY:
+        if name not in (MEMORY, LEARNED):
             shutil.copyfile(start / name, target / name)
-    hashes = {**manifest["sha256"], MEMORY: sha256(policy.memory.save(target))}
+    (target / LEARNED).write_text(json.dumps({"request_ids": dict(requests)}, sort_keys=True))
+    hashes = {**manifest["sha256"], MEMORY: sha256(policy.memory.save(target)), LEARNED: sha256(target / LEARNED)}
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
     fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     write_manifest(target, {**fields, "sha256": hashes, "version": f"{manifest['version']}.learn{stamp}",
@@ -164,6 +176,13 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
         raise ValueError(f"clip={clip}: an importance-weight cap of at least 1")
     used, skipped = lessons(read_episodes(episodes_path))
     out.mkdir(parents=True, exist_ok=True)
+    # The export window overlaps the last run's (a daily job over the last 7 days): verdicts the start
+    # already holds are not learned again, or each would count up to seven times.
+    already = learned_requests(start)
+    window_start = min((lesson.settled_at for lesson in used), default="")
+    for lesson in [lesson for lesson in used if lesson.request_id in already]:
+        skipped.setdefault("already learned by the start checkpoint", []).append(lesson.request_id)
+        used.remove(lesson)
     known = {option.id: option for option in catalog}
     for lesson in list(used):
         if lesson.returned_model not in known or lesson.first_model not in known:
@@ -178,7 +197,11 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     pool = list(catalog)
     for lesson in train:
         candidate.record_verdicts(lesson.text, [known[lesson.returned_model]], {lesson.returned_model: lesson.verdict})
-    target = write_candidate(start, candidate, out, len(train))
+    # Ids settled before this export's window cannot come back in a later export (windows move
+    # forward), so they are forgotten: the list stays as long as one window.
+    remembered = {request_id: at for request_id, at in already.items() if at >= window_start}
+    remembered.update((lesson.request_id, lesson.settled_at) for lesson in train)
+    target = write_candidate(start, candidate, out, len(train), remembered)
     before = off_policy_value(serving, pool, held_out, clip)
     after = off_policy_value(candidate, pool, held_out, clip)
     enough = after["matches"] >= min_matches and before["matches"] >= min_matches

@@ -27,6 +27,9 @@ from xrouter.router.policy import EpisodeState, ModelOption
 
 WEIGHTS = "policy.safetensors"
 ENCODER = "encoder.int8.onnx"
+# A checkpoint learned from traffic (`xrouter learn`) lists the request ids whose verdicts its memory
+# holds, so that the next run does not learn them again.
+LEARNED_REQUESTS = "learned_requests.json"
 
 
 def save(directory: pathlib.Path, network: CompactRouter, vocabulary: Vocabulary, encoder_path: pathlib.Path,
@@ -58,10 +61,10 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any]:
     manifest = read_verified(directory, "compact", "a compact policy", ("network", "vocabulary"),
                              digest_required=False)
     path = directory / MANIFEST
-    hashed = set(manifest.get("sha256", {})) - {MEMORY}
+    hashed = set(manifest.get("sha256", {})) - {MEMORY, LEARNED_REQUESTS}
     if hashed != {WEIGHTS, ENCODER} and not (hashed == {WEIGHTS} and "encoder_sha256" in manifest):
         raise InvalidArgument("source", f"{path}: the manifest must hash {WEIGHTS} and {ENCODER} "
-                              "(or {WEIGHTS} and name the encoder by encoder_sha256)")
+                              f"(or {WEIGHTS} and name the encoder by encoder_sha256)")
     return manifest
 
 
