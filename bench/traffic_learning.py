@@ -54,12 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--epsilon", type=float, default=0.1)
+    parser.add_argument("--publish-gate", action="store_true",
+                        help="learn as `xrouter learn` does every EVERY requests (publish only if not worse)")
     args = parser.parse_args(argv)
     requests, every = (40, 20) if args.quick else (args.requests, args.every)
     start = start_checkpoint(args.source, args.start, args.quick)
     ceiling = pathlib.Path(args.ceiling) if args.ceiling else BUNDLED_POLICY
     staging = RESULTS / "traffic_learning"
-    report = run(start, ceiling, args.source, staging, requests, every, args.epsilon)
+    report = run(start, ceiling, args.source, staging, requests, every, args.epsilon, publish_gate=args.publish_gate)
     for name in ("traffic_learning.json", "traffic_learning.png"):
         shutil.move(staging / name, RESULTS / name)
     staging.rmdir()

@@ -249,3 +249,17 @@ def test_learning_from_traffic_simulation_grows_the_memory_and_reports_a_curve(t
     assert all(math.isfinite(row["apgr"]) for row in report["curve"])
     assert (tmp_path / "traffic_learning.png").stat().st_size > 0
     assert json.loads((tmp_path / "traffic_learning.json").read_text())["traffic"] == 6
+
+
+def test_learning_behind_the_publish_gate_serves_nothing_unproven(tiny_bundle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With the publish gate (what ``xrouter learn`` does), verdicts reach the serving memory only
+    through a passed rule: a few held-back episodes are not enough evidence, so the memory stays
+    as it started and every decision is recorded."""
+    from xrouter_training.traffic import run
+
+    report = run(tiny_bundle, None, "arena", tmp_path, requests=10, every=5, epsilon=0.5, seed=1, publish_gate=True)
+    assert [d["requests"] for d in report["publish_decisions"]] == [5, 10]
+    assert {d["decision"] for d in report["publish_decisions"]} == {"not enough held-back evidence"}
+    assert len({row["memory_rows"] for row in report["curve"]}) == 1
+    with pytest.raises(ValueError, match="publish_gate"):
+        run(tiny_bundle, None, "arena", tmp_path, requests=2, every=1, publish_gate=True, verdicts="called")

@@ -137,7 +137,8 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     from xrouter_training.traffic import run
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
-                 pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts)
+                 pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
+                 args.publish_gate)
     ceiling = report.get("ceiling", {}).get("apgr")
     print(f"{args.source}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
           f"{report['traffic']} requests" + (f" (ceiling {ceiling:.3f})" if ceiling is not None else "")
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     learn_sim.add_argument("--verdicts", choices=("returned", "called"), default="returned",
                            help="returned: a verdict on the answer given (thumbs); called: every answered call "
                            "scored (requests with a reference)")
+    learn_sim.add_argument("--publish-gate", action="store_true",
+                           help="learn as `xrouter learn` does every EVERY requests: a candidate serves only if the "
+                           "publish rule passes on the newest 20%% of the verdicts not yet learned")
     learn_sim.set_defaults(run=cmd_learn_sim)
     learn = sub.add_parser("learn", help="learn the verdicts of exported traffic into a copy of a checkpoint; "
                            "publish it only if it is not worse on held-back recent traffic")

@@ -129,6 +129,16 @@ def learned_requests(checkpoint: pathlib.Path) -> dict[str, str]:
     return json.loads(path.read_text())["request_ids"] if path.exists() else {}
 
 
+def judge(serving: CompactPolicy, candidate: CompactPolicy, pool: Sequence[ModelOption], held_out: Sequence[Lesson],
+          clip: float, min_matches: int) -> tuple[dict[str, float], dict[str, float], str]:
+    """The publish rule: both policies' off-policy values on ``held_out`` and the decision."""
+    before = off_policy_value(serving, pool, held_out, clip)
+    after = off_policy_value(candidate, pool, held_out, clip)
+    if after["matches"] < min_matches or before["matches"] < min_matches:
+        return before, after, "not enough held-back evidence"
+    return before, after, "publish" if after["value"] >= before["value"] else "worse: not published"
+
+
 def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int,
                     requests: Mapping[str, str]) -> pathlib.Path:
     """A copy of ``start`` whose memory holds the learned verdicts, and ``requests`` (the ids whose
@@ -202,10 +212,8 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     remembered = {request_id: at for request_id, at in already.items() if at >= window_start}
     remembered.update((lesson.request_id, lesson.settled_at) for lesson in train)
     target = write_candidate(start, candidate, out, len(train), remembered)
-    before = off_policy_value(serving, pool, held_out, clip)
-    after = off_policy_value(candidate, pool, held_out, clip)
-    enough = after["matches"] >= min_matches and before["matches"] >= min_matches
-    passed = enough and after["value"] >= before["value"]
+    before, after, decision = judge(serving, candidate, pool, held_out, clip, min_matches)
+    passed = decision == "publish"
     record = {
         "rule": f"publish when the candidate and the serving policy each match >= {min_matches} held-back episodes "
                 "and the candidate's self-normalised importance-weighted value (verdict - lambda*cost, weights "
@@ -214,7 +222,7 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
         "learned_verdicts": len(train), "held_out": len(held_out),
         "skipped": {reason: {"count": len(ids), "request_ids": ids[:20]} for reason, ids in skipped.items()},
         "serving": before, "candidate_value": after,
-        "decision": "publish" if passed else ("not enough held-back evidence" if not enough else "worse: not published"),
+        "decision": decision,
         "at": datetime.datetime.now(datetime.UTC).isoformat()}
     (out / "publish.json").write_text(json.dumps(record, indent=2, default=float))
     (out / "learn.prom").write_text(

@@ -31,7 +31,9 @@ from xrouter.router.compact.checkpoint import load_policy
 from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.exploration import ExploringPolicy
+from xrouter.router.policy import ModelOption
 from xrouter_training.environment import MixedEnvironment, Prompt
+from xrouter_training.learn import Lesson, judge
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference
 
 LAMBDAS = (0.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -62,11 +64,17 @@ def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> 
 
 
 async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
-                   epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned") -> dict:
+                   epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned",
+                   publish_gate: bool = False) -> dict:
     """``verdicts``: "returned" — the score of the answer the user got (a thumbs up/down); "called" —
-    every answered call scored (a request carrying a reference, scored by the reward service)."""
+    every answered call scored (a request carrying a reference, scored by the reward service).
+    ``publish_gate``: what the product does (``xrouter learn`` every ``every`` requests): the verdicts
+    not yet learned, less the newest 20% held back, go into a candidate, which serves only if the
+    publish rule passes on the held-back ones; otherwise they wait for the next run."""
     if verdicts not in ("returned", "called"):
         raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
+    if publish_gate and verdicts != "returned":
+        raise ValueError("publish_gate: xrouter learn learns the returned answer's verdict; use verdicts='returned'")
     env = MixedEnvironment([source])
     options = list(env.options.values())
     pool = sorted(env.options)
@@ -74,12 +82,13 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     random.Random(seed).shuffle(traffic)
     traffic = traffic[:requests]
     gap = references(env, validation, pool)
-    policy = load_policy(start, options)
-    if policy.memory is None:  # a checkpoint without a memory starts an empty one
-        policy.memory = OutcomeMemory(np.zeros((0, 384), np.float32), [], [], np.zeros((0, 0), np.float32))
+    policy = _learner(start, options)
     behaviour = ExploringPolicy(policy, epsilon, seed)
     rng = random.Random(seed + 1)
     curve = []
+    learned: list[Lesson] = []  # publish_gate: verdicts the serving policy holds, and those waiting
+    waiting: list[Lesson] = []
+    decisions: list[dict] = []
 
     async def measure(served: int) -> None:
         points = await frontier(policy, env, validation, pool, lambdas)
@@ -100,11 +109,29 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             outcomes = {answered: episode.score}
             if verdicts == "called":
                 outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
-            policy.record_verdicts(prompt.text, options, outcomes)
+            if publish_gate:
+                first = behaviour.log[-1]
+                waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
+                                      episode.score, cost_lambda, episode.cost_usd, first.probability))
+            else:
+                policy.record_verdicts(prompt.text, options, outcomes)
         if served % every == 0 or served == len(traffic):
+            if publish_gate and waiting:
+                cut = len(waiting) - max(1, round(0.2 * len(waiting)))
+                candidate = _learner(start, options)
+                for lesson in learned + waiting[:cut]:
+                    candidate.record_verdicts(lesson.text, options, {lesson.returned_model: lesson.verdict})
+                before, after, decision = judge(policy, candidate, options, waiting[cut:], clip=10.0, min_matches=20)
+                decisions.append({"requests": served, "decision": decision, "serving": before["value"],
+                                  "candidate": after["value"], "matches": after["matches"]})
+                if decision == "publish":
+                    learned += waiting[:cut]
+                    del waiting[:cut]
+                    policy = candidate
+                    behaviour.policy = policy
             await measure(served)
     report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
-              "verdicts": verdicts,
+              "verdicts": verdicts, "publish_gate": publish_gate, "publish_decisions": decisions,
               "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
               "weak": vars(gap.weak), "strong": vars(gap.strong), "curve": curve,
               "explored_share": float(np.mean([e.explored for e in behaviour.log])) if behaviour.log else 0.0,
@@ -115,6 +142,13 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
                              "apgr": gap.apgr(await frontier(ceiling_policy, env, validation, pool, lambdas))}
     report["frozen_start_apgr"] = curve[0]["apgr"]
     return report
+
+
+def _learner(start: pathlib.Path, options: Sequence[ModelOption]) -> CompactPolicy:
+    policy = load_policy(start, list(options))
+    if policy.memory is None:  # a checkpoint without a memory starts an empty one
+        policy.memory = OutcomeMemory(np.zeros((0, 384), np.float32), [], [], np.zeros((0, 0), np.float32))
+    return policy
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
@@ -141,9 +175,11 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 
 def run(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, out: pathlib.Path, requests: int = 500,
-        every: int = 50, epsilon: float = 0.1, seed: int = 0, verdicts: str = "returned") -> dict:
+        every: int = 50, epsilon: float = 0.1, seed: int = 0, verdicts: str = "returned",
+        publish_gate: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed, verdicts=verdicts))
+    report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed, verdicts=verdicts,
+                                  publish_gate=publish_gate))
     (out / "traffic_learning.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "traffic_learning.png")
     return report
