@@ -97,7 +97,7 @@ def test_evidence_is_the_kernel_weight_of_the_neighbours_so_far_rows_weigh_littl
 
 
 def test_served_verdicts_calibrate_their_model_by_their_mean_residual_offline_rows_do_not() -> None:
-    from xrouter.router.compact.memory import CALIBRATION, CALIBRATION_PRIOR_ROWS
+    from xrouter.router.compact.memory import CALIBRATION, CALIBRATION_PRIOR_ROWS, CALIBRATION_Z
 
     memory = _memory()
     assert memory.features(_unit(1, 0, 0), "q", ["small", "big"])[:, CALIBRATION].tolist() == [0.0, 0.0]
@@ -105,10 +105,14 @@ def test_served_verdicts_calibrate_their_model_by_their_mean_residual_offline_ro
     memory.add("served one", _unit(0, 0, 1), {"small": 1.0}, {"small": 0.2})
     memory.add("served two", _unit(0, 0.2, 1), {"small": 1.0}, {"small": 0.2})
     calibration = memory.features(_unit(1, 0, 0), "q", ["small", "big"])[:, CALIBRATION]
-    assert calibration[0] == pytest.approx(1.6 / (2 + CALIBRATION_PRIOR_ROWS)) and calibration[1] == 0.0
-    # A served prompt asked again does not read its own residual.
-    assert memory.features(_unit(0, 0, 1), "served one", ["small"])[0, CALIBRATION] == pytest.approx(
-        0.8 / (1 + CALIBRATION_PRIOR_ROWS))
+    # Mean residual 0.8 over 2 + the prior rows, kept in part: t² = 2·0.8² / variance, the variance
+    # from the prior rows alone (the two residuals agree): 4·0.25 / (1 + 4).
+    t_squared = 2 * 0.8 ** 2 / (CALIBRATION_PRIOR_ROWS * 0.25 / (1 + CALIBRATION_PRIOR_ROWS))
+    assert calibration[0] == pytest.approx(1.6 / (2 + CALIBRATION_PRIOR_ROWS) * (1 - CALIBRATION_Z ** 2 / t_squared))
+    assert calibration[1] == 0.0
+    # A served prompt asked again does not read its own residual: one verdict alone is not told
+    # apart from noise (t² = 0.8² / 0.25 < Z²).
+    assert memory.features(_unit(0, 0, 1), "served one", ["small"])[0, CALIBRATION] == 0.0
     assert memory.rows_of("small") == 5 and memory.rows_of("never-seen") == 0
 
 
@@ -118,8 +122,9 @@ def test_a_served_verdict_counts_once_through_calibration_never_as_local_evidenc
     memory = _memory()
     query = _unit(0, 0.1, 1)
     before = memory.features(query, "q", ["small"])[0].copy()
-    # Served, right next to the query: the network said 0.2, the verdict is 1.
-    memory.add("served", _unit(0, 0.1, 1), {"small": 1.0}, {"small": 0.2})
+    # Served, right next to the query: the network said 0.2, the verdict is 1 (three times).
+    for name in ("served", "served again", "served a third time"):
+        memory.add(name, _unit(0, 0.1, 1), {"small": 1.0}, {"small": 0.2})
     after = memory.features(query, "q", ["small"])[0]
     assert after[EVIDENCE] == pytest.approx(before[EVIDENCE]) and after[LOCAL_MEAN] == pytest.approx(before[LOCAL_MEAN])
     assert after[CALIBRATION] > 0
@@ -129,3 +134,26 @@ def test_a_served_verdict_counts_once_through_calibration_never_as_local_evidenc
     recorded.add("recorded", _unit(0, 0.1, 1), {"small": 1.0})
     as_outcome = recorded.features(query, "q", ["small"])[0]
     assert as_outcome[EVIDENCE] > before[EVIDENCE] + 0.5 and as_outcome[CALIBRATION] == 0.0
+
+
+def test_a_calibration_waits_for_a_bias_the_noise_of_the_verdicts_cannot_explain() -> None:
+    """A model whose predictions were right gets verdicts scattered around them: no calibration.
+    One whose predictions were all 0.3 too low gets nearly the whole shift once the verdicts show it."""
+    from xrouter.router.compact.memory import CALIBRATION, CALIBRATION_PRIOR_ROWS
+
+    rng = np.random.default_rng(0)
+    unbiased, biased = _memory(), _memory()
+    for i in range(60):
+        vector = _unit(0, rng.uniform(-1, 1), 1)
+        right = float(i % 2)  # answered right half of the time, predicted 0.5 (+ a little noise)
+        unbiased.add(f"p{i}", vector, {"small": right}, {"small": 0.5 + rng.normal(0, 0.03)})
+        biased.add(f"p{i}", vector, {"small": float(rng.random() < 0.8)}, {"small": 0.5})
+    assert unbiased.features(_unit(1, 0, 0), "q", ["small"])[0, CALIBRATION] == 0.0
+    shift = biased.features(_unit(1, 0, 0), "q", ["small"])[0, CALIBRATION]
+    mean = float(np.nanmean(biased.residuals[:, biased.column["small"]]))
+    assert 0.8 * mean * 60 / (60 + CALIBRATION_PRIOR_ROWS) < shift < mean * 60 / (60 + CALIBRATION_PRIOR_ROWS)
+    # The same bias seen on 3 verdicts is not yet told apart from noise.
+    early = _memory()
+    for i in range(3):
+        early.add(f"p{i}", _unit(0, i / 3, 1), {"small": float(i != 1)}, {"small": 0.5})
+    assert early.features(_unit(1, 0, 0), "q", ["small"])[0, CALIBRATION] == 0.0
