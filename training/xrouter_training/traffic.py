@@ -103,17 +103,18 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
         # Traffic comes at every cost preference: λ log-uniform over the trained range.
         cost_lambda = math.expm1(rng.uniform(0, math.log1p(max(lambdas))))
         policy.greedy = True
+        logged = len(behaviour.log)
         episode = await env.play(behaviour, prompt, pool, cost_lambda)
         if episode.result is not None:
             answered = episode.calls[episode.result.selected_call].model
             outcomes = {answered: episode.score}
             if verdicts == "called":
                 outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
-            if publish_gate:
+            if publish_gate and len(behaviour.log) > logged:  # the first call's choice, as the router logs it
                 first = behaviour.log[-1]
                 waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
                                       episode.score, cost_lambda, episode.cost_usd, first.probability))
-            else:
+            elif not publish_gate:
                 policy.record_verdicts(prompt.text, options, outcomes)
         if served % every == 0 or served == len(traffic):
             if publish_gate and waiting:
