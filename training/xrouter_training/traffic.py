@@ -23,7 +23,7 @@ import math
 import pathlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -65,12 +65,14 @@ def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> 
 
 async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
                    epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned",
-                   publish_gate: bool = False) -> dict:
+                   publish_gate: bool = False, on_verdict: Callable[..., None] | None = None) -> dict:
     """``verdicts``: "returned" — the score of the answer the user got (a thumbs up/down); "called" —
     every answered call scored (a request carrying a reference, scored by the reward service).
     ``publish_gate``: what the product does (``xrouter learn`` every ``every`` requests): the verdicts
     not yet learned, less the newest 20% held back, go into a candidate, which serves only if the
-    publish rule passes on the held-back ones; otherwise they wait for the next run."""
+    publish rule passes on the held-back ones; otherwise they wait for the next run.
+    ``on_verdict(policy, text, outcomes, explored)``: called with each request's verdicts before the
+    serving policy learns them (``explored``: its first call was drawn by exploration)."""
     if verdicts not in ("returned", "called"):
         raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
     if publish_gate and verdicts != "returned":
@@ -110,6 +112,8 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             outcomes = {answered: episode.score}
             if verdicts == "called":
                 outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
+            if on_verdict is not None:
+                on_verdict(policy, prompt.text, outcomes, len(behaviour.log) > logged and behaviour.log[-1].explored)
             if publish_gate and len(behaviour.log) > logged:  # the first call's choice, as the router logs it
                 first = behaviour.log[-1]
                 waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
