@@ -44,6 +44,10 @@ from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import CallModels, EpisodeState, ModelOption
 
 
+# The publish rule's defaults (`xrouter learn --hold-out --clip --min-matches`; learn-sim uses them too).
+HOLD_OUT, CLIP, MIN_MATCHES = 0.2, 10.0, 20
+
+
 @dataclasses.dataclass(frozen=True)
 class Lesson:
     """One usable episode: the prompt, the model whose answer was returned, its verdict, and what
@@ -129,8 +133,14 @@ def learned_requests(checkpoint: pathlib.Path) -> dict[str, str]:
     return json.loads(path.read_text())["request_ids"] if path.exists() else {}
 
 
+def hold_back(used: Sequence[Lesson], hold_out: float = HOLD_OUT) -> tuple[list[Lesson], list[Lesson]]:
+    """(to learn, held back): the newest ``hold_out`` share of ``used`` (oldest first), at least one."""
+    cut = len(used) - max(1, round(hold_out * len(used))) if used else 0
+    return list(used[:cut]), list(used[cut:])
+
+
 def judge(serving: CompactPolicy, candidate: CompactPolicy, pool: Sequence[ModelOption], held_out: Sequence[Lesson],
-          clip: float, min_matches: int) -> tuple[dict[str, float], dict[str, float], str]:
+          clip: float = CLIP, min_matches: int = MIN_MATCHES) -> tuple[dict[str, float], dict[str, float], str]:
     """The publish rule: both policies' off-policy values on ``held_out`` and the decision."""
     before = off_policy_value(serving, pool, held_out, clip)
     after = off_policy_value(candidate, pool, held_out, clip)
@@ -178,7 +188,7 @@ def read_episodes(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, catalog: Sequence[ModelOption],
-          hold_out: float = 0.2, clip: float = 10.0, min_matches: int = 20) -> dict[str, Any]:
+          hold_out: float = HOLD_OUT, clip: float = CLIP, min_matches: int = MIN_MATCHES) -> dict[str, Any]:
     """Steps 1-3 of the module docstring; returns the publish record (also written to OUT)."""
     if not 0 < hold_out < 1:
         raise ValueError(f"hold_out={hold_out}: a share strictly between 0 and 1")
@@ -198,8 +208,7 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
         if lesson.returned_model not in known or lesson.first_model not in known:
             skipped.setdefault("a model not in the catalog", []).append(lesson.request_id)
             used.remove(lesson)
-    cut = len(used) - max(1, round(hold_out * len(used))) if used else 0
-    train, held_out = used[:cut], used[cut:]
+    train, held_out = hold_back(used, hold_out)
     serving = load_policy(start, list(catalog))
     candidate = load_policy(start, list(catalog))
     if candidate.memory is None:

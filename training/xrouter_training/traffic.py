@@ -33,7 +33,7 @@ from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.exploration import ExploringPolicy
 from xrouter.router.policy import ModelOption
 from xrouter_training.environment import MixedEnvironment, Prompt
-from xrouter_training.learn import Lesson, judge
+from xrouter_training.learn import Lesson, hold_back, judge
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference
 
 LAMBDAS = (0.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -112,26 +112,26 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             outcomes = {answered: episode.score}
             if verdicts == "called":
                 outcomes.update({c.model: env.scores[prompt.prompt_id][c.model] for c in episode.calls if c.ok})
+            first = behaviour.log[-1] if len(behaviour.log) > logged else None  # its first call, as logged
             if on_verdict is not None:
-                on_verdict(policy, prompt.text, outcomes, len(behaviour.log) > logged and behaviour.log[-1].explored)
-            if publish_gate and len(behaviour.log) > logged:  # the first call's choice, as the router logs it
-                first = behaviour.log[-1]
+                on_verdict(policy, prompt.text, outcomes, first is not None and first.explored)
+            if not publish_gate:
+                policy.record_verdicts(prompt.text, options, outcomes)
+            elif first is not None:
                 waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
                                       episode.score, cost_lambda, episode.cost_usd, first.probability))
-            elif not publish_gate:
-                policy.record_verdicts(prompt.text, options, outcomes)
         if served % every == 0 or served == len(traffic):
             if publish_gate and waiting:
-                cut = len(waiting) - max(1, round(0.2 * len(waiting)))
+                train, held_out = hold_back(waiting)
                 candidate = _learner(start, options)
-                for lesson in learned + waiting[:cut]:
+                for lesson in learned + train:
                     candidate.record_verdicts(lesson.text, options, {lesson.returned_model: lesson.verdict})
-                before, after, decision = judge(policy, candidate, options, waiting[cut:], clip=10.0, min_matches=20)
+                before, after, decision = judge(policy, candidate, options, held_out)
                 decisions.append({"requests": served, "decision": decision, "serving": before["value"],
                                   "candidate": after["value"], "matches": after["matches"]})
                 if decision == "publish":
-                    learned += waiting[:cut]
-                    del waiting[:cut]
+                    learned += train
+                    waiting = held_out
                     policy = candidate
                     behaviour.policy = policy
             await measure(served)

@@ -16,7 +16,7 @@ from opentelemetry.trace import Tracer
 
 from xrouter.common import bounds, metrics
 from xrouter.common.call_options import CallOptions
-from xrouter.common.errors import (AlreadyExists, InvalidArgument, XRouterError)
+from xrouter.common.errors import AlreadyExists, InvalidArgument, XRouterError
 from xrouter.common.telemetry import current_trace_id
 from xrouter.router import replay
 from xrouter.router.baselines import make_baseline

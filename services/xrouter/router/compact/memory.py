@@ -238,10 +238,10 @@ class OutcomeMemory:
 def calibration(residual_sum: np.ndarray, residual_squares: np.ndarray, judged: np.ndarray) -> np.ndarray:
     """Per model: its verdicts' mean residual (over their number + CALIBRATION_PRIOR_ROWS), scaled
     down while it is not told apart from noise (see CALIBRATION_Z). Zero for a model without verdicts."""
-    n = np.maximum(judged, 0.0)
+    n = judged
     mean = residual_sum / np.maximum(n, 1.0)
     deviations = np.maximum(residual_squares - n * mean * mean, 0.0)
     variance = (deviations + CALIBRATION_PRIOR_ROWS * 0.25) / (np.maximum(n - 1.0, 0.0) + CALIBRATION_PRIOR_ROWS)
     t_squared = n * mean * mean / variance
-    kept = np.where(t_squared > 0, np.maximum(0.0, 1.0 - CALIBRATION_Z ** 2 / np.maximum(t_squared, 1e-12)), 0.0)
+    kept = np.maximum(0.0, 1.0 - CALIBRATION_Z ** 2 / np.maximum(t_squared, 1e-12))  # 0 where t is 0
     return (residual_sum / (n + CALIBRATION_PRIOR_ROWS) * kept).astype(np.float32)
