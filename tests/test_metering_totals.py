@@ -105,6 +105,10 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
     ledger.record(CallRecord("earlier", 0, "acme", "gpt-4o", 1, 1, 400_000, 1.0, "CALL_STATUS_OK"))
     rng = random.Random(11 + overrun)
     plans = {f"f{i}": [c // 2 for c in costs_of(rng, overrun)] for i in range(64)}  # costs_of is for 0.10
+    # Only the first dozen or so to reach Authorize fit the budget. The flows that overrun their estimate
+    # are fired first, so that some of them are among those (in one CI run none was, and the bound
+    # under overruns was not exercised); which ones still depends on the race.
+    plans = dict(sorted(plans.items(), key=lambda item: sum(item[1]) <= ESTIMATE))
     samples: list[int] = []
     done = threading.Event()
 
