@@ -13,6 +13,7 @@ import math
 import pathlib
 import random
 
+import numpy as np
 import pytest
 
 from test_generalisation import tiny_bundle  # noqa: F401 - the fixture
@@ -20,7 +21,8 @@ from xrouter.common.outcomes import SOURCES, read_outcomes, split_of
 from xrouter.metering.export import SCHEMA
 from xrouter.router.compact.checkpoint import load_policy, read_manifest
 from xrouter.router.policy import ModelOption
-from xrouter_training.learn import learn, lessons, off_policy_value
+from xrouter_training.learn import learn, lessons
+from xrouter_training.publish_rule import PUBLISH, UNPROVEN, WORSE, decide, off_policy_value
 
 CHEAP, STRONG, NEWCOMER = "mistralai/mistral-7b-chat", "gpt-4-1106-preview", "acme/newcomer-7b"
 
@@ -154,11 +156,48 @@ def test_off_policy_value_weighs_matching_episodes_by_their_inverse_behaviour_pr
     assert off_policy_value(policy, pool(), held, clip=2.0)["value"] == pytest.approx(0.5)  # both capped at 2
 
 
-@pytest.mark.parametrize("hold_out, clip, message", [(0.0, 10.0, "hold_out"), (1.0, 10.0, "hold_out"),
-                                                     (0.2, 0.5, "clip"), (0.2, float("nan"), "clip")])
-def test_bad_learn_settings_are_refused_naming_them(tiny_bundle, tmp_path, hold_out, clip, message) -> None:  # noqa: F811
+def test_a_candidate_that_only_looks_better_on_few_episodes_is_not_published() -> None:
+    """Forty held-back episodes, each policy matching a different half: the candidate's value is
+    0.05 higher (11 of 20 right against 10 of 20), which comparing the two values would publish;
+    paired by the bootstrap, that is noise, so it is not shown to be within the margin."""
+    serving, candidate = np.repeat([1.0, 0.0], 20), np.repeat([0.0, 1.0], 20)
+    rewards = np.array([1.0] * 10 + [0.0] * 10 + [1.0] * 11 + [0.0] * 9)
+    before, after, difference, decision = decide(serving, candidate, np.ones(40), rewards)
+    assert after["value"] - before["value"] == pytest.approx(0.05)
+    assert difference["lower_bound"] < -0.1 and decision == UNPROVEN
+    # The same gap shown over many more episodes is evidence, and a clear loss is called worse.
+    many = decide(np.tile(serving, 20), np.tile(candidate, 20), np.ones(800), np.tile(rewards, 20))
+    assert many[3] == PUBLISH and many[2]["lower_bound"] > 0
+    assert decide(candidate, serving, np.ones(800 // 20), rewards, min_matches=10)[3] != PUBLISH
+    assert decide(np.tile(candidate, 20), np.tile(serving, 20), np.ones(800), np.tile(rewards, 20))[3] == WORSE
+
+
+def test_a_candidate_that_changes_no_decision_is_published_on_any_evidence() -> None:
+    """Identical matches: the difference is 0 in every resample, however noisy the rewards."""
+    rng = np.random.default_rng(3)
+    matched = (rng.random(30) < 0.7).astype(float)
+    _, _, difference, decision = decide(matched, matched.copy(), rng.uniform(1, 10, 30), rng.random(30),
+                                        min_matches=5)
+    assert difference["lower_bound"] == 0.0 and difference["matched_by_one_only"] == 0 and decision == PUBLISH
+
+
+def test_learn_cli_defaults_are_the_publish_rules() -> None:
+    from xrouter.cli import build_parser
+    from xrouter_training import publish_rule
+
+    args = build_parser().parse_args(["learn", "--start", "s", "--episodes", "e", "--out", "o"])
+    assert (args.hold_out, args.clip, args.min_matches, args.confidence, args.margin) == (
+        publish_rule.HOLD_OUT, publish_rule.CLIP, publish_rule.MIN_MATCHES, publish_rule.CONFIDENCE,
+        publish_rule.MARGIN)
+
+
+@pytest.mark.parametrize("settings, message", [({"hold_out": 0.0}, "hold_out"), ({"hold_out": 1.0}, "hold_out"),
+                                               ({"clip": 0.5}, "clip"), ({"clip": float("nan")}, "clip"),
+                                               ({"confidence": 1.0}, "confidence"), ({"confidence": 0.2}, "confidence"),
+                                               ({"margin": -0.1}, "margin"), ({"margin": float("inf")}, "margin")])
+def test_bad_learn_settings_are_refused_naming_them(tiny_bundle, tmp_path, settings, message) -> None:  # noqa: F811
     with pytest.raises(ValueError, match=message):
-        learn(tiny_bundle, export(tmp_path / "e.jsonl", requests=5), tmp_path / "out", pool(), hold_out, clip)
+        learn(tiny_bundle, export(tmp_path / "e.jsonl", requests=5), tmp_path / "out", pool(), **settings)
     assert not (tmp_path / "out").exists()
 
 

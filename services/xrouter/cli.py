@@ -182,7 +182,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrouter", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("XROUTER_HOME", "var"),
                         help="folder for the local stack's database, logs and addresses (default ./var)")
@@ -270,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     learn.add_argument("--clip", type=float, default=10.0, help="cap on importance weights")
     learn.add_argument("--min-matches", type=int, default=20,
                        help="held-back episodes each policy must match before a comparison counts")
+    learn.add_argument("--confidence", type=float, default=0.9,
+                       help="one-sided confidence of the bootstrap lower bound on candidate - serving value")
+    learn.add_argument("--margin", type=float, default=0.02,
+                       help="how far below the serving policy's value (reward units) that lower bound may lie")
     learn.add_argument("--store", default="", help="publish a passing candidate into this checkpoint store")
     learn.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""))
     learn.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))
@@ -311,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     from xrouter.metering.key_commands import add_parsers as add_key_parsers
 
     add_key_parsers(sub)  # `keys create|list|rotate|revoke`
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

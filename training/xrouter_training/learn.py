@@ -11,14 +11,13 @@ not worse on traffic it never learned from.
    how a compact policy learns without a gradient step: same trainer, same checkpoint format.
    Episodes whose verdicts the start already holds (its ``learned_requests.json``: a daily run over
    the last 7 days starts from yesterday's candidate) are counted as skipped, never learned twice.
-3. Candidate and start are compared on the held-back episodes by their off-policy value: the
-   self-normalised importance-weighted mean of the logged reward (verdict − λ·cost) over the
-   episodes whose logged first call the policy would also make, weighted by 1/μ (μ: the behaviour
-   probability the router logged, 1 for a request it did not explore; weights clipped at ``clip``).
-   The rule: publish when the candidate matches at least ``min_matches`` held-back episodes and its
-   value is at least the start's. Its numbers and the decision go to ``OUT/publish.json`` and to
-   ``OUT/learn.prom`` (Prometheus text format, for a node exporter's textfile collector or a
-   Pushgateway); a candidate that fails the rule is written but never published.
+3. Candidate and start are compared on the held-back episodes by the publish rule
+   (``publish_rule.py``): their off-policy values, paired by a bootstrap of the same episodes; the
+   candidate is published when it matches at least ``min_matches`` held-back episodes (and so does
+   the start) and the ``1 − confidence`` quantile of (candidate − start) is at least ``−margin``.
+   Its numbers and the decision go to ``OUT/publish.json`` and to ``OUT/learn.prom`` (Prometheus
+   text format, for a node exporter's textfile collector or a Pushgateway); a candidate that fails
+   the rule is written but never published.
 4. Publishing is ``xrouter publish``'s: an atomic, verified copy into the store, then the routers
    are pointed at it; ``xrouter rollback`` goes back. A Job that dies before step 4 has touched
    nothing the routers read.
@@ -41,11 +40,8 @@ from xrouter.router.checkpoint_manifest import sha256, write_manifest
 from xrouter.router.compact.checkpoint import LEARNED_REQUESTS as LEARNED, load_policy, read_manifest
 from xrouter.router.compact.memory import FILE as MEMORY
 from xrouter.router.compact.policy import CompactPolicy
-from xrouter.router.policy import CallModels, EpisodeState, ModelOption
-
-
-# The publish rule's defaults (`xrouter learn --hold-out --clip --min-matches`; learn-sim uses them too).
-HOLD_OUT, CLIP, MIN_MATCHES = 0.2, 10.0, 20
+from xrouter.router.policy import ModelOption
+from xrouter_training.publish_rule import CLIP, CONFIDENCE, HOLD_OUT, MARGIN, MIN_MATCHES, PUBLISH, judge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,24 +104,6 @@ def lessons(episodes: Sequence[Mapping[str, Any]]) -> tuple[list[Lesson], dict[s
     return used, dict(skipped)
 
 
-def off_policy_value(policy: CompactPolicy, pool: Sequence[ModelOption], held_out: Sequence[Lesson],
-                     clip: float) -> dict[str, float]:
-    """Self-normalised importance-weighted value of ``policy``'s greedy first call on ``held_out``."""
-    weights, rewards = [], []
-    policy.greedy = True
-    for lesson in held_out:
-        state = EpisodeState([("user", lesson.text)], list(pool), lesson.cost_lambda, None, 3, 0)
-        action = policy.decide_many([state])[0]
-        first = action.calls[0].model if isinstance(action, CallModels) and action.calls else None
-        if first == lesson.first_model:
-            weights.append(min(1.0 / max(lesson.behaviour_probability, 1e-9), clip))
-            rewards.append(lesson.reward)
-    total = sum(weights)
-    value = sum(w * r for w, r in zip(weights, rewards, strict=True)) / total if total else float("nan")
-    return {"value": value, "matches": len(weights), "effective_samples": total ** 2 / sum(w * w for w in weights)
-            if weights else 0.0}
-
-
 def learned_requests(checkpoint: pathlib.Path) -> dict[str, str]:
     """{request_id: settled_at} of the verdicts already in ``checkpoint``'s memory (none for a
     checkpoint that never learned from traffic)."""
@@ -137,16 +115,6 @@ def hold_back(used: Sequence[Lesson], hold_out: float = HOLD_OUT) -> tuple[list[
     """(to learn, held back): the newest ``hold_out`` share of ``used`` (oldest first), at least one."""
     cut = len(used) - max(1, round(hold_out * len(used))) if used else 0
     return list(used[:cut]), list(used[cut:])
-
-
-def judge(serving: CompactPolicy, candidate: CompactPolicy, pool: Sequence[ModelOption], held_out: Sequence[Lesson],
-          clip: float = CLIP, min_matches: int = MIN_MATCHES) -> tuple[dict[str, float], dict[str, float], str]:
-    """The publish rule: both policies' off-policy values on ``held_out`` and the decision."""
-    before = off_policy_value(serving, pool, held_out, clip)
-    after = off_policy_value(candidate, pool, held_out, clip)
-    if after["matches"] < min_matches or before["matches"] < min_matches:
-        return before, after, "not enough held-back evidence"
-    return before, after, "publish" if after["value"] >= before["value"] else "worse: not published"
 
 
 def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int,
@@ -188,12 +156,17 @@ def read_episodes(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, catalog: Sequence[ModelOption],
-          hold_out: float = HOLD_OUT, clip: float = CLIP, min_matches: int = MIN_MATCHES) -> dict[str, Any]:
+          hold_out: float = HOLD_OUT, clip: float = CLIP, min_matches: int = MIN_MATCHES,
+          confidence: float = CONFIDENCE, margin: float = MARGIN) -> dict[str, Any]:
     """Steps 1-3 of the module docstring; returns the publish record (also written to OUT)."""
     if not 0 < hold_out < 1:
         raise ValueError(f"hold_out={hold_out}: a share strictly between 0 and 1")
     if not (math.isfinite(clip) and clip >= 1):
         raise ValueError(f"clip={clip}: an importance-weight cap of at least 1")
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence={confidence}: a probability in [0.5, 1)")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin={margin}: a reward difference of at least 0")
     used, skipped = lessons(read_episodes(episodes_path))
     out.mkdir(parents=True, exist_ok=True)
     # The export window overlaps the last run's (a daily job over the last 7 days): verdicts the start
@@ -221,16 +194,18 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     remembered = {request_id: at for request_id, at in already.items() if at >= window_start}
     remembered.update((lesson.request_id, lesson.settled_at) for lesson in train)
     target = write_candidate(start, candidate, out, len(train), remembered)
-    before, after, decision = judge(serving, candidate, pool, held_out, clip, min_matches)
-    passed = decision == "publish"
+    before, after, difference, decision = judge(serving, candidate, pool, held_out, clip, min_matches, confidence,
+                                                margin)
+    passed = decision == PUBLISH
     record = {
         "rule": f"publish when the candidate and the serving policy each match >= {min_matches} held-back episodes "
-                "and the candidate's self-normalised importance-weighted value (verdict - lambda*cost, weights "
-                f"1/behaviour probability clipped at {clip}) is >= the serving policy's",
+                f"and, over bootstrap resamples of those episodes, the {confidence:.0%} lower bound of the candidate's "
+                "minus the serving policy's self-normalised importance-weighted value (verdict - lambda*cost, weights "
+                f"1/behaviour probability clipped at {clip}) is >= -{margin}",
         "start": str(start), "candidate": str(target), "episodes": str(episodes_path),
         "learned_verdicts": len(train), "held_out": len(held_out),
         "skipped": {reason: {"count": len(ids), "request_ids": ids[:20]} for reason, ids in skipped.items()},
-        "serving": before, "candidate_value": after,
+        "serving": before, "candidate_value": after, "difference": difference,
         "decision": decision,
         "at": datetime.datetime.now(datetime.UTC).isoformat()}
     (out / "publish.json").write_text(json.dumps(record, indent=2, default=float))
@@ -239,6 +214,9 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
         "# TYPE xrouter_learn_value gauge\n"
         f'xrouter_learn_value{{policy="serving"}} {before["value"]}\n'
         f'xrouter_learn_value{{policy="candidate"}} {after["value"]}\n'
+        "# HELP xrouter_learn_difference_lower_bound The rule's lower bound on candidate - serving value.\n"
+        "# TYPE xrouter_learn_difference_lower_bound gauge\n"
+        f"xrouter_learn_difference_lower_bound {difference['lower_bound']}\n"
         "# HELP xrouter_learn_published 1 when the last candidate passed the publish rule.\n"
         "# TYPE xrouter_learn_published gauge\n"
         f"xrouter_learn_published {int(passed)}\n")
@@ -258,17 +236,18 @@ def run_cli(args: Any) -> int:
     try:
         options = catalog_options(args.catalog)
         record = learn(pathlib.Path(args.start), pathlib.Path(args.episodes), out, options, args.hold_out, args.clip,
-                       args.min_matches)
+                       args.min_matches, args.confidence, args.margin)
     except (ValueError, OSError, CatalogError, InvalidArgument) as error:
         print(f"xrouter learn: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
     print(f"learned {record['learned_verdicts']} verdicts; held back {record['held_out']}: serving "
           f"{record['serving']['value']:.4f} ({record['serving']['matches']} matched), candidate "
-          f"{record['candidate_value']['value']:.4f} ({record['candidate_value']['matches']} matched) -> "
+          f"{record['candidate_value']['value']:.4f} ({record['candidate_value']['matches']} matched), difference "
+          f"{record['difference']['estimate']:+.4f} (lower bound {record['difference']['lower_bound']:+.4f}) -> "
           f"{record['decision']}; {out / 'publish.json'}", flush=True)
     for reason, skipped in record["skipped"].items():
         print(f"  not used: {skipped['count']} episode(s): {reason}")
-    if record["decision"] != "publish" or not args.store:
+    if record["decision"] != PUBLISH or not args.store:
         return 0
     try:
         publish(record["candidate"], args.store, configmap=args.configmap, namespace=args.namespace, key=args.key,

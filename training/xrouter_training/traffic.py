@@ -33,7 +33,8 @@ from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.exploration import ExploringPolicy
 from xrouter.router.policy import ModelOption
 from xrouter_training.environment import MixedEnvironment, Prompt
-from xrouter_training.learn import Lesson, hold_back, judge
+from xrouter_training.learn import Lesson, hold_back
+from xrouter_training.publish_rule import PUBLISH, judge
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference
 
 LAMBDAS = (0.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -126,10 +127,15 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
                 candidate = _learner(start, options)
                 for lesson in learned + train:
                     candidate.record_verdicts(lesson.text, options, {lesson.returned_model: lesson.verdict})
-                before, after, decision = judge(policy, candidate, options, held_out)
+                before, after, difference, decision = judge(policy, candidate, options, held_out)
+                # What the rule cannot see, the simulation can: both policies' true APGR on the
+                # validation prompts, so each decision can be scored (a worse candidate published?).
+                truth = gap.apgr(await frontier(candidate, env, validation, pool, lambdas))
                 decisions.append({"requests": served, "decision": decision, "serving": before["value"],
-                                  "candidate": after["value"], "matches": after["matches"]})
-                if decision == "publish":
+                                  "candidate": after["value"], "matches": after["matches"],
+                                  "held_out": len(held_out), "difference": difference,
+                                  "serving_apgr": curve[-1]["apgr"], "candidate_apgr": truth})
+                if decision == PUBLISH:
                     learned += train
                     waiting = held_out
                     policy = candidate
@@ -137,6 +143,7 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             await measure(served)
     report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
               "verdicts": verdicts, "publish_gate": publish_gate, "publish_decisions": decisions,
+              "publish_scores": score_decisions(decisions),
               "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
               "weak": vars(gap.weak), "strong": vars(gap.strong), "curve": curve,
               "explored_share": float(np.mean([e.explored for e in behaviour.log])) if behaviour.log else 0.0,
@@ -147,6 +154,16 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
                              "apgr": gap.apgr(await frontier(ceiling_policy, env, validation, pool, lambdas))}
     report["frozen_start_apgr"] = curve[0]["apgr"]
     return report
+
+
+def score_decisions(decisions: Sequence[dict], tolerance: float = 0.01) -> dict[str, int]:
+    """How the publish rule did against the truth: candidates published that were worse (true
+    APGR below the serving policy's by more than ``tolerance``), and those held back that were better."""
+    published = [d for d in decisions if d["decision"] == PUBLISH]
+    held = [d for d in decisions if d["decision"] != PUBLISH]
+    return {"decisions": len(decisions), "published": len(published),
+            "published_worse": sum(d["candidate_apgr"] < d["serving_apgr"] - tolerance for d in published),
+            "held_back_better": sum(d["candidate_apgr"] > d["serving_apgr"] + tolerance for d in held)}
 
 
 def _learner(start: pathlib.Path, options: Sequence[ModelOption]) -> CompactPolicy:
