@@ -55,3 +55,27 @@ def test_each_first_call_logs_the_behaviour_probability_of_that_call() -> None:
     for model, share in calls.items():
         expected = epsilon * weights[model] + (1 - epsilon) * (model == "known")
         assert share / 3000 == pytest.approx(expected, abs=0.03)
+
+
+def test_an_explored_answer_is_the_one_returned_so_its_verdict_judges_the_explored_model() -> None:
+    """The user's verdict is on the answer returned: an explored call the policy then passed over
+    for its own choice would teach nothing about the explored model."""
+    from xrouter.router.policy import CallOutcome, CallStatus, SelectResponse
+
+    wrapped = ExploringPolicy(Fixed(), 1.0, seed=1)
+    state = _state()
+    first = asyncio.run(wrapped.decide(state))
+    assert first.final and wrapped.log[-1].explored
+    state.calls.append(CallOutcome(0, 0, first.calls[0].model, "", None, CallStatus.OK, text="an answer"))
+    assert asyncio.run(wrapped.decide(state)) == SelectResponse(0)
+    # An explored call that failed leaves the next turn to the policy.
+    failed = _state()
+    asyncio.run(wrapped.decide(failed))
+    failed.calls.append(CallOutcome(0, 0, wrapped.log[-1].model, "", None, CallStatus.ERROR))
+    assert asyncio.run(wrapped.decide(failed)) == CallModels((ToolCall("known", ""),))
+    # A greedy first call leaves the follow-up to the policy as before.
+    greedy = ExploringPolicy(Fixed(), 0.0, seed=1)
+    plain = _state()
+    asyncio.run(greedy.decide(plain))
+    plain.calls.append(CallOutcome(0, 0, "known", "", None, CallStatus.OK, text="an answer"))
+    assert asyncio.run(greedy.decide(plain)) == CallModels((ToolCall("known", ""),))

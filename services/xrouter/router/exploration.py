@@ -1,6 +1,11 @@
 """Exploration at serving: with a small probability a request's first call goes to a pool model
 drawn at random, so that models the policy would not pick yet (a new model, a source it never saw)
-get tried and their verdicts reach the outcome memory. The draw favours the models the policy's
+get tried and their verdicts reach the outcome memory. An explored call's answer is the one the
+user gets (the call is ``final``, so it streams): a verdict judges the answer returned, so an
+explored answer the policy then passed over for its own choice taught nothing about the explored
+model. Measured in ``xrouter learn-sim`` on LLMRouter (500 requests, seed 0, ε 0.1): the policy
+followed up 47 of 55 explored calls with a call of its own and returned that, so the seven models
+it did not already favour got 0-2 verdicts each. The draw favours the models the policy's
 outcome memory knows least (weight 1 / (1 + rows recorded on the model)): uniform draws spent most
 of a small budget on models already well known, and a new model whose description undersold it
 was almost never tried (measured in ``xrouter learn-sim``). Off by default; each decision records the
@@ -15,11 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import weakref
 
 from xrouter.common.bounds import check_identifier
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import SYSTEM_PROMPT
-from xrouter.router.policy import Action, CallModels, EpisodeState, Policy, ToolCall
+from xrouter.router.policy import Action, CallModels, EpisodeState, Policy, SelectResponse, ToolCall
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +52,12 @@ class ExploringPolicy:
         self.one_answer = getattr(policy, "one_answer", False)  # an explored call is still one answer
         self._rng = rng or random.Random(seed)
         self.log: list[Explored] = []
+        # The episodes (by id, checked by a weak reference) whose first call this wrapper explored.
+        self._explored: dict[int, weakref.ref[EpisodeState]] = {}
 
     async def decide(self, state: EpisodeState) -> Action:
+        if self._was_explored(state) and len(state.calls) == 1 and state.calls[0].ok:
+            return SelectResponse(state.calls[0].index)  # (an explored call that failed: the policy takes over)
         if state.calls or not state.pool:
             return await self.policy.decide(state)
         action = await self.policy.decide(state)
@@ -55,7 +65,9 @@ class ExploringPolicy:
         weights = self.weights(state)
         if self._rng.random() < self.epsilon:
             model = self._rng.choices([o.id for o in state.pool], weights)[0]
-            action = CallModels((ToolCall(model, SYSTEM_PROMPT),))
+            action = CallModels((ToolCall(model, SYSTEM_PROMPT),), final=True)
+            key = id(state)
+            self._explored[key] = weakref.ref(state, lambda _: self._explored.pop(key, None))
             explored = True
         elif greedy is None:
             return action  # the policy answers or stops without a call: nothing to log
@@ -64,6 +76,10 @@ class ExploringPolicy:
         share = self.epsilon * weights[[o.id for o in state.pool].index(model)]
         self.log.append(Explored(model, explored, share + (1.0 - self.epsilon) * (model == greedy)))
         return action
+
+    def _was_explored(self, state: EpisodeState) -> bool:
+        ref = self._explored.pop(id(state), None)
+        return ref is not None and ref() is state
 
     def weights(self, state: EpisodeState) -> list[float]:
         """The exploration draw over ``state.pool``: 1 / (1 + rows the memory holds on the model),
