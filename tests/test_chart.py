@@ -402,6 +402,12 @@ def test_learning_cronjob_starts_from_the_serving_checkpoint_and_publishes_into_
     command = learn["command"]
     assert command[:4] == ["xrouter", "learn", "--start", "$(XROUTER_LEARN_START)"]
     assert command[command.index("--store") + 1] == "/checkpoints/store"
+    from xrouter.cli import build_parser  # every flag the chart passes is one `xrouter learn` takes
+    from xrouter_training import publish_rule
+
+    args = build_parser().parse_args(command[1:])
+    assert (args.hold_out, args.min_matches, args.confidence, args.margin) == (
+        publish_rule.HOLD_OUT, publish_rule.MIN_MATCHES, publish_rule.CONFIDENCE, publish_rule.MARGIN)
     start = next(e for e in learn["env"] if e["name"] == "XROUTER_LEARN_START")
     assert start["valueFrom"]["configMapKeyRef"] == {"name": "xrouter-policy", "key": "checkpoint"}
     (claim,) = [c for c in find(docs, "PersistentVolumeClaim") if "checkpoints" in c["metadata"]["name"]]
