@@ -81,6 +81,27 @@ def test_record_is_idempotent_and_rejects_changed_duplicates(ledger: Ledger) -> 
     assert count(ledger, LedgerCall) == 2
 
 
+
+def test_one_batch_of_many_calls_is_written_exactly_once_each(ledger: Ledger, clock: Clock) -> None:
+    """A group commit of any size (PostgreSQL writes it as one array per column): new calls
+    inserted with their own times, retries answered as duplicates, a changed retry refused alone,
+    and the receipt time kept in UTC whatever zone it came in."""
+    ledger.record(call("old", 0))
+    east = dt.timezone(dt.timedelta(hours=5))
+    batch = [call(f"b{n // 3}", n % 3, latency_ms=n + 0.25) for n in range(300)]
+    times = [NOON.astimezone(east) + dt.timedelta(seconds=n) for n in range(300)]
+    outcomes = ledger.record_many([*batch, call("old", 0), call("old", 0, model="changed"), batch[7]],
+                                  [*times, NOON, NOON, NOON])
+    assert outcomes[:300] == [False] * 300 and outcomes[300] is True and outcomes[302] is True
+    assert isinstance(outcomes[301], AlreadyExists)
+    assert count(ledger, LedgerCall) == 301
+    assert ledger.record_many([call("lone", 0)]) == [False]  # a batch of one, after one of 303
+    with ledger._engine.connect() as connection:
+        stored = connection.execute(sa.select(LedgerCall.latency_ms, LedgerCall.created_at)
+                                    .where(LedgerCall.request_id == "b33", LedgerCall.call_index == 1)).one()
+    assert stored.latency_ms == 100.25 and stored.created_at == NOON + dt.timedelta(seconds=100)
+
+
 def test_concurrent_retries_record_exactly_once(ledger: Ledger) -> None:
     with ThreadPoolExecutor(6) as pool:
         duplicates = list(pool.map(lambda _: ledger.record(call()), range(6)))
