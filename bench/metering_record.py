@@ -10,6 +10,10 @@ same server.
   batch of INSERTs per transaction (batch 100: "plain batched INSERTs"), and one INSERT per
   transaction (batch 1: what a record costs the database when it is committed on its own).
 
+- ledger: ``Ledger.record_many`` in this process, no gRPC: a batch of 30 (what the service's group
+  commit gathers at concurrency 64) and of 300 calls per transaction. It separates the ledger's own
+  write path from the service's per-RPC cost.
+
 The ratio service / raw-batched is what the service costs over the database's best case.
 All of it shares this machine's CPUs with PostgreSQL and the client (see ``machine``).
 
@@ -54,6 +58,7 @@ RESULTS = ROOT / "bench-results" / "metering.json"
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONCURRENCY = (1, 16, 64)
 RAW_BATCHES = (1, 100)
+LEDGER_BATCHES = (30, 300)
 FULL_SECONDS, QUICK_SECONDS = 10.0, 2.5
 COLUMNS = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd",
            "latency_ms", "status", "policy_version", "trace_id", "created_at")
@@ -209,6 +214,25 @@ def bench_raw(conninfo: str, schema: str, batch: int, seconds: float) -> dict[st
             "transaction_latency_ms": latency_summary(commits)}
 
 
+def bench_ledger(url: str, batch: int, seconds: float) -> dict[str, Any]:
+    """``Ledger.record_many`` of ``batch`` new calls per transaction for ``seconds``."""
+    from xrouter.metering.ledger import CallRecord, Ledger
+
+    engine = make_engine(url)
+    ledger = Ledger(engine, 60.0)
+    number, rows = batch * 2_000_000, 0
+    began = time.perf_counter()
+    cpu = time.process_time()
+    while time.perf_counter() - began < seconds:
+        ledger.record_many([CallRecord(**row(number + i)) for i in range(batch)])
+        number += batch
+        rows += batch
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+    engine.dispose()
+    return {"batch": batch, "records": rows, "wall_s": round(wall, 3), "records_per_s": round(rows / wall, 1),
+            "process_cpu_us_per_record": round(cpu / rows * 1e6, 1)}
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
@@ -245,6 +269,10 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
         engine.dispose()
         if stored != acknowledged:
             raise RuntimeError(f"the ledger holds {stored} calls but {acknowledged} Records were acknowledged")
+        ledger = []
+        for batch in LEDGER_BATCHES:
+            print(f"  ledger.record_many, {batch} per transaction: {seconds:.0f} s...", file=sys.stderr, flush=True)
+            ledger.append(bench_ledger(scoped_url, batch, seconds))
         raw = []
         for batch in RAW_BATCHES:
             print(f"  raw psycopg, {batch} INSERT(s) per transaction: {seconds:.0f} s...", file=sys.stderr, flush=True)
@@ -264,7 +292,7 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
                   "auth off (loopback); one grpc.aio client process", "raw": "psycopg executemany into a "
                   "LIKE ledger_calls INCLUDING ALL copy (same indexes), one transaction per batch",
                   "acknowledged_records_checked_in_ledger": acknowledged},
-        "service": service, "raw": raw,
+        "service": service, "ledger": ledger, "raw": raw,
         "summary": {
             "service_best_records_per_s": best["records_per_s"], "service_best_concurrency": best["concurrency"],
             "service_p99_ms_at_best": best["latency_ms"]["p99"],
@@ -273,6 +301,8 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
             "ratio_service_to_raw_batched": round(
                 best["records_per_s"] / by_batch[max(RAW_BATCHES)]["records_per_s"], 4),
             "ratio_service_to_raw_single": round(best["records_per_s"] / by_batch[1]["records_per_s"], 3),
+            "ratio_ledger_to_raw_batched": {str(r["batch"]): round(
+                r["records_per_s"] / by_batch[max(RAW_BATCHES)]["records_per_s"], 3) for r in ledger},
         },
     }
 
@@ -286,13 +316,17 @@ def print_table(result: dict[str, Any]) -> None:
         lat = case["latency_ms"]
         print(f"{'service, concurrency ' + str(case['concurrency']):<34} {case['records_per_s']:>10.0f} "
               f"{lat['p50']:>8.2f} {lat['p99']:>8.2f}  ({case['records_per_transaction']:.1f} records/transaction)")
+    for case in result["ledger"]:
+        print(f"{'ledger.record_many, ' + str(case['batch']) + ' per transaction':<34} {case['records_per_s']:>10.0f} "
+              f"{'':>8} {'':>8}  ({case['process_cpu_us_per_record']:.0f} us CPU per record)")
     for case in result["raw"]:
         lat = case["transaction_latency_ms"]
         print(f"{'raw psycopg, ' + str(case['batch']) + ' per transaction':<34} {case['records_per_s']:>10.0f} "
               f"{lat['p50']:>8.2f} {lat['p99']:>8.2f}  (per transaction)")
     summary = result["summary"]
     print(f"service / raw batched = {summary['ratio_service_to_raw_batched']:.3f}; "
-          f"service / raw one-per-transaction = {summary['ratio_service_to_raw_single']:.2f}")
+          f"service / raw one-per-transaction = {summary['ratio_service_to_raw_single']:.2f}; ledger alone / raw "
+          f"batched = " + ", ".join(f"{v:.2f} (batch {k})" for k, v in summary["ratio_ledger_to_raw_batched"].items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
