@@ -56,8 +56,9 @@ class ExploringPolicy:
         self._explored: dict[int, weakref.ref[EpisodeState]] = {}
 
     async def decide(self, state: EpisodeState) -> Action:
+        # An explored answer is the one returned; after an explored call that failed, the policy decides.
         if self._was_explored(state) and len(state.calls) == 1 and state.calls[0].ok:
-            return SelectResponse(state.calls[0].index)  # (an explored call that failed: the policy takes over)
+            return SelectResponse(state.calls[0].index)
         if state.calls or not state.pool:
             return await self.policy.decide(state)
         action = await self.policy.decide(state)
