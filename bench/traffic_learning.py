@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.source}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
           f"{report['curve'][-1]['apgr']:.3f} (best {best['apgr']:.3f}); ceiling {report['ceiling']['apgr']:.3f}; "
           f"95% of the ceiling " + (f"reached after {reached} requests" if reached is not None else "not reached"))
+    if args.publish_gate:
+        scores = report["publish_scores"]
+        print(f"publish rule: {scores['published']} of {scores['decisions']} candidates published; "
+              f"{scores['published_worse']} of those worse on the validation prompts, "
+              f"{scores['held_back_better']} better ones held back")
     print(f"wrote {RESULTS / 'traffic_learning.json'} and traffic_learning.png")
     return 0
 
