@@ -263,3 +263,17 @@ def test_learning_behind_the_publish_gate_serves_nothing_unproven(tiny_bundle, t
     assert len({row["memory_rows"] for row in report["curve"]}) == 1
     with pytest.raises(ValueError, match="publish_gate"):
         run(tiny_bundle, None, "arena", tmp_path, requests=2, every=1, publish_gate=True, verdicts="called")
+    assert report["publish_scores"]["decisions"] == 2 and report["publish_scores"]["published"] == 0
+    assert all({"serving_apgr", "candidate_apgr", "difference"} <= set(d) for d in report["publish_decisions"])
+
+
+def test_publish_decisions_are_scored_against_the_true_apgr() -> None:
+    from xrouter_training.traffic import score_decisions
+
+    def decision(verdict: str, serving: float, candidate: float) -> dict:
+        return {"decision": verdict, "serving_apgr": serving, "candidate_apgr": candidate}
+
+    scores = score_decisions([decision("publish", 0.80, 0.70), decision("publish", 0.80, 0.805),
+                              decision("worse: not published", 0.80, 0.90),
+                              decision("not enough held-back evidence", 0.80, 0.60)])
+    assert scores == {"decisions": 4, "published": 2, "published_worse": 1, "held_back_better": 1}
