@@ -89,7 +89,7 @@ def _insert_new(connection: sa.Connection, rows: list[dict[str, Any]]) -> set[Ke
     return {(r, i) for r, i in connection.execute(_insert(connection.dialect.name), rows)}
 
 
-_UNNESTED: dict[tuple[str, ...], tuple[sa.TextClause, list[sa.Column[Any]]]] = {}
+_UNNESTED: dict[tuple[str, ...], tuple[sa.TextClause, list[tuple[str, Any]]]] = {}
 
 
 def _insert_unnested(connection: sa.Connection, rows: list[dict[str, Any]]) -> set[Key]:
@@ -98,18 +98,18 @@ def _insert_unnested(connection: sa.Connection, rows: list[dict[str, Any]]) -> s
     psycopg's 50 parameters for caching a converted query: converting it (a regex over the whole
     text) took about half the ledger thread's CPU under load (py-spy, bench.metering_record)."""
     names = tuple(rows[0])
-    if names not in _UNNESTED:
+    if names not in _UNNESTED:  # built once: the statement and each column's bind processing
         table = LedgerCall.__table__
         columns = [table.c[name] for name in names]
         arrays = ", ".join(f"CAST(:{c.name} AS {c.type.compile(dialect=postgresql.dialect())}[])" for c in columns)
         _UNNESTED[names] = (sa.text(
             f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) "
-            "ON CONFLICT (request_id, call_index) DO NOTHING RETURNING request_id, call_index"), columns)
-    statement, columns = _UNNESTED[names]
-    values = {}
-    for column in columns:  # a type's own bind processing (UTCDateTime's zone) applies to each element
-        process = column.type.bind_processor(connection.dialect)
-        values[column.name] = [process(row[column.name]) if process else row[column.name] for row in rows]
+            "ON CONFLICT (request_id, call_index) DO NOTHING RETURNING request_id, call_index"),
+            [(c.name, c.type.bind_processor(connection.dialect)) for c in columns])
+    statement, processors = _UNNESTED[names]
+    # A type's own bind processing (UTCDateTime's zone) applies to each element of its array.
+    values = {name: [process(row[name]) for row in rows] if process else [row[name] for row in rows]
+              for name, process in processors}
     return {(r, i) for r, i in connection.execute(statement, values)}
 
 
