@@ -18,7 +18,7 @@ from xrouter.common.grpc_server import GrpcServer
 from xrouter.metering import server as metering_server
 from xrouter.metering.auth import Authenticator
 from xrouter.metering.durability import StoreGuard
-from xrouter.metering.ledger import Ledger, LedgerCall, Reservation, Settlement
+from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, Settlement
 from xrouter.metering.schema import RequestSummary
 from xrouter.metering.spool import Spool
 from xrouter.metering.store import make_engine
@@ -207,3 +207,41 @@ def test_a_settle_spooled_in_an_outage_replays_with_its_calls(tmp_path) -> None:
     assert rows(flaky, LedgerCall) == [("req", 0, 10), ("req", 1, 10)]
     assert rows(flaky, RequestSummary) == [("req", 2, 20)]
     engine.dispose()
+
+
+def test_a_batch_of_settlements_is_written_as_each_alone_would_be(ledger: Ledger) -> None:
+    """Several settlements in one transaction (the group commit; on PostgreSQL one statement per
+    table for the whole batch): every field stored, a request settled twice in the batch keeps the
+    later settlement but the earlier stored response, reservations consume only their new calls,
+    and a second batch changes nothing."""
+    for request_id in ("a", "b"):
+        ledger.authorize(request_id, "acme", ESTIMATE)
+
+    def call(request_id: str, index: int, cost: int) -> CallRecord:
+        return CallRecord(request_id=request_id, call_index=index, tenant="acme", model="gpt-4o", input_tokens=10,
+                          output_tokens=5, cost_micro_usd=cost, latency_ms=1.5, status="CALL_STATUS_OK")
+
+    batch = [
+        Settlement("a", "acme", "cascade", "ok", 700, 2, policy_version="p1", cost_lambda=2.5, dataset="d",
+                   prompt_id="q1", messages=(("user", "hi"),), response_json='{"a": 1}', returned_call_index=1,
+                   exploration_epsilon=0.1, first_call_probability=0.05, first_call_explored=True,
+                   call_records=(call("a", 0, 300), call("a", 1, 400))),
+        Settlement("b", "acme", "fixed", "error:UNAVAILABLE", 50, 1, call_records=(call("b", 0, 50),)),
+        Settlement("c", "acme", "fixed", "ok", 0, 0),  # no reservation row, no calls
+        Settlement("a", "acme", "cascade", "ok", 700, 2, policy_version="p2", call_records=(call("a", 1, 400),)),
+    ]
+    expected_summaries = [("a", 2, 700), ("b", 1, 50), ("c", 0, 0)]
+    for _ in range(2):
+        ledger.settle_many(batch)
+        assert rows(ledger, LedgerCall) == [("a", 0, 300), ("a", 1, 400), ("b", 0, 50)]
+        assert sorted(rows(ledger, RequestSummary)) == expected_summaries
+        assert sorted(rows(ledger, Reservation)) == [("a", 700, True), ("b", 50, True)]
+    with ledger.engine.connect() as connection:
+        stored = connection.execute(sa.select(RequestSummary).where(RequestSummary.request_id == "a")).one()
+    assert (stored.policy_version, stored.response_json, stored.cost_lambda, stored.returned_call_index) == \
+        ("p2", '{"a": 1}', None, None)  # the later settlement wins; the stored response survives it
+    ledger.settle_many([Settlement("a", "acme", "cascade", "ok", 700, 2, policy_version="p3"), batch[2]])
+    with ledger.engine.connect() as connection:
+        stored = connection.execute(sa.select(RequestSummary).where(RequestSummary.request_id == "a")).one()
+    assert (stored.policy_version, stored.response_json) == ("p3", '{"a": 1}')  # kept across transactions too
+    assert stored.settled_at is not None and stored.settled_at.tzinfo is not None
