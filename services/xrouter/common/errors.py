@@ -106,16 +106,26 @@ def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> XRouterError:
     """The domain error for a failed downstream call, so callers see one exception tree."""
-    code = error.code()
-    message = f"{service}: {error.details()}"
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _exhausted(error, f"{service}: {error.details()}")
+    return from_status(error.code(), error.details() or "", service)
+
+
+def from_status(code: grpc.StatusCode, details: str, service: str) -> XRouterError:
+    """The domain error for a status without rich details (a failed call's, or one item's inside
+    a batched answer)."""
+    message = f"{service}: {details}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        field, _, problem = (error.details() or "").partition(": ")
+        field, _, problem = details.partition(": ")
         return InvalidArgument(field, problem or message)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return _exhausted(error, message)
+        return ResourceExhausted(message)
     if code in _BY_CODE:
         return _BY_CODE[code](message)
     return Unavailable(f"{message} ({code.name})")
+
+
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}  # a google.rpc.Code number → grpc's enum
 
 
 def _exhausted(error: grpc.aio.AioRpcError, message: str) -> ResourceExhausted:

@@ -31,6 +31,11 @@ ADMITTED_WITHOUT_AUTHORIZE = Counter(
     "xrouter_admitted_without_authorize",
     "Requests admitted without asking metering: the tenant had no hard budget on the pool a moment ago")
 
+# How many requests' settlements each metering round trip carried (router/settle_coalescing.py).
+SETTLES_PER_CALL = Histogram(
+    "xrouter_settles_per_metering_call", "Settlements sent to metering per round trip (Settle or SettleMany)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
 
 class TenantLabels:
     """Bounds the tenant label's values: a tenant gets its own series only once a key of its own

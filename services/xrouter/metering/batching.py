@@ -46,11 +46,16 @@ class GroupCommit(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """Write ``item`` with whatever else is waiting; its own result, or its own refusal raised."""
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Item) -> asyncio.Future[Result]:
+        """Queue ``item`` without waiting: its future holds its result or its refusal. Items
+        enqueued together (one caller's several writes) share the next batch."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
-        return await future
+        return future
 
     async def _write(self) -> None:
         while self._waiting:

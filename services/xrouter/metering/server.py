@@ -18,7 +18,7 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.common import grpc_server, settings, telemetry
 from xrouter.common import metrics as common_metrics
-from xrouter.common.errors import InvalidArgument
+from xrouter.common.errors import InvalidArgument, XRouterError
 from xrouter.common.grpc_server import GrpcServer, Register
 from xrouter.metering import metrics, migrate
 from xrouter.metering.auth import Authenticator, Identity, Permission, Role
@@ -40,6 +40,7 @@ _SOURCES = {metering_pb2.FEEDBACK_SOURCE_USER: "user", metering_pb2.FEEDBACK_SOU
 _STATES = {"new": metering_pb2.REQUEST_STATE_NEW, "in_flight": metering_pb2.REQUEST_STATE_IN_FLIGHT,
            "settled": metering_pb2.REQUEST_STATE_SETTLED, "abandoned": metering_pb2.REQUEST_STATE_ABANDONED}
 T = TypeVar("T")
+MAX_SETTLES_PER_CALL = 1000  # SettleMany; the router sends far fewer (its batches are bounded in bytes too)
 
 
 def _status_name(value: int) -> str:
@@ -68,6 +69,38 @@ def _exploration(request: metering_pb2.SettleRequest) -> dict[str, object]:
     return {"exploration_epsilon": request.exploration.epsilon,
             "first_call_probability": request.exploration.first_call_probability,
             "first_call_explored": request.exploration.explored}
+
+
+def _settlement(request: metering_pb2.SettleRequest) -> Settlement:
+    """The ledger's settlement from a SettleRequest, validated: a bad one is refused alone, not
+    with the batch it would have joined."""
+    summary = Settlement(
+        request_id=request.request_id, tenant=request.tenant, strategy=request.strategy,
+        outcome=request.outcome, total_cost_micro_usd=request.total_cost_micro_usd, calls=request.calls,
+        policy_version=request.policy_version, trace_id=request.trace_id,
+        cost_lambda=request.cost_lambda if request.HasField("cost_lambda") else None,
+        dataset=request.dataset, prompt_id=request.prompt_id,
+        messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json,
+        returned_call_index=request.returned_call_index if request.HasField("returned_call_index") else None,
+        call_records=tuple(_call_record(c, request.request_id, request.tenant) for c in request.call_records),
+        **_exploration(request))
+    summary.validate()
+    return summary
+
+
+async def _awaited(answer: asyncio.Future[T] | Exception) -> T:
+    if isinstance(answer, Exception):
+        raise answer
+    return await answer
+
+
+def _refusal(error: Exception) -> metering_pb2.SettleRefusal:
+    """The status a lone Settle would have failed with (the interceptor's mapping)."""
+    if isinstance(error, XRouterError):
+        return metering_pb2.SettleRefusal(code=error.code.value[0], message=error.message)
+    log.error("a settle inside SettleMany failed unexpectedly", exc_info=error)
+    return metering_pb2.SettleRefusal(code=grpc.StatusCode.INTERNAL.value[0],
+                                      message=f"internal error: {type(error).__name__}")
 
 
 def _call_record(request: metering_pb2.RecordRequest, request_id: str = "", tenant: str = "") -> CallRecord:
@@ -134,19 +167,32 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def Settle(self, request: metering_pb2.SettleRequest,
                      context: grpc.aio.ServicerContext) -> metering_pb2.SettleResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        summary = Settlement(
-            request_id=request.request_id, tenant=request.tenant, strategy=request.strategy,
-            outcome=request.outcome, total_cost_micro_usd=request.total_cost_micro_usd, calls=request.calls,
-            policy_version=request.policy_version, trace_id=request.trace_id,
-            cost_lambda=request.cost_lambda if request.HasField("cost_lambda") else None,
-            dataset=request.dataset, prompt_id=request.prompt_id,
-            messages=tuple((m.role, m.content) for m in request.messages), response_json=request.response_json,
-            returned_call_index=request.returned_call_index if request.HasField("returned_call_index") else None,
-            call_records=tuple(_call_record(c, request.request_id, request.tenant) for c in request.call_records),
-            **_exploration(request))
-        summary.validate()  # a bad settlement is refused alone, not with its batch
-        spooled, recorded = await self._settles.submit(summary)
+        spooled, recorded = await self._settles.submit(_settlement(request))
         return metering_pb2.SettleResponse(spooled=spooled, recorded_calls=recorded)
+
+    async def SettleMany(self, request: metering_pb2.SettleManyRequest,
+                         context: grpc.aio.ServicerContext) -> metering_pb2.SettleManyResponse:
+        await self._caller(context, Permission.WRITE_LEDGER)
+        if len(request.settles) > MAX_SETTLES_PER_CALL:
+            raise InvalidArgument("settles", f"at most {MAX_SETTLES_PER_CALL} per call, got {len(request.settles)}")
+        # Each settle is queued for the group commit as its own write (no task per settle): they
+        # share the next transaction, and each gets its own answer or its own refusal.
+        answers: list[asyncio.Future[tuple[bool, int]] | Exception] = []
+        for settle in request.settles:
+            try:
+                answers.append(self._settles.enqueue(_settlement(settle)))
+            except XRouterError as refusal:  # a bad settlement is refused alone
+                answers.append(refusal)
+        outcomes = []
+        for answer in answers:
+            try:
+                spooled, recorded = await _awaited(answer)
+            except Exception as refusal:  # noqa: BLE001 - this settle's own answer, the others go on
+                outcomes.append(metering_pb2.SettleOutcome(refused=_refusal(refusal)))
+                continue
+            outcomes.append(metering_pb2.SettleOutcome(
+                settled=metering_pb2.SettleResponse(spooled=spooled, recorded_calls=recorded)))
+        return metering_pb2.SettleManyResponse(outcomes=outcomes)
 
     async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
                           context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:

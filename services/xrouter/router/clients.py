@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 
@@ -15,10 +16,13 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.api.reward.v1 import reward_pb2, reward_pb2_grpc
 from xrouter.common.call_options import CallOptions
-from xrouter.common.errors import Unavailable, from_rpc_error
+from xrouter.common.errors import DeadlineExceeded, Unavailable, from_rpc_error, from_status
 from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
 from xrouter.router.ports import Admission, Exploration, ModelReply, ScoringReference
+from xrouter.router.settle_coalescing import MAX_IN_FLIGHT, SettleCoalescer, SettleRefused
+
+T = TypeVar("T")
 
 
 _STATES = {metering_pb2.REQUEST_STATE_IN_FLIGHT: "in_flight", metering_pb2.REQUEST_STATE_SETTLED: "settled",
@@ -114,11 +118,19 @@ def _failure_without_status(model: str) -> Exception:
 class MeteringClient:
     """The router's side of the metering service. ``api_key`` is the router's service key, sent as
     ``authorization: Bearer <key>`` on every call (needed when metering runs with
-    XROUTER_METERING_AUTH=required; empty sends none)."""
+    XROUTER_METERING_AUTH=required; empty sends none). ``settle_round_trips``: Settles under way
+    at once before further ones queue to share a SettleMany (settle_coalescing.py)."""
 
-    def __init__(self, channel: grpc.aio.Channel, api_key: str = "") -> None:
+    def __init__(self, channel: grpc.aio.Channel, api_key: str = "", *,
+                 settle_round_trips: int = MAX_IN_FLIGHT) -> None:
         self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        self._settles = SettleCoalescer(
+            lambda request, timeout: self._stub.Settle(request, timeout=timeout, metadata=self._metadata,
+                                                       wait_for_ready=True),
+            lambda request, timeout: self._stub.SettleMany(request, timeout=timeout, metadata=self._metadata,
+                                                           wait_for_ready=True),
+            max_in_flight=settle_round_trips)
 
     async def _call(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
         try:
@@ -130,17 +142,9 @@ class MeteringClient:
         """Record, Settle and RecordScore are idempotent, and the calls they account were already
         paid for: while metering is unreachable (restarting, a reply lost with its connection) they
         wait for it and are sent again until ``timeout``, instead of leaving made calls unbilled."""
-        give_up = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            try:
-                return await method(request, timeout=max(0.001, give_up - time.monotonic()),
-                                    metadata=self._metadata, wait_for_ready=True)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= give_up:
-                    raise from_rpc_error(error, "metering") from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        return await _until_answered(
+            lambda remaining: method(request, timeout=remaining, metadata=self._metadata, wait_for_ready=True),
+            timeout)
 
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
                         models: Sequence[str] = (), generated: bool = False) -> Admission:
@@ -172,13 +176,15 @@ class MeteringClient:
         explored = None if exploration is None else metering_pb2.Exploration(
             epsilon=exploration.epsilon, first_call_probability=exploration.first_call_probability,
             explored=exploration.explored)
-        reply = await self._write(self._stub.Settle, metering_pb2.SettleRequest(
+        request = metering_pb2.SettleRequest(
             request_id=request_id, tenant=tenant, strategy=strategy, outcome=outcome,
             total_cost_micro_usd=total_cost_micro_usd, calls=calls, policy_version=policy_version,
             trace_id=trace_id, cost_lambda=cost_lambda, dataset=dataset, prompt_id=prompt_id,
             messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
             response_json=response_json, returned_call_index=returned_call_index, exploration=explored,
-            call_records=[_record_request(c, call_policy_version, trace_id) for c in call_records]), timeout)
+            call_records=[_record_request(c, call_policy_version, trace_id) for c in call_records])
+        # Through the coalescer: concurrent requests' settlements share a round trip (SettleMany).
+        reply = await _until_answered(lambda remaining: self._settles.settle(request, remaining), timeout)
         return reply.recorded_calls
 
     async def record_feedback(self, request_id: str, tenant: str, score: float, comment: str,
@@ -208,6 +214,26 @@ class MeteringClient:
         """Attach the verifier's score and the reward to the request (training export)."""
         await self._write(self._stub.RecordScore, metering_pb2.RecordScoreRequest(
             request_id=request_id, tenant=tenant, score=score, reward=reward), timeout)
+
+
+async def _until_answered(attempt: Callable[[float], Awaitable[T]], timeout: float) -> T:
+    """``attempt(remaining seconds)`` again while metering is UNAVAILABLE, until ``timeout``; any
+    other failure, or the last one, as its domain error."""
+    give_up = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            return await attempt(max(0.001, give_up - time.monotonic()))
+        except grpc.aio.AioRpcError as error:
+            code, failure = error.code(), from_rpc_error(error, "metering")
+        except SettleRefused as refused:
+            code, failure = refused.code, from_status(refused.code, refused.details, "metering")
+        except TimeoutError:
+            raise DeadlineExceeded("metering: no answer within the accounting deadline") from None
+        if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= give_up:
+            raise failure from None
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def reference_to_proto(reference: ScoringReference) -> reward_pb2.Reference:

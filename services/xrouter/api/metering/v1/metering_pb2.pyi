@@ -175,6 +175,34 @@ class SettleResponse(_message.Message):
     recorded_calls: int
     def __init__(self, spooled: _Optional[bool] = ..., recorded_calls: _Optional[int] = ...) -> None: ...
 
+class SettleManyRequest(_message.Message):
+    __slots__ = ("settles",)
+    SETTLES_FIELD_NUMBER: _ClassVar[int]
+    settles: _containers.RepeatedCompositeFieldContainer[SettleRequest]
+    def __init__(self, settles: _Optional[_Iterable[_Union[SettleRequest, _Mapping]]] = ...) -> None: ...
+
+class SettleManyResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[SettleOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[SettleOutcome, _Mapping]]] = ...) -> None: ...
+
+class SettleOutcome(_message.Message):
+    __slots__ = ("settled", "refused")
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    settled: SettleResponse
+    refused: SettleRefusal
+    def __init__(self, settled: _Optional[_Union[SettleResponse, _Mapping]] = ..., refused: _Optional[_Union[SettleRefusal, _Mapping]] = ...) -> None: ...
+
+class SettleRefusal(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("tenant", "start", "end", "model", "bucket")
     TENANT_FIELD_NUMBER: _ClassVar[int]

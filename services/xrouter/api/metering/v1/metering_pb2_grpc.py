@@ -61,6 +61,11 @@ class MeteringServiceStub:
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.SerializeToString,
                 response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.FromString,
                 _registered_method=True)
+        self.SettleMany = channel.unary_unary(
+                '/xrouter.metering.v1.MeteringService/SettleMany',
+                request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyRequest.SerializeToString,
+                response_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/xrouter.metering.v1.MeteringService/GetUsage',
                 request_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.GetUsageRequest.SerializeToString,
@@ -149,6 +154,17 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SettleMany(self, request, context):
+        """Several Settles in one round trip (a router coalescing its concurrent
+        requests' settlements): each one is exactly a Settle, answered on its own
+        in the same order, and one's refusal does not touch the others. At most
+        1,000 settles (INVALID_ARGUMENT "settles" beyond); authentication and the
+        caller's rights apply to the call as a whole.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Spend by tenant and model over a time range, optionally per time bucket.
         """
@@ -227,6 +243,11 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.Settle,
                     request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.FromString,
                     response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.SerializeToString,
+            ),
+            'SettleMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleMany,
+                    request_deserializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyRequest.FromString,
+                    response_serializer=xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -357,6 +378,33 @@ class MeteringService:
             '/xrouter.metering.v1.MeteringService/Settle',
             xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleRequest.SerializeToString,
             xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.metering.v1.MeteringService/SettleMany',
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyRequest.SerializeToString,
+            xrouter_dot_metering_dot_v1_dot_metering__pb2.SettleManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
