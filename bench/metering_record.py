@@ -10,6 +10,11 @@ same server.
   batch of INSERTs per transaction (batch 100: "plain batched INSERTs"), and one INSERT per
   transaction (batch 1: what a record costs the database when it is committed on its own).
 
+- router settles: the router's own metering client (``bench.metering_settles``) settling new
+  requests that carry 3 calls each, at concurrency 16 and 64, coalesced into SettleMany round trips
+  (as the router sends them) and, in the same run, one Settle round trip each. Throughput is call
+  rows per second, the figure comparable with the raw INSERTs.
+
 - ledger: ``Ledger.record_many`` in this process, no gRPC: a batch of 30 (what the service's group
   commit gathers at concurrency 64) and of 300 calls per transaction. It separates the ledger's own
   write path from the service's per-RPC cost.
@@ -48,6 +53,8 @@ import psycopg
 import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.metering_settles import MODES as SETTLE_MODES
+from bench.metering_settles import drive_settles
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.metering import migrate
@@ -59,6 +66,7 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONCURRENCY = (1, 16, 64)
 RAW_BATCHES = (1, 100)
 LEDGER_BATCHES = (30, 300)
+SETTLE_CONCURRENCY = (16, 64)
 FULL_SECONDS, QUICK_SECONDS = 10.0, 2.5
 COLUMNS = ("request_id", "call_index", "tenant", "model", "input_tokens", "output_tokens", "cost_micro_usd",
            "latency_ms", "status", "policy_version", "trace_id", "created_at")
@@ -166,13 +174,16 @@ async def drive_service(stub: metering_pb2_grpc.MeteringServiceStub, first: int,
             "records_per_s": round(len(latencies) / wall, 1), "latency_ms": latency_summary(latencies)}, number
 
 
-async def bench_service(url: str, seconds: float, log: pathlib.Path) -> tuple[list[dict[str, Any]], int]:
+async def bench_service(url: str, seconds: float, log: pathlib.Path) -> tuple[list[dict[str, Any]], int,
+                                                                             list[dict[str, Any]], int]:
+    """Record RPCs at each concurrency, then the router's Settles (``bench.metering_settles``):
+    (Record figures, records acknowledged, Settle figures, call rows those settled)."""
     service = Service(url, log)
     channel = grpc.aio.insecure_channel(service.target)
     try:
         await service.wait_serving(channel)
         stub = metering_pb2_grpc.MeteringServiceStub(channel)
-        number, results = 10_000_000, []
+        number, results, settles, settled_rows = 10_000_000, [], [], 0
         _, number = await drive_service(stub, number, 16, min(1.0, seconds / 2))  # warm-up
         warmup_rows = number - 10_000_000
         for concurrency in CONCURRENCY:
@@ -182,10 +193,17 @@ async def bench_service(url: str, seconds: float, log: pathlib.Path) -> tuple[li
             after = await asyncio.to_thread(service.batch_sizes)
             figures["records_per_transaction"] = round((after[1] - before[1]) / max(1.0, after[0] - before[0]), 2)
             results.append(figures)
+        for concurrency in SETTLE_CONCURRENCY:
+            for mode in SETTLE_MODES:
+                print(f"  router's settles ({mode}), concurrency {concurrency}: {seconds:.0f} s...", file=sys.stderr,
+                      flush=True)
+                figures, rows = await drive_settles(channel, mode, concurrency, seconds, latency_summary)
+                settles.append(figures)
+                settled_rows += rows
     finally:
         await channel.close()
         service.stop()
-    return results, warmup_rows + sum(r["records"] for r in results)
+    return results, warmup_rows + sum(r["records"] for r in results), settles, settled_rows
 
 
 # --- the raw baseline ---------------------------------------------------------------------------
@@ -263,7 +281,8 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
         with engine.begin() as connection:
             connection.execute(sa.text("CREATE TABLE raw_calls (LIKE ledger_calls INCLUDING ALL)"))
         log = RESULTS.parent / "metering-service.log"
-        service, acknowledged = asyncio.run(bench_service(scoped_url, seconds, log))
+        service, acknowledged, settles, settled_rows = asyncio.run(bench_service(scoped_url, seconds, log))
+        acknowledged += settled_rows
         with engine.connect() as connection:
             stored = connection.execute(sa.text("SELECT count(*) FROM ledger_calls")).scalar_one()
         engine.dispose()
@@ -292,7 +311,7 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
                   "auth off (loopback); one grpc.aio client process", "raw": "psycopg executemany into a "
                   "LIKE ledger_calls INCLUDING ALL copy (same indexes), one transaction per batch",
                   "acknowledged_records_checked_in_ledger": acknowledged},
-        "service": service, "ledger": ledger, "raw": raw,
+        "service": service, "router_settles": settles, "ledger": ledger, "raw": raw,
         "summary": {
             "service_best_records_per_s": best["records_per_s"], "service_best_concurrency": best["concurrency"],
             "service_p99_ms_at_best": best["latency_ms"]["p99"],
@@ -301,6 +320,9 @@ def run(url: str, seconds: float, quick: bool) -> dict[str, Any]:
             "ratio_service_to_raw_batched": round(
                 best["records_per_s"] / by_batch[max(RAW_BATCHES)]["records_per_s"], 4),
             "ratio_service_to_raw_single": round(best["records_per_s"] / by_batch[1]["records_per_s"], 3),
+            "router_settles_best_call_rows_per_s": max(r["records_per_s"] for r in settles),
+            "ratio_router_settles_to_raw_batched": {f"{r['router_client']}, concurrency {r['concurrency']}": round(
+                r["records_per_s"] / by_batch[max(RAW_BATCHES)]["records_per_s"], 3) for r in settles},
             "ratio_ledger_to_raw_batched": {str(r["batch"]): round(
                 r["records_per_s"] / by_batch[max(RAW_BATCHES)]["records_per_s"], 3) for r in ledger},
         },
@@ -316,6 +338,12 @@ def print_table(result: dict[str, Any]) -> None:
         lat = case["latency_ms"]
         print(f"{'service, concurrency ' + str(case['concurrency']):<34} {case['records_per_s']:>10.0f} "
               f"{lat['p50']:>8.2f} {lat['p99']:>8.2f}  ({case['records_per_transaction']:.1f} records/transaction)")
+    for case in result["router_settles"]:
+        lat = case["latency_ms"]
+        label = f"router settles, {case['router_client']}, c {case['concurrency']}"
+        print(f"{label:<42} {case['records_per_s']:>10.0f} {lat['p50']:>8.2f} {lat['p99']:>8.2f}  "
+              f"({case['calls_per_settle']} call rows per settle, {case['settles_per_round_trip']:.1f} settles "
+              f"per round trip)")
     for case in result["ledger"]:
         print(f"{'ledger.record_many, ' + str(case['batch']) + ' per transaction':<34} {case['records_per_s']:>10.0f} "
               f"{'':>8} {'':>8}  ({case['process_cpu_us_per_record']:.0f} us CPU per record)")
@@ -327,6 +355,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"service / raw batched = {summary['ratio_service_to_raw_batched']:.3f}; "
           f"service / raw one-per-transaction = {summary['ratio_service_to_raw_single']:.2f}; ledger alone / raw "
           f"batched = " + ", ".join(f"{v:.2f} (batch {k})" for k, v in summary["ratio_ledger_to_raw_batched"].items()))
+    print("router settles' call rows / raw batched = " + ", ".join(
+        f"{v:.3f} ({k})" for k, v in summary["ratio_router_settles_to_raw_batched"].items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
