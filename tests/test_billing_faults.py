@@ -168,13 +168,17 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
     for kill in ("metering", "router"):
         assert any(start > events[f"{kill} serving again"] for start, _ in events["answers"]), \
             f"nothing answered after {kill} restarted"
+    # The settlements that queued while metering was down went back together: the ledger's
+    # equality above holds for settlements coalesced into SettleMany round trips too.
+    assert events["settle round trips carrying several"] > 0
     print(f"\nbilling under kill -9: {len(sent)} requests sent, {len(log)} answered "
           f"({sum(len(c) for _, _, c in log)} calls, ${answered_cost / 1e6:.6f}; {len(across['metering'])} of them in "
           f"flight when metering was killed), {len(events['failures'])} failed; "
           f"metering killed at {events['metering killed']:.1f}s (serving again {events['metering serving again']:.1f}s), "
           f"router killed at {events['router killed']:.1f}s (serving again {events['router serving again']:.1f}s); "
           f"ledger: {len(rows)} call rows for {len(billed)} requests = {len(answered)} answered exactly as answered "
-          f"+ {len(cut_off)} cut off by a kill with {sum(len(billed[r]) for r in cut_off)} calls made before it")
+          f"+ {len(cut_off)} cut off by a kill with {sum(len(billed[r]) for r in cut_off)} calls made before it; "
+          f"{events['settle round trips carrying several']:.0f} SettleMany round trips before the router kill")
 
 
 async def _load(services: dict[str, Process], key: str, prompts: list[str], budgeted: bool):  # type: ignore[no-untyped-def]
@@ -227,6 +231,8 @@ async def _load(services: dict[str, Process], key: str, prompts: list[str], budg
 
     async def crash(name: str) -> None:
         await asyncio.sleep(PHASE_S)
+        if name == "router":  # its metrics die with it: how many settlement round trips carried several
+            events["settle round trips carrying several"] = await asyncio.to_thread(_coalesced_settles, metrics)
         services[name].kill9()
         events[f"{name} killed"] = time.monotonic() - began  # dead and reaped by now
         if name == "metering":
@@ -260,6 +266,15 @@ async def _load(services: dict[str, Process], key: str, prompts: list[str], budg
         await asyncio.gather(*workers, *probes)
     events["ended"] = time.monotonic() - began
     return log, sent, events
+
+
+def _coalesced_settles(metrics_url: str) -> float:
+    """The router's SettleMany round trips so far: settlement round trips that carried more than one."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        samples = dict(line.rsplit(" ", 1) for line in reply.read().decode().splitlines()
+                       if line.startswith("xrouter_settles_per_metering_call_"))
+    return float(samples["xrouter_settles_per_metering_call_count"]) - \
+        float(samples['xrouter_settles_per_metering_call_bucket{le="1.0"}'])
 
 
 def _admitted_without_authorize(metrics_url: str) -> float:
