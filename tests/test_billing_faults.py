@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import pathlib
 import signal
 import subprocess
@@ -80,16 +81,20 @@ class Process:
 # Budgeted: every request asks metering (Authorize). Unbudgeted: router-made ids of a tenant without
 # a hard budget are admitted without asking (router/unbudgeted.py), so they keep coming while
 # metering is dead, and must still be billed once it is back.
-@pytest.mark.parametrize("budgeted", [True, False], ids=["budgeted", "unbudgeted"])
+# Journaled: the router answers once a request's settlement is in its own journal (router/journal.py)
+# and delivers it to metering behind the answer; a killed router's journal is delivered when it restarts.
+@pytest.mark.parametrize(("budgeted", "journaled"), [(True, False), (False, False), (False, True)],
+                         ids=["budgeted", "unbudgeted", "unbudgeted-journaled"])
 def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: str, tmp_path: pathlib.Path,
-                                                                 budgeted: bool) -> None:
+                                                                 budgeted: bool, journaled: bool) -> None:
     envs = stack_env(tmp_path)
     envs["metering"].update({"XROUTER_METERING_DATABASE_URL": postgres_url,
                              "XROUTER_METERING_SPOOL_DIR": str(tmp_path / "spool"),
                              "XROUTER_METERING_BUDGETS": "memory",
                              "XROUTER_METERING_RESERVATION_TTL_S": str(RESERVATION_TTL_S)})
     envs["router"].update({"XROUTER_ROUTER_POLICY": "cascade", "XROUTER_ROUTER_REWARD_TARGET": "",
-                           "XROUTER_ROUTER_HTTP_PORT": "0"})
+                           "XROUTER_ROUTER_HTTP_PORT": "0",
+                           "XROUTER_ROUTER_JOURNAL_DIR": str(tmp_path / "journal") if journaled else ""})
     services = {name: Process(name, envs[name], tmp_path) for name in ("adapters", "metering", "router")}
     prompts = [row.prompt for row in read_outcomes(ROUTERBENCH)][:200]
     engine = make_engine(postgres_url)
@@ -171,6 +176,11 @@ def test_answered_requests_are_billed_exactly_once_across_kill_9(postgres_url: s
     # The settlements that queued while metering was down went back together: the ledger's
     # equality above holds for settlements coalesced into SettleMany round trips too.
     assert events["settle round trips carrying several"] > 0
+    # Journaled: what the killed router had answered but not yet delivered, its successor delivered.
+    replayed = sum(int(match) for match in re.findall(r"(\d+) settlements from a previous run",
+                                                        services["router"].log.read_text()))
+    if journaled:
+        print(f"\njournal: {replayed} settlements left by the killed router, delivered by the restarted one", end="")
     print(f"\nbilling under kill -9: {len(sent)} requests sent, {len(log)} answered "
           f"({sum(len(c) for _, _, c in log)} calls, ${answered_cost / 1e6:.6f}; {len(across['metering'])} of them in "
           f"flight when metering was killed), {len(events['failures'])} failed; "

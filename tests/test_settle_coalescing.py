@@ -176,7 +176,7 @@ async def test_an_unavailable_metering_is_retried_per_settlement_until_it_answer
 
     class Client(MeteringClient):
         def __init__(self) -> None:
-            self._settles = SettleCoalescer(settle_one, settle_many, max_in_flight=1)
+            self._settles, self.journal = SettleCoalescer(settle_one, settle_many, max_in_flight=1), None
 
     answers = await asyncio.gather(*(Client.settle(client, f"r{n}", "acme", "fixed", "ok", 0, 3, 5.0)
                                      for client in [Client()] for n in range(5)))
@@ -196,7 +196,7 @@ async def test_invalid_argument_inside_a_batch_becomes_the_field_error() -> None
 
     class Client(MeteringClient):
         def __init__(self) -> None:
-            self._settles = SettleCoalescer(settle_one, settle_many, max_in_flight=1)
+            self._settles, self.journal = SettleCoalescer(settle_one, settle_many, max_in_flight=1), None
 
     client = Client()
     answers = await asyncio.gather(*(client.settle(f"r{n}", "acme", "fixed", "bad", 0, 0, 5.0) for n in range(3)),

@@ -20,6 +20,7 @@ from xrouter.common.errors import DeadlineExceeded, Unavailable, from_rpc_error,
 from xrouter.router.auth import Caller
 from xrouter.router.policy import CallOutcome, ModelOption
 from xrouter.router.ports import Admission, Exploration, ModelReply, ScoringReference
+from xrouter.router.journal import SettleJournal
 from xrouter.router.settle_coalescing import MAX_IN_FLIGHT, SettleCoalescer, SettleRefused
 
 T = TypeVar("T")
@@ -123,6 +124,7 @@ class MeteringClient:
 
     def __init__(self, channel: grpc.aio.Channel, api_key: str = "", *,
                  settle_round_trips: int = MAX_IN_FLIGHT) -> None:
+        self.journal: SettleJournal | None = None  # set (and started) by the router when it keeps one
         self._stub = metering_pb2_grpc.MeteringServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self._settles = SettleCoalescer(
@@ -148,10 +150,12 @@ class MeteringClient:
 
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
                         models: Sequence[str] = (), generated: bool = False) -> Admission:
-        """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
+        """Reserve the estimate (refused first while the journal is full); ``models`` (the pool the
+        request may call) selects which per-model
         budgets apply (empty: all of them). A request_id seen before reserves nothing: the
         admission says what that request is doing. ``generated``: the router made the id up (no
         retry can carry it), so metering may hold the reservation without a ledger row."""
+        self.check_room()
         reply = await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
             request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models),
             generated_request_id=generated), timeout)
@@ -183,9 +187,34 @@ class MeteringClient:
             messages=[common_pb2.ChatMessage(role=r, content=c) for r, c in messages],
             response_json=response_json, returned_call_index=returned_call_index, exploration=explored,
             call_records=[_record_request(c, call_policy_version, trace_id) for c in call_records])
+        if self.journal is not None:  # durable on the router's disk now; metering gets it behind the answer
+            await self.journal.append(request)
+            return len(request.call_records)
         # Through the coalescer: concurrent requests' settlements share a round trip (SettleMany).
         reply = await _until_answered(lambda remaining: self._settles.settle(request, remaining), timeout)
         return reply.recorded_calls
+
+    def check_room(self) -> None:
+        """Refuse new work (UNAVAILABLE) while the journal holds too much that metering has not taken."""
+        if self.journal is not None:
+            self.journal.check_room()
+
+    async def deliver(self, request: metering_pb2.SettleRequest, timeout: float = 10.0) -> None:
+        """Send a journaled settlement until metering holds it (or ``timeout``: UNAVAILABLE, and the
+        journal sends it again). A metering older than Settle's call_records answers that it holds
+        none of them: they then go as Records and the request is settled again."""
+        reply = await _until_answered(lambda remaining: self._settles.settle(request, remaining), timeout)
+        if reply.recorded_calls >= len(request.call_records):
+            return
+        for call in request.call_records:
+            record = metering_pb2.RecordRequest()
+            record.CopyFrom(call)
+            record.request_id, record.tenant = request.request_id, request.tenant
+            await self._write(self._stub.Record, record, timeout)
+        bare = metering_pb2.SettleRequest()
+        bare.CopyFrom(request)
+        del bare.call_records[:]
+        await _until_answered(lambda remaining: self._settles.settle(bare, remaining), timeout)
 
     async def record_feedback(self, request_id: str, tenant: str, score: float, comment: str,
                               timeout: float) -> tuple[bool, float]:

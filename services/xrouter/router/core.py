@@ -211,6 +211,9 @@ class RouterCore:
         the router's own (no retry can carry it), which spares metering a ledger row."""
         models = [option.id for option in state.pool]
         if generated and self._unbudgeted.admits(tenant, models):  # nothing to check, no attempt to find
+            check_room = getattr(self._meter, "check_room", None)  # a full journal refuses new work
+            if check_room is not None:
+                check_room()
             metrics.ADMITTED_WITHOUT_AUTHORIZE.inc()
             return None
         give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import pathlib
 import sys
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from xrouter.common.grpc_server import Register
 from xrouter.router import convert
 from xrouter.router.policy_store import PolicyStore, build_policy
 from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
+from xrouter.router.journal import SettleJournal
 from xrouter.router.auth import Caller, RouterAuth, key_from_metadata
 from xrouter.router.core import RouteRequest, RouterCore
 from xrouter.router.episode import Event
@@ -141,6 +143,40 @@ async def connect(config: RouterSettings, provider: TracerProvider) -> tuple[Rou
     return core, channels
 
 
+async def open_journal(config: RouterSettings, meter: MeteringClient, worker: int | None) -> SettleJournal | None:
+    """This process's settlement journal (its own subdirectory), started: what a previous run left
+    is delivered first. Worker 0 also adopts the journals of workers that no longer exist (the pod
+    runs fewer processes than before)."""
+    if not config.journal_dir:
+        return None
+    root = pathlib.Path(config.journal_dir)
+    index = worker or 0
+    journals = [SettleJournal(root / f"worker-{index}", meter.deliver, config.journal_max_pending)]
+    if index == 0:
+        journals += [SettleJournal(path, meter.deliver, config.journal_max_pending)
+                     for path in sorted(root.glob("worker-*")) if int(path.name.split("-")[1]) >= config.processes]
+    for journal in journals:
+        await journal.start()
+    for orphan in journals[1:]:  # delivered in the background; its directory goes once it is empty
+        task = asyncio.create_task(_retire(orphan))
+        _RETIRING.add(task)
+        task.add_done_callback(_RETIRING.discard)
+    meter.journal = journals[0]
+    return journals[0]
+
+
+_RETIRING: set[asyncio.Task[None]] = set()
+
+
+async def _retire(journal: SettleJournal) -> None:
+    while not await journal.drain(60.0):
+        pass
+    await journal.close()
+    for leftover in journal.directory.iterdir():
+        leftover.unlink()
+    journal.directory.rmdir()
+
+
 def make_auth(config: RouterSettings, metering_channel: grpc.aio.Channel) -> RouterAuth:
     """API-key authentication of the public faces, resolved by metering over ``metering_channel``."""
     meter = MeteringClient(metering_channel, config.metering_api_key)
@@ -162,6 +198,7 @@ def main(worker: int | None = None) -> None:
 
     async def build(provider: TracerProvider):  # type: ignore[no-untyped-def]
         core, channels = await connect(config, provider)
+        journal = await open_journal(config, core.meter, worker)  # type: ignore[arg-type]
         auth = make_auth(config, channels[1])
         store = PolicyStore(core, config.policy, config.lm_generation())
         from xrouter.router.policy_watch import start_policy_watch  # the kubernetes client only when used
@@ -179,6 +216,11 @@ def main(worker: int | None = None) -> None:
                 await watcher.stop()
             if http is not None:
                 await http.cleanup()
+            if journal is not None:  # metering gets what this process answered, within the grace
+                if not await journal.drain(config.grace_s):
+                    log.warning("router: %d journaled settlements not delivered within the grace: they stay in %s "
+                                "for the next start", journal.pending, journal.directory)
+                await journal.close()
             for channel in channels:
                 await channel.close()
         return register(core, store, auth, config.processes), close

@@ -34,6 +34,11 @@ class RouterSettings(Settings):
     call_timeout_s: float = env("XROUTER_ROUTER_CALL_TIMEOUT_S", 30.0, gt=0)
     startup_timeout_s: float = env("XROUTER_ROUTER_STARTUP_TIMEOUT_S", 30.0)
     grace_s: float = env("XROUTER_ROUTER_GRACE_S", 5.0)
+    # The settlement journal (router/journal.py): a request's accounting is made durable here and
+    # its answer goes out without waiting for metering. Empty: each answer waits for metering's
+    # commit. Must outlive the pod (a PersistentVolume). One subdirectory per router process.
+    journal_dir: str = env("XROUTER_ROUTER_JOURNAL_DIR", "")
+    journal_max_pending: int = env("XROUTER_ROUTER_JOURNAL_MAX_PENDING", 100_000, gt=0)
     metrics_port: Port = env("XROUTER_ROUTER_METRICS_PORT", 0)
     # The policy pointer: a ConfigMap whose `policy_key` names the checkpoint to serve (the training
     # Job patches it, `xrouter publish` too). Empty name: no watch (LoadPolicy still works).
