@@ -438,6 +438,30 @@ def test_lock_drift_is_reported() -> None:
         check_lock.read_lock("grpcio>=1.0\n")
 
 
+def test_the_router_journal_survives_pod_loss_and_the_autoscaler_follows_the_workload() -> None:
+    """The settlement journal holds answered requests' accounting until metering has it: a claim per
+    pod (the router is then a StatefulSet, scaled by the HPA); off, a Deployment without one."""
+    docs = render("default")
+    (router,) = [d for d in workloads(docs) if component(d) == "router"]
+    assert router["kind"] == "StatefulSet"
+    (claim,) = router["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "journal" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "journal"]
+    env = container_env(router, docs)
+    assert env["XROUTER_ROUTER_JOURNAL_DIR"] == mount["mountPath"] and env["XROUTER_ROUTER_JOURNAL_MAX_PENDING"] == "100000"
+    (hpa,) = [d for d in find(docs, "HorizontalPodAutoscaler") if component(d) == "router"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == router["metadata"]["name"]
+    off = render("default", "router.journal.enabled=false")
+    (router,) = [d for d in workloads(off) if component(d) == "router"]
+    assert router["kind"] == "Deployment" and "volumeClaimTemplates" not in router["spec"]
+    assert container_env(router, off)["XROUTER_ROUTER_JOURNAL_DIR"] == ""
+    (hpa,) = [d for d in find(off, "HorizontalPodAutoscaler") if component(d) == "router"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+
+
 def test_the_metering_spool_survives_pod_loss_and_memory_budgets_take_one_replica() -> None:
     """The spool holds acknowledged ledger writes while the database is down: a claim per pod, not
     an emptyDir. In-memory budget totals need one metering writer: more replicas only with the
@@ -473,7 +497,7 @@ def test_router_processes_value_reaches_the_router_and_the_schema_bounds_it() ->
     """router.processes → XROUTER_ROUTER_PROCESSES (several router processes per pod, beside the HPA's replicas)."""
     for value_set, sets, expected in (("default", (), "1"), ("full", (), "2"), ("default", ("router.processes=4",), "4")):
         docs = render(value_set, *sets)
-        (router,) = [d for d in find(docs, "Deployment") if component(d) == "router"]
+        (router,) = [d for d in workloads(docs) if component(d) == "router"]
         assert container_env(router, docs)["XROUTER_ROUTER_PROCESSES"] == expected
     assert find(render("default"), "HorizontalPodAutoscaler")  # replicas scale out, processes scale up
     for bad in ("0", "1.5", "two"):

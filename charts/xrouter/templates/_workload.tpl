@@ -237,7 +237,7 @@ metadata:
 spec:
   scaleTargetRef:
     apiVersion: apps/v1
-    kind: Deployment
+    kind: {{ .kind | default "Deployment" }}
     name: {{ include "xrouter.componentName" $ctx }}
   minReplicas: {{ .svc.autoscaling.minReplicas }}
   maxReplicas: {{ .svc.autoscaling.maxReplicas }}
