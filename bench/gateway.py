@@ -6,9 +6,10 @@ on one machine, loaded by h2load over HTTP/1.1 at c=1, 16 and 64.
 - LiteLLM proxy, one worker, in its own throwaway virtualenv under .cache/ (pip ``litellm[proxy]``;
   bench-only, never a dependency of xrouter);
 - xrouter: four service processes, Postgres ledger (SQLite when no Postgres answers), called with a
-  tenant key issued for the run (``xrouter keys create --tenant bench``), three ways: the fixed
-  policy with one router process, the same with two (``XROUTER_ROUTER_PROCESSES=2``), and the
-  bundled learned compact policy (see ``gateways``). Each gateway runs alone while it is loaded.
+  tenant key issued for the run (``xrouter keys create --tenant bench``), four ways: the fixed
+  policy with one router process, the same with two (``XROUTER_ROUTER_PROCESSES=2``), the same
+  with the settlement journal (``XROUTER_ROUTER_JOURNAL_DIR``), and the bundled learned compact
+  policy (see ``gateways``). Each gateway runs alone while it is loaded.
 
 Per gateway and concurrency: req/s, mean/p50/p99 latency (h2load's per-request log), the mean added
 over the bare backend, req/s as a ratio to LiteLLM's, and CPU milliseconds per request per process
@@ -117,9 +118,11 @@ Gateway = tuple[str, Callable[[], AbstractContextManager[tuple[str, str]]], str,
 def gateways(home: pathlib.Path, backend: str, database_url: str) -> list[Gateway]:
     """(name, start -> (base URL, key), model, extra body, (model, extra) of the TTFT stream or None).
 
-    xrouter three ways, each its own stack on the same Postgres schema: the fixed policy with one
+    xrouter four ways, each its own stack on the same Postgres schema: the fixed policy with one
     router process and with two (XROUTER_ROUTER_PROCESSES, SO_REUSEPORT: the GIL makes one process
-    one core of routing), and the bundled learned compact policy. The compact stack's catalog is two
+    one core of routing), the fixed policy with the settlement journal (XROUTER_ROUTER_JOURNAL_DIR:
+    answers wait for the router's own flush, not metering's commit; the chart's default), and the
+    bundled learned compact policy. The compact stack's catalog is two
     instant models (the policy chooses between them and may call both), without ``slow``: a learned
     choice of the 1 s streaming model would measure the backend, not the router."""
     fixed, slow = {"xrouter": {"policy": "fixed:instant"}}, {"xrouter": {"policy": "fixed:slow"}}
@@ -137,6 +140,9 @@ def gateways(home: pathlib.Path, backend: str, database_url: str) -> list[Gatewa
             ("xrouter", router("xrouter", "fixed:instant", ("instant", "slow")), "xrouter", fixed, ("xrouter", slow)),
             ("xrouter-2proc", router("xrouter-2proc", "fixed:instant", ("instant", "slow"),
                                      XROUTER_ROUTER_PROCESSES="2"), "xrouter", fixed, ("xrouter", slow)),
+            ("xrouter-journal", router("xrouter-journal", "fixed:instant", ("instant", "slow"),
+                                       XROUTER_ROUTER_JOURNAL_DIR=str(home / "journal")), "xrouter", fixed,
+             ("xrouter", slow)),
             ("xrouter-compact", router("xrouter-compact", str(BUNDLED_POLICY), ("instant", "instant-b")),
              "xrouter", {}, None)]
 
