@@ -20,7 +20,7 @@ from xrouter.metering import server as metering_server
 from xrouter.metering.ledger import CallRecord, Ledger, Settlement
 from xrouter.metering.store import make_engine
 
-from ledger_clock import NOON, UTC, Clock  # noqa: E402 - tests/ helper module
+from ledger_clock import NOON, Clock  # noqa: E402 - tests/ helper module
 
 
 @pytest.fixture()
