@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -40,13 +40,17 @@ def changed_duplicate(call: CallRecord, differing: list[str]) -> AlreadyExists:
                          f"with different {', '.join(differing)}")
 
 
+Insert = Callable[[sa.Connection, list[dict[str, Any]]], set[Key]]
+
+
 def insert_many(session: Session, calls: Sequence[CallRecord], times: Sequence[dt.datetime],
-                consume: bool = True) -> list[bool | AlreadyExists]:
+                consume: bool = True, insert: Insert | None = None) -> list[bool | AlreadyExists]:
     """Insert the new calls in one statement, consume their cost from their requests'
     reservations (unless ``consume`` is False: a settlement folds that into its release), and
     return per call: False (new), True (same content already there), or the AlreadyExists refusal
     of a changed duplicate. Rows and reservation updates go in key order, so concurrent batches
-    (several replicas) lock in the same order and cannot deadlock each other."""
+    (several replicas) lock in the same order and cannot deadlock each other. ``insert``: writes the
+    rows (and, for a settlement, more in the same statement) and returns the keys it inserted."""
     first: dict[Key, CallRecord] = {}
     received: dict[Key, dt.datetime] = {}
     for call, at in zip(calls, times, strict=True):
@@ -57,7 +61,7 @@ def insert_many(session: Session, calls: Sequence[CallRecord], times: Sequence[d
     # A shallow copy of each call's fields: dataclasses.asdict deep-copies every value, and was a
     # tenth of the ledger thread's time under load (py-spy).
     rows: list[dict[str, Any]] = [{**vars(c), "created_at": received[key(c)]} for c in new]
-    inserted = _insert_new(connection, rows) if rows else set()
+    inserted = (insert or _insert_new)(connection, rows) if rows else set()
     if consume:
         budgets.consume(session, [(c.request_id, c.tenant, c.cost_micro_usd) for c in new if key(c) in inserted])
     retried = {key(c) for c in calls} - inserted

@@ -16,26 +16,36 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-_Prepared = tuple[str, list[tuple[str, Any]]]
-_STATEMENTS: dict[tuple[str, tuple[str, ...], str], _Prepared] = {}
+Processors = list[tuple[str, Any]]
+_STATEMENTS: dict[tuple[str, tuple[str, ...], str], tuple[str, Processors]] = {}
+
+
+def insert_sql(connection: sa.Connection, table: sa.Table, names: tuple[str, ...], tail: str,
+               prefix: str = "") -> tuple[str, Processors]:
+    """``INSERT INTO table (names) SELECT * FROM unnest(...) <tail>`` (tail: the ON CONFLICT and
+    RETURNING clauses) and each column's bind processing; parameters are named ``prefix + column``
+    (a statement writing two tables keeps them apart). Sent to psycopg as it is, with binary
+    parameters (%(name)b): text arrays would have every element checked for quoting by a regular
+    expression, a quarter of the ledger's CPU."""
+    columns = [table.c[name] for name in names]
+    arrays = ", ".join(f"CAST(%({prefix}{c.name})b AS {c.type.compile(dialect=postgresql.dialect())}[])"
+                       for c in columns)
+    return (f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) {tail}",
+            [(c.name, c.type.bind_processor(connection.dialect)) for c in columns])
+
+
+def arrays(rows: list[dict[str, Any]], processors: Processors, prefix: str = "") -> dict[str, list[Any]]:
+    """One array per column of ``rows``; a type's own bind processing (UTCDateTime's zone) applies
+    to each element."""
+    return {prefix + name: [process(row[name]) for row in rows] if process else [row[name] for row in rows]
+            for name, process in processors}
 
 
 def insert(connection: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], tail: str) -> sa.CursorResult:
-    """``INSERT INTO table (columns of rows[0]) SELECT * FROM unnest(...) <tail>`` (tail: the ON
-    CONFLICT and RETURNING clauses). Every row has the same keys."""
+    """Insert ``rows`` (every one with the same keys) in one statement, built once per shape."""
     names = tuple(rows[0])
     cache_key = (table.name, names, tail)
-    if cache_key not in _STATEMENTS:  # built once: the statement and each column's bind processing
-        columns = [table.c[name] for name in names]
-        # Sent to psycopg as it is, with binary parameters (%(name)b): text arrays would have every
-        # element checked for quoting by a regular expression, a quarter of the ledger's CPU.
-        arrays = ", ".join(f"CAST(%({c.name})b AS {c.type.compile(dialect=postgresql.dialect())}[])"
-                           for c in columns)
-        _STATEMENTS[cache_key] = (
-            f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays}) {tail}",
-            [(c.name, c.type.bind_processor(connection.dialect)) for c in columns])
+    if cache_key not in _STATEMENTS:
+        _STATEMENTS[cache_key] = insert_sql(connection, table, names, tail)
     statement, processors = _STATEMENTS[cache_key]
-    # A type's own bind processing (UTCDateTime's zone) applies to each element of its array.
-    values = {name: [process(row[name]) for row in rows] if process else [row[name] for row in rows]
-              for name, process in processors}
-    return connection.exec_driver_sql(statement, values)
+    return connection.exec_driver_sql(statement, arrays(rows, processors))
