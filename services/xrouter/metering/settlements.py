@@ -128,8 +128,7 @@ def _one_statement(connection: sa.Connection) -> tuple[str, unnest.Processors, u
         insert_calls, call_processors = unnest.insert_sql(
             connection, LedgerCall.__table__, _CALL_COLUMNS,
             "ON CONFLICT (request_id, call_index) DO NOTHING RETURNING request_id, call_index, cost_micro_usd", "c_")
-        names = _SUMMARY_COLUMNS
-        upsert, summary_processors = unnest.insert_sql(connection, RequestSummary.__table__, names,
+        upsert, summary_processors = unnest.insert_sql(connection, RequestSummary.__table__, _SUMMARY_COLUMNS,
                                                        _upsert_tail() + " RETURNING 1", "s_")
         table = _RESERVATIONS.name
         _ONE_STATEMENT["sql"] = (
@@ -145,8 +144,9 @@ def _one_statement(connection: sa.Connection) -> tuple[str, unnest.Processors, u
 
 def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
            consumed: dict[str, int], without_rows: frozenset[str]) -> None:
-    """SQLite (PostgreSQL: :func:`_settle_in_one_statement`): release the reservations (but those ``without_rows``: held in memory only), adding what their
-    new calls ``consumed``, and upsert the summaries (the later settlement of a request wins)."""
+    """SQLite (PostgreSQL: :func:`_settle_in_one_statement`): release the reservations (but those
+    ``without_rows``: held in memory only), adding what their new calls ``consumed``, and upsert
+    the summaries (the later settlement of a request wins)."""
     merged = _merged(summaries, times)
     if not merged:
         return
