@@ -208,3 +208,20 @@ async def test_worker_zero_adopts_the_journals_of_workers_that_no_longer_run(tmp
     assert sorted(delivered) == ["r000", "r001", "r010", "r011", "r012"]
     assert not (tmp_path / "worker-3").exists()  # the orphan's directory goes once delivered
     await own.close()
+
+
+async def test_an_unforeseen_delivery_failure_is_retried_not_dropped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    attempts: list[str] = []
+
+    async def deliver(settle: metering_pb2.SettleRequest) -> None:
+        attempts.append(settle.request_id)
+        if len(attempts) < 3:
+            raise RuntimeError("a bug, or an error nobody foresaw")
+
+    journal = SettleJournal(tmp_path, deliver)
+    await journal.start()
+    refused = journal_module.REFUSED._value.get()
+    await journal.append(request(0))
+    assert await journal.drain(5.0)
+    assert attempts == ["r000"] * 3 and journal_module.REFUSED._value.get() == refused
+    await journal.close()

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from xrouter.api.metering.v1 import metering_pb2
-from xrouter.common.errors import Unavailable, XRouterError
+from xrouter.common.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unavailable
 
 log = logging.getLogger(__name__)
 HEADER = struct.Struct("<II")
@@ -52,6 +52,9 @@ PENDING = Gauge("xrouter_journal_pending", "Settlements journaled by the router 
 REFUSED = Counter("xrouter_journal_refused", "Journaled settlements metering refused for good (logged, not retried)")
 
 Deliver = Callable[[metering_pb2.SettleRequest], Awaitable[None]]
+# Metering's answers that no resend can change (a malformed settlement, a changed duplicate, another
+# tenant's request): logged, counted and dropped. Every other failure is retried.
+FINAL = (InvalidArgument, AlreadyExists, PermissionDenied)
 
 
 class JournalFull(Unavailable):
@@ -70,8 +73,8 @@ class _Segment:
 
 
 class SettleJournal:
-    """``deliver(request)`` sends one settlement to metering until it is held (raising an
-    XRouterError it gives up on: UNAVAILABLE is retried here, any other refusal is final)."""
+    """``deliver(request)`` sends one settlement to metering until it is held, or raises: a
+    refusal in FINAL drops the settlement (logged, counted); any other failure is retried here."""
 
     def __init__(self, directory: pathlib.Path, deliver: Deliver, max_pending: int = MAX_PENDING,
                  segment_records: int = SEGMENT_RECORDS) -> None:
@@ -177,8 +180,9 @@ class SettleJournal:
                 retry = []
                 touched = {number for number, _ in batch}
                 for (number, request), outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, Unavailable) or (isinstance(outcome, XRouterError)
-                                                            and outcome.code.name == "DEADLINE_EXCEEDED"):
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, FINAL):
+                        # Metering unreachable, slow, or anything unforeseen: kept and sent again
+                        # (a journal that cannot drain fills and refuses new work; nothing is dropped).
                         retry.append((number, request))
                         continue
                     if isinstance(outcome, BaseException):  # final: resending cannot change metering's answer
