@@ -225,3 +225,33 @@ async def test_an_unforeseen_delivery_failure_is_retried_not_dropped(tmp_path) -
     assert await journal.drain(5.0)
     assert attempts == ["r000"] * 3 and journal_module.REFUSED._value.get() == refused
     await journal.close()
+
+
+async def test_a_journaled_settlement_reaching_a_metering_older_than_call_records_is_billed(ledger: Ledger,  # noqa: F811
+                                                                                         tmp_path) -> None:
+    """Such a metering ignores the calls a Settle carries and says it holds none: the journal's
+    delivery then records them one by one and settles again, as the direct path does."""
+    from test_metering_settle_calls import OlderMetering
+
+    from xrouter.metering.auth import Authenticator
+
+    service = Service(ledger)
+
+    def add(server):  # type: ignore[no-untyped-def]
+        from xrouter.api.metering.v1 import metering_pb2_grpc
+
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+            OlderMetering(service.guard, Authenticator.off(lambda digest: None)), server)
+        return [metering_server.SERVICE]
+    service.server = GrpcServer("metering", add, TracerProvider())
+    async with service:
+        client = MeteringClient(service.channel)
+        client.journal = SettleJournal(tmp_path, client.deliver)
+        await client.journal.start()
+        assert await client.settle("old1", "acme", "cascade", "ok", 700, 2, 1.0,
+                                   call_records=[outcome(0, 300), outcome(1, 400)]) == 2
+        assert await client.journal.drain(10.0)
+        await client.journal.close()
+        assert rows(ledger, LedgerCall) == [("old1", 0, 300), ("old1", 1, 400)]
+        assert rows(ledger, RequestSummary) == [("old1", 2, 700)]
+        assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
