@@ -46,6 +46,7 @@ HEADER = struct.Struct("<II")
 SEGMENT_RECORDS = 4096  # a segment is deleted once metering holds all of its settlements
 MAX_PENDING = 100_000
 SHIP_BATCH = 256
+LINGER_S = 0.005
 LOCK = ".lock"
 
 PENDING = Gauge("xrouter_journal_pending", "Settlements journaled by the router and not yet held by metering")
@@ -172,6 +173,8 @@ class SettleJournal:
         delay = 0.05
         while True:
             batch = [await self._queue.get()]
+            if self._queue.qsize() < SHIP_BATCH - 1:
+                await asyncio.sleep(LINGER_S)  # let a few more gather: one SettleMany for them costs less
             while len(batch) < SHIP_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             while batch:
