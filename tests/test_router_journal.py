@@ -6,6 +6,7 @@ gone), is counted once however often it is delivered, and the journal refuses ne
 from __future__ import annotations
 
 import asyncio
+import time
 import pathlib
 
 import pytest
@@ -255,3 +256,70 @@ async def test_a_journaled_settlement_reaching_a_metering_older_than_call_record
         assert rows(ledger, LedgerCall) == [("old1", 0, 300), ("old1", 1, 400)]
         assert rows(ledger, RequestSummary) == [("old1", 2, 700)]
         assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
+
+
+def test_a_router_whose_journal_is_full_refuses_new_requests_and_bills_what_it_answered(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The router as a process with a journal of at most 2 undelivered settlements: while metering
+    is down it answers (a tenant without a budget is admitted without asking) until the journal is
+    full, then refuses with UNAVAILABLE; once metering is back every answered request is billed."""
+    import grpc
+    import sqlalchemy as sa
+
+    from xrouter.api.common.v1 import common_pb2
+    from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+    from xrouter.common.outcomes import ROUTERBENCH, read_outcomes
+    from xrouter.supervisor import local_keys, stack_env
+
+    from test_billing_faults import Process
+
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    envs = stack_env(tmp_path)
+    envs["metering"]["XROUTER_METERING_DATABASE_URL"] = ledger_url
+    envs["router"].update({"XROUTER_ROUTER_POLICY": "cheapest", "XROUTER_ROUTER_REWARD_TARGET": "",
+                           "XROUTER_ROUTER_HTTP_PORT": "0", "XROUTER_ROUTER_JOURNAL_DIR": str(tmp_path / "journal"),
+                           "XROUTER_ROUTER_JOURNAL_MAX_PENDING": "2"})
+    services = {name: Process(name, envs[name], tmp_path) for name in ("adapters", "metering", "router")}
+    prompt = next(iter(read_outcomes(ROUTERBENCH))).prompt  # the replay backend answers recorded prompts
+    answered: list[str] = []
+    try:
+        for service in services.values():
+            service.start()
+        metadata = (("authorization", f"Bearer {local_keys(tmp_path, services['metering'].target)['api_key']}"),)
+
+        def route() -> grpc.StatusCode:
+            with grpc.insecure_channel(services["router"].target) as channel:
+                try:
+                    reply = router_pb2_grpc.RouterServiceStub(channel).Route(router_pb2.RouteRequest(
+                        messages=[common_pb2.ChatMessage(role="user", content=prompt)]),
+                        timeout=20, metadata=metadata)
+                except grpc.RpcError as error:
+                    assert "new requests are refused" in error.details(), error.details()
+                    return error.code()
+            answered.append(reply.request_id)
+            return grpc.StatusCode.OK
+
+        def settled() -> set[str]:
+            engine = sa.create_engine(ledger_url)
+            with engine.connect() as connection:
+                ids = set(connection.scalars(sa.text("SELECT request_id FROM request_summaries")))
+            engine.dispose()
+            return ids
+
+        assert route() == grpc.StatusCode.OK  # metering says this tenant has no budget
+        for _ in range(100):  # delivered behind the answer: the journal is empty again
+            if answered[0] in settled():
+                break
+            time.sleep(0.05)
+        services["metering"].kill9()
+        assert [route() for _ in range(4)] == [grpc.StatusCode.OK] * 2 + [grpc.StatusCode.UNAVAILABLE] * 2
+        services["metering"].start()
+        for _ in range(100):  # the journal drains once metering is back, and new work is taken again
+            if route() == grpc.StatusCode.OK:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the router never took new work after metering came back")
+    finally:
+        for service in reversed(services.values()):
+            service.stop()  # the router delivers what it holds within its grace
+    assert len(answered) == 4 and settled() == set(answered)

@@ -154,12 +154,10 @@ class MeteringClient:
 
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
                         models: Sequence[str] = (), generated: bool = False) -> Admission:
-        """Reserve the estimate (refused first while the journal is full); ``models`` (the pool the
-        request may call) selects which per-model budgets apply (empty: all of them). A request_id
-        seen before reserves nothing: the admission says what that request is doing. ``generated``:
-        the router made the id up (no retry can carry it), so metering may hold the reservation
-        without a ledger row."""
-        self.check_room()
+        """Reserve the estimate; ``models`` (the pool the request may call) selects which per-model
+        budgets apply (empty: all of them). A request_id seen before reserves nothing: the
+        admission says what that request is doing. ``generated``: the router made the id up (no
+        retry can carry it), so metering may hold the reservation without a ledger row."""
         reply = await self._call(self._stub.Authorize, metering_pb2.AuthorizeRequest(
             request_id=request_id, tenant=tenant, estimate_micro_usd=estimate_micro_usd, models=list(models),
             generated_request_id=generated), timeout)

@@ -209,11 +209,9 @@ class RouterCore:
         when the id was answered before; waits (bounded) while an earlier attempt is in flight,
         then ALREADY_EXISTS. Nothing is spent on any path but the first. ``generated``: the id is
         the router's own (no retry can carry it), which spares metering a ledger row."""
+        self._meter.check_room()  # new work only while its accounting can be kept
         models = [option.id for option in state.pool]
         if generated and self._unbudgeted.admits(tenant, models):  # nothing to check, no attempt to find
-            check_room = getattr(self._meter, "check_room", None)  # a full journal refuses new work
-            if check_room is not None:
-                check_room()
             metrics.ADMITTED_WITHOUT_AUTHORIZE.inc()
             return None
         give_up = min(deadline, time.monotonic() + self.limits.in_flight_wait_s)

@@ -64,6 +64,10 @@ class Adapters(Protocol):
 
 
 class Meter(Protocol):
+    def check_room(self) -> None:
+        """Raise Unavailable when new work could not be accounted (the router's journal is full)."""
+        ...
+
     async def authorize(self, request_id: str, tenant: str, estimate_micro_usd: int, timeout: float,
                         models: Sequence[str] = (), generated: bool = False) -> Admission | None: ...
 
