@@ -50,21 +50,24 @@ def settle_many(session: Session, summaries: Sequence[Settlement], times: Sequen
     duplicate raises AlreadyExists, so that the caller's transaction writes nothing of the batch."""
     carried = [call for summary in summaries for call in summary.call_records]
     call_times = [at for summary, at in zip(summaries, times, strict=True) for _ in summary.call_records]
-    if session.connection().dialect.name == "postgresql":
-        return _settle_in_one_statement(session, summaries, times, carried, call_times, without_reservation_rows)
-    outcomes = calls.insert_many(session, carried, call_times, consume=False) if carried else []
+    in_one_statement = session.connection().dialect.name == "postgresql"
+    if in_one_statement:
+        outcomes = _settle_in_one_statement(session, summaries, times, carried, call_times, without_reservation_rows)
+    else:
+        outcomes = calls.insert_many(session, carried, call_times, consume=False) if carried else []
     refused = next((o for o in outcomes if isinstance(o, AlreadyExists)), None)
     if refused is not None:
         raise refused
+    if not in_one_statement:
+        consumed: dict[str, int] = {}  # per request, what its new calls cost (released below)
+        for call, outcome in zip(carried, outcomes, strict=True):
+            if outcome is False:
+                consumed[call.request_id] = consumed.get(call.request_id, 0) + call.cost_micro_usd
+        _store(session, summaries, times, consumed, without_reservation_rows)
     duplicates, start = [], 0
     for summary in summaries:
         duplicates.append([bool(o) for o in outcomes[start:start + len(summary.call_records)]])
         start += len(summary.call_records)
-    consumed: dict[str, int] = {}  # per request, what its new calls cost (released below)
-    for call, outcome in zip(carried, outcomes, strict=True):
-        if outcome is False:
-            consumed[call.request_id] = consumed.get(call.request_id, 0) + call.cost_micro_usd
-    _store(session, summaries, times, consumed, without_reservation_rows)
     return duplicates
 
 
@@ -83,11 +86,12 @@ def _merged(summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> di
 
 def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
                              carried: list[CallRecord], call_times: list[dt.datetime],
-                             without_rows: frozenset[str]) -> list[list[bool]]:
+                             without_rows: frozenset[str]) -> list[bool | AlreadyExists]:
     """PostgreSQL: the calls, the releases and the summaries in one statement (data-modifying CTEs,
     arrays in key order), so a settlement costs BEGIN, it and COMMIT: three round trips, not five.
-    A release adds what the request's newly inserted calls cost (the CTE's RETURNING). A changed
-    duplicate among the calls raises AlreadyExists afterwards, and the caller's rollback undoes all."""
+    A release adds what the request's newly inserted calls cost (the CTE's RETURNING). Returns each
+    carried call's outcome (calls.insert_many's); a changed duplicate's refusal is raised by the
+    caller, whose rollback undoes all."""
     merged = _merged(summaries, times)
     ids = sorted(merged)  # one lock order for every writer
     releases = [request_id for request_id in ids if request_id not in without_rows]
@@ -99,17 +103,10 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
                   **unnest.arrays([merged[r] for r in ids], summary_processors, "s_"), "rid": releases}
         return {(r, i) for r, i in connection.exec_driver_sql(statement, values)}
 
-    outcomes = calls.insert_many(session, carried, call_times, consume=False, insert=write) if carried else []
     if not carried:
         write(connection, [])
-    refused = next((o for o in outcomes if isinstance(o, AlreadyExists)), None)
-    if refused is not None:
-        raise refused
-    duplicates, start = [], 0
-    for summary in summaries:
-        duplicates.append([bool(o) for o in outcomes[start:start + len(summary.call_records)]])
-        start += len(summary.call_records)
-    return duplicates
+        return []
+    return calls.insert_many(session, carried, call_times, consume=False, insert=write)
 
 
 _ONE_STATEMENT: dict[str, tuple[str, unnest.Processors, unnest.Processors]] = {}
