@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from xrouter.common.durable import fsync_path
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.policy_store import MANIFEST, read_checkpoint_manifest
 
@@ -50,14 +51,6 @@ def _verified(directory: pathlib.Path, what: str) -> dict[str, Any]:
         raise PublishError(f"{what} {directory} does not verify: {error.message.removeprefix('source: ')}") from None
 
 
-def _fsync(path: pathlib.Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def copy_to_store(checkpoint: pathlib.Path | str, store: pathlib.Path | str) -> Published:
     """Copy a verified checkpoint into ``store/<version>`` atomically, and verify the copy."""
     checkpoint, store = pathlib.Path(checkpoint).resolve(), pathlib.Path(store).resolve()
@@ -77,8 +70,8 @@ def copy_to_store(checkpoint: pathlib.Path | str, store: pathlib.Path | str) -> 
         for name in [*manifest["sha256"], MANIFEST]:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)  # an LM checkpoint may nest files
             shutil.copyfile(checkpoint / name, staging / name)
-            _fsync(staging / name)
-        _fsync(staging)
+            fsync_path(staging / name)
+        fsync_path(staging)
         _verified(staging, "the copy")
         try:
             staging.rename(target)
@@ -86,7 +79,7 @@ def copy_to_store(checkpoint: pathlib.Path | str, store: pathlib.Path | str) -> 
             if target.exists():  # another publisher won the race with the same version
                 return _already_there(target, source_manifest)
             raise
-        _fsync(store)  # the rename itself survives a crash
+        fsync_path(store)  # the rename itself survives a crash
     except OSError as error:
         raise PublishError(f"copying {checkpoint} into the store {store}: {error}") from None
     finally:

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge
 
 from xrouter.api.metering.v1 import metering_pb2
+from xrouter.common.durable import fsync_path
 from xrouter.common.errors import AlreadyExists, InvalidArgument, PermissionDenied, Unavailable
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class JournalFull(Unavailable):
 
 
 class _Segment:
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path, self.records, self.delivered = path, 0, 0
+    def __init__(self, directory: pathlib.Path, number: int) -> None:
+        self.number, self.path = number, directory / f"{number:012d}.journal"
+        self.records = self.delivered = 0
 
     @property
     def mark(self) -> pathlib.Path:
@@ -110,7 +112,7 @@ class SettleJournal:
             raise RuntimeError(f"{self.directory}: another router process holds this journal") from None
         left = 0
         for number, path in sorted((int(p.stem), p) for p in self.directory.glob("*.journal")):
-            segment = _Segment(path)
+            segment = _Segment(self.directory, number)
             self._segments[number] = segment
             requests = read_segment(path)
             segment.records = len(requests)
@@ -145,7 +147,7 @@ class SettleJournal:
         while self._appending:
             batch, self._appending = self._appending, []
             assert self._active is not None and self._file is not None
-            number, fd = self._number(self._active), self._file
+            number, fd = self._active.number, self._file
             try:
                 await asyncio.to_thread(_write_and_sync, fd, b"".join(record for record, _, _ in batch))
             except OSError as error:  # the disk failed: these requests cannot be answered as accounted
@@ -222,21 +224,18 @@ class SettleJournal:
         previous = self._active
         if self._file is not None:
             os.close(self._file)
-        path = self.directory / f"{number:012d}.journal"
-        self._file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _sync_directory(self.directory)  # the new file's name survives a crash too
-        self._active = self._segments[number] = _Segment(path)
+        segment = _Segment(self.directory, number)
+        self._file = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fsync_path(self.directory)  # the new file's name survives a crash too
+        self._active = self._segments[number] = segment
         if previous is not None and previous.delivered >= previous.records:
-            self._forget(self._number(previous))
+            self._forget(previous.number)
 
     def _forget(self, number: int) -> None:
         segment = self._segments.pop(number)
         for path in (segment.path, segment.mark):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-    def _number(self, segment: _Segment) -> int:
-        return int(segment.path.stem)
 
     async def drain(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until metering holds every journaled settlement; True if it does."""
@@ -258,7 +257,7 @@ class SettleJournal:
             log.warning("journal %s: %d settlements not yet delivered stay for the next start", self.directory,
                         self._pending)
         if self._active is not None and self._active.delivered >= self._active.records:
-            self._forget(self._number(self._active))  # nothing in it left to deliver
+            self._forget(self._active.number)  # nothing in it left to deliver
         for fd in (self._file, self._lock):
             if fd is not None:
                 os.close(fd)
@@ -294,11 +293,3 @@ def _write_and_sync(fd: int, data: bytes) -> None:
         written = os.write(fd, view)
         view = view[written:]
     os.fdatasync(fd)
-
-
-def _sync_directory(directory: pathlib.Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
