@@ -10,13 +10,10 @@ from __future__ import annotations
 import grpc
 import pytest
 import sqlalchemy as sa
-from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.api.common.v1 import common_pb2
-from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
-from xrouter.common.grpc_server import GrpcServer
+from xrouter.api.metering.v1 import metering_pb2
 from xrouter.metering import server as metering_server
-from xrouter.metering.auth import Authenticator
 from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger, LedgerCall, Reservation, Settlement
 from xrouter.metering.schema import RequestSummary
@@ -175,13 +172,7 @@ def outcome(index: int, cost: int) -> CallOutcome:
 
 @pytest.mark.parametrize("older", [False, True], ids=["current-metering", "older-metering"])
 async def test_the_router_bills_its_calls_whatever_metering_version(ledger: Ledger, older: bool) -> None:
-    service = Service(ledger)
-    if older:
-        def add(server: grpc.aio.Server) -> list[str]:
-            metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-                OlderMetering(service.guard, Authenticator.off(lambda digest: None)), server)
-            return [metering_server.SERVICE]
-        service.server = GrpcServer("metering", add, TracerProvider())
+    service = Service(ledger, servicer=OlderMetering if older else None)
     async with service:
         client = MeteringClient(service.channel)
         await authorize(service, "r1")

@@ -22,6 +22,7 @@ from xrouter.api.common.v1 import common_pb2
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 from xrouter.common.grpc_server import GrpcServer
 from xrouter.metering import server as metering_server
+from xrouter.metering.auth import Authenticator
 from xrouter.metering.durability import StoreGuard
 from xrouter.metering.ledger import CallRecord, Ledger
 from xrouter.metering.spool import Spool
@@ -48,9 +49,18 @@ def ledger(database_url: str):  # type: ignore[no-untyped-def]
 class Service:
     """A metering server in memory mode on port 0, and a stub on a real channel."""
 
-    def __init__(self, ledger: Ledger, spool: Spool | None = None) -> None:
+    def __init__(self, ledger: Ledger, spool: Spool | None = None,
+                 servicer: type[metering_server.MeteringServicer] | None = None) -> None:
+        """``servicer``: a MeteringServicer subclass to serve instead (an older metering's behaviour)."""
         self.guard = StoreGuard(ledger, spool, BudgetTotals())
-        self.server = GrpcServer("metering", metering_server.register(ledger, guard=self.guard), TracerProvider())
+
+        def add(server: grpc.aio.Server) -> list[str]:
+            assert servicer is not None
+            metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+                servicer(self.guard, Authenticator.off(lambda digest: None)), server)
+            return [metering_server.SERVICE]
+        register = add if servicer is not None else metering_server.register(ledger, guard=self.guard)
+        self.server = GrpcServer("metering", register, TracerProvider())
 
     async def __aenter__(self) -> Service:
         assert await asyncio.to_thread(self.guard.check)  # loads the totals, as serve() does at start

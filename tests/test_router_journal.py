@@ -234,18 +234,7 @@ async def test_a_journaled_settlement_reaching_a_metering_older_than_call_record
     delivery then records them one by one and settles again, as the direct path does."""
     from test_metering_settle_calls import OlderMetering
 
-    from xrouter.metering.auth import Authenticator
-
-    service = Service(ledger)
-
-    def add(server):  # type: ignore[no-untyped-def]
-        from xrouter.api.metering.v1 import metering_pb2_grpc
-
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-            OlderMetering(service.guard, Authenticator.off(lambda digest: None)), server)
-        return [metering_server.SERVICE]
-    service.server = GrpcServer("metering", add, TracerProvider())
-    async with service:
+    async with Service(ledger, servicer=OlderMetering) as service:
         client = MeteringClient(service.channel)
         client.journal = SettleJournal(tmp_path, client.deliver)
         await client.journal.start()

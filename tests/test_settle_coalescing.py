@@ -10,15 +10,12 @@ import asyncio
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.api.common.v1 import common_pb2
-from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
+from xrouter.api.metering.v1 import metering_pb2
 from xrouter.common import metrics
 from xrouter.common.errors import AlreadyExists, InvalidArgument
-from xrouter.common.grpc_server import GrpcServer
 from xrouter.metering import server as metering_server
-from xrouter.metering.auth import Authenticator
 from xrouter.metering.ledger import Ledger, LedgerCall
 from xrouter.metering.schema import RequestSummary
 from xrouter.router.clients import MeteringClient
@@ -99,14 +96,7 @@ class MeteringWithoutSettleMany(metering_server.MeteringServicer):
 
 
 async def test_a_metering_without_settle_many_gets_every_settlement_one_by_one(ledger: Ledger) -> None:
-    service = Service(ledger)
-
-    def add(server: grpc.aio.Server) -> list[str]:
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-            MeteringWithoutSettleMany(service.guard, Authenticator.off(lambda digest: None)), server)
-        return [metering_server.SERVICE]
-    service.server = GrpcServer("metering", add, TracerProvider())
-    async with service:
+    async with Service(ledger, servicer=MeteringWithoutSettleMany) as service:
         client = MeteringClient(service.channel)
         ids = [f"old{n:02d}" for n in range(1, 21)]
         answers = await settle_all(client, ids)
