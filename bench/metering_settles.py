@@ -1,11 +1,15 @@
 """The router's Settles (each carrying its request's calls) through its own metering client, the
 way the router sends them: concurrent ones coalesced into SettleMany round trips, or, for
-comparison in the same run, one Settle round trip each. Used by ``bench.metering_record``, which
-owns the service process and the raw baseline."""
+comparison in the same run, one Settle round trip each, or journaled (the chart's default: each
+settle made durable in the router's journal, then delivered behind the answers by its shipper; the
+rate counts until metering holds every one). Used by ``bench.metering_record``, which owns the
+service process and the raw baseline."""
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -14,10 +18,13 @@ import grpc
 from prometheus_client import REGISTRY
 
 from xrouter.router.clients import MeteringClient
+from xrouter.router.journal import SettleJournal
 from xrouter.router.policy import CallOutcome, CallStatus
 
 CALLS_PER_REQUEST = 3  # a cascade's calls, or a call, a check and a second opinion
-MODES = {"coalesced": 2, "one round trip each": 1_000_000}  # settle_round_trips: how many go out before queueing
+# settle_round_trips: how many go out before queueing (the journal's shipper has its own: one)
+MODES = {"coalesced": 2, "one round trip each": 1_000_000, "journaled": 2}
+DRAIN_TIMEOUT_S = 120.0
 
 
 def calls() -> list[CallOutcome]:
@@ -32,6 +39,10 @@ async def drive_settles(channel: grpc.aio.Channel, mode: str, concurrency: int, 
     client = MeteringClient(channel, settle_round_trips=MODES[mode])
     latencies: list[float] = []
     made = calls()
+    journal_dir = tempfile.TemporaryDirectory(prefix="xrouter-bench-journal-") if mode == "journaled" else None
+    if journal_dir is not None:
+        client.journal = SettleJournal(pathlib.Path(journal_dir.name), client.deliver)
+        await client.journal.start()
     stop_at = time.perf_counter() + seconds
 
     async def worker(number: int) -> None:
@@ -47,10 +58,18 @@ async def drive_settles(channel: grpc.aio.Channel, mode: str, concurrency: int, 
     round_trips = _round_trips()
     began = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    extra: dict[str, Any] = {}
+    if client.journal is not None:  # the rate counts until metering holds every journaled settlement
+        extra["pending_when_load_stopped"] = client.journal.pending
+        drained = await client.journal.drain(DRAIN_TIMEOUT_S)
+        await client.journal.close()
+        journal_dir.cleanup()  # type: ignore[union-attr]
+        if not drained:
+            raise RuntimeError(f"metering did not take the journal's settlements within {DRAIN_TIMEOUT_S:g} s")
     wall = time.perf_counter() - began
     round_trips = _round_trips() - round_trips
     rows = len(latencies) * len(made)
-    return {"router_client": mode, "concurrency": concurrency, "settles": len(latencies),
+    return {"router_client": mode, "concurrency": concurrency, "settles": len(latencies), **extra,
             "settles_per_round_trip": round(len(latencies) / max(1.0, round_trips), 2),
             "calls_per_settle": len(made), "wall_s": round(wall, 3), "settles_per_s": round(len(latencies) / wall, 1),
             "records_per_s": round(rows / wall, 1), "latency_ms": summarise(latencies)}, rows

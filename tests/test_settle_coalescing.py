@@ -135,6 +135,32 @@ async def test_a_caller_that_gave_up_before_its_settlement_was_sent_has_nothing_
     assert sent == ["first", "k0", "k1"]
 
 
+async def test_without_lone_settles_a_batch_handed_over_at_once_is_one_settle_many() -> None:
+    """The journal's deliveries: nobody waits on them, so the first of a batch does not go alone."""
+    sent: list[list[str]] = []
+
+    async def settle_one(request: metering_pb2.SettleRequest, timeout: float) -> metering_pb2.SettleResponse:
+        sent.append([request.request_id])
+        return metering_pb2.SettleResponse(recorded_calls=1)
+
+    async def settle_many(request: metering_pb2.SettleManyRequest, timeout: float) -> metering_pb2.SettleManyResponse:
+        sent.append([s.request_id for s in request.settles])
+        return metering_pb2.SettleManyResponse(outcomes=[metering_pb2.SettleOutcome(
+            settled=metering_pb2.SettleResponse(recorded_calls=1)) for _ in request.settles])
+
+    ids = [f"r{n}" for n in range(5)]
+    for lone_settles in (True, False):
+        sent.clear()
+        coalescer = SettleCoalescer(settle_one, settle_many, max_in_flight=1, lone_settles=lone_settles)
+        answers = await asyncio.gather(*(coalescer.settle(metering_pb2.SettleRequest(request_id=i), 5.0)
+                                         for i in ids))
+        assert [a.recorded_calls for a in answers] == [1] * len(ids)
+        if lone_settles:
+            assert sent[0] == ["r0"]  # the first goes at once, alone
+        else:
+            assert sent == [ids]
+
+
 async def test_a_peer_that_answers_the_wrong_number_of_outcomes_fails_every_settlement_loudly() -> None:
     async def settle_one(request: metering_pb2.SettleRequest, timeout: float) -> metering_pb2.SettleResponse:
         await asyncio.sleep(0.01)

@@ -135,8 +135,9 @@ class MeteringClient:
 
         self._settles = SettleCoalescer(one, many, max_in_flight=settle_round_trips)
         # The journal's deliveries are behind the answers, so nothing waits on them: one round trip
-        # at a time, the rest sharing the next SettleMany (metering's CPU per settlement is lowest).
-        self._deliveries = SettleCoalescer(one, many, max_in_flight=1)
+        # at a time, each batch the shipper hands over one SettleMany (metering's CPU and
+        # transactions per settlement are lowest).
+        self._deliveries = SettleCoalescer(one, many, max_in_flight=1, lone_settles=False)
 
     async def _call(self, method, request, timeout: float):  # type: ignore[no-untyped-def]
         try:

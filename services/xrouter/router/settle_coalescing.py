@@ -10,6 +10,10 @@ still gets its own answer (or its own refusal) and keeps its own deadline; a cal
 before its settlement was sent takes it out of the queue, so nothing is sent for a caller that
 has already been told it failed. A metering that predates SettleMany (UNIMPLEMENTED) gets plain
 Settles from then on.
+
+Where nobody waits on the answer (the journal's deliveries, behind the answers already sent),
+``lone_settles=False`` drops the lone fast path: every settlement queues, so a batch handed over at
+once travels as one SettleMany instead of one Settle and a SettleMany of the rest.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class SettleCoalescer:
     when the round trip failed and :class:`SettleRefused` when metering refused this settlement."""
 
     def __init__(self, settle_one: SettleOne, settle_many: SettleMany, *, max_batch: int = MAX_BATCH,
-                 max_batch_bytes: int = MAX_BATCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_batch_bytes: int = MAX_BATCH_BYTES, max_in_flight: int = MAX_IN_FLIGHT,
+                 lone_settles: bool = True) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError("max_batch and max_in_flight must be at least 1")
         self._settle_one = settle_one
@@ -64,13 +69,14 @@ class SettleCoalescer:
         self._max_batch = max_batch
         self._max_bytes = max_batch_bytes
         self._max_in_flight = max_in_flight
+        self._lone_settles = lone_settles
         self._in_flight = 0
         self._waiting: list[_Waiting] = []
         self._senders: set[asyncio.Task[None]] = set()
         self.many_supported = True
 
     async def settle(self, request: metering_pb2.SettleRequest, timeout: float) -> metering_pb2.SettleResponse:
-        if self._in_flight < self._max_in_flight and not self._waiting:
+        if self._lone_settles and self._in_flight < self._max_in_flight and not self._waiting:
             self._in_flight += 1  # room on the wire: go now, alone, in this task (no hand-over)
             try:
                 metrics.SETTLES_PER_CALL.observe(1)
