@@ -153,6 +153,34 @@ async def test_settlements_journaled_while_metering_was_down_reach_the_ledger_on
         assert_same(service.guard.totals, ledger)  # type: ignore[arg-type]
 
 
+async def test_a_mark_never_claims_a_settlement_still_being_retried(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Marks are written lazily (MARK_INTERVAL_S) and at close; a batch whose middle settlement metering
+    keeps refusing for now must not be marked past it, even though the ones after it were held."""
+    delivered: list[str] = []
+    stuck = True
+
+    async def deliver(settle: metering_pb2.SettleRequest) -> None:
+        if settle.request_id == "r002" and stuck:
+            raise Unavailable("metering is restarting")
+        delivered.append(settle.request_id)
+
+    first = SettleJournal(tmp_path, deliver)
+    await first.start()
+    await asyncio.gather(*(first.append(request(n)) for n in range(5)))  # one flush, one batch
+    for _ in range(200):
+        if len(delivered) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(delivered) == ["r000", "r001", "r003", "r004"] and first.pending == 1
+    await first.close()
+    stuck = False
+    delivered.clear()
+    second = SettleJournal(tmp_path, deliver)
+    await second.start()
+    assert await second.drain(5.0) and "r002" in delivered  # the others again too: metering counts them once
+    await second.close()
+
+
 async def test_a_restart_delivers_only_what_metering_does_not_hold_yet(tmp_path) -> None:  # type: ignore[no-untyped-def]
     delivered: list[str] = []
     gate = asyncio.Event()
