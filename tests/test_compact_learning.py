@@ -51,6 +51,25 @@ def _prior(network: CompactRouter, cost_lambda: float, answered: tuple[bool, boo
     return network._prior(p, log_cost, global_x, torch.tensor([answered]))
 
 
+def test_the_cost_head_is_fitted_to_the_mean_cost_not_the_geometric_mean() -> None:
+    """λ·ĉ prices a call by what it costs on average; the squared error of logs fitted the geometric
+    mean, which undercharged models whose cost varies (verbose answers)."""
+    costs = torch.tensor([1.0, 3.0, 10.0, 100.0])  # one model's micro-dollar costs on four prompts
+    labels = torch.log(costs + 1.0)
+    predicted = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([predicted], lr=0.05)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        grpo.cost_deviance(predicted.expand(4), labels).backward()
+        optimizer.step()
+    mean, geometric = float((costs + 1.0).mean()), math.exp(float(labels.mean()))
+    assert math.exp(float(predicted)) == pytest.approx(mean, rel=0.01)
+    assert mean > 3 * geometric
+    # far below a label, the loss grows as a line, not an exponential
+    far = grpo.cost_deviance(torch.tensor([0.0]), torch.tensor([40.0]))
+    assert math.isfinite(float(far)) and float(far) < 1e4
+
+
 def test_the_prior_is_the_expected_utility_and_shifts_to_cheaper_models_as_lambda_grows() -> None:
     network = CompactRouter(n_models=2, n_tags=0)
     free = _prior(network, 0.0)["call"] / INITIAL_SHARPNESS

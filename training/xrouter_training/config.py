@@ -79,7 +79,7 @@ class TrainConfig:
     kl_coef: float = 0.0  # no reference-policy KL by default (DAPO)
     entropy_coef: float = 0.0
     # The compact policy's supervised heads (see router/compact/network.py), kept as auxiliary losses
-    # during GRPO: their weight, and the cost head's squared error (log micro-dollars) against the BCE.
+    # during GRPO: their weight, and the cost head's deviance (log micro-dollars; grpo.cost_deviance) against the BCE.
     correctness_coef: float = 1.0
     cost_coef: float = 0.1
     # Supervised warm start over the whole train split before any rollout (training/.../warm_start.py):

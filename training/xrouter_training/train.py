@@ -143,7 +143,7 @@ class Trainer:
                 prompt_ids += [groups[g][e].prompt.prompt_id] * len(episode_turns)
                 batch_adv += [float(advantages[g, e])] * len(episode_turns)
                 in_loss += [bool(keep[g])] * len(episode_turns)
-        stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0, "correct_bce": 0.0, "cost_mse": 0.0}
+        stats = {"kept_groups": float(keep.mean()), "loss": 0.0, "entropy": 0.0, "correct_bce": 0.0, "cost_deviance": 0.0}
         if not all_turns:
             return stats
         batch = grpo.batch_turns(all_turns, len(self.vocabulary.tags), self.descriptors)
@@ -155,8 +155,8 @@ class Trainer:
         for _ in range(self.config.update_epochs):
             out = grpo.forward(self.network, batch)
             logp, entropy = log_prob(out, batch["masks"], batch["actions"])
-            bce, cost_mse = labels.loss(out, self.config.cost_coef)
-            loss = self.config.correctness_coef * (bce + cost_mse)
+            bce, cost_deviance = labels.loss(out, self.config.cost_coef)
+            loss = self.config.correctness_coef * (bce + cost_deviance)
             if pg.any():
                 loss = loss + grpo.clipped_loss(logp[pg], batch["old_log_prob"][pg], adv[pg],
                                                 self.config.clip_low, self.config.clip_high)
@@ -168,7 +168,7 @@ class Trainer:
             self.optimizer.step()
         self.network.eval()
         stats.update(loss=float(loss.detach()), entropy=float(entropy.detach().mean()), correct_bce=float(bce.detach()),
-                     cost_mse=float(cost_mse.detach()))
+                     cost_deviance=float(cost_deviance.detach()))
         return stats
 
     async def evaluate(self, prompts: list[Prompt]) -> list[dict[str, float]]:
@@ -214,8 +214,8 @@ class Trainer:
         # every rank warm-starts identically (same seed); rank 0's copy is authoritative
         distributed.broadcast_weights(self.network, self.processes)
         if warm and self.rank == 0:
-            print(f"warm start: held-out correctness BCE {warm['held_out_bce']:.4f}, cost MSE "
-                  f"{warm['held_out_cost_mse']:.4f} (epoch {warm['best_epoch']}/{config.warm_start_epochs})", flush=True)
+            print(f"warm start: held-out correctness BCE {warm['held_out_bce']:.4f}, cost deviance "
+                  f"{warm['held_out_cost_deviance']:.4f} (epoch {warm['best_epoch']}/{config.warm_start_epochs})", flush=True)
         log_path = self.out / "metrics.jsonl"
         log = open(log_path, "w") if self.rank == 0 else None  # noqa: SIM115
         order = list(self.train_prompts)

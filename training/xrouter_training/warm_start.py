@@ -101,7 +101,7 @@ def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[l
                  held_out: tuple[list[Turn], list[str]], n_tags: int, epochs: int, learning_rate: float,
                  weight_decay: float, cost_coef: float, batch_size: int, rng: random.Random,
                  descriptors: Mapping[str, np.ndarray] | None = None, progress: bool = True) -> dict[str, float]:
-    """Fit the correctness and cost heads (binary cross-entropy + cost_coef × squared error),
+    """Fit the correctness and cost heads (binary cross-entropy + cost_coef × cost deviance),
     keeping the weights of the epoch with the lowest loss on ``held_out`` (states of training
     prompts set aside: the heads memorise ~2,000 prompts within a few epochs, and it is the
     held-out loss that says when)."""
@@ -124,7 +124,7 @@ def fit_outcomes(network: CompactRouter, env: ReplayEnvironment, states: tuple[l
             bce, cost = check.losses(network, torch.arange(len(check)), cost_coef)
         if float(bce + cost) < best["held_out_loss"]:
             best = {"held_out_loss": float(bce + cost), "held_out_bce": float(bce),
-                    "held_out_cost_mse": float(cost) / cost_coef if cost_coef else 0.0, "best_epoch": epoch,
+                    "held_out_cost_deviance": float(cost) / cost_coef if cost_coef else 0.0, "best_epoch": epoch,
                     "weights": {k: v.clone() for k, v in network.state_dict().items()}}
         bar.set_postfix(held_out_bce=f"{float(bce):.4f}", held_out_cost=f"{float(cost):.4f}", best_epoch=best["best_epoch"])
     network.load_state_dict(best.pop("weights"))
