@@ -101,9 +101,8 @@ def cost_deviance(predicted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     $0.000093 paid, on validation prompts). Near the optimum it equals the squared error (d² for
     small d), so ``cost_coef`` keeps its meaning."""
     d = label - predicted
-    grow = torch.exp(d.clamp(max=_DEVIANCE_LINEAR_FROM))
-    edge = math.exp(_DEVIANCE_LINEAR_FROM)
-    exp_d = torch.where(d <= _DEVIANCE_LINEAR_FROM, grow, edge * (1.0 + d - _DEVIANCE_LINEAR_FROM))
+    capped = d.clamp(max=_DEVIANCE_LINEAR_FROM)
+    exp_d = torch.exp(capped) * (1.0 + d - capped)  # e^d up to the cap, then its tangent line
     return (2.0 * (exp_d - d - 1.0)).mean()
 
 
