@@ -115,10 +115,13 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
     ledger.record(CallRecord("earlier", 0, "acme", "gpt-4o", 1, 1, 400_000, 1.0, "CALL_STATUS_OK"))
     rng = random.Random(11 + overrun)
     plans = {f"f{i}": [c // 2 for c in costs_of(rng, overrun)] for i in range(64)}  # costs_of is for 0.10
-    # Only the first dozen or so to reach Authorize fit the budget. The flows that overrun their estimate
-    # are fired first, so that some of them are among those (in one CI run none was, and the bound
-    # under overruns was not exercised); which ones still depends on the race.
+    # Only the first dozen or so to reach Authorize fit the budget, and which ones is a race. So that
+    # the bound under overruns is always exercised (in CI runs the race once admitted no overrunning
+    # flow), an overrunning flow is authorized before the other 63 fire at once.
     plans = dict(sorted(plans.items(), key=lambda item: sum(item[1]) <= ESTIMATE))
+    leader = next(iter(plans))
+    assert (sum(plans[leader]) > ESTIMATE) == overrun
+    leader_authorized = asyncio.Event()
     samples: list[int] = []
     done = threading.Event()
 
@@ -130,6 +133,8 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
         stub = service.stub
 
         async def flow(request_id: str) -> bool:
+            if request_id != leader:
+                await leader_authorized.wait()
             try:
                 await stub.Authorize(metering_pb2.AuthorizeRequest(
                     request_id=request_id, tenant="acme", estimate_micro_usd=ESTIMATE, generated_request_id=generated))
@@ -137,6 +142,8 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
                 assert "daily budget exceeded" in (error.details() or "")
                 return False
+            finally:
+                leader_authorized.set()
             calls = [metering_pb2.RecordRequest(call_index=index, model="gpt-4o", cost_micro_usd=cost,
                                                 status=common_pb2.CALL_STATUS_OK)
                      for index, cost in enumerate(plans[request_id])]
@@ -165,6 +172,7 @@ async def test_concurrent_requests_overshoot_at_most_their_overruns(ledger: Ledg
     assert len(admitted) < len(plans)  # the limit refused some...
     # ...and admitted at least what fits: after k admissions spend + held <= 0.40 + k x max(E, cost).
     assert len(admitted) >= (LIMIT - 400_000) // max(ESTIMATE, largest)
+    assert leader in admitted
     if overrun:
         assert overruns > 0 and largest > ESTIMATE
     else:
