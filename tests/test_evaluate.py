@@ -219,6 +219,9 @@ def test_decisions_recompute_the_report(evaluated: tuple[pathlib.Path, dict]) ->
     gap = GapMetrics(Reference(**report["references"]["weak"]), Reference(**strong))
     knn = [CurvePoint(r["cost_usd"], r["accuracy"], r["lambda"]) for r in report["runs"] if r["policy"] == "knn"]
     assert report["metrics"]["knn"]["apgr"] == pytest.approx(gap.apgr(knn))
+    margin = report["apgr_margin"]["cascade"]  # the subject (knn) against its rival, from the same decisions
+    assert margin["margin"] == pytest.approx(report["metrics"]["knn"]["apgr"] - report["metrics"]["cascade"]["apgr"])
+    assert margin["prompts"] == report["prompts"] and margin["resamples"] + margin["resamples_without_gap"] == 2000
 
 
 def test_knn_sweep_with_a_small_encoder_trades_accuracy_for_cost(evaluated: tuple[pathlib.Path, dict]) -> None:

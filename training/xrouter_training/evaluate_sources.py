@@ -80,6 +80,7 @@ def summarize_sources(reports: Mapping[str, Mapping], command: str = "") -> dict
         "scores": report.get("scores"), "strong": report["references"]["strong"],
         "weak": report["references"]["weak"], "metrics_unavailable": report["references"]["metrics_unavailable"],
         "policies": {policy: _figures(metrics) for policy, metrics in report["metrics"].items()},
+        "apgr_margin": report.get("apgr_margin", {}),
     } for name, report in reports.items()}}
 
 
@@ -98,6 +99,11 @@ def summary_table(summary: Mapping) -> str:
             subject = " (subject)" if policy == entry["subject"] else ""
             lines.append(f"| {source} | {policy}{subject} | {figures['group']} | {apgr} | "
                          f"{cpt(figures['cpt_50'])} | {cpt(figures['cpt_80'])} |")
+        for rival, margin in entry.get("apgr_margin", {}).items():
+            low, high = margin["interval"]
+            notes.append(f"- {source}: APGR {entry['subject']} − {rival} = {margin['margin']:+.3f} "
+                         f"({margin['confidence']:.0%} interval {low:+.3f} to {high:+.3f}; above in "
+                         f"{margin['share_above']:.0%} of {margin['resamples']} paired resamples of the prompts)")
     head = [f"- {name}: {e['prompts']} prompts ({e['skipped']} skipped), strong {e['strong']['model']}, "
             f"weak {e['weak']['model']}, scores {e['scores']}" for name, e in summary["sources"].items()]
     return "\n".join([*head, "", *lines, *([""] + notes if notes else [])]) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Mapping, Sequence
 
+from xrouter_training.margin import apgr_margins
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference, best_within, cheapest_reaching
 
 # The targets, as shares of the strongest single model's cost per query.
@@ -164,6 +165,9 @@ def build_report(meta: Mapping, records: Sequence[Mapping], groups: Mapping[str,
         "metrics": {name: {"group": groups[name], **curve_metrics(points, strong, gap)}
                     for name, points in curves.items()},
         "targets": targets(curves[subject], strong, rivals),
+        # How far the subject's APGR margin over each rival can be trusted on this many prompts.
+        "apgr_margin": (apgr_margins(records, subject, list(rivals), weak.model, strong.model)
+                        if gap is not None and rivals else {}),
         "per_task": per_task_metrics(runs),
         "runs": runs,
     }
@@ -197,4 +201,8 @@ def format_table(report: Mapping) -> str:
     for name, target in report["targets"].items():
         verdict = {True: "PASSED", False: "missed", None: "not measured"}[target["passed"]]
         lines.append(f"target {name}: {verdict}")
+    for rival, margin in report.get("apgr_margin", {}).items():
+        low, high = margin["interval"]
+        lines.append(f"APGR margin over {rival}: {margin['margin']:+.3f}, {margin['confidence']:.0%} interval "
+                     f"{low:+.3f} to {high:+.3f} ({margin['resamples']} paired resamples of {margin['prompts']} prompts)")
     return "\n".join(lines)
