@@ -27,12 +27,17 @@ def frontier_on_every_source(checkpoint: pathlib.Path, out: pathlib.Path, prompt
           f"kNN fitted on up to {KNN_TRAIN} train prompts per source):")
     summary, _ = run_sources(config, "all")
     names = ("learned", "knn", "cascade", "random", "oracle")
-    print(f"\n{'source':<12} {'prompts':>7} " + " ".join(f"{n:>8}" for n in names) + "   (APGR: 0 = cheapest model, "
-          "1 = strongest)")
+    print(f"\n{'source':<12} {'prompts':>7} " + " ".join(f"{n:>8}" for n in names)
+          + "   learned − knn, 90% interval   (APGR: 0 = cheapest model, 1 = strongest)")
     for source, entry in summary["sources"].items():
         policies = entry["policies"]
         values = [policies[entry["subject"]]["apgr"], *(policies.get(n, {}).get("apgr") for n in names[1:])]
-        print(f"{source:<12} {entry['prompts']:>7} " + " ".join("       -" if v is None else f"{v:>8.3f}" for v in values))
-    print("(routerarena has no APGR: its cheaper model, gemini-2.0-flash, is also its most accurate)")
+        margin = entry.get("apgr_margin", {}).get("knn")
+        spread = "" if margin is None else \
+            f"   {margin['margin']:+.3f} ({margin['interval'][0]:+.3f} to {margin['interval'][1]:+.3f})"
+        print(f"{source:<12} {entry['prompts']:>7} " + " ".join("       -" if v is None else f"{v:>8.3f}" for v in values)
+              + spread)
+    print("(routerarena has no APGR: its cheaper model, gemini-2.0-flash, is also its most accurate; the interval is a "
+          "paired bootstrap over the prompts: where it spans 0, the draw of prompts alone could explain the margin)")
     print(f"\nfrontier PNGs: {out}/<source>/frontier.png; every figure: {out}/summary.json")
     return summary
