@@ -241,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     generalise.add_argument("--loso", action="store_true", help="train without each source, evaluate on it")
     generalise.add_argument("--lomo", default="", metavar="MODEL", help="train without MODEL, add it at serve time")
     generalise.add_argument("--ablate", default="", help="comma-separated: query, descriptors, parallel, checks, grpo")
+    generalise.add_argument("--kfold", action="store_true",
+                            help="five trainings, each holding out another fifth of every source; the folds pooled")
+    generalise.add_argument("--fold0", default="", metavar="CHECKPOINT",
+                            help="with --kfold: a checkpoint already trained with this config on the default split "
+                                 "(e.g. the bundled one) as fold 0")
     generalise.set_defaults(run=cmd_generalise)
     learn_sim = sub.add_parser("learn-sim", help="simulate learning from traffic: a policy that never saw SOURCE "
                                "serves its prompts with feedback; APGR against requests served")

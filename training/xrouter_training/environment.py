@@ -72,9 +72,10 @@ class ReplayEnvironment:
                 self.scores.setdefault(row.prompt_id, {})[row.model] = float(row.score)
                 self.costs.setdefault(row.prompt_id, {})[row.model] = float(row.cost_usd or 0.0)
 
-    def split(self, name: str) -> list[Prompt]:
-        """Prompts of one split ('train', 'validation' or 'all'), in a stable order."""
-        return [p for key, p in sorted(self.prompts.items()) if name == "all" or split_of(key) == name]
+    def split(self, name: str, fold: int = 0) -> list[Prompt]:
+        """Prompts of one split ('train', 'validation' or 'all'; ``fold``: which validation fifth,
+        ``split_of``), in a stable order."""
+        return [p for key, p in sorted(self.prompts.items()) if name == "all" or split_of(key, fold) == name]
 
     async def invoke(self, call: ToolCall, messages: list[tuple[str, str]], index: int, turn: int) -> CallOutcome:
         outcome = CallOutcome(index, turn, call.model, call.system_prompt, call.temperature, CallStatus.OK,
@@ -143,10 +144,10 @@ class MixedEnvironment:
                 self.scores[key], self.costs[key] = env.scores[raw], env.costs[raw]
                 self._source_of_text.setdefault(prompt.text, name)
 
-    def split(self, name: str) -> list[Prompt]:
+    def split(self, name: str, fold: int = 0) -> list[Prompt]:
         """Prompts of one split of every source (each source split by its own prompt ids)."""
         return [p for key, p in sorted(self.prompts.items())
-                if name == "all" or split_of(key.split("/", 1)[1]) == name]
+                if name == "all" or split_of(key.split("/", 1)[1], fold) == name]
 
     def _inner(self, prompt: Prompt) -> Prompt:
         return dataclasses.replace(prompt, prompt_id=prompt.prompt_id.split("/", 1)[1])

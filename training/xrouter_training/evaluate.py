@@ -84,7 +84,7 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
              Run("oracle", "baseline", OraclePolicy(table), sweep)]
     if config.knn:
         embed = embedder or default_embedder(config.progress)
-        train = [p for p in env.split("train") if p.prompt_id in table.scores][: config.knn_train_limit]
+        train = [p for p in env.split("train", config.fold) if p.prompt_id in table.scores][: config.knn_train_limit]
         # Neighbours come from the train split only; the evaluated prompts are embedded as queries.
         router = KnnRouter(embed(train), table, pool, config.knn_k, config.lambdas)
         runs.append(Run("knn", "baseline", KnnPolicy(router, embed(list(prompts)), table), sweep))

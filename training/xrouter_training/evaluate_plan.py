@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from xrouter.adapters.catalog import CatalogError, load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
-from xrouter.common.outcomes import read_outcomes, split_of
+from xrouter.common.outcomes import FOLDS, read_outcomes, split_of
 
 from xrouter_training.environment import Prompt
 from xrouter_training.eval_baselines import placeholders_supported
@@ -52,6 +52,7 @@ class EvalConfig:
     allow_partial: bool = False  # evaluate the prompts every pool model can answer; list the rest as skipped
     source: str | None = None  # the bundled source's name (--source), for the report and the progress bar
     knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
+    fold: int = 0  # which fifth of the prompts is the validation split (outcomes.split_of; cross-validation)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -64,6 +65,8 @@ class EvalConfig:
             raise EvalError(f"--limit: must be >= 1, got {self.limit}")
         if self.knn_train_limit is not None and self.knn_train_limit < 1:
             raise EvalError(f"knn_train_limit: must be >= 1, got {self.knn_train_limit}")
+        if not 0 <= self.fold < FOLDS:
+            raise EvalError(f"fold: {self.fold} is not in 0..{FOLDS - 1}")
         if self.knn_k is not None and self.knn_k < 1:
             raise EvalError(f"--knn-k: must be >= 1, got {self.knn_k}")
         for flag, path in (("--data", self.data), ("--catalog", self.catalog)):
@@ -142,7 +145,7 @@ def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[
     # The default pool: models recorded on at least half the prompts of the split. A model recorded on a
     # handful (RouterArena's gpt-4o-mini: 3 of 809) would otherwise make nearly every prompt
     # unevaluable; it is named in the notes, and --models puts it back.
-    split = [key for key in scan.prompts if config.split == "all" or split_of(key) == config.split]
+    split = [key for key in scan.prompts if config.split == "all" or split_of(key, config.fold) == config.split]
     coverage = {m: sum(m in scan.replayable.get(key, ()) for key in split) / max(len(split), 1) for m in in_catalog}
     sparse = [m for m in in_catalog if coverage[m] < POOL_COVERAGE]
     pool = [m for m in in_catalog if m not in sparse] or in_catalog
@@ -196,7 +199,7 @@ class Selection:
 def choose_prompts(scan: DataScan, config: EvalConfig, pool: Sequence[str]) -> Selection:
     """The first ``limit`` prompts of the split; those some pool model cannot answer are skipped,
     which fails the evaluation (naming them) unless ``config.allow_partial``."""
-    split = [p for key, p in sorted(scan.prompts.items()) if config.split == "all" or split_of(key) == config.split]
+    split = [p for key, p in sorted(scan.prompts.items()) if config.split == "all" or split_of(key, config.fold) == config.split]
     considered = split[: config.limit]
     prompts, skipped = [], []
     for prompt in considered:

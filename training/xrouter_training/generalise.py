@@ -8,6 +8,8 @@
   policy that never sees it): MODEL's share of calls and both frontiers.
 - Ablations (``--ablate NAME,…``): the same training with one part switched off (the query
   encoder, the model descriptors, parallel calls, …), evaluated on every source.
+- Cross-validation (``--kfold``): five trainings, each holding out another fifth of every source;
+  every prompt evaluated once by a policy that never saw it, the folds pooled (``kfold.py``).
 
 Every training is the ordinary ``xrouter train`` with a changed config; every evaluation is the
 ordinary ``xrouter eval --source``. Writes OUT/generalisation.json and OUT/generalisation.md."""
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 from xrouter.common.outcomes import SOURCES
 
+from xrouter_training import kfold
 from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.evaluate import EvalConfig, EvalError
 from xrouter_training.evaluate_sources import run_sources
@@ -48,7 +51,9 @@ def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
     from xrouter_training.train import Trainer  # torch: imported only when training
 
     try:
-        if json.loads(json.dumps(dataclasses.asdict(config))) == read_manifest(out / "checkpoint")["config"]:
+        saved = dict(read_manifest(out / "checkpoint")["config"])
+        saved.setdefault("validation_fold", 0)  # written before folds existed: trained on fold 0
+        if json.loads(json.dumps(dataclasses.asdict(config))) == saved:
             print(f"\n== reusing {out / 'checkpoint'} (trained with this config)", flush=True)
             return out / "checkpoint"
     except InvalidArgument:
@@ -60,9 +65,9 @@ def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
 
 
 def evaluate(checkpoint: pathlib.Path, out: pathlib.Path, sources: Sequence[str], lambdas: tuple[float, ...],
-             models: tuple[str, ...] = ()) -> dict:
+             models: tuple[str, ...] = (), fold: int = 0) -> dict:
     config = EvalConfig(data=SOURCES[sources[0]].data, policy=str(checkpoint), out=out, lambdas=lambdas,
-                        catalog=SOURCES[sources[0]].catalog, models=models, allow_partial=True)
+                        catalog=SOURCES[sources[0]].catalog, models=models, allow_partial=True, fold=fold)
     summary, _ = run_sources(config, list(sources))
     return summary
 
@@ -145,6 +150,16 @@ def markdown(report: dict) -> str:
         lines += ["", f"## Leave one model out: {r['model']} ({r['source']})", "",
                   f"- share of the policy's calls to it when added at serve time: {r['share_of_calls_when_added']:.3f}",
                   f"- APGR with it added: {_fmt(r['apgr_added'])}; without it in the pool: {_fmt(r['apgr_absent'])}"]
+    if "cross_validation" in report:
+        lines += ["", "## Cross-validation (APGR on every prompt, each held out in one of the folds)", "",
+                  "| source | prompts | learned | kNN | cascade | random | oracle | learned − kNN (90% interval) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for source, row in report["cross_validation"].items():
+            values = [row["apgr"].get(name) for name in (kfold.SUBJECT, *BASELINES)]
+            margin = row["margin_over_knn"]
+            spread = "-" if margin is None else \
+                f"{margin['margin']:+.3f} ({margin['interval'][0]:+.3f} to {margin['interval'][1]:+.3f})"
+            lines.append(f"| {source} | {row['prompts']} | " + " | ".join(_fmt(v) for v in values) + f" | {spread} |")
     if "ablations" in report:
         sources = sorted({s for r in report["ablations"].values() for s in r["apgr"]})
         lines += ["", "## Ablations (APGR per source, validation split)", "",
@@ -164,8 +179,10 @@ def run_cli(args: argparse.Namespace) -> int:
         unknown = [n for n in filter(None, args.ablate.split(",")) if n not in ABLATIONS]
         if unknown:
             raise ConfigError(f"--ablate: {unknown} unknown; choose from {sorted(ABLATIONS)}")
-        if not (args.loso or args.lomo or args.ablate):
-            raise ConfigError("nothing to do: give --loso, --lomo MODEL and/or --ablate NAME,...")
+        if not (args.loso or args.lomo or args.ablate or args.kfold):
+            raise ConfigError("nothing to do: give --loso, --lomo MODEL, --ablate NAME,... and/or --kfold")
+        if args.fold0 and not args.kfold:
+            raise ConfigError("--fold0: only with --kfold")
         lambdas = tuple(config.eval_lambdas)
         report: dict = {"config": str(args.config), "lambdas": list(lambdas)}
         if args.loso:
@@ -174,6 +191,10 @@ def run_cli(args: argparse.Namespace) -> int:
             report["leave_one_model_out"] = leave_one_model_out(config, out, args.lomo, lambdas)
         if args.ablate:
             report["ablations"] = ablate(config, out, list(filter(None, args.ablate.split(","))), lambdas)
+        if args.kfold:
+            reuse = {0: pathlib.Path(args.fold0)} if args.fold0 else {}
+            pooled = kfold.cross_validate(config, out, lambdas, train, evaluate, reuse)
+            report["cross_validation"] = kfold.rows(pooled)
     except (ConfigError, EvalError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -108,8 +108,8 @@ class LMTrainer:
         reward = RewardConfig(config.reward_k, config.reward_cost_max)
         self.env = env or ReplayEnvironment(data, reward=reward, **kwargs)
         limit = config.limit_prompts or None
-        self.train_prompts = self.env.split("train")[:limit]
-        self.validation = self.env.split("validation")[:limit]
+        self.train_prompts = self.env.split("train", config.validation_fold)[:limit]
+        self.validation = self.env.split("validation", config.validation_fold)[:limit]
         self.backend = TransformersBackend(self.model, self.tokenizer, batch_same_context=config.lm_batch_group)
         self.policy = LMPolicy(self.tokenizer, self.backend,
                                temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens,
@@ -308,7 +308,7 @@ class LMTrainer:
         checkpoint.save(self.out / name, self.model, self.tokenizer, {
             "version": version, "base_model": config.lm_model, "catalog_hash": catalog_hash(self.env.options.values()),
             "data": {"file": config.data, "train_prompts": len(self.train_prompts),
-                     "split": "train (xrouter.common.outcomes.split_of)"},
+                     "split": f"train (xrouter.common.outcomes.split_of, fold {config.validation_fold})"},
             "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,
             "generation": {"max_new_tokens": config.max_new_tokens,
                            "max_response_chars": self.policy.max_response_chars,

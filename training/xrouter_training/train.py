@@ -84,8 +84,8 @@ class Trainer:
         options = [o for o in self.env.options.values() if o.id not in config.exclude_models]
         self.vocabulary = Vocabulary(tuple(o.id for o in options), tuple(sorted({t for o in options for t in o.tags})))
         self.encoder_path = cache_dir() / ONNX_NAME
-        self.train_prompts = first_per_source(self.env.split("train"), config.limit_prompts)
-        self.validation = first_per_source(self.env.split("validation"), config.limit_prompts)
+        self.train_prompts = first_per_source(self.env.split("train", config.validation_fold), config.limit_prompts)
+        self.validation = first_per_source(self.env.split("validation", config.validation_fold), config.limit_prompts)
         if embed is None:
             # Rank 0 exports the encoder and embeds the prompts into the cache; the others wait for it
             # and read the cache (concurrent writers would race on the same files).
@@ -255,7 +255,7 @@ class Trainer:
             "version": version, "catalog_hash": catalog_hash(self.env.options.values()),
             "data": {"file": config.data if not config.sources else None, "sources": list(config.sources),
                      "train_prompts": len(self.train_prompts), "exclude_models": list(config.exclude_models),
-                     "split": "train (xrouter.common.outcomes.split_of)"},
+                     "split": f"train (xrouter.common.outcomes.split_of, fold {config.validation_fold})"},
             "use_descriptors": config.use_descriptors, "use_query": config.use_query,
             "parallel_calls": config.parallel_calls, "answer_checks": config.answer_checks,
             "use_memory": config.use_memory, "lambda_range": [config.lambda_min, config.lambda_max], "max_turns": config.max_turns,

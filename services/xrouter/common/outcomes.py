@@ -18,6 +18,7 @@ ROUTERBENCH = DATA_DIR / "routerbench.jsonl.gz"
 # Share of prompts held out for validation; by prompt id, so every model's row of a prompt
 # lands on the same side.
 VALIDATION_SHARE = 0.2
+FOLDS = round(1 / VALIDATION_SHARE)  # disjoint validation splits that together cover every prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +160,11 @@ def read_outcomes(path: pathlib.Path | str) -> Iterator[Outcome]:
         raise ValueError(f"{where}: unreadable outcome file: {error}") from None
 
 
-def split_of(prompt_id: str) -> str:
-    """'train' or 'validation', stable across runs and machines."""
+def split_of(prompt_id: str, fold: int = 0) -> str:
+    """'train' or 'validation', stable across runs and machines. ``fold`` (0 … FOLDS − 1) picks which
+    fifth of the prompt-id hashes is the validation split: fold 0 is the default split; the five
+    folds together validate every prompt once (cross-validation, ``xrouter generalise --kfold``)."""
+    if not 0 <= fold < FOLDS:
+        raise ValueError(f"fold: {fold} is not in 0..{FOLDS - 1}")
     bucket = int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big") / 2**64
-    return "validation" if bucket < VALIDATION_SHARE else "train"
+    return "validation" if fold * VALIDATION_SHARE <= bucket < (fold + 1) * VALIDATION_SHARE else "train"
