@@ -24,7 +24,7 @@ from xrouter_training.eval_baselines import (
     KnnPolicy, KnnRouter, OraclePolicy, OutcomeTable, RandomPolicy, encoder_embedder)
 from xrouter_training.environment import Prompt, ReplayEnvironment
 from xrouter_training.eval_baselines import placeholders_supported
-from xrouter_training.evaluate import EvalConfig, EvalError, build_runs, plan_evaluation, run_evaluation
+from xrouter_training.evaluate import EvalConfig, EvalError, build_runs, knn_queries, plan_evaluation, run_evaluation
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference, best_within, cheapest_reaching
 
 WEAK = Reference("weak", accuracy=0.5, cost_usd=1.0)
@@ -142,6 +142,22 @@ async def test_knn_uses_the_nearest_training_prompts_and_lambda() -> None:
 
 
 # --- end to end on a RouterBench subset ------------------------------------------------------------
+
+def test_knn_finds_the_vector_of_a_prompt_whose_text_is_recorded_under_another_id_first() -> None:
+    """Two of RouterBench's MBPP prompts share their text with another id; the table (like the
+    replay) resolves a text to its first id. Evaluating the other id must still find its vector."""
+    texts = {"first": "same words", "near": "same wordz", "later": "same words"}
+    scores = {pid: {"cheap": 1, "mid": 0, "dear": 0} for pid in texts}
+    costs = {pid: {"cheap": 0.0001, "mid": 0.001, "dear": 0.01} for pid in texts}
+    table = table_of(scores, costs, {"first": "same words", "near": "same wordz"})
+    assert table.prompt_id("same words") == "first"
+    embed = encoder_embedder(HashingEncoder(), batch_size=3)
+    router = KnnRouter(dict(embed([Prompt("near", "t", "same wordz")])), table, [o.id for o in POOL], k=1)
+    evaluated = [Prompt("later", "t", "same words")]  # the validation id; "first" is not evaluated
+    with pytest.raises(KeyError):
+        KnnPolicy(router, embed(evaluated), table).rank(state_for("same words", 0.0))
+    assert KnnPolicy(router, knn_queries(embed, evaluated, table), table).rank(state_for("same words", 0.0))[0] == "cheap"
+
 
 def test_knn_chooses_k_by_leave_one_out_on_its_training_prompts() -> None:
     # Two clusters of six prompts with opposite best models: five neighbours stay inside a cluster

@@ -87,7 +87,7 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
         train = [p for p in env.split("train", config.fold) if p.prompt_id in table.scores][: config.knn_train_limit]
         # Neighbours come from the train split only; the evaluated prompts are embedded as queries.
         router = KnnRouter(embed(train), table, pool, config.knn_k, config.lambdas)
-        runs.append(Run("knn", "baseline", KnnPolicy(router, embed(list(prompts)), table), sweep))
+        runs.append(Run("knn", "baseline", KnnPolicy(router, knn_queries(embed, prompts, table), table), sweep))
     if config.is_checkpoint:
         policy = load_checkpoint_policy(pathlib.Path(config.policy), list(env.options.values()))
         runs.append(Run(f"checkpoint:{pathlib.Path(config.policy).name}", "subject", policy, sweep))
@@ -99,6 +99,14 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
     elif config.policy not in {r.name for r in runs}:
         raise EvalError(f"--policy: {config.policy!r} is not in the evaluated pool {list(pool)}")
     return runs
+
+
+def knn_queries(embed: Embedder, prompts: Sequence[Prompt], table: OutcomeTable) -> Mapping[str, np.ndarray]:
+    """The evaluated prompts' vectors keyed as KnnPolicy looks them up: by the table's id for the
+    prompt's text. A text recorded under several ids (two of RouterBench's MBPP prompts) resolves to
+    its first id, as the replay does, which may be a train prompt's: keyed by their own ids, such a
+    validation prompt had no vector (a fold of `xrouter generalise --kfold` failed on it)."""
+    return embed([dataclasses.replace(prompt, prompt_id=table.prompt_id(prompt.text)) for prompt in prompts])
 
 
 def knn_notes(runs: Sequence[Run]) -> dict:
