@@ -86,3 +86,18 @@ def test_a_reused_fold_checkpoint_trained_with_another_config_is_refused() -> No
     with pytest.raises(ConfigError, match="--fold0"):
         kfold.check_trained_with(BUNDLED_POLICY, tiny)
     kfold.check_trained_with(BUNDLED_POLICY, TrainConfig.from_file(ROOT / "training" / "configs" / "mixed.yaml"))
+
+
+def test_xrouter_eval_evaluates_the_fold_it_is_given_and_refuses_one_out_of_range(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xrouter import cli
+
+    assert cli.main(["eval", "--source", "arena", "--policy", "cascade", "--no-knn", "--fold", "3",
+                     "--allow-partial", "--lambdas", "0", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "arena" / "report.json").read_text())
+    assert report["fold"] == 3 and "--fold 3" in report["command"]
+    played = {json.loads(line)["prompt_id"] for line in (tmp_path / "arena" / "decisions.jsonl").read_text().splitlines()}
+    assert played and all(split_of(p, 3) == "validation" for p in played)
+    capsys.readouterr()
+    assert cli.main(["eval", "--source", "arena", "--policy", "cascade", "--fold", "5", "--out", str(tmp_path)]) == 2
+    assert "--fold: 5 is not in 0..4" in capsys.readouterr().err

@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="checkpoint directory, or cheapest | cascade | fixed:<model> | random | oracle | knn")
     evaluate.add_argument("--out", required=True, help="folder for report.json, frontier.png, decisions.jsonl")
     evaluate.add_argument("--split", default="validation", help="train | validation | all (default validation)")
+    evaluate.add_argument("--fold", type=int, default=0,
+                          help="which fifth of the prompts is the validation split, 0-4 (default 0; cross-validation)")
     evaluate.add_argument("--lambdas", nargs="+", help="cost preferences to sweep (space or comma separated; "
                           "default 0 1 3 10 30 100 300 1000)")
     evaluate.add_argument("--max-turns", type=int, default=3)

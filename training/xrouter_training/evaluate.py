@@ -181,7 +181,7 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
     records = asyncio.run(play_all(env, runs, prompts, pool, config.max_turns, config.out / "decisions.jsonl",
                                    config.progress, config.source or ""))
     meta = {"command": command, "source": config.source, "data": str(config.data), "catalog": str(config.catalog),
-            "split": config.split, "prompts": len(prompts), "split_prompts": selection.split_prompts,
+            "split": config.split, "fold": config.fold, "prompts": len(prompts), "split_prompts": selection.split_prompts,
             "limit": config.limit, "prompts_beyond_limit": selection.beyond_limit,
             "allow_partial": config.allow_partial, "skipped": selection.skipped_report(),
             "pool": list(pool), "policy": config.policy,

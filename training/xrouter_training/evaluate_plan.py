@@ -66,7 +66,7 @@ class EvalConfig:
         if self.knn_train_limit is not None and self.knn_train_limit < 1:
             raise EvalError(f"knn_train_limit: must be >= 1, got {self.knn_train_limit}")
         if not 0 <= self.fold < FOLDS:
-            raise EvalError(f"fold: {self.fold} is not in 0..{FOLDS - 1}")
+            raise EvalError(f"--fold: {self.fold} is not in 0..{FOLDS - 1}")
         if self.knn_k is not None and self.knn_k < 1:
             raise EvalError(f"--knn-k: must be >= 1, got {self.knn_k}")
         for flag, path in (("--data", self.data), ("--catalog", self.catalog)):

@@ -54,7 +54,7 @@ def command_line(config: EvalConfig, source: str | None = None) -> str:
     """Every setting spelled out, so the line in report.json reproduces the run on its own."""
     where = ["--source", source] if source else ["--data", str(config.data), "--catalog", str(config.catalog)]
     return shlex.join([
-        "xrouter", "eval", *where, "--policy", config.policy, "--split", config.split,
+        "xrouter", "eval", *where, "--policy", config.policy, "--split", config.split, "--fold", str(config.fold),
         "--lambdas", *(f"{v:g}" for v in config.lambdas), "--max-turns", str(config.max_turns),
         *(["--models", ",".join(config.models)] if config.models else []),
         *(["--limit", str(config.limit)] if config.limit else []),
@@ -154,7 +154,7 @@ def run_cli(args: argparse.Namespace) -> int:
                             args.split, lambdas, args.max_turns,
                             pathlib.Path(first.catalog if first else args.catalog or DEFAULT_CATALOG),
                             tuple(filter(None, args.models.split(","))), args.limit, not args.no_knn, args.knn_k,
-                            args.seed, allow_partial=args.allow_partial)
+                            args.seed, allow_partial=args.allow_partial, fold=args.fold)
         if sources:
             summary, reports = run_sources(config, args.source, command=command_line(config, args.source))
         else:
