@@ -307,3 +307,10 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def differs_from(self, saved: dict[str, Any]) -> list[str]:
+        """The settings in which a checkpoint manifest's recorded ``config`` differs from this one
+        (manifests written before folds existed record none: they were trained on fold 0)."""
+        saved = {"validation_fold": 0, **saved}
+        wanted = json.loads(json.dumps(dataclasses.asdict(self)))
+        return sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))

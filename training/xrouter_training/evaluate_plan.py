@@ -78,6 +78,10 @@ class EvalConfig:
         if self.policy == "knn" and not self.knn:
             raise EvalError("--policy knn cannot run with --no-knn")
 
+    def in_split(self, prompt_id: str) -> bool:
+        """Whether the prompt is in the evaluated split (of ``fold``)."""
+        return self.split == "all" or split_of(prompt_id, self.fold) == self.split
+
     @property
     def is_checkpoint(self) -> bool:
         return pathlib.Path(self.policy).is_dir()
@@ -145,7 +149,7 @@ def choose_pool(config: EvalConfig, scan: DataScan | None = None) -> tuple[list[
     # The default pool: models recorded on at least half the prompts of the split. A model recorded on a
     # handful (RouterArena's gpt-4o-mini: 3 of 809) would otherwise make nearly every prompt
     # unevaluable; it is named in the notes, and --models puts it back.
-    split = [key for key in scan.prompts if config.split == "all" or split_of(key, config.fold) == config.split]
+    split = [key for key in scan.prompts if config.in_split(key)]
     coverage = {m: sum(m in scan.replayable.get(key, ()) for key in split) / max(len(split), 1) for m in in_catalog}
     sparse = [m for m in in_catalog if coverage[m] < POOL_COVERAGE]
     pool = [m for m in in_catalog if m not in sparse] or in_catalog
@@ -199,7 +203,7 @@ class Selection:
 def choose_prompts(scan: DataScan, config: EvalConfig, pool: Sequence[str]) -> Selection:
     """The first ``limit`` prompts of the split; those some pool model cannot answer are skipped,
     which fails the evaluation (naming them) unless ``config.allow_partial``."""
-    split = [p for key, p in sorted(scan.prompts.items()) if config.split == "all" or split_of(key, config.fold) == config.split]
+    split = [p for key, p in sorted(scan.prompts.items()) if config.in_split(key)]
     considered = split[: config.limit]
     prompts, skipped = [], []
     for prompt in considered:

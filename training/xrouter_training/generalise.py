@@ -51,9 +51,7 @@ def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
     from xrouter_training.train import Trainer  # torch: imported only when training
 
     try:
-        saved = dict(read_manifest(out / "checkpoint")["config"])
-        saved.setdefault("validation_fold", 0)  # written before folds existed: trained on fold 0
-        if json.loads(json.dumps(dataclasses.asdict(config))) == saved:
+        if not config.differs_from(read_manifest(out / "checkpoint")["config"]):
             print(f"\n== reusing {out / 'checkpoint'} (trained with this config)", flush=True)
             return out / "checkpoint"
     except InvalidArgument:

@@ -50,11 +50,8 @@ def check_trained_with(checkpoint: pathlib.Path, config: TrainConfig) -> None:
     folds existed were trained on fold 0)."""
     from xrouter.router.compact.checkpoint import read_manifest
 
-    saved = dict(read_manifest(checkpoint).get("config") or {})
-    saved.setdefault("validation_fold", 0)
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    if saved != wanted:
-        differ = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+    differ = config.differs_from(read_manifest(checkpoint).get("config") or {})
+    if differ:
         raise ConfigError(f"--fold0 {checkpoint}: trained with another config (differs in {differ})")
 
 

@@ -43,12 +43,10 @@ def apgr_margins(records: Sequence[Mapping], subject: str, rivals: Sequence[str]
     costs = np.array([[by_run[key][p][1] for p in prompts] for key in runs])
     rng = np.random.default_rng(seed)
     n = len(prompts)
+    full = _apgrs(runs, scores.mean(1)[None], costs.mean(1)[None], subject, rivals, weak, strong)[0]
     # Each draw as counts per prompt: the means of every run at once are one matrix product.
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
-    draws = [np.ones((1, n)), counts]  # the full split first, then the resamples
-    apgrs = [_apgrs(runs, weights @ scores.T / n, weights @ costs.T / n, subject, rivals, weak, strong)
-             for weights in draws]
-    full, sampled = apgrs[0][0], [a for one in apgrs[1:] for a in one]
+    sampled = _apgrs(runs, counts @ scores.T / n, counts @ costs.T / n, subject, rivals, weak, strong)
     if full is None:
         raise ValueError(f"no gap between {weak} and {strong} on the evaluated prompts")
     tail = (1.0 - CONFIDENCE) / 2
