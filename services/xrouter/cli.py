@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--allow-partial", action="store_true",
                           help="evaluate the prompts every pool model has a recorded outcome for and list the "
                           "others under `skipped` in report.json (default: such prompts fail the run)")
+    evaluate.add_argument("--allow-seen", action="store_true",
+                          help="evaluate a checkpoint on validation prompts it was trained on (refused by default: "
+                          "its manifest says which fifth it held out; report.json records the overlap either way)")
     evaluate.set_defaults(run=cmd_eval)
     train = sub.add_parser("train", help="train the compact policy with GRPO (CPU here; GPU Job; torchrun)")
     train.add_argument("--config", required=True, help="training config YAML (see training/configs/)")

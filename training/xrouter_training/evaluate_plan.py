@@ -16,6 +16,7 @@ from xrouter.common.outcomes import FOLDS, read_outcomes, split_of
 
 from xrouter_training.environment import Prompt
 from xrouter_training.eval_baselines import placeholders_supported
+from xrouter_training.trained_on import trained_on
 
 # λ is in reward per dollar; a gpt-4-1106 call on RouterBench costs about $0.005, so λ from 0 to
 # about 1000 spans "cost is irrelevant" to "one call costs as much as a correct answer is worth".
@@ -53,6 +54,7 @@ class EvalConfig:
     source: str | None = None  # the bundled source's name (--source), for the report and the progress bar
     knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
     fold: int = 0  # which fifth of the prompts is the validation split (outcomes.split_of; cross-validation)
+    allow_seen: bool = False  # evaluate a checkpoint on validation prompts it trained on (trained_on.py)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -237,4 +239,14 @@ def plan_evaluation(config: EvalConfig) -> tuple[list[str], dict, Selection]:
     """The pool, notes and prompts of one evaluation, checked before any episode is played."""
     scan = scan_data(config.data)
     pool, notes = choose_pool(config, scan)
-    return pool, notes, choose_prompts(scan, config, pool)
+    selection = choose_prompts(scan, config, pool)
+    if config.is_checkpoint:
+        seen = trained_on(pathlib.Path(config.policy), config.data, selection.prompts)
+        notes["subject_trained_on"] = seen.as_report()
+        if config.split == "validation" and seen.by_split and not config.allow_seen:
+            raise EvalError(
+                f"--policy {config.policy}: {seen.describe()}. Its figures there would measure what it "
+                f"memorised, not how it routes a new request: evaluate it with --fold {seen.fold} (the fifth "
+                "it held out), or pass --allow-seen to run anyway (report.json records it under "
+                "subject_trained_on)")
+    return pool, notes, selection

@@ -60,6 +60,7 @@ def command_line(config: EvalConfig, source: str | None = None) -> str:
         *(["--limit", str(config.limit)] if config.limit else []),
         *(["--knn-k", str(config.knn_k)] if config.knn and config.knn_k else []),
         *([] if config.knn else ["--no-knn"]), *(["--allow-partial"] if config.allow_partial else []),
+        *(["--allow-seen"] if config.allow_seen else []),
         "--seed", str(config.seed), "--out", str(config.out)])
 
 
@@ -80,7 +81,7 @@ def summarize_sources(reports: Mapping[str, Mapping], command: str = "") -> dict
         "scores": report.get("scores"), "strong": report["references"]["strong"],
         "weak": report["references"]["weak"], "metrics_unavailable": report["references"]["metrics_unavailable"],
         "policies": {policy: _figures(metrics) for policy, metrics in report["metrics"].items()},
-        "apgr_margin": report.get("apgr_margin", {}),
+        "apgr_margin": report.get("apgr_margin", {}), "subject_trained_on": report.get("subject_trained_on"),
     } for name, report in reports.items()}}
 
 
@@ -104,6 +105,10 @@ def summary_table(summary: Mapping) -> str:
             notes.append(f"- {source}: APGR {entry['subject']} − {rival} = {margin['margin']:+.3f} "
                          f"({margin['confidence']:.0%} interval {low:+.3f} to {high:+.3f}; above in "
                          f"{margin['share_above']:.0%} of {margin['resamples']} paired resamples of the prompts)")
+        seen = entry.get("subject_trained_on") or {}
+        if seen.get("by_split") or seen.get("in_memory"):
+            notes.append(f"- {source}: {entry['subject']} saw evaluated prompts in training: {seen['by_split']} of "
+                         f"{seen['evaluated']} in its training split, {seen['in_memory']} with their text in its memory")
     head = [f"- {name}: {e['prompts']} prompts ({e['skipped']} skipped), strong {e['strong']['model']}, "
             f"weak {e['weak']['model']}, scores {e['scores']}" for name, e in summary["sources"].items()]
     return "\n".join([*head, "", *lines, *([""] + notes if notes else [])]) + "\n"
@@ -154,7 +159,8 @@ def run_cli(args: argparse.Namespace) -> int:
                             args.split, lambdas, args.max_turns,
                             pathlib.Path(first.catalog if first else args.catalog or DEFAULT_CATALOG),
                             tuple(filter(None, args.models.split(","))), args.limit, not args.no_knn, args.knn_k,
-                            args.seed, allow_partial=args.allow_partial, fold=args.fold)
+                            args.seed, allow_partial=args.allow_partial, fold=args.fold,
+                            allow_seen=args.allow_seen)
         if sources:
             summary, reports = run_sources(config, args.source, command=command_line(config, args.source))
         else:

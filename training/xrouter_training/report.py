@@ -205,4 +205,8 @@ def format_table(report: Mapping) -> str:
         low, high = margin["interval"]
         lines.append(f"APGR margin over {rival}: {margin['margin']:+.3f}, {margin['confidence']:.0%} interval "
                      f"{low:+.3f} to {high:+.3f} ({margin['resamples']} paired resamples of {margin['prompts']} prompts)")
+    seen = report.get("subject_trained_on") or {}
+    if seen.get("by_split") or seen.get("in_memory"):
+        lines.append(f"the subject saw evaluated prompts in training: {seen['by_split']} of {seen['evaluated']} are in "
+                     f"its training split, {seen['in_memory']} have their text in its outcome memory")
     return "\n".join(lines)
