@@ -95,7 +95,7 @@ async def test_the_request_controls_are_honoured(stack, router, recorded) -> Non
     assert {c.model for c in reply.calls} <= set(pool)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await router.Route(request(recorded[ARC][""], policy="fixed:gpt-4-1106-preview", max_cost_usd=0.0001))
-    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no retry changes it: not a quota
     assert error.value.details().startswith("max_cost_usd: ")
     # A cap the cheap model fits under but gpt-4 does not: the cascade answers without escalating.
     cheap = await router.Route(request(recorded[ARC][""], policy="cascade", max_cost_usd=0.0015))
@@ -159,16 +159,31 @@ async def test_unknown_reference_type_is_refused_before_any_call(stack, router, 
     assert not stack.ledger.usage(tenant).models  # checked at the edge: nothing spent
 
 
-async def test_a_reference_only_the_reward_service_can_refuse_is_refused_after_billing_the_calls(  # type: ignore[no-untyped-def]
-        stack, router, recorded) -> None:
-    # Which recorded data sets exist is the reward service's knowledge, not the router's.
+@pytest.mark.parametrize(("reference", "field"), [
+    (reward_pb2.Reference(task_type="recorded_label", dataset="nope", prompt_id=ARC), "reference.dataset"),
+    (reward_pb2.Reference(task_type="recorded_label", dataset="routerbench", prompt_id="no-such-prompt"),
+     "reference.prompt_id"),
+    (reward_pb2.Reference(task_type="multiple_choice", gold="Z"), "reference.gold"),
+    (reward_pb2.Reference(task_type="multiple_choice", gold="A", options="XY"), "reference.gold"),
+    (reward_pb2.Reference(task_type="judge"), "reference.task_type"),  # no judge configured here
+])
+async def test_a_reference_only_the_reward_service_can_refuse_is_refused_before_any_call(  # type: ignore[no-untyped-def]
+        stack, router, recorded, reference, field) -> None:
+    """Which data sets, prompts and verifiers the reward service holds is its knowledge, not the
+    router's: the router asks it (CheckReference) before it calls a model. Until 2026-12-07 these
+    were refused after the calls, which were billed for a request that failed."""
     tenant = f"t-{uuid.uuid4().hex[:8]}"
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await router.Route(request(recorded[ARC][""], tenant=tenant, policy="cheapest", reference=reward_pb2.Reference(
-            task_type="recorded_label", dataset="nope", prompt_id=ARC)))
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.value.details().startswith("reference.dataset: ")
-    assert sum(m.calls for m in stack.ledger.usage(tenant).models) == 1  # the call made is not lost
+    for stream in (False, True):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            message = request(recorded[ARC][""], tenant=tenant, policy="cheapest", reference=reference)
+            if stream:
+                async for _ in router.RouteStream(message):
+                    pass
+            else:
+                await router.Route(message)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith(f"{field}: ")
+    assert not stack.ledger.usage(tenant).models  # nothing called, nothing billed
 
 
 async def test_load_policy_swaps_the_serving_policy(router, recorded) -> None:  # type: ignore[no-untyped-def]
@@ -243,13 +258,34 @@ async def test_code_references_reach_the_reward_service_whole(router) -> None:  
     reference = reward_pb2.Reference(task_type="code", code=reward_pb2.CodeTests(
         asserts=["assert add(2, 3) == 5"], entry_point="add"))
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        # The replay pool has no recording of this prompt: the request fails before scoring, which
-        # still proves the reference was accepted by the router's conversion (no field lost/refused).
+        # This stack's reward service runs no caller-written tests, and says so when the router asks
+        # before any call (CheckReference): the router's conversion kept the tests, and nothing was spent.
         await router.Route(request("Write add(a, b).", policy="cheapest", reference=reference))
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "reference.code" in error.value.details()
     from xrouter.router.clients import reference_to_proto
     from xrouter.router.convert import route_request
 
     domain = route_request(request("x", reference=reference)).reference
     assert domain is not None and domain.code is not None and domain.code.asserts == ("assert add(2, 3) == 5",)
     assert reference_to_proto(domain) == reference
+
+
+@pytest.mark.parametrize("method", ["Route", "RouteStream", "Feedback"])
+async def test_a_request_that_does_not_parse_is_invalid_argument(stack, method) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that are no RouteRequest (a string field that is not UTF-8): INVALID_ARGUMENT naming the
+    request, as for any bad input; grpc's own parsing answered UNKNOWN."""
+    not_utf8 = b"\x0a\x0a\x0a\x04user\x12\x02\xff\xfe"  # messages[0].content holds bytes 0xff 0xfe
+    async with grpc.aio.insecure_channel(stack.router_target, interceptors=bearer_interceptors(stack.admin_key)) as channel:
+        path = f"/xrouter.router.v1.RouterService/{method}"
+        for raw in (not_utf8, b"\xff\xff\xff\xff"):
+            call = (channel.unary_stream if method == "RouteStream" else channel.unary_unary)(
+                path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                if method == "RouteStream":
+                    async for _ in call(raw):
+                        pass
+                else:
+                    await call(raw)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details().startswith(f"request: is not a valid {method} request message")

@@ -207,13 +207,13 @@ def _create(model: str = "xrouter", messages=None, **controls):  # type: ignore[
 @pytest.mark.parametrize(("kwargs", "error", "status", "names"), [
     pytest.param(_create(messages=[]), openai.BadRequestError, 400, "messages", id="empty-messages"),
     pytest.param(_create(model="gpt-4o"), openai.NotFoundError, 404, "model", id="unknown-model-name"),
-    pytest.param(_create(allowed_models=["gpt-9"]), openai.BadRequestError, 400, "allowed_models[0]",
+    pytest.param(_create(allowed_models=["gpt-9"]), openai.BadRequestError, 400, "xrouter.allowed_models[0]",
                  id="unknown-allowed-model"),
-    pytest.param(_create(model="xrouter:-1"), openai.BadRequestError, 400, "cost_lambda", id="negative-lambda"),
+    pytest.param(_create(model="xrouter:-1"), openai.BadRequestError, 400, "model", id="negative-lambda"),
     pytest.param(_create(model="xrouter:cheap"), openai.BadRequestError, 400, "model", id="non-numeric-lambda"),
     pytest.param(_create(messages=user("x" * 200_001)), openai.BadRequestError, 400, "messages",
                  id="oversize-prompt"),
-    pytest.param(_create(policy="smartest"), openai.BadRequestError, 400, "policy", id="unknown-policy"),
+    pytest.param(_create(policy="smartest"), openai.BadRequestError, 400, "xrouter.policy", id="unknown-policy"),
     pytest.param(_create(messages=[{"role": "robot", "content": "hi"}]), openai.BadRequestError, 400,
                  "messages[0].role", id="bad-role"),
 ])
@@ -236,7 +236,7 @@ async def test_bad_requests_are_refused_before_streaming_starts(stack, client) -
     with pytest.raises(openai.BadRequestError) as raised:
         await client.chat.completions.create(model="xrouter:-1", messages=user("hi"), stream=True,
                                              extra_body={"xrouter": {"tenant": tenant}})
-    assert raised.value.body["message"].startswith("cost_lambda: ")
+    assert raised.value.body["message"].startswith("model: ")  # λ comes in the model name
     assert not stack.ledger.usage(tenant).models
 
 
@@ -293,6 +293,16 @@ async def test_a_body_that_is_not_an_object_is_a_400(stack, http) -> None:  # ty
     pytest.param({"seed": "42"}, "seed", id="seed-a-string"),
     pytest.param({"xrouter": {"reference": {"task_type": "math", "gold": 4}}}, "xrouter.reference.gold",
                  id="reference-gold-not-a-string"),
+    # An explicit empty or zero control once meant "not given" and was dropped: a retry with
+    # request_id "" got a new id and was billed again.
+    pytest.param({"xrouter": {"request_id": ""}}, "xrouter.request_id", id="empty-request-id"),
+    pytest.param({"xrouter": {"tenant": ""}}, "xrouter.tenant", id="empty-tenant"),
+    pytest.param({"xrouter": {"policy": ""}}, "xrouter.policy", id="empty-policy"),
+    pytest.param({"xrouter": {"max_turns": 0}}, "xrouter.max_turns", id="zero-max-turns"),
+    # JSON may escape a lone UTF-16 surrogate; no text can hold one (it was a 500 after admission).
+    pytest.param({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content",
+                 id="lone-surrogate-in-content"),
+    pytest.param({"stop": ["ok", "\udfff"]}, "stop[1]", id="lone-surrogate-in-stop"),
 ])
 async def test_ill_typed_fields_get_an_openai_style_400(stack, http, body, param) -> None:  # type: ignore[no-untyped-def]
     tenant = new_tenant()
@@ -352,3 +362,82 @@ async def test_without_a_traceparent_each_request_gets_its_own_trace(stack, http
             assert response.status == 200
             trace_ids.add((await response.json())["xrouter"]["trace_id"])
     assert len(trace_ids) == 2 and TRACE_ID not in trace_ids
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/feedback"])
+async def test_json_is_read_as_utf8_whatever_charset_is_named(stack, http, path) -> None:  # type: ignore[no-untyped-def]
+    """An unknown charset was a 500 (LookupError); JSON is UTF-8 (RFC 8259), so the body is read as
+    such and judged on its content: here it lacks a required field."""
+    async with http.post(stack.http_url + path, data='{"model": "xrouter", "x": "é"}'.encode(),
+                         headers={"Content-Type": "application/json; charset=bogus"}) as response:
+        body = await response.json()
+        assert response.status == 400, body
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["param"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/feedback"])
+@pytest.mark.parametrize(("headers", "data"), [
+    pytest.param({"Content-Type": "application/json", "Content-Encoding": "gzip"}, b'{"model": "xrouter"}',
+                 id="not-gzip"),
+    pytest.param({"Content-Type": "application/json", "Content-Encoding": "deflate"}, b"\x00\x01garbage",
+                 id="not-deflate"),
+])
+async def test_a_body_that_cannot_be_read_is_a_400_in_openai_shape(stack, http, path, headers, data) -> None:  # type: ignore[no-untyped-def]
+    """Each was a 500: a body its Content-Encoding cannot undo is the client's error."""
+    async with http.post(stack.http_url + path, data=data, headers=headers, compress=False) as response:
+        body = await response.json()
+        assert response.status == 400, body
+    assert body["error"]["param"] == "body" and body["error"]["code"] == "invalid_json"
+
+
+async def test_a_key_that_is_not_text_is_unauthenticated_not_a_500(stack) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(stack.http_url)
+
+    def send() -> tuple[int, dict]:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        try:
+            connection.putrequest("POST", "/v1/chat/completions")
+            connection.putheader("Authorization", b"Bearer \xff\xfe")
+            connection.putheader("Content-Type", "application/json")
+            body = json.dumps({"model": "xrouter", "messages": user("hi")}).encode()
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            connection.close()
+    status, body = await asyncio.to_thread(send)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_cost_cap_below_every_call_is_a_400_naming_it_not_a_quota(stack, http, prompt, stream) -> None:  # type: ignore[no-untyped-def]
+    """It was 429 insufficient_quota, which OpenAI's clients retry on their own, in vain."""
+    tenant = new_tenant()
+    payload = {"model": "xrouter", "messages": user(prompt), "stream": stream,
+               "xrouter": {"tenant": tenant, "max_cost_usd": 1e-6}}
+    async with http.post(stack.http_url + "/v1/chat/completions", json=payload) as response:
+        assert response.status == 400 and response.content_type == "application/json"
+        error = (await response.json())["error"]
+    assert (error["param"], error["code"]) == ("xrouter.max_cost_usd", "invalid_value")
+    assert error["message"].startswith("xrouter.max_cost_usd: ")
+    assert stack.ledger.usage(tenant).total_cost_micro_usd == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reference_the_reward_service_refuses_is_refused_before_any_call(stack, http, prompt, stream) -> None:  # type: ignore[no-untyped-def]
+    """Gold "Z" is no option letter: refused (by the reward service, asked first) before a model is
+    called; it used to come after the calls, billed, and mid-stream after the answer's text."""
+    tenant = new_tenant()
+    payload = {"model": "xrouter", "messages": user(prompt), "stream": stream,
+               "xrouter": {"tenant": tenant, "policy": f"fixed:{GPT4}",
+                           "reference": {"task_type": "multiple_choice", "gold": "Z"}}}
+    async with http.post(stack.http_url + "/v1/chat/completions", json=payload) as response:
+        assert response.status == 400 and response.content_type == "application/json"
+        error = (await response.json())["error"]
+    assert error["param"] == "xrouter.reference.gold" and error["message"].startswith("xrouter.reference.gold: ")
+    assert not stack.ledger.usage(tenant).models

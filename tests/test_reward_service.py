@@ -158,3 +158,44 @@ async def test_score_batch_mixes_sandbox_runs_in_order(stub, sandbox) -> None:  
                 reference=reward_pb2.Reference(task_type="math", gold="4")))
             expected.append(1.0 if i == 4 else 0.0)
     assert [r.score async for r in stub.ScoreBatch(iter(requests))] == expected
+
+
+async def test_check_reference_refuses_what_score_would_refuse_whatever_the_answer() -> None:
+    """CheckReference (asked by the router before any model call) refuses, naming the field, each
+    reference Score would refuse for every possible answer, and accepts the usable ones."""
+    from xrouter.reward.verifiers import RecordedLabels
+    from xrouter.common.outcomes import Outcome
+
+    labels = RecordedLabels([Outcome(source="s", task="t", prompt_id="p1", prompt="q", gold=None, model="m",
+                                        score=1.0, response="B", prompt_tokens=None, completion_tokens=None,
+                                        cost_usd=None)], name="set")
+    server, channel = await serve(Scorer({"set": labels}, RewardConfig()), client_tests=False)
+    stub = reward_pb2_grpc.RewardServiceStub(channel)
+    Ref = reward_pb2.Reference
+    try:
+        for usable in (Ref(task_type="multiple_choice", gold="b"), Ref(task_type="multiple_choice", gold="Y", options="XY"),
+                       Ref(task_type="exact_match", gold="Paris"), Ref(task_type="math", gold="4"),
+                       Ref(task_type="recorded_label", dataset="set", prompt_id="p1")):
+            await stub.CheckReference(reward_pb2.CheckReferenceRequest(reference=usable))
+        refused = [
+            (Ref(task_type="vibes"), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),
+            (Ref(task_type="multiple_choice", gold="Z"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            (Ref(task_type="multiple_choice", gold="A", options="XY"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            (Ref(task_type="multiple_choice", gold="A", options="A1"), grpc.StatusCode.INVALID_ARGUMENT, "reference.options"),
+            (Ref(task_type="token_f1"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            (Ref(task_type="recorded_label", dataset="other", prompt_id="p1"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.dataset"),
+            (Ref(task_type="recorded_label", dataset="set", prompt_id="p2"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.prompt_id"),
+            (Ref(task_type="recorded_label", dataset="set"), grpc.StatusCode.INVALID_ARGUMENT, "reference.prompt_id"),
+            (Ref(task_type="judge"), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),
+            (Ref(task_type="code"), grpc.StatusCode.INVALID_ARGUMENT, "reference.code"),
+            (Ref(task_type="code", code=ADD_TESTS), grpc.StatusCode.PERMISSION_DENIED, "reference.code"),
+        ]
+        for reference, code, field in refused:
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.CheckReference(reward_pb2.CheckReferenceRequest(reference=reference))
+            assert (error.value.code(), error.value.details().split(":")[0]) == (code, field), reference
+    finally:
+        await channel.close()
+        await server.stop(0)

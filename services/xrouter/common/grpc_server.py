@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.common import metrics, settings, telemetry
-from xrouter.common.errors import XRouterError, status_details
+from xrouter.common.errors import InvalidArgument, XRouterError, status_details
 from xrouter.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,28 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith("/xrouter."):
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        # Requests arrive as bytes and are parsed in the handler: a message that does not parse (a
+        # string field that is not UTF-8, garbage) is then INVALID_ARGUMENT like any bad input, where
+        # grpc's own parsing answered UNKNOWN ("Unexpected <class 'DecodeError'>").
+        parse = _parser(handler.request_deserializer, method)
         if handler.unary_unary:
+            inner = handler.unary_unary
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._unary(lambda raw, context: inner(parse(raw), context), method),
                 response_serializer=handler.response_serializer)
         if handler.unary_stream:
+            inner_stream = handler.unary_stream
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._stream(lambda raw, context: inner_stream(parse(raw), context), method),
                 response_serializer=handler.response_serializer)
         if handler.stream_stream:
+            inner_both = handler.stream_stream
+
+            async def parsed(requests: Any) -> Any:
+                async for raw in requests:
+                    yield parse(raw)
             return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._stream(lambda raw, context: inner_both(parsed(raw), context), method),
                 response_serializer=handler.response_serializer)
         return handler
 
@@ -95,6 +103,17 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(context, method, error)
             self._observe(method, started, grpc.StatusCode.OK)
         return handle
+
+
+def _parser(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        if deserialize is None:
+            return raw
+        try:
+            return deserialize(raw)
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, and whatever a codec raises
+            raise InvalidArgument("request", f"is not a valid {method} request message ({error})") from None
+    return parse
 
 
 def _code_for(error: Exception) -> grpc.StatusCode:

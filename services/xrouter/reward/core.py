@@ -87,6 +87,29 @@ class Scorer:
             if failure.strip() else verdict.detail
         return ScoreResult(score=verdict.score, reward=reward, detail=detail, flagged=verdict.flagged)
 
+    def check(self, reference: Reference) -> None:
+        """Refuse, before any answer exists, a reference that ``score`` would refuse whatever the
+        answer: an unknown or disabled verifier, a missing or malformed gold, code tests that do
+        not validate, a recorded-label dataset or prompt this service does not hold. The router
+        asks this before it calls a model (``CheckReference``): refused after the calls, the
+        request was paid for and failed anyway."""
+        task = reference.task_type
+        if task not in TASK_TYPES:
+            raise InvalidArgument("reference.task_type", f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
+        if task == "multiple_choice":
+            multiple_choice("", self._gold(reference), reference.options or "ABCDE")  # checks gold and options
+        elif task in ("exact_match", "token_f1", "math"):
+            self._gold(reference)
+        elif task == "code":
+            self._code_tests(reference)
+        elif task == "judge":
+            self._judge_enabled()
+        else:
+            labels = self._labels(reference)
+            if reference.prompt_id not in labels:
+                raise InvalidArgument("reference.prompt_id", f"{reference.prompt_id!r} is not a recorded prompt in "
+                                      f"dataset {reference.dataset!r}")
+
     async def _verify(self, prompt: str, response: str, reference: Reference) -> Verdict:
         task = reference.task_type
         if task == "multiple_choice":
@@ -103,17 +126,20 @@ class Scorer:
         if task == "code":
             return await self._code(response, reference)
         if task == "judge":
-            if self._judge is None:
-                raise InvalidArgument("reference.task_type", "'judge' is not enabled on this reward "
-                                      "service: it needs XROUTER_REWARD_JUDGE_MODEL and "
-                                      "XROUTER_REWARD_ADAPTERS_TARGET")
-            return await self._judge.judge(prompt, response, reference.rubric, reference.gold)
+            return await self._judge_enabled().judge(prompt, response, reference.rubric, reference.gold)
         if task == "recorded_label":
             return self._recorded_label(response, reference)
         raise InvalidArgument("reference.task_type",
                               f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
 
-    async def _code(self, response: str, reference: Reference) -> Verdict:
+    def _judge_enabled(self) -> Judge:
+        if self._judge is None:
+            raise InvalidArgument("reference.task_type", "'judge' is not enabled on this reward "
+                                  "service: it needs XROUTER_REWARD_JUDGE_MODEL and "
+                                  "XROUTER_REWARD_ADAPTERS_TARGET")
+        return self._judge
+
+    def _code_tests(self, reference: Reference) -> tuple[CodeTests, Sandbox]:
         if reference.code is None:
             raise InvalidArgument("reference.code", "is required for code: set asserts (MBPP style) "
                                   "or check and entry_point (HumanEval style)")
@@ -122,8 +148,12 @@ class Scorer:
             raise InvalidArgument("reference.task_type", "'code' is not enabled on this reward "
                                   "service: its sandbox is off or this host cannot build it "
                                   "(see the service's start-up log)")
+        return reference.code, self._sandbox
+
+    async def _code(self, response: str, reference: Reference) -> Verdict:
+        code, sandbox = self._code_tests(reference)
         try:
-            return await asyncio.to_thread(verify_code, response, reference.code, self._sandbox)
+            return await asyncio.to_thread(verify_code, response, code, sandbox)
         except SandboxUnavailable as error:  # the host failed before the answer ran: not a score
             raise Unavailable(f"code sandbox: {error}") from None
 
@@ -135,7 +165,7 @@ class Scorer:
                                   f"to {what.get(reference.task_type, 'the gold answer')}")
         return reference.gold
 
-    def _recorded_label(self, response: str, reference: Reference) -> Verdict:
+    def _labels(self, reference: Reference) -> RecordedLabels:
         labels = self._recorded.get(reference.dataset)
         if labels is None:
             known = ", ".join(self.datasets) or "none are loaded"
@@ -146,4 +176,7 @@ class Scorer:
             raise InvalidArgument("reference.prompt_id",
                                   f"is required for recorded_label: set it to the prompt's id in "
                                   f"{reference.dataset!r}")
-        return labels.verdict(reference.prompt_id, response)
+        return labels
+
+    def _recorded_label(self, response: str, reference: Reference) -> Verdict:
+        return self._labels(reference).verdict(reference.prompt_id, response)

@@ -43,7 +43,7 @@ def _to_response(result: ScoreResult) -> reward_pb2.ScoreResponse:
                                     flagged=result.flagged)
 
 
-def check_client_tests(request: reward_pb2.ScoreRequest, allowed: bool) -> None:
+def check_client_tests(request: reward_pb2.ScoreRequest | reward_pb2.CheckReferenceRequest, allowed: bool) -> None:
     """Refuse tests written by the caller unless this service trusts its callers with them:
     whoever writes the tests decides the score (``assert True`` passes anything)."""
     if request.reference.HasField("code") and not allowed:
@@ -85,6 +85,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                     context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
         # The scorer keeps the event loop free: slow verifiers run in threads or processes.
         return await _score(self._scorer, request, self._client_tests)
+
+    async def CheckReference(self, request: reward_pb2.CheckReferenceRequest,
+                             context: grpc.aio.ServicerContext) -> reward_pb2.CheckReferenceResponse:
+        check_client_tests(request, self._client_tests)
+        self._scorer.check(to_reference(request.reference))
+        return reward_pb2.CheckReferenceResponse()
 
     async def ScoreBatch(self, request_iterator: AsyncIterator[reward_pb2.ScoreRequest],
                          context: grpc.aio.ServicerContext) -> AsyncIterator[reward_pb2.ScoreResponse]:

@@ -76,6 +76,8 @@ class RouterAuth:
         if not key:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' (create one with "
                                   "`xrouter keys create --tenant NAME`)")
+        if not (key.isascii() and key.isprintable()):  # keys are printable ASCII; a header may carry any bytes
+            raise Unauthenticated("unknown or revoked API key (a key is printable ASCII)")
         digest = hashlib.sha256(key.encode()).hexdigest()
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > self._clock():

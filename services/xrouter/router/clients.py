@@ -294,3 +294,10 @@ class RewardClient:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "reward") from None
         return reply.score, reply.reward
+
+    async def check(self, reference: ScoringReference, timeout: float) -> None:
+        request = reward_pb2.CheckReferenceRequest(reference=reference_to_proto(reference))
+        try:
+            await self._stub.CheckReference(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "reward") from None

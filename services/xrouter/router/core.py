@@ -120,6 +120,11 @@ class RouterCore:
         deadline = time.monotonic() + min(timeout or math.inf, self.limits.request_timeout_s)
         started = time.perf_counter()
         policy, state, tenant = self._prepare(request)  # every field checked before anything is spent
+        if request.reference is not None:  # what the reward service would refuse after the calls, refused now
+            if self._scorer is None:
+                raise InvalidArgument("reference", "this router has no reward service to score answers with "
+                                      "(XROUTER_ROUTER_REWARD_TARGET is not set)")
+            await self._scorer.check(request.reference, left(deadline))
         explorer = self._explorer(policy, tenant, request)
         request_id = request.request_id or uuid.uuid4().hex
         generated = request.request_id_generated or not request.request_id  # no retry can carry it

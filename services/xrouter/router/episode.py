@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
-from xrouter.common.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from xrouter.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from xrouter.router.policy import (
     Answer, CallModels, CallOutcome, CallStatus, EpisodeState, Policy, SelectResponse, Strategy, ToolCall)
 
@@ -185,9 +185,9 @@ async def _call(tool_call: ToolCall, index: int, state: EpisodeState, invoke: In
 def _fallback(state: EpisodeState, limit: bool) -> EpisodeResult:
     ok = [c for c in state.calls if c.ok]
     if state.calls and all(c.status is CallStatus.SKIPPED_BUDGET for c in state.calls):
-        raise ResourceExhausted(
-            f"max_cost_usd: {state.max_cost_usd} is below the estimated cost of every call the policy "
-            f"chose ({state.calls[0].error})", subject="request:max_cost_usd")
+        # A 4xx a retry cannot change, not a quota (429, which OpenAI's clients retry on their own).
+        raise InvalidArgument("max_cost_usd", f"{state.max_cost_usd} is below the estimated cost of every call "
+                              f"the policy chose ({state.calls[0].error}); raise it or allow cheaper models")
     if not ok:
         failures = "; ".join(f"{c.model}: {c.error or c.status.name}" for c in state.calls) or "no model was called"
         raise Unavailable(f"no model call succeeded within {state.turn} turns ({failures})")

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -54,9 +55,35 @@ def _code(error: XRouterError, status: int) -> str:
     return _CODES.get(status, "error")
 
 
-def _domain_error(error: XRouterError) -> web.Response:
+# The core names a field as RouteRequest does; in a chat body these live in the ``xrouter`` object.
+# (Not tenant: it may come from the X-Tenant header as well.)
+_CONTROLS = frozenset({"allowed_models", "max_cost_usd", "max_turns", "policy", "reference", "request_id"})
+
+
+def chat_param(field: str | None) -> str | None:
+    """The chat body's path of a field the core named (``max_cost_usd`` → ``xrouter.max_cost_usd``;
+    ``cost_lambda`` → ``model``, which carries λ as ``xrouter:<λ>``)."""
+    if field == "cost_lambda":
+        return "model"
+    if field is None or re.split(r"[.\[]", field, maxsplit=1)[0] not in _CONTROLS:
+        return field
+    return f"xrouter.{field}"
+
+
+def _named(error: XRouterError, chat: bool) -> tuple[str, str | None]:
+    """The error's message and ``param``, both naming the field by its path in a chat body."""
+    field = getattr(error, "field", None)
+    param = chat_param(field) if chat else field
+    message = error.message
+    if field and param != field and message.startswith(f"{field}: "):
+        message = f"{param}: {message[len(field) + 2:]}"
+    return message, param
+
+
+def _domain_error(error: XRouterError, chat: bool = False) -> web.Response:
     status = _STATUS.get(error.code.name, 500)
-    response = _error(status, error.message, getattr(error, "field", None), _code(error, status))
+    message, param = _named(error, chat)
+    response = _error(status, message, param, _code(error, status))
     if status == 401:  # RFC 6750: say which scheme to use
         response.headers["WWW-Authenticate"] = 'Bearer realm="xrouter"'
     retry = getattr(error, "retry_after_s", None)
@@ -85,6 +112,54 @@ def _xrouter_block(result: RouteResult) -> dict[str, Any]:
     }
 
 
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON body, or the 400 that says why there is none. JSON is UTF-8 (RFC 8259):
+    the bytes are decoded as such whatever charset the Content-Type names (an unknown one was a
+    500), a body its Content-Encoding cannot undo is refused, and so is a string holding an
+    unpaired UTF-16 surrogate ("\\ud800" is valid JSON, but no UTF-8 text, prompt or ledger row can
+    hold it: it was a 500 from the tokenizer or the ledger, after the request was admitted)."""
+    try:
+        raw = await request.read()
+    except web.HTTPException:
+        raise  # over the size limit: 413, shaped by _json_errors
+    except Exception as error:  # noqa: BLE001 - aiohttp's decompression errors have no common base
+        return _error(400, f"body: cannot be decoded under Content-Encoding "
+                      f"{request.headers.get('Content-Encoding', '')!r} ({type(error).__name__})", "body", "invalid_json")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
+    try:
+        where = _unpaired_surrogate(body)
+    except RecursionError:  # parsed, but too deep to walk: no request field nests this deep
+        return _error(400, "body: nested too deeply", "body", "invalid_json")
+    if where is not None:
+        return _error(400, f"{where}: holds an unpaired UTF-16 surrogate (an escape such as \\ud800 without its "
+                      "pair); strings must be valid Unicode", where, "invalid_value")
+    return body
+
+
+def _unpaired_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (``messages[0].content``) of the first string or key holding a lone surrogate, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unpaired_surrogate(key, path or "body") or _unpaired_surrogate(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for number, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{path}[{number}]")
+            if found is not None:
+                return found
+    return None
+
+
 class ChatCompletions:
     """aiohttp handlers over a :class:`RouterCore`."""
 
@@ -102,10 +177,9 @@ class ChatCompletions:
             caller = await self._caller(request)
         except XRouterError as error:
             return _domain_error(error)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-            return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             chat = parse_chat_request(body, request.headers.get("X-Tenant", ""), self._core.catalog)
             # The key decides the tenant; a named one (body or X-Tenant) must be its own, or the key an admin's.
@@ -114,7 +188,7 @@ class ChatCompletions:
                 return await self._stream(request, route_request, chat.include_usage, chat.model)
             result = await self._core.route(route_request)
         except XRouterError as error:
-            return _domain_error(error)
+            return _domain_error(error, chat=True)
         tool_calls = _tool_calls(result)
         message: dict[str, Any] = {"role": "assistant", "content": result.answer if result.answer or not tool_calls
                                    else None, "refusal": None}
@@ -155,7 +229,7 @@ class ChatCompletions:
                 result = await task
             except XRouterError as error:
                 if not sse.started:
-                    return _domain_error(error)
+                    return _domain_error(error, chat=True)
                 await sse.fail(error)
                 return sse.response
             tool_calls = _tool_calls(result)
@@ -179,10 +253,9 @@ class ChatCompletions:
             caller = await self._caller(request)
         except XRouterError as error:
             return _domain_error(error)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-            return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
+        body = await _json_body(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             parsed = parse_body(body, request.headers.get("X-Tenant", ""))
             parsed = dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
@@ -243,8 +316,9 @@ class _Sse:
         """The terminal error event (the shape OpenAI sends mid-stream; its client raises APIError on
         it), and no ``[DONE]``: the answer is incomplete."""
         status = _STATUS.get(error.code.name, 500)
-        event = {"error": {"message": error.message, "type": "invalid_request_error" if status < 500
-                           else "server_error", "param": getattr(error, "field", None), "code": _code(error, status)}}
+        message, param = _named(error, chat=True)
+        event = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                           "param": param, "code": _code(error, status)}}
         await self.response.write(f"data: {json.dumps(event)}\n\n".encode())
         await self.response.write_eof()
 

@@ -235,6 +235,12 @@ def parse_chat_request(raw: Any, tenant_header: str, catalog: Collection[str] = 
     if direct and (controls.policy or controls.allowed_models):
         raise InvalidArgument("xrouter.policy" if controls.policy else "xrouter.allowed_models",
                               f"model {direct!r} is called directly; routing controls apply to model {MODEL!r}")
+    for name in ("request_id", "tenant", "policy"):  # "" would have meant "not given": refused, not dropped
+        if getattr(controls, name) == "":
+            raise InvalidArgument(f"xrouter.{name}", "must not be empty; leave it out for the default")
+    if controls.max_turns is not None and controls.max_turns < 1:  # 0 would have meant the default turns
+        raise InvalidArgument("xrouter.max_turns", f"must be at least 1, got {controls.max_turns}; leave it out "
+                              "for the default")
     reference = controls.reference
     request = RouteRequest(
         # "developer" is OpenAI's newer name for the system role.

@@ -98,3 +98,7 @@ class Scorer(Protocol):
                     cost_lambda: float, timeout: float) -> tuple[float, float]:
         """Returns (score, reward)."""
         ...
+
+    async def check(self, reference: ScoringReference, timeout: float) -> None:
+        """Raises what ``score`` would raise for this reference whatever the answer (asked before any call)."""
+        ...

@@ -24,21 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exrouter/reward/v1/reward.proto\x12\x11xrouter.reward.v1\"\xae\x01\n\tReference\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x11\n\tprompt_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\x12*\n\x04\x63ode\x18\x06 \x01(\x0b\x32\x1c.xrouter.reward.v1.CodeTests\x12\x0e\n\x06rubric\x18\x07 \x01(\t\x12\x0f\n\x07options\x18\x08 \x01(\t\"_\n\tCodeTests\x12\x0f\n\x07\x61sserts\x18\x01 \x03(\t\x12\r\n\x05setup\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\t\"\xb2\x01\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12/\n\treference\x18\x03 \x01(\x0b\x32\x1c.xrouter.reward.v1.Reference\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x13\n\x0b\x63ost_lambda\x18\x05 \x01(\x01\x12\x17\n\x0frouter_cost_usd\x18\x06 \x01(\x01\x12\x0f\n\x07\x66\x61ilure\x18\x07 \x01(\t\"O\n\rScoreResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x66lagged\x18\x04 \x01(\x08\x32\xb0\x01\n\rRewardService\x12J\n\x05Score\x12\x1f.xrouter.reward.v1.ScoreRequest\x1a .xrouter.reward.v1.ScoreResponse\x12S\n\nScoreBatch\x12\x1f.xrouter.reward.v1.ScoreRequest\x1a .xrouter.reward.v1.ScoreResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1exrouter/reward/v1/reward.proto\x12\x11xrouter.reward.v1\"H\n\x15\x43heckReferenceRequest\x12/\n\treference\x18\x01 \x01(\x0b\x32\x1c.xrouter.reward.v1.Reference\"\x18\n\x16\x43heckReferenceResponse\"\xae\x01\n\tReference\x12\x11\n\ttask_type\x18\x01 \x01(\t\x12\x0c\n\x04gold\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x11\n\tprompt_id\x18\x04 \x01(\t\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\x12*\n\x04\x63ode\x18\x06 \x01(\x0b\x32\x1c.xrouter.reward.v1.CodeTests\x12\x0e\n\x06rubric\x18\x07 \x01(\t\x12\x0f\n\x07options\x18\x08 \x01(\t\"_\n\tCodeTests\x12\x0f\n\x07\x61sserts\x18\x01 \x03(\t\x12\r\n\x05setup\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x04 \x01(\t\x12\x0e\n\x06prefix\x18\x05 \x01(\t\"\xb2\x01\n\x0cScoreRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12/\n\treference\x18\x03 \x01(\x0b\x32\x1c.xrouter.reward.v1.Reference\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x13\n\x0b\x63ost_lambda\x18\x05 \x01(\x01\x12\x17\n\x0frouter_cost_usd\x18\x06 \x01(\x01\x12\x0f\n\x07\x66\x61ilure\x18\x07 \x01(\t\"O\n\rScoreResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x66lagged\x18\x04 \x01(\x08\x32\x97\x02\n\rRewardService\x12J\n\x05Score\x12\x1f.xrouter.reward.v1.ScoreRequest\x1a .xrouter.reward.v1.ScoreResponse\x12S\n\nScoreBatch\x12\x1f.xrouter.reward.v1.ScoreRequest\x1a .xrouter.reward.v1.ScoreResponse(\x01\x30\x01\x12\x65\n\x0e\x43heckReference\x12(.xrouter.reward.v1.CheckReferenceRequest\x1a).xrouter.reward.v1.CheckReferenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xrouter.reward.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REFERENCE']._serialized_start=54
-  _globals['_REFERENCE']._serialized_end=228
-  _globals['_CODETESTS']._serialized_start=230
-  _globals['_CODETESTS']._serialized_end=325
-  _globals['_SCOREREQUEST']._serialized_start=328
-  _globals['_SCOREREQUEST']._serialized_end=506
-  _globals['_SCORERESPONSE']._serialized_start=508
-  _globals['_SCORERESPONSE']._serialized_end=587
-  _globals['_REWARDSERVICE']._serialized_start=590
-  _globals['_REWARDSERVICE']._serialized_end=766
+  _globals['_CHECKREFERENCEREQUEST']._serialized_start=53
+  _globals['_CHECKREFERENCEREQUEST']._serialized_end=125
+  _globals['_CHECKREFERENCERESPONSE']._serialized_start=127
+  _globals['_CHECKREFERENCERESPONSE']._serialized_end=151
+  _globals['_REFERENCE']._serialized_start=154
+  _globals['_REFERENCE']._serialized_end=328
+  _globals['_CODETESTS']._serialized_start=330
+  _globals['_CODETESTS']._serialized_end=425
+  _globals['_SCOREREQUEST']._serialized_start=428
+  _globals['_SCOREREQUEST']._serialized_end=606
+  _globals['_SCORERESPONSE']._serialized_start=608
+  _globals['_SCORERESPONSE']._serialized_end=687
+  _globals['_REWARDSERVICE']._serialized_start=690
+  _globals['_REWARDSERVICE']._serialized_end=969
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CheckReferenceRequest(_message.Message):
+    __slots__ = ("reference",)
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    reference: Reference
+    def __init__(self, reference: _Optional[_Union[Reference, _Mapping]] = ...) -> None: ...
+
+class CheckReferenceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Reference(_message.Message):
     __slots__ = ("task_type", "gold", "dataset", "prompt_id", "aliases", "code", "rubric", "options")
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class RewardServiceStub:
                 request_serializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.CheckReference = channel.unary_unary(
+                '/xrouter.reward.v1.RewardService/CheckReference',
+                request_serializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceRequest.SerializeToString,
+                response_deserializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -72,6 +77,18 @@ class RewardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckReference(self, request, context):
+        """Whether Score would accept this reference, asked before the answer exists
+        (the router asks it before it calls any model): INVALID_ARGUMENT naming the
+        field for what Score would refuse whatever the answer (an unknown or
+        disabled verifier, a missing or malformed gold, code tests that do not
+        validate, a recorded-label dataset or prompt id this service does not hold);
+        PERMISSION_DENIED for caller-written code tests this service does not run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +101,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.ScoreBatch,
                     request_deserializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
                     response_serializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
+            ),
+            'CheckReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckReference,
+                    request_deserializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceRequest.FromString,
+                    response_serializer=xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,6 +164,33 @@ class RewardService:
             '/xrouter.reward.v1.RewardService/ScoreBatch',
             xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
             xrouter_dot_reward_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xrouter.reward.v1.RewardService/CheckReference',
+            xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceRequest.SerializeToString,
+            xrouter_dot_reward_dot_v1_dot_reward__pb2.CheckReferenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
