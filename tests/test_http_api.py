@@ -303,6 +303,7 @@ async def test_a_body_that_is_not_an_object_is_a_400(stack, http) -> None:  # ty
     pytest.param({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages[0].content",
                  id="lone-surrogate-in-content"),
     pytest.param({"stop": ["ok", "\udfff"]}, "stop[1]", id="lone-surrogate-in-stop"),
+    pytest.param({"max_completion_tokens": 10**9}, "max_completion_tokens", id="max-completion-tokens-too-large"),
 ])
 async def test_ill_typed_fields_get_an_openai_style_400(stack, http, body, param) -> None:  # type: ignore[no-untyped-def]
     tenant = new_tenant()

@@ -26,7 +26,7 @@ from xrouter.router.auth import Caller, RouterAuth, key_from_authorization
 from xrouter.router.core import RouteRequest, RouteResult, RouterCore
 from xrouter.router.episode import AnswerDelta, Event
 from xrouter.router.feedback import FeedbackDesk, parse_body
-from xrouter.router.openai_request import MODEL, PRESETS, parse_chat_request
+from xrouter.router.openai_request import MODEL, PRESETS, ChatRequest, parse_chat_request
 
 log = logging.getLogger(__name__)
 _STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "ALREADY_EXISTS": 409,
@@ -60,29 +60,32 @@ def _code(error: XRouterError, status: int) -> str:
 _CONTROLS = frozenset({"allowed_models", "max_cost_usd", "max_turns", "policy", "reference", "request_id"})
 
 
-def chat_param(field: str | None) -> str | None:
+def chat_param(field: str | None, tokens_field: str = "max_tokens") -> str | None:
     """The chat body's path of a field the core named (``max_cost_usd`` → ``xrouter.max_cost_usd``;
-    ``cost_lambda`` → ``model``, which carries λ as ``xrouter:<λ>``)."""
+    ``cost_lambda`` → ``model``, which carries λ as ``xrouter:<λ>``; ``max_tokens`` → whichever of
+    max_tokens and max_completion_tokens the caller sent)."""
     if field == "cost_lambda":
         return "model"
+    if field == "max_tokens":
+        return tokens_field
     if field is None or re.split(r"[.\[]", field, maxsplit=1)[0] not in _CONTROLS:
         return field
     return f"xrouter.{field}"
 
 
-def _named(error: XRouterError, chat: bool) -> tuple[str, str | None]:
+def _named(error: XRouterError, chat: bool, tokens_field: str = "max_tokens") -> tuple[str, str | None]:
     """The error's message and ``param``, both naming the field by its path in a chat body."""
     field = getattr(error, "field", None)
-    param = chat_param(field) if chat else field
+    param = chat_param(field, tokens_field) if chat else field
     message = error.message
     if field and param != field and message.startswith(f"{field}: "):
         message = f"{param}: {message[len(field) + 2:]}"
     return message, param
 
 
-def _domain_error(error: XRouterError, chat: bool = False) -> web.Response:
+def _domain_error(error: XRouterError, chat: bool = False, tokens_field: str = "max_tokens") -> web.Response:
     status = _STATUS.get(error.code.name, 500)
-    message, param = _named(error, chat)
+    message, param = _named(error, chat, tokens_field)
     response = _error(status, message, param, _code(error, status))
     if status == 401:  # RFC 6750: say which scheme to use
         response.headers["WWW-Authenticate"] = 'Bearer realm="xrouter"'
@@ -180,15 +183,17 @@ class ChatCompletions:
         body = await _json_body(request)
         if isinstance(body, web.Response):
             return body
+        tokens_field = "max_tokens"
         try:
             chat = parse_chat_request(body, request.headers.get("X-Tenant", ""), self._core.catalog)
+            tokens_field = chat.tokens_field
             # The key decides the tenant; a named one (body or X-Tenant) must be its own, or the key an admin's.
             route_request = dataclasses.replace(chat.route, tenant=self._auth.tenant_for(caller, chat.route.tenant))
             if chat.stream:
-                return await self._stream(request, route_request, chat.include_usage, chat.model)
+                return await self._stream(request, route_request, chat)
             result = await self._core.route(route_request)
         except XRouterError as error:
-            return _domain_error(error, chat=True)
+            return _domain_error(error, chat=True, tokens_field=tokens_field)
         tool_calls = _tool_calls(result)
         message: dict[str, Any] = {"role": "assistant", "content": result.answer if result.answer or not tool_calls
                                    else None, "refusal": None}
@@ -200,15 +205,14 @@ class ChatCompletions:
             "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(result),
                          "logprobs": None}]})
 
-    async def _stream(self, http: web.Request, request: RouteRequest, include_usage: bool,
-                      model: str) -> web.StreamResponse:
+    async def _stream(self, http: web.Request, request: RouteRequest, chat: ChatRequest) -> web.StreamResponse:
         """SSE with the answer's text as the backend generates it (see RouterCore.route's ``stream``).
         The response starts with the first piece of the answer: a refusal or a failure before it is
         a plain JSON error with its HTTP status; a failure after it is a terminal ``error`` event."""
         if not request.request_id:  # the stream's id before the route starts; still the router's own
             request = dataclasses.replace(request, request_id=uuid.uuid4().hex, request_id_generated=True)
         sse = _Sse(http, {"id": f"chatcmpl-{request.request_id}", "object": "chat.completion.chunk",
-                          "created": int(time.time()), "model": model})
+                          "created": int(time.time()), "model": chat.model})
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         async def on_event(event: Event) -> None:
@@ -229,8 +233,8 @@ class ChatCompletions:
                 result = await task
             except XRouterError as error:
                 if not sse.started:
-                    return _domain_error(error, chat=True)
-                await sse.fail(error)
+                    return _domain_error(error, chat=True, tokens_field=chat.tokens_field)
+                await sse.fail(error, chat.tokens_field)
                 return sse.response
             tool_calls = _tool_calls(result)
             if tool_calls:  # whole, in one delta (OpenAI's clients join pieces; one piece is a valid stream)
@@ -238,7 +242,7 @@ class ChatCompletions:
                     {"index": number, **call} for number, call in enumerate(tool_calls)]}}]})
             await sse.send({"choices": [{"index": 0, "delta": {}, "finish_reason": _finish_reason(result)}],
                             "xrouter": _xrouter_block(result)})
-            if include_usage:
+            if chat.include_usage:
                 await sse.send({"choices": [], "usage": _usage(result)})
             await sse.end()
             return sse.response
@@ -312,11 +316,11 @@ class _Sse:
     async def _write(self, payload: dict[str, Any]) -> None:
         await self.response.write(f"data: {json.dumps({**self._base, **payload})}\n\n".encode())
 
-    async def fail(self, error: XRouterError) -> None:
+    async def fail(self, error: XRouterError, tokens_field: str = "max_tokens") -> None:
         """The terminal error event (the shape OpenAI sends mid-stream; its client raises APIError on
         it), and no ``[DONE]``: the answer is incomplete."""
         status = _STATUS.get(error.code.name, 500)
-        message, param = _named(error, chat=True)
+        message, param = _named(error, chat=True, tokens_field=tokens_field)
         event = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
                            "param": param, "code": _code(error, status)}}
         await self.response.write(f"data: {json.dumps(event)}\n\n".encode())

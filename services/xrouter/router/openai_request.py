@@ -56,6 +56,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     model: str  # as the caller wrote it (echoed in responses)
+    tokens_field: str = "max_tokens"  # which of max_tokens / max_completion_tokens the caller sent (errors name it)
 
 
 def _is_default(value: Any, defaults: tuple[Any, ...]) -> bool:
@@ -255,4 +256,6 @@ def parse_chat_request(raw: Any, tenant_header: str, catalog: Collection[str] = 
     options = body.stream_options
     if options is not None and options.model_fields_set and not stream:
         raise InvalidArgument("stream_options", "is only allowed when stream is true")
-    return ChatRequest(request, stream, options is not None and options.include_usage, body.model)
+    tokens_field = "max_completion_tokens" if body.max_tokens is None and body.max_completion_tokens is not None \
+        else "max_tokens"
+    return ChatRequest(request, stream, options is not None and options.include_usage, body.model, tokens_field)
