@@ -232,6 +232,32 @@ def test_usage_sums_by_model_and_time_range(ledger: Ledger, clock: Clock) -> Non
     (lambda l: l.set_budget("acme", "day", -1), "limit_micro_usd"),
     (lambda l: l.settle(Settlement("r", "acme", "s", "ok", -1, 0)), "total_cost_micro_usd"),
     (lambda l: l.usage("acme", NOON, NOON - dt.timedelta(seconds=1)), "end"),
+    # Found by probing a running metering service (2026-12-07): each was stored, or failed inside the
+    # database. Two calls of 2^63 − 1 tokens overflowed SQLite's SUM, the usage query failed, and the
+    # ledger was marked down: Authorize refused every tenant until it recovered.
+    (lambda l: l.record(call(input_tokens=2**63 - 1)), "input_tokens"),
+    (lambda l: l.record(call(output_tokens=10**10)), "output_tokens"),
+    (lambda l: l.record(call(latency_ms=float("nan"))), "latency_ms"),
+    (lambda l: l.record(call(latency_ms=float("inf"))), "latency_ms"),
+    (lambda l: l.record(call(model="a\x00b")), "model"),
+    (lambda l: l.record(call(model="m" * 300)), "model"),
+    (lambda l: l.record(call(trace_id="\x1b[31m")), "trace_id"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "", 0, 0)), "outcome"),  # would read as unsettled
+    (lambda l: l.settle(Settlement("r", "acme", "s", "banana", 0, 0)), "outcome"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 2**62, 0)), "total_cost_micro_usd"),
+    (lambda l: l.settle(Settlement("r", "acme", "s" * 65, "ok", 0, 0)), "strategy"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 0, 0, cost_lambda=float("nan"))), "cost_lambda"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 0, 0, cost_lambda=1e7)), "cost_lambda"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 0, 0, prompt_id="p\x00")), "prompt_id"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 0, 0, messages=(("wizard", "hi"),))), "messages[0].role"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 5, 0, call_records=(call("r", tenant="acme"),))), "calls"),
+    (lambda l: l.settle(Settlement("r", "acme", "s", "ok", 5, 1, returned_call_index=7,
+                                   call_records=(call("r", tenant="acme"),))), "returned_call_index"),
+    (lambda l: l.record_score("r", "acme", 1.0, float("inf")), "reward"),
+    (lambda l: l.set_budget("acme", "day", 1, model="a\x00b"), "model"),
+    (lambda l: l.set_budget("acme", "day", 2**63 - 1), "limit_micro_usd"),
+    (lambda l: l.create_api_key("a b"), "tenant"),
+    (lambda l: l.create_api_key("acme", label="\x1b[2J"), "label"),
 ])
 def test_validation_errors_name_the_field(sqlite_ledger: Ledger, action, field: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidArgument) as caught:
@@ -353,6 +379,11 @@ async def test_grpc_budget_refusal_carries_quota_failure(served) -> None:  # typ
      "estimate_micro_usd"),
     ("SetBudget", metering_pb2.SetBudgetRequest(tenant="acme", limit_micro_usd=1), "period"),
     ("GetUsage", metering_pb2.GetUsageRequest(), "tenant"),
+    # An out-of-range Timestamp was INTERNAL (a ValueError converting it).
+    ("GetUsage", metering_pb2.GetUsageRequest(tenant="acme", start=Timestamp(seconds=10**15)), "start"),
+    ("GetUsage", metering_pb2.GetUsageRequest(tenant="acme", end=Timestamp(seconds=0, nanos=-1)), "end"),
+    ("Record", record_request(input_tokens=2**63 - 1), "input_tokens"),
+    ("Settle", metering_pb2.SettleRequest(request_id="r", tenant="acme", strategy="s"), "outcome"),
 ])
 async def test_grpc_invalid_argument_names_the_field(served, rpc: str, message, field: str) -> None:  # type: ignore[no-untyped-def]
     _, stub, _ = served

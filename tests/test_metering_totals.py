@@ -386,8 +386,8 @@ async def test_settles_share_transactions_and_each_gets_its_own_answer(postgres_
         async def settle(number: int) -> grpc.StatusCode:
             try:
                 await service.stub.Settle(metering_pb2.SettleRequest(
-                    request_id=f"s{number}", tenant="acme", strategy="bad\x00" if number == 17 else "s",
-                    outcome="ok", total_cost_micro_usd=number, calls=1))
+                    request_id=f"s{number}", tenant="acme", strategy="s", outcome="ok", total_cost_micro_usd=number,
+                    calls=1, response_json='{"a": "bad\x00"}' if number == 17 else ""))  # NUL: PostgreSQL refuses
             except grpc.aio.AioRpcError as error:
                 assert (error.details() or "").startswith("request")
                 return error.code()

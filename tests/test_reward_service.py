@@ -191,6 +191,11 @@ async def test_check_reference_refuses_what_score_would_refuse_whatever_the_answ
             (Ref(task_type="judge"), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),
             (Ref(task_type="code"), grpc.StatusCode.INVALID_ARGUMENT, "reference.code"),
             (Ref(task_type="code", code=ADD_TESTS), grpc.StatusCode.PERMISSION_DENIED, "reference.code"),
+            # Echoed whole, the message outgrew gRPC's 16 KiB header limit: RESOURCE_EXHAUSTED ("received
+            # metadata size exceeds hard limit") reached the client instead (grpc_server cuts it now).
+            (Ref(task_type="x" * 100_000), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),
+            (Ref(task_type="recorded_label", dataset="d" * 100_000, prompt_id="p1"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.dataset"),
         ]
         for reference, code, field in refused:
             with pytest.raises(grpc.aio.AioRpcError) as error:

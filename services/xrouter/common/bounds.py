@@ -80,3 +80,38 @@ def check_comment(value: str, field: str) -> None:
         raise InvalidArgument(field, f"is {len(value)} characters; at most {MAX_COMMENT_CHARS}")
     if any(not (ch.isprintable() or ch in "\n\t") for ch in value):
         raise InvalidArgument(field, "must not contain control characters (other than newlines and tabs)")
+
+
+# A name the ledger stores and echoes (a model id, a policy version, a trace id, a strategy, a
+# dataset or prompt id, a budget's model, a key's label): short, printable, no control characters
+# (PostgreSQL text cannot hold NUL; logs and exports should not carry terminal escapes).
+MAX_NAME_CHARS = 256
+
+
+def check_name(value: str, field: str, *, required: bool = False, max_chars: int = MAX_NAME_CHARS) -> None:
+    if not value:
+        if required:
+            raise InvalidArgument(field, "must not be empty")
+        return
+    if len(value) > max_chars:
+        raise InvalidArgument(field, f"is {len(value)} characters; at most {max_chars}")
+    if not value.isprintable():
+        raise InvalidArgument(field, f"{shown(value)} must be printable characters")
+
+
+# Tokens of one call: no model reads or writes a billion tokens in a call. Bounded so that the
+# ledger's sums over a tenant's calls stay far below int64 (SQLite's SUM overflows there, and a
+# usage query that fails marks the ledger down: one absurd token count from a broken backend
+# took Authorize down for every tenant).
+MAX_CALL_TOKENS = 1_000_000_000
+
+
+def check_tokens(value: int, field: str) -> None:
+    if not 0 <= value <= MAX_CALL_TOKENS:
+        raise InvalidArgument(field, f"must be within [0, {MAX_CALL_TOKENS}], got {value}")
+
+
+def check_finite(value: float, field: str, low: float, high: float) -> None:
+    """A float within [low, high] (NaN and infinities refused)."""
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InvalidArgument(field, f"must be a finite number within [{low:g}, {high:g}], got {value}")

@@ -92,7 +92,7 @@ def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
     quota = error_details_pb2.QuotaFailure(
         violations=[error_details_pb2.QuotaFailure.Violation(
             subject=error.subject, description=error.description)])
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message[:4_000])
     status.details.add().Pack(quota)
     if error.reason:
         status.details.add().Pack(error_details_pb2.ErrorInfo(

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from xrouter.common.bounds import check_identifier, check_name
 from xrouter.common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from xrouter.metering.schema import ApiKey
 
@@ -202,8 +203,8 @@ def find_tenant_key(session: Session, digest: str) -> Identity | None:
 
 def create_key(session: Session, tenant: str, label: str, now: dt.datetime, role: str = "tenant") -> tuple[str, str]:
     """A new key for ``tenant``: returns (key id, secret); only the secret's hash is stored."""
-    if not tenant:
-        raise InvalidArgument("tenant", "must not be empty")
+    check_identifier(tenant, "tenant")  # as every tenant the router and the ledger accept
+    check_name(label, "label")
     if role not in KEY_ROLES:
         raise InvalidArgument("role", f"must be one of {', '.join(KEY_ROLES)}, got {role!r}")
     key_id, secret = f"key_{secrets.token_hex(8)}", f"{KEY_PREFIX}{secrets.token_urlsafe(32)}"

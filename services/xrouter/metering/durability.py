@@ -269,8 +269,8 @@ class StoreGuard:
     def record_score_many(self, scores: list[tuple[str, str, float, float]]) -> list[bool | XRouterError]:
         """Attach scores, (request_id, tenant, score, reward), in one transaction (or one spool
         fsync): per score whether spooled, or its refusal (a request of another tenant)."""
-        for request_id, tenant, score, _ in scores:
-            validate_score(request_id, tenant, score)  # refused now, not discovered on replay
+        for request_id, tenant, score, reward in scores:
+            validate_score(request_id, tenant, score, reward)  # refused now, not discovered on replay
         at = self.ledger.now()
         outcomes, spooled = self._write(
             lambda: [{"op": "score", "at": at.isoformat(), "request_id": r, "tenant": t, "score": s, "reward": w}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import IO, Any
@@ -127,7 +128,9 @@ def write_jsonl(engine: Engine, out: IO[str], progress: Callable[[int], None] | 
     """Write the episodes matching ``filters`` (see :func:`episodes`) to ``out``; returns how many."""
     written = 0
     for episode in episodes(engine, **filters):
-        out.write(json.dumps(episode, ensure_ascii=False, separators=(",", ":")) + "\n")
+        # Strict JSON: a non-finite float (stored before the ledger refused them) becomes null,
+        # where json.dumps would write Infinity, which no JSON parser but Python's reads.
+        out.write(json.dumps(_finite(episode), ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n")
         written += 1
         if progress is not None and written % 10_000 == 0:
             progress(written)
@@ -143,3 +146,13 @@ def read_jsonl(lines: IO[str]) -> Iterator[dict[str, Any]]:
         if episode.get("schema") != SCHEMA:
             raise ValueError(f"line {number}: not an {SCHEMA} episode (schema {episode.get('schema')!r})")
         yield episode
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -17,7 +17,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from xrouter.common.bounds import check_identifier, check_micro_usd
+import re
+
+from xrouter.common.bounds import check_finite, check_identifier, check_micro_usd, check_name, check_tokens
 from xrouter.common.errors import AlreadyExists, InvalidArgument
 from xrouter.metering import auth, budgets, calls, feedback, migrate, settlements, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
@@ -32,6 +34,12 @@ __all__ = ["Authorization", "CallRecord", "FeedbackRecord", "Ledger", "LedgerCal
 CALL_ROLES = frozenset({"tool", "router"})  # who made a call: a pool model, or the router LM itself
 CALL_STATUSES = frozenset(
     {"CALL_STATUS_OK", "CALL_STATUS_ERROR", "CALL_STATUS_TIMEOUT", "CALL_STATUS_SKIPPED_BUDGET"})
+MAX_BUDGET_MICRO_USD = 10**15  # a billion dollars a period: sums with it stay far below int64
+MAX_LATENCY_MS = 86_400_000.0  # a call that took more than a day did not take that long
+MAX_COST_LAMBDA = 1e6  # as the router's cost_lambda (router/core.py)
+MAX_ABS_REWARD = 1e6
+MESSAGE_ROLES = frozenset({"system", "user", "assistant"})
+_OUTCOME = re.compile(r"ok|cancelled|error:[A-Z_]{1,64}")
 MAX_MESSAGES_CHARS = 1_000_000  # a kept conversation larger than this is refused, not truncated
 MAX_RESPONSE_CHARS = 4_000_000  # a stored response (for idempotent retries); the router keeps under it
 T = TypeVar("T")
@@ -62,10 +70,14 @@ class CallRecord:
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field."""
         _ids(self.request_id, self.tenant)
-        _require(self.model, "model")
-        for field in ("call_index", "input_tokens", "output_tokens", "cost_micro_usd", "latency_ms"):
-            _non_negative(getattr(self, field), field)
+        check_name(self.model, "model", required=True)
+        check_name(self.policy_version, "policy_version")
+        check_name(self.trace_id, "trace_id")
+        _non_negative(self.call_index, "call_index")
+        check_tokens(self.input_tokens, "input_tokens")
+        check_tokens(self.output_tokens, "output_tokens")
         check_micro_usd(self.cost_micro_usd, "cost_micro_usd")
+        check_finite(self.latency_ms, "latency_ms", 0.0, MAX_LATENCY_MS)
         if self.status not in CALL_STATUSES:
             raise InvalidArgument("status", f"must be one of {', '.join(sorted(CALL_STATUSES))}, got {self.status!r}")
         if self.role not in CALL_ROLES:
@@ -114,10 +126,27 @@ class Settlement:
             if call.call_index in indexes:
                 raise InvalidArgument(f"{field}.call_index", f"{call.call_index} appears twice in this Settle")
             indexes.add(call.call_index)
-        _non_negative(self.total_cost_micro_usd, "total_cost_micro_usd")
+        check_micro_usd(self.total_cost_micro_usd, "total_cost_micro_usd")
         _non_negative(self.calls, "calls")
+        if self.calls < len(self.call_records):
+            raise InvalidArgument("calls", f"{self.calls}, but {len(self.call_records)} call_records are carried")
         if self.returned_call_index is not None:
             _non_negative(self.returned_call_index, "returned_call_index")
+            if self.call_records and self.returned_call_index not in indexes:
+                raise InvalidArgument("returned_call_index", f"{self.returned_call_index} is none of the carried "
+                                      f"calls' call_index {sorted(indexes)}")
+        # "" is what a summary row holds while only its score has arrived (RecordScore first): a
+        # settlement with it would read as unsettled, and a retry of its request would run again.
+        if not _OUTCOME.fullmatch(self.outcome):
+            raise InvalidArgument("outcome", f"{shown_outcome(self.outcome)} is not ok, cancelled or error:<CODE>")
+        check_name(self.strategy, "strategy", max_chars=64)
+        for name in ("policy_version", "trace_id", "dataset", "prompt_id"):
+            check_name(getattr(self, name), name)
+        if self.cost_lambda is not None:
+            check_finite(self.cost_lambda, "cost_lambda", 0.0, MAX_COST_LAMBDA)
+        for number, (role, _) in enumerate(self.messages):
+            if role not in MESSAGE_ROLES:
+                raise InvalidArgument(f"messages[{number}].role", f"must be one of {sorted(MESSAGE_ROLES)}")
         if self.exploration_epsilon is not None:
             if not 0.0 < self.exploration_epsilon <= 1.0:
                 raise InvalidArgument("exploration.epsilon", f"must be within (0, 1], got {self.exploration_epsilon}")
@@ -145,11 +174,17 @@ def validate_authorize(request_id: str, tenant: str, estimate_micro_usd: int, mo
         raise InvalidArgument("models", "must not contain an empty model name")
 
 
-def validate_score(request_id: str, tenant: str, score: float) -> None:
+def validate_score(request_id: str, tenant: str, score: float, reward: float = 0.0) -> None:
     """Raise InvalidArgument naming the first bad field of a RecordScore."""
     _ids(request_id, tenant)
     if not 0.0 <= score <= 1.0:
         raise InvalidArgument("score", f"must be within [0, 1], got {score}")
+    # score · (K − min(λ·cost, cost_max)): bounded by the reward service's K, never NaN or infinite.
+    check_finite(reward, "reward", -MAX_ABS_REWARD, MAX_ABS_REWARD)
+
+
+def shown_outcome(value: str) -> str:
+    return repr(value) if len(value) <= 48 else f"{value[:48]!r}... ({len(value)} characters)"
 
 
 def _ids(request_id: str, tenant: str) -> None:
@@ -234,6 +269,10 @@ class Ledger:
         """Set a tenant's hard and soft limits for "day" or "month", for all models ("") or one;
         None is no limit, and a budget with neither is removed."""
         check_identifier(tenant, "tenant")
+        check_name(model, "model")
+        for name, limit in (("limit_micro_usd", limit_micro_usd), ("soft_limit_micro_usd", soft_limit_micro_usd)):
+            if limit is not None and limit > MAX_BUDGET_MICRO_USD:  # (budgets.py refuses negatives)
+                raise InvalidArgument(name, f"must be at most {MAX_BUDGET_MICRO_USD} micro-dollars, got {limit}")
         self._transaction(lambda s: budgets.set_budget(
             s, tenant, period, limit_micro_usd, soft_limit_micro_usd, model, self.now()))
 
@@ -304,8 +343,8 @@ class Ledger:
                           at: dt.datetime | Sequence[dt.datetime] | None = None) -> list[AlreadyExists | None]:
         """Attach many (request_id, tenant, score, reward) in one transaction, in order: per score
         None (stored) or the refusal of a request that belongs to another tenant."""
-        for request_id, tenant, score, _ in scores:
-            validate_score(request_id, tenant, score)
+        for request_id, tenant, score, reward in scores:
+            validate_score(request_id, tenant, score, reward)
         times = [at or self.now()] * len(scores) if at is None or isinstance(at, dt.datetime) else at
 
         def work(session: Session) -> list[AlreadyExists | None]:

@@ -51,6 +51,20 @@ def _status_name(value: int) -> str:
         return str(value)
 
 
+def _datetime(request: metering_pb2.GetUsageRequest, field: str) -> dt.datetime | None:
+    """A Timestamp field as a UTC datetime (None: not set); out of range (years 1-9999, nanos in
+    [0, 1e9)) is the caller's error, not a ValueError."""
+    if not request.HasField(field):
+        return None
+    value = getattr(request, field)
+    try:
+        if not 0 <= value.nanos < 1_000_000_000:
+            raise ValueError(f"nanos {value.nanos}")
+        return value.ToDatetime(tzinfo=dt.timezone.utc)
+    except (ValueError, OverflowError, OSError) as error:
+        raise InvalidArgument(field, f"is not a time within years 1 to 9999 ({error})") from None
+
+
 def _timestamp(value: dt.datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
@@ -197,7 +211,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def RecordScore(self, request: metering_pb2.RecordScoreRequest,
                           context: grpc.aio.ServicerContext) -> metering_pb2.RecordScoreResponse:
         await self._caller(context, Permission.WRITE_LEDGER)
-        validate_score(request.request_id, request.tenant, request.score)  # refused alone, not with its batch
+        validate_score(request.request_id, request.tenant, request.score, request.reward)  # alone, not with its batch
         await self._scores.submit((request.request_id, request.tenant, request.score, request.reward))
         return metering_pb2.RecordScoreResponse()
 
@@ -215,8 +229,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     async def GetUsage(self, request: metering_pb2.GetUsageRequest,
                        context: grpc.aio.ServicerContext) -> metering_pb2.GetUsageResponse:
         tenant = (await self._caller(context, None)).usage_tenant(request.tenant)
-        start = request.start.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("start") else None
-        end = request.end.ToDatetime(tzinfo=dt.timezone.utc) if request.HasField("end") else None
+        start = _datetime(request, "start")
+        end = _datetime(request, "end")
         if request.bucket not in _BUCKETS and request.bucket != metering_pb2.TIME_BUCKET_UNSPECIFIED:
             raise InvalidArgument("bucket", f"unknown TimeBucket {request.bucket}")
         usage = await self._db(self._ledger.usage, tenant, start, end, request.model,
