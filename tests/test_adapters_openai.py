@@ -71,6 +71,19 @@ async def test_missing_usage_is_estimated_and_marked(core: AdapterCore, server: 
     assert result.output_tokens == estimate_tokens("echo: what is two plus two")
 
 
+@pytest.mark.parametrize("usage", [{"prompt_tokens": 2**63 - 1, "completion_tokens": 6},
+                                   {"prompt_tokens": 7, "completion_tokens": -1},
+                                   {"prompt_tokens": True, "completion_tokens": 6}])
+def test_a_usage_the_ledger_cannot_hold_is_estimated_instead(core: AdapterCore, usage: dict) -> None:
+    """A backend's absurd usage, believed, was refused at settlement (the ledger bounds tokens):
+    the answered request went unbilled. It is counted as a reply without usage is."""
+    from xrouter.adapters.backends.openai_http import _reply
+
+    reply = _reply(core.catalog["echo"], ASK, "echo: what is two plus two", "stop", usage)
+    assert reply.tokens_estimated is True
+    assert reply.input_tokens == estimate_tokens("Be brief.") + estimate_tokens("what is two plus two")
+
+
 async def test_streamed_completion_yields_deltas_then_the_accounted_call(
         core: AdapterCore, server: OpenAIProtocolServer) -> None:
     items = [item async for item in core.invoke_stream("echo", ASK, max_tokens=4, timeout=5)]

@@ -27,6 +27,7 @@ from xrouter.adapters.resilience import BackendError
 from xrouter.adapters.token_count import counter_for, estimate_tokens
 from xrouter.common.call_options import SAMPLING, STRUCTURED, CallOptions
 from xrouter.common.http_tracing import client_trace_config
+from xrouter.common.bounds import MAX_CALL_TOKENS
 from xrouter.common.errors import (
     InvalidArgument,
     NotFound,
@@ -261,8 +262,12 @@ def _reply(spec: ModelSpec, messages: Sequence[tuple[str, str]], text: str, fini
            usage: Any, tool_calls: Any = (), served: Any = None) -> BackendReply:
     calls = json.dumps(tool_calls) if tool_calls else ""
     model = served if isinstance(served, str) else ""  # the reply's "model": what actually answered
-    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int) \
-            and isinstance(usage.get("completion_tokens"), int):
+    # A usage the ledger cannot hold (negative, or past bounds.MAX_CALL_TOKENS: a broken or hostile
+    # backend) is not believed: the call is counted as if the backend had sent none, estimated.
+    # Believed, it would have been refused at settlement, and the answered request left unbilled.
+    if isinstance(usage, dict) and all(isinstance(usage.get(key), int) and not isinstance(usage.get(key), bool)
+                                       and 0 <= usage[key] <= MAX_CALL_TOKENS
+                                       for key in ("prompt_tokens", "completion_tokens")):
         return BackendReply(text, usage["prompt_tokens"], usage["completion_tokens"], False, finish, tool_calls=calls,
                             model=model)
     counter = counter_for(spec.tokenizer)
