@@ -330,7 +330,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _input_errors() as error:
+        # What the command line or the environment got wrong (an --out that is a file, a --url that
+        # does not parse or answer, a span too long for a date): one line naming it, exit status 2,
+        # where each was a traceback. XROUTER_TRACEBACK=1 shows the traceback as well.
+        if os.environ.get("XROUTER_TRACEBACK"):
+            raise
+        print(f"xrouter {args.command}: {_described(error)}", file=sys.stderr)
+        return 2
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    errors: list[type[BaseException]] = [OSError, OverflowError, sqlalchemy.exc.ArgumentError,
+                                         sqlalchemy.exc.OperationalError]
+    try:
+        from alembic.util.exc import CommandError  # `xrouter db upgrade --revision` that does not exist
+        errors.append(CommandError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def _described(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or type(error).__name__}"
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"{first} ({type(error).__name__})"
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ def _when(text: str) -> dt.datetime:
     (what a CronJob passes, having no shell to compute a date)."""
     unit = {"d": "days", "h": "hours"}.get(text[-1:])
     if unit and text[:-1].isdigit():
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(**{unit: int(text[:-1])})
+        try:
+            return dt.datetime.now(dt.timezone.utc) - dt.timedelta(**{unit: int(text[:-1])})
+        except (OverflowError, ValueError):  # a lookback past year 1
+            raise argparse.ArgumentTypeError(f"{text!r} reaches back before year 1") from None
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
