@@ -191,6 +191,15 @@ async def test_check_reference_refuses_what_score_would_refuse_whatever_the_answ
             (Ref(task_type="judge"), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),
             (Ref(task_type="code"), grpc.StatusCode.INVALID_ARGUMENT, "reference.code"),
             (Ref(task_type="code", code=ADD_TESTS), grpc.StatusCode.PERMISSION_DENIED, "reference.code"),
+            (Ref(task_type="multiple_choice", gold="A", options="AAB"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.options"),
+            # A field the verifier does not read was silently ignored.
+            (Ref(task_type="multiple_choice", gold="A", rubric="be kind"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.rubric"),
+            (Ref(task_type="multiple_choice", gold="A", aliases=["a"]), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.aliases"),
+            (Ref(task_type="recorded_label", dataset="set", prompt_id="p1", gold="B"), grpc.StatusCode.INVALID_ARGUMENT,
+             "reference.gold"),
             # Echoed whole, the message outgrew gRPC's 16 KiB header limit: RESOURCE_EXHAUSTED ("received
             # metadata size exceeds hard limit") reached the client instead (grpc_server cuts it now).
             (Ref(task_type="x" * 100_000), grpc.StatusCode.INVALID_ARGUMENT, "reference.task_type"),

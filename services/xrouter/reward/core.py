@@ -20,6 +20,10 @@ from xrouter.reward.verifiers import (CodeTests, MathVerifier, RecordedLabels, V
 from xrouter.reward.verifiers.judge import Judge
 
 TASK_TYPES = ("multiple_choice", "exact_match", "token_f1", "math", "code", "judge", "recorded_label")
+# The reference fields each verifier reads; any other one set is refused, not silently ignored.
+_READS = {"multiple_choice": {"gold", "options"}, "exact_match": {"gold", "aliases"},
+          "token_f1": {"gold", "aliases"}, "math": {"gold"}, "code": {"code"}, "judge": {"rubric", "gold"},
+          "recorded_label": {"dataset", "prompt_id"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +99,9 @@ class Scorer:
         request was paid for and failed anyway."""
         task = reference.task_type
         if task not in TASK_TYPES:
-            raise InvalidArgument("reference.task_type", f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
+            raise InvalidArgument("reference.task_type", f"unknown task type {task[:64]!r}; use one of "
+                                  f"{', '.join(TASK_TYPES)}")
+        _refuse_unread(reference)
         if task == "multiple_choice":
             multiple_choice("", self._gold(reference), reference.options or "ABCDE")  # checks gold and options
         elif task in ("exact_match", "token_f1", "math"):
@@ -112,6 +118,7 @@ class Scorer:
 
     async def _verify(self, prompt: str, response: str, reference: Reference) -> Verdict:
         task = reference.task_type
+        _refuse_unread(reference)
         if task == "multiple_choice":
             return multiple_choice(response, self._gold(reference), reference.options or "ABCDE")
         if task == "exact_match":
@@ -180,3 +187,15 @@ class Scorer:
 
     def _recorded_label(self, response: str, reference: Reference) -> Verdict:
         return self._labels(reference).verdict(reference.prompt_id, response)
+
+
+def _refuse_unread(reference: Reference) -> None:
+    """A field the task's verifier does not read, set anyway: refused naming it (the caller meant
+    something by it that would not happen)."""
+    reads = _READS.get(reference.task_type)
+    if reads is None:
+        return
+    for name in ("gold", "dataset", "prompt_id", "aliases", "code", "rubric", "options"):
+        if name not in reads and getattr(reference, name):
+            raise InvalidArgument(f"reference.{name}", f"is not read by the {reference.task_type} verifier "
+                                  f"(it reads {', '.join(sorted(reads))}); leave it out")

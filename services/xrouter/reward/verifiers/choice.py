@@ -59,8 +59,9 @@ def extract_choice(text: str | None, options: str = "ABCDE") -> str | None:
 
 def multiple_choice(response: str, gold: str, options: str = "ABCDE") -> Verdict:
     """1.0 when the letter picked in ``response`` is ``gold`` (one of ``options``), else 0.0."""
-    if not options or not options.isascii() or not options.isalpha():
-        raise InvalidArgument("reference.options", f"must be option letters such as 'ABCD', got {options!r}")
+    if not options or not options.isascii() or not options.isalpha() or len(set(options.upper())) != len(options):
+        raise InvalidArgument("reference.options", f"must be distinct option letters such as 'ABCD', got "
+                              f"{options[:64]!r}")
     letter = (gold or "").strip().upper()
     if len(letter) != 1 or letter not in options.upper():
         raise InvalidArgument("reference.gold",
