@@ -227,3 +227,23 @@ def test_build_core_reads_credentials_once_and_names_a_missing_one(tmp_path) -> 
         build_core(config, environ={})
     core = build_core(config, environ={"PROVIDER_KEY": "sk-test"})
     assert sorted(core.catalog) == ["gpt-x", "oip"] and core.catalog["oip"].protocol == "grpc"
+
+
+@pytest.mark.parametrize("fields, field", [({"call_index": -5}, "call_index"),
+                                           ({"request_id": "r" * 200}, "request_id"),
+                                           ({"request_id": "a b"}, "request_id")])
+async def test_grpc_correlation_fields_are_checked(stub: adapters_pb2_grpc.AdapterServiceStub, fields: dict,
+                                                  field: str) -> None:
+    """request_id and call_index were accepted whatever they held and never read; now they are
+    bounded as everywhere else and put on the call's server span."""
+    request = adapters_pb2.InvokeRequest(model="echo", messages=[common_pb2.ChatMessage(role="user", content="hi")],
+                                         **fields)
+    for call in (stub.Invoke(request), stub.InvokeStream(request)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            if isinstance(call, grpc.aio.UnaryStreamCall):
+                async for _ in call:
+                    pass
+            else:
+                await call
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details().startswith(f"{field}: ")

@@ -6,6 +6,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
+from opentelemetry import trace
 
 from xrouter.adapters.backends.replay import ReplayBackend
 from xrouter.adapters.catalog import CatalogError, load_catalog, micro_to_usd
@@ -13,12 +14,24 @@ from xrouter.adapters.core import AdapterCore, Backend, Invocation, backend_key,
 from xrouter.adapters.settings import AdapterSettings
 from xrouter.adapters.status import failed_call_status
 from xrouter.api.adapters.v1 import adapters_pb2, adapters_pb2_grpc
-from xrouter.common import grpc_server, settings
+from xrouter.common import bounds, grpc_server, settings
 from xrouter.common.call_options import CallOptions
-from xrouter.common.errors import XRouterError
+from xrouter.common.errors import InvalidArgument, XRouterError
 from xrouter.common.grpc_server import Register
 
 SERVICE = adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"].full_name
+
+
+def _correlate(request: adapters_pb2.InvokeRequest) -> None:
+    """The router's request id and the call's index in it: checked, and put on this call's server
+    span, where a trace search finds them (they were accepted and never read)."""
+    bounds.check_identifier(request.request_id, "request_id", required=False)
+    if request.call_index < 0:
+        raise InvalidArgument("call_index", f"must not be negative, got {request.call_index}")
+    span = trace.get_current_span()
+    if request.request_id:
+        span.set_attribute("xrouter.request_id", request.request_id)
+        span.set_attribute("xrouter.call_index", request.call_index)
 
 
 class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
@@ -29,6 +42,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     async def Invoke(self, request: adapters_pb2.InvokeRequest,
                      context: grpc.aio.ServicerContext) -> adapters_pb2.InvokeResponse:
+        _correlate(request)
         try:
             result = await self._core.invoke(
                 request.model, [(m.role, m.content) for m in request.messages], request.temperature,
@@ -39,6 +53,7 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
 
     async def InvokeStream(self, request: adapters_pb2.InvokeRequest,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[adapters_pb2.InvokeChunk]:
+        _correlate(request)
         stream = self._core.invoke_stream(
             request.model, [(m.role, m.content) for m in request.messages], request.temperature,
             request.max_tokens, timeout=_time_left(context), options=call_options(request))
