@@ -33,3 +33,19 @@ def test_a_lookback_past_year_1_is_refused_by_the_parser(tmp_path: pathlib.Path,
         cli.main(["export-episodes", "--url", f"sqlite:///{tmp_path}/x.db", "--since", "99999999999d",
                   "--out", str(tmp_path / "e.jsonl")])
     assert exit_.value.code == 2 and "reaches back before year 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["learn-sim", "--start", "s", "--source", "llmrouter", "--out", "o", "--requests", "0"], "--requests"),
+    (["learn-sim", "--start", "s", "--source", "llmrouter", "--out", "o", "--every", "0"], "--every"),
+    (["learn-sim", "--start", "s", "--source", "llmrouter", "--out", "o", "--epsilon", "nan"], "--epsilon"),
+    (["learn", "--start", "s", "--episodes", "e", "--out", "o", "--min-matches", "-1"], "--min-matches"),
+    (["learn", "--start", "s", "--episodes", "e", "--out", "o", "--hold-out", "1"], "--hold-out"),
+])
+def test_numbers_out_of_range_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                        flag: str) -> None:
+    """--min-matches -1 divided by zero after writing half a checkpoint; --requests 0 ran 83 s for
+    nothing; --every 0 divided by zero after 85 s."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err

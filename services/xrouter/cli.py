@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import pathlib
 import signal
 import sys
+from collections.abc import Callable
 
 import grpc
 
@@ -258,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn_sim.add_argument("--ceiling", default="", help="checkpoint trained with it (drawn as the ceiling)")
     learn_sim.add_argument("--source", required=True, help="a bundled outcome source (e.g. llmrouter)")
     learn_sim.add_argument("--out", required=True)
-    learn_sim.add_argument("--requests", type=int, default=500)
-    learn_sim.add_argument("--every", type=int, default=50, help="evaluate after every N requests")
-    learn_sim.add_argument("--epsilon", type=float, default=0.1, help="exploration rate of the first call")
+    learn_sim.add_argument("--requests", type=_at_least(1), default=500)
+    learn_sim.add_argument("--every", type=_at_least(1), default=50, help="evaluate after every N requests")
+    learn_sim.add_argument("--epsilon", type=_number(0.0, 1.0), default=0.1, help="exploration rate of the first call")
     learn_sim.add_argument("--seed", type=int, default=0)
     learn_sim.add_argument("--verdicts", choices=("returned", "called"), default="returned",
                            help="returned: a verdict on the answer given (thumbs); called: every answered call "
@@ -276,13 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--out", required=True, help="folder for the candidate, publish.json and learn.prom")
     learn.add_argument("--catalog", default=os.environ.get("XROUTER_ADAPTERS_CATALOG", ""),
                        help="the serving catalog (default $XROUTER_ADAPTERS_CATALOG, else the bundled one)")
-    learn.add_argument("--hold-out", type=float, default=0.2, help="newest share of the episodes held back")
-    learn.add_argument("--clip", type=float, default=10.0, help="cap on importance weights")
-    learn.add_argument("--min-matches", type=int, default=20,
+    learn.add_argument("--hold-out", type=_number(0.0, 1.0, open_ends=True), default=0.2,
+                       help="newest share of the episodes held back")
+    learn.add_argument("--clip", type=_number(1.0, 1e6), default=10.0, help="cap on importance weights")
+    learn.add_argument("--min-matches", type=_at_least(1), default=20,
                        help="held-back episodes each policy must match before a comparison counts")
-    learn.add_argument("--confidence", type=float, default=0.9,
+    learn.add_argument("--confidence", type=_number(0.0, 1.0, open_ends=True), default=0.9,
                        help="one-sided confidence of the bootstrap lower bound on candidate - serving value")
-    learn.add_argument("--margin", type=float, default=0.02,
+    learn.add_argument("--margin", type=_number(0.0, 1e6), default=0.02,
                        help="how far below the serving policy's value (reward units) that lower bound may lie")
     learn.add_argument("--store", default="", help="publish a passing candidate into this checkpoint store")
     learn.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""))
@@ -326,6 +329,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_key_parsers(sub)  # `keys create|list|rotate|revoke`
     return parser
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (a bad one is argparse's usage error, status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _number(low: float, high: float, open_ends: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number within [low, high] ((low, high) with ``open_ends``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        inside = low < value < high if open_ends else low <= value <= high
+        if not (math.isfinite(value) and inside):
+            ends = f"({low:g}, {high:g})" if open_ends else f"[{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be within {ends}, got {text}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
