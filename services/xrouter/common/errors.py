@@ -85,6 +85,18 @@ _BY_CODE: dict[grpc.StatusCode, type[XRouterError]] = {
 }
 
 
+# A status message travels as a header, and a header over 16 KiB fails the whole response: a
+# message echoing a 100 KB input reached the client as RESOURCE_EXHAUSTED ("received metadata size
+# exceeds hard limit") instead of its own status. Messages are cut to this many characters.
+MAX_MESSAGE_CHARS = 4_000
+
+
+def short(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return f"{message[:MAX_MESSAGE_CHARS]}... (cut: the message was {len(message)} characters)"
+
+
 def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying google.rpc rich error details for ``error``."""
     if not isinstance(error, ResourceExhausted):
@@ -92,7 +104,7 @@ def status_details(error: XRouterError) -> tuple[tuple[str, bytes], ...]:
     quota = error_details_pb2.QuotaFailure(
         violations=[error_details_pb2.QuotaFailure.Violation(
             subject=error.subject, description=error.description)])
-    status = status_pb2.Status(code=error.code.value[0], message=error.message[:4_000])
+    status = status_pb2.Status(code=error.code.value[0], message=short(error.message))
     status.details.add().Pack(quota)
     if error.reason:
         status.details.add().Pack(error_details_pb2.ErrorInfo(

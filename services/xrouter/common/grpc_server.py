@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from xrouter.common import metrics, settings, telemetry
-from xrouter.common.errors import InvalidArgument, XRouterError, status_details
+from xrouter.common.errors import InvalidArgument, XRouterError, short, status_details
 from xrouter.common.tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
         if isinstance(error, XRouterError):
-            await context.abort(error.code, _short(error.message), trailing_metadata=status_details(error))
+            await context.abort(error.code, short(error.message), trailing_metadata=status_details(error))
         log.exception("%s.%s failed unexpectedly", self._service, method)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
 
@@ -103,18 +103,6 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                 await self._abort(context, method, error)
             self._observe(method, started, grpc.StatusCode.OK)
         return handle
-
-
-# The status message travels as a header, and a header over 16 KiB fails the whole response: a
-# message echoing a 100 KB input reached the client as RESOURCE_EXHAUSTED ("received metadata size
-# exceeds hard limit") instead of its own status.
-MAX_MESSAGE_CHARS = 4_000
-
-
-def _short(message: str) -> str:
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    return f"{message[:MAX_MESSAGE_CHARS]}... (cut: the message was {len(message)} characters)"
 
 
 def _parser(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:

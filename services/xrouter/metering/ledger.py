@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 import re
 
-from xrouter.common.bounds import check_finite, check_identifier, check_micro_usd, check_name, check_tokens
+from xrouter.common.bounds import check_finite, check_identifier, check_micro_usd, check_name, check_tokens, shown
 from xrouter.common.errors import AlreadyExists, InvalidArgument
 from xrouter.metering import auth, budgets, calls, feedback, migrate, settlements, usage
 from xrouter.metering.budgets import PERIODS, Authorization, period_start, usd
@@ -138,7 +138,7 @@ class Settlement:
         # "" is what a summary row holds while only its score has arrived (RecordScore first): a
         # settlement with it would read as unsettled, and a retry of its request would run again.
         if not _OUTCOME.fullmatch(self.outcome):
-            raise InvalidArgument("outcome", f"{shown_outcome(self.outcome)} is not ok, cancelled or error:<CODE>")
+            raise InvalidArgument("outcome", f"{shown(self.outcome)} is not ok, cancelled or error:<CODE>")
         check_name(self.strategy, "strategy", max_chars=64)
         for name in ("policy_version", "trace_id", "dataset", "prompt_id"):
             check_name(getattr(self, name), name)
@@ -183,20 +183,12 @@ def validate_score(request_id: str, tenant: str, score: float, reward: float = 0
     check_finite(reward, "reward", -MAX_ABS_REWARD, MAX_ABS_REWARD)
 
 
-def shown_outcome(value: str) -> str:
-    return repr(value) if len(value) <= 48 else f"{value[:48]!r}... ({len(value)} characters)"
-
 
 def _ids(request_id: str, tenant: str) -> None:
     """Both bounded (common/bounds.py): an oversized key would fail in the database's index, which
     must never look like an outage."""
     check_identifier(request_id, "request_id")
     check_identifier(tenant, "tenant")
-
-
-def _require(value: str, field: str) -> None:
-    if not value:
-        raise InvalidArgument(field, "must not be empty")
 
 
 def _non_negative(value: float, field: str) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping
 
+from xrouter.common import bounds
 from xrouter.common.errors import InvalidArgument, Unavailable
 from xrouter.reward.formula import RewardConfig, check_cost, cost_aware_reward
 from xrouter.reward.sandbox import Sandbox, SandboxUnavailable
@@ -99,7 +100,7 @@ class Scorer:
         request was paid for and failed anyway."""
         task = reference.task_type
         if task not in TASK_TYPES:
-            raise InvalidArgument("reference.task_type", f"unknown task type {task[:64]!r}; use one of "
+            raise InvalidArgument("reference.task_type", f"unknown task type {bounds.shown(task)}; use one of "
                                   f"{', '.join(TASK_TYPES)}")
         _refuse_unread(reference)
         if task == "multiple_choice":
@@ -137,7 +138,7 @@ class Scorer:
         if task == "recorded_label":
             return self._recorded_label(response, reference)
         raise InvalidArgument("reference.task_type",
-                              f"unknown task type {task!r}; use one of {', '.join(TASK_TYPES)}")
+                              f"unknown task type {bounds.shown(task)}; use one of {', '.join(TASK_TYPES)}")
 
     def _judge_enabled(self) -> Judge:
         if self._judge is None:

@@ -115,6 +115,9 @@ def _xrouter_block(result: RouteResult) -> dict[str, Any]:
     }
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def _json_body(request: web.Request) -> Any:
     """The request's JSON body, or the 400 that says why there is none. JSON is UTF-8 (RFC 8259):
     the bytes are decoded as such whatever charset the Content-Type names (an unknown one was a
@@ -132,6 +135,8 @@ async def _json_body(request: web.Request) -> Any:
         body = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         return _error(400, f"body: malformed JSON ({error})", "body", "invalid_json")
+    if not _SURROGATE_ESCAPE.search(raw):  # raw UTF-8 cannot hold one: only an escape can (the usual case)
+        return body
     try:
         where = _unpaired_surrogate(body)
     except RecursionError:  # parsed, but too deep to walk: no request field nests this deep

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from xrouter.common.bounds import shown
 from xrouter.common.errors import InvalidArgument
 from xrouter.reward.verifiers.base import Verdict
 
@@ -61,7 +62,7 @@ def multiple_choice(response: str, gold: str, options: str = "ABCDE") -> Verdict
     """1.0 when the letter picked in ``response`` is ``gold`` (one of ``options``), else 0.0."""
     if not options or not options.isascii() or not options.isalpha() or len(set(options.upper())) != len(options):
         raise InvalidArgument("reference.options", f"must be distinct option letters such as 'ABCD', got "
-                              f"{options[:64]!r}")
+                              f"{shown(options)}")
     letter = (gold or "").strip().upper()
     if len(letter) != 1 or letter not in options.upper():
         raise InvalidArgument("reference.gold",
