@@ -106,6 +106,39 @@ async def test_naming_its_own_tenant_is_allowed(stack, prompt) -> None:  # type:
     assert status == 200 and billed_requests(stack, tenant) == 1
 
 
+async def test_a_tenant_named_twice_differently_is_400_and_bills_nobody(stack, prompt) -> None:  # type: ignore[no-untyped-def]
+    """X-Tenant and xrouter.tenant naming two tenants: neither is silently dropped, even for an admin."""
+    first, second = new_tenant("first"), new_tenant("second")
+    status, reply, _ = await post_chat(stack, chat(prompt, tenant=first), {**bearer(stack.admin_key), "X-Tenant": second})
+    assert status == 400
+    assert reply["error"]["param"] == "xrouter.tenant"
+    assert reply["error"]["message"] == (f"xrouter.tenant: names tenant {first!r} but the X-Tenant header names "
+                                         f"{second!r}; name it once")
+    assert billed_requests(stack, first) == 0 and billed_requests(stack, second) == 0
+    status, _, _ = await post_chat(stack, chat(prompt, tenant=first), {**bearer(stack.admin_key), "X-Tenant": first})
+    assert status == 200 and billed_requests(stack, first) == 1  # the same tenant twice is one tenant
+
+
+async def test_grpc_x_tenant_metadata_is_the_header_honoured_checked_and_never_ignored(stack, prompt) -> None:  # type: ignore[no-untyped-def]
+    own, other = new_tenant("own"), new_tenant("victim")
+
+    async def route(request: router_pb2.RouteRequest, key: str, tenant: str):  # type: ignore[no-untyped-def]
+        async with grpc.aio.insecure_channel(stack.router_target) as channel:
+            return await router_pb2_grpc.RouterServiceStub(channel).Route(
+                request, metadata=(*bearer_metadata(key), ("x-tenant", tenant)), timeout=30)
+
+    assert (await route(route_request(prompt), stack.admin_key, own)).answer  # an admin acts for it
+    assert billed_requests(stack, own) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as error:  # a tenant key may not name another here either
+        await route(route_request(prompt), stack.tenant_key(own), other)
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await route(route_request(prompt, own), stack.admin_key, other)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(f"tenant: names tenant {own!r} but the x-tenant header names {other!r}")
+    assert billed_requests(stack, own) == 1 and billed_requests(stack, other) == 0
+
+
 async def test_grpc_route_and_stream_without_a_key_are_unauthenticated(stack, prompt) -> None:  # type: ignore[no-untyped-def]
     tenant = new_tenant()
     for stream in (False, True):

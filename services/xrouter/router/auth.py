@@ -9,7 +9,10 @@ created a moment after a failed try works almost at once.
 
 The tenant comes from the key. A tenant key naming another tenant (request field or ``X-Tenant``)
 is PERMISSION_DENIED; an admin key may act for a tenant it names, which is logged and counted
-(``xrouter_admin_acting_for_tenant_total{key_id}``).
+(``xrouter_admin_acting_for_tenant_total{key_id}``). A tenant may be named in the request (the body's
+``xrouter.tenant``, the message's ``tenant``) or beside it (the ``X-Tenant`` header, ``x-tenant``
+gRPC metadata); named in both, differently, the request is refused (INVALID_ARGUMENT): which one
+was meant cannot be told.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import grpc
 
 from xrouter.common import metrics
-from xrouter.common.errors import PermissionDenied, Unauthenticated
+from xrouter.common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 NEGATIVE_CACHE_S = 2.0
@@ -47,6 +50,23 @@ def key_from_authorization(value: str | None) -> str | None:
     """The key of an ``Authorization: Bearer <key>`` value, or None."""
     scheme, _, token = (value or "").strip().partition(" ")
     return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def named_tenant(in_request: str, beside: str, field: str, header: str) -> str:
+    """The tenant a request names ("" for none) from its own ``field`` and the ``header`` beside it;
+    both given and different is refused, naming the field."""
+    if in_request and beside and in_request != beside:
+        raise InvalidArgument(field, f"names tenant {in_request!r} but the {header} header names {beside!r}; "
+                                     "name it once")
+    return in_request or beside
+
+
+def tenant_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The tenant named by ``x-tenant`` gRPC metadata ("" for none): the HTTP face's ``X-Tenant``."""
+    for name, value in metadata:
+        if name == "x-tenant":
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return ""
 
 
 def key_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from xrouter.common.bounds import check_comment, check_identifier, check_score
 from xrouter.common.errors import InvalidArgument
 from xrouter.common.validation import first_problem, invalid_argument
+from xrouter.router.auth import named_tenant
 from xrouter.router.ports import Meter
 
 THUMBS = {"up": 1.0, "down": 0.0}
@@ -104,4 +105,4 @@ def parse_body(body: Any, tenant_header: str) -> FeedbackRequest:
                                   f"{sorted(FeedbackBody.model_fields)}") from None
         raise invalid_argument(error) from None
     return FeedbackRequest(request_id=parsed.request_id or "", score=parsed.score, thumbs=parsed.thumbs,
-                           comment=parsed.comment or "", tenant=parsed.tenant or tenant_header)
+                           comment=parsed.comment or "", tenant=named_tenant(parsed.tenant or "", tenant_header, "tenant", "X-Tenant"))

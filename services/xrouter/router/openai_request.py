@@ -25,6 +25,7 @@ from xrouter.common.bounds import shown
 from xrouter.common.call_options import CallOptions
 from xrouter.common.errors import InvalidArgument, NotFound
 from xrouter.common.validation import first_problem, invalid_argument
+from xrouter.router.auth import named_tenant
 from xrouter.router.core import RouteRequest
 from xrouter.router.ports import ScoringReference
 
@@ -249,7 +250,7 @@ def parse_chat_request(raw: Any, tenant_header: str, catalog: Collection[str] = 
         cost_lambda=cost_lambda, max_tokens=_max_tokens(body),
         allowed_models=[direct] if direct else list(controls.allowed_models or ()),
         max_cost_usd=controls.max_cost_usd, max_turns=controls.max_turns or 0,
-        tenant=controls.tenant or tenant_header, policy=f"fixed:{direct}" if direct else controls.policy or "",
+        tenant=named_tenant(controls.tenant or "", tenant_header, "xrouter.tenant", "X-Tenant"), policy=f"fixed:{direct}" if direct else controls.policy or "",
         reference=None if reference is None else ScoringReference(**reference.model_dump()),
         request_id=controls.request_id or "", temperature=body.temperature, options=_options(body))
     stream = bool(body.stream)

@@ -20,7 +20,7 @@ from xrouter.router import convert
 from xrouter.router.policy_store import PolicyStore, build_policy
 from xrouter.router.clients import AdaptersClient, MeteringClient, RewardClient
 from xrouter.router.journal import SettleJournal
-from xrouter.router.auth import Caller, RouterAuth, key_from_metadata
+from xrouter.router.auth import Caller, RouterAuth, key_from_metadata, named_tenant, tenant_from_metadata
 from xrouter.router.core import RouteRequest, RouterCore
 from xrouter.router.episode import Event
 from xrouter.router.feedback import FeedbackDesk
@@ -44,11 +44,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         return await self._auth.caller(key_from_metadata(context.invocation_metadata() or ()))
 
+    def _tenant(self, caller: Caller, named: str, context: grpc.aio.ServicerContext) -> str:
+        """The tenant a message bills: its ``tenant`` field or ``x-tenant`` metadata (not both,
+        differently), checked against the caller's key."""
+        beside = tenant_from_metadata(context.invocation_metadata() or ())
+        return self._auth.tenant_for(caller, named_tenant(named, beside, "tenant", "x-tenant"))
+
     async def _route_request(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext) -> RouteRequest:
         """The domain request, billed to the tenant of the caller's key (never one it merely names)."""
         caller = await self._caller(context)
         parsed = convert.route_request(request)
-        return dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
+        return dataclasses.replace(parsed, tenant=self._tenant(caller, parsed.tenant, context))
 
     async def Route(self, request: router_pb2.RouteRequest,
                     context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
@@ -84,7 +90,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                        context: grpc.aio.ServicerContext) -> router_pb2.FeedbackResponse:
         caller = await self._caller(context)
         parsed = convert.feedback_request(request)
-        parsed = dataclasses.replace(parsed, tenant=self._auth.tenant_for(caller, parsed.tenant))
+        parsed = dataclasses.replace(parsed, tenant=self._tenant(caller, parsed.tenant, context))
         result = await self._feedback.submit(parsed, context.time_remaining())
         return router_pb2.FeedbackResponse(request_id=result.request_id, score=result.score,
                                            duplicate=result.duplicate)
