@@ -175,6 +175,7 @@ async def test_check_reference_refuses_what_score_would_refuse_whatever_the_answ
     try:
         for usable in (Ref(task_type="multiple_choice", gold="b"), Ref(task_type="multiple_choice", gold="Y", options="XY"),
                        Ref(task_type="exact_match", gold="Paris"), Ref(task_type="math", gold="4"),
+                       Ref(task_type="math", gold="Tuesday"), Ref(task_type="math", gold="Hence #### 7"),
                        Ref(task_type="recorded_label", dataset="set", prompt_id="p1")):
             await stub.CheckReference(reward_pb2.CheckReferenceRequest(reference=usable))
         refused = [
@@ -183,6 +184,10 @@ async def test_check_reference_refuses_what_score_would_refuse_whatever_the_answ
             (Ref(task_type="multiple_choice", gold="A", options="XY"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
             (Ref(task_type="multiple_choice", gold="A", options="A1"), grpc.StatusCode.INVALID_ARGUMENT, "reference.options"),
             (Ref(task_type="token_f1"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            # A math gold no answer can match scored every answer 0, and that 0 was learned from.
+            (Ref(task_type="math", gold="\\frac{1}{"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            (Ref(task_type="math", gold="so \\boxed{"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
+            (Ref(task_type="math", gold="\\boxed{}"), grpc.StatusCode.INVALID_ARGUMENT, "reference.gold"),
             (Ref(task_type="recorded_label", dataset="other", prompt_id="p1"), grpc.StatusCode.INVALID_ARGUMENT,
              "reference.dataset"),
             (Ref(task_type="recorded_label", dataset="set", prompt_id="p2"), grpc.StatusCode.INVALID_ARGUMENT,

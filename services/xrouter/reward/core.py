@@ -19,6 +19,7 @@ from xrouter.reward.sandbox import Sandbox, SandboxUnavailable
 from xrouter.reward.verifiers import (CodeTests, MathVerifier, RecordedLabels, Verdict, exact_match,
                                       multiple_choice, token_f1, verify_code, verify_math)
 from xrouter.reward.verifiers.judge import Judge
+from xrouter.reward.verifiers.math import gold_problem
 
 TASK_TYPES = ("multiple_choice", "exact_match", "token_f1", "math", "code", "judge", "recorded_label")
 # The reference fields each verifier reads; any other one set is refused, not silently ignored.
@@ -105,8 +106,10 @@ class Scorer:
         _refuse_unread(reference)
         if task == "multiple_choice":
             multiple_choice("", self._gold(reference), reference.options or "ABCDE")  # checks gold and options
-        elif task in ("exact_match", "token_f1", "math"):
+        elif task in ("exact_match", "token_f1"):
             self._gold(reference)
+        elif task == "math":
+            self._math_gold(reference)
         elif task == "code":
             self._code_tests(reference)
         elif task == "judge":
@@ -127,7 +130,7 @@ class Scorer:
         if task == "token_f1":
             return token_f1(response, self._gold(reference), reference.aliases)
         if task == "math":
-            gold = self._gold(reference)
+            gold = self._math_gold(reference)
             if self._math is not None:
                 return await asyncio.to_thread(self._math.verify, response, gold)
             return await asyncio.to_thread(verify_math, response, gold)
@@ -172,6 +175,14 @@ class Scorer:
             raise InvalidArgument("reference.gold", f"is required for {reference.task_type}: set it "
                                   f"to {what.get(reference.task_type, 'the gold answer')}")
         return reference.gold
+
+    @classmethod
+    def _math_gold(cls, reference: Reference) -> str:
+        gold = cls._gold(reference)
+        problem = gold_problem(gold)
+        if problem is not None:
+            raise InvalidArgument("reference.gold", f"{problem}; set it to the final answer, e.g. 42 or \\frac{{1}}{{2}}")
+        return gold
 
     def _labels(self, reference: Reference) -> RecordedLabels:
         labels = self._recorded.get(reference.dataset)

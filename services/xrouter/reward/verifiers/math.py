@@ -138,6 +138,26 @@ def gold_answer(gold: str) -> str:
     return gold.strip()
 
 
+def gold_problem(gold: str) -> str | None:
+    """Why ``gold`` can never be matched as a math reference, or None. Checked before any model is
+    called (``CheckReference``): a gold marking a final answer (``\\boxed``, ``####``) that holds
+    none, or braces that do not balance, would score every answer 0, and that 0 would be learned
+    from as a verdict. A gold sympy cannot read is not refused: a word is compared as text."""
+    if ("\\boxed" in gold or "\\fbox" in gold or "####" in gold) and extract_final_answer(gold) is None:
+        return "marks a final answer (\\boxed{...} or ####) but holds none"
+    want = gold_answer(gold)
+    if not want:
+        return "holds no answer"
+    depth = 0
+    for char in want:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            break
+    if depth:
+        return f"{clip(want, 60)!r}: its braces do not balance"
+    return None
+
+
 def verify_math(response: str, gold: str, timeout_s: int | None = TIMEOUT_S) -> Verdict:
     """1.0 when the final answer of ``response`` is mathematically equal to ``gold`` (a LaTeX or
     plain answer, or a whole solution ending in ``#### n`` / ``\\boxed{}``), else 0.0.
