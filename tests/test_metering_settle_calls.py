@@ -236,3 +236,34 @@ def test_a_batch_of_settlements_is_written_as_each_alone_would_be(ledger: Ledger
         stored = connection.execute(sa.select(RequestSummary).where(RequestSummary.request_id == "a")).one()
     assert (stored.policy_version, stored.response_json) == ("p3", '{"a": 1}')  # kept across transactions too
     assert stored.settled_at is not None and stored.settled_at.tzinfo is not None
+
+
+def test_a_settlement_naming_another_tenant_is_refused_and_writes_nothing(ledger: Ledger) -> None:
+    """A request reserved or settled for one tenant cannot be settled for another (the upsert
+    overwrote the summary's tenant and released the other tenant's reservation): ALREADY_EXISTS,
+    nothing of the batch written, and the owner's own settlement still lands."""
+    from xrouter.common.errors import AlreadyExists
+
+    def call(request_id: str, tenant: str, cost: int) -> CallRecord:
+        return CallRecord(request_id=request_id, call_index=0, tenant=tenant, model="gpt-4o", input_tokens=10,
+                          output_tokens=5, cost_micro_usd=cost, latency_ms=1.5, status="CALL_STATUS_OK")
+
+    ledger.authorize("reserved", "acme", ESTIMATE)
+    ledger.settle(Settlement("settled", "acme", "fixed", "ok", 100, 1, call_records=(call("settled", "acme", 100),)))
+    before = (rows(ledger, LedgerCall), sorted(rows(ledger, RequestSummary)), rows(ledger, Reservation))
+    attempts = [
+        [Settlement("reserved", "globex", "fixed", "ok", 300, 1, call_records=(call("reserved", "globex", 300),))],
+        [Settlement("settled", "globex", "fixed", "ok", 0, 0)],
+        [Settlement("fresh", "globex", "fixed", "ok", 0, 0), Settlement("settled", "globex", "fixed", "ok", 0, 0)],
+        [Settlement("twice", "acme", "fixed", "ok", 0, 0), Settlement("twice", "globex", "fixed", "ok", 0, 0)],
+    ]
+    for batch in attempts:
+        with pytest.raises(AlreadyExists, match="belongs to another tenant"):
+            ledger.settle_many(batch)
+        assert (rows(ledger, LedgerCall), sorted(rows(ledger, RequestSummary)), rows(ledger, Reservation)) == before
+    with ledger.engine.connect() as connection:
+        tenants = dict(connection.execute(sa.select(RequestSummary.request_id, RequestSummary.tenant)).all())
+    assert tenants == {"settled": "acme"}
+    ledger.settle(Settlement("reserved", "acme", "fixed", "ok", 300, 1, call_records=(call("reserved", "acme", 300),)))
+    assert sorted(rows(ledger, RequestSummary)) == [("reserved", 1, 300), ("settled", 1, 100)]
+    assert rows(ledger, Reservation) == [("reserved", 300, True)]

@@ -1,5 +1,8 @@
 """Settling requests, one or many per transaction (group commit): write the calls a settlement
 carries, release the reservations and store (or overwrite) the summaries, all in one transaction.
+A settlement names the tenant its request was reserved and settled for: one naming another tenant
+(a summary or reservation of that request_id holds another) is refused, ALREADY_EXISTS, and writes
+nothing; it had overwritten the summary's tenant and released the other tenant's reservation.
 On PostgreSQL that is one statement for the whole batch (data-modifying CTEs over one array per
 column); on SQLite a call insert, an UPDATE per release and an upsert per summary."""
 
@@ -78,10 +81,28 @@ def _merged(summaries: Sequence[Settlement], times: Sequence[dt.datetime]) -> di
     for summary, at in zip(summaries, times, strict=True):
         values = values_of(summary, at)
         earlier = merged.get(summary.request_id)
+        if earlier is not None and earlier["tenant"] != summary.tenant:
+            raise _another_tenant(summary.request_id)
         if earlier is not None and values["response_json"] is None:
             values["response_json"] = earlier["response_json"]
         merged[summary.request_id] = values
     return merged
+
+
+def _another_tenant(request_id: str) -> AlreadyExists:
+    return AlreadyExists(f"request {request_id} belongs to another tenant: a settlement must name the tenant "
+                         "it was reserved and settled for")
+
+
+def _refuse_another_tenants(session: Session, merged: dict[str, dict[str, Any]]) -> None:
+    """SQLite (PostgreSQL checks in its one statement): refuse when a stored summary or reservation
+    of a request holds another tenant than its settlement names."""
+    ids = sorted(merged)
+    for table in (RequestSummary.__table__, _RESERVATIONS):
+        for request_id, tenant in session.connection().execute(
+                sa.select(table.c.request_id, table.c.tenant).where(table.c.request_id.in_(ids))):
+            if tenant != merged[request_id]["tenant"]:
+                raise _another_tenant(request_id)
 
 
 def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], times: Sequence[dt.datetime],
@@ -101,7 +122,11 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
     def write(connection: sa.Connection, call_rows: list[dict[str, Any]]) -> set[calls.Key]:
         values = {**unnest.arrays(call_rows, call_processors, "c_"),
                   **unnest.arrays([merged[r] for r in ids], summary_processors, "s_"), "rid": releases}
-        return {(r, i) for r, i in connection.exec_driver_sql(statement, values)}
+        keys = {(r, i) for r, i in connection.exec_driver_sql(statement, values)}
+        foreign = sorted(r for r, i in keys if i == _ANOTHER_TENANT)
+        if foreign:  # the caller's rollback undoes what the statement wrote
+            raise _another_tenant(foreign[0])
+        return keys
 
     if not carried:
         write(connection, [])
@@ -110,6 +135,9 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
 
 
 _ONE_STATEMENT: dict[str, tuple[str, unnest.Processors, unnest.Processors]] = {}
+# The call_index the single statement returns for a request whose summary or reservation holds
+# another tenant than its settlement (real call indexes are >= 0).
+_ANOTHER_TENANT = -1
 # The columns of a call row (CallRecord's fields and when it was received) and of a summary row
 # (values_of's keys): the single statement's shape, fixed so that it is built once.
 _SUMMARY_COLUMNS = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "settled_at",
@@ -134,8 +162,14 @@ def _one_statement(connection: sa.Connection) -> tuple[str, unnest.Processors, u
             "THEN r.consumed_micro_usd ELSE r.consumed_micro_usd + COALESCE((SELECT sum(n.cost_micro_usd) "
             "FROM new_calls n WHERE n.request_id = r.request_id), 0) END "
             "FROM unnest(CAST(%(rid)b AS VARCHAR[])) AS u(rid) WHERE r.request_id = u.rid RETURNING 1), "
-            f"summaries AS ({upsert}) "
-            "SELECT request_id, call_index FROM new_calls", call_processors, summary_processors)
+            f"summaries AS ({upsert}), "
+            # Read from the snapshot before the statement's own writes: what another tenant held.
+            "other_tenants AS (SELECT u.rid FROM unnest(CAST(%(s_request_id)b AS VARCHAR[]), "
+            "CAST(%(s_tenant)b AS VARCHAR[])) AS u(rid, tid) WHERE "
+            f"EXISTS (SELECT 1 FROM {RequestSummary.__tablename__} s WHERE s.request_id = u.rid AND s.tenant <> u.tid) "
+            f"OR EXISTS (SELECT 1 FROM {table} r WHERE r.request_id = u.rid AND r.tenant <> u.tid)) "
+            f"SELECT request_id, call_index FROM new_calls UNION ALL SELECT rid, {_ANOTHER_TENANT} FROM other_tenants",
+            call_processors, summary_processors)
     return _ONE_STATEMENT["sql"]
 
 
@@ -147,6 +181,7 @@ def _store(session: Session, summaries: Sequence[Settlement], times: Sequence[dt
     merged = _merged(summaries, times)
     if not merged:
         return
+    _refuse_another_tenants(session, merged)
     ids = sorted(merged)  # one lock order for every writer
     connection = session.connection()
     # One UPDATE per request in one executemany: release, and move the new calls' cost into
@@ -181,7 +216,8 @@ def _upsert_tail() -> str:
     table = RequestSummary.__table__
     updates = [f"{c.name} = EXCLUDED.{c.name}" for c in table.columns if c.name not in _KEPT]
     updates.append(f"response_json = COALESCE(EXCLUDED.response_json, {table.name}.response_json)")
-    return f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(updates)}"
+    return (f"ON CONFLICT (request_id) DO UPDATE SET {', '.join(updates)} "
+            f"WHERE {table.name}.tenant = EXCLUDED.tenant")
 
 
 def _upsert(dialect: str) -> Any:
@@ -192,5 +228,6 @@ def _upsert(dialect: str) -> Any:
         statement = _INSERT[dialect](table)
         updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in _KEPT}
         updates["response_json"] = sa.func.coalesce(statement.excluded.response_json, table.c.response_json)
-        _UPSERTS[dialect] = statement.on_conflict_do_update(index_elements=["request_id"], set_=updates)
+        _UPSERTS[dialect] = statement.on_conflict_do_update(  # never another tenant's row, even in a race
+            index_elements=["request_id"], set_=updates, where=table.c.tenant == statement.excluded.tenant)
     return _UPSERTS[dialect]
