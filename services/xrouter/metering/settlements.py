@@ -123,9 +123,9 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
         values = {**unnest.arrays(call_rows, call_processors, "c_"),
                   **unnest.arrays([merged[r] for r in ids], summary_processors, "s_"), "rid": releases}
         keys = {(r, i) for r, i in connection.exec_driver_sql(statement, values)}
-        foreign = sorted(r for r, i in keys if i == _ANOTHER_TENANT)
-        if foreign:  # the caller's rollback undoes what the statement wrote
-            raise _another_tenant(foreign[0])
+        others = sorted(r for r, i in keys if i == _ANOTHER_TENANT)
+        if others:  # the caller's rollback undoes what the statement wrote
+            raise _another_tenant(others[0])
         return keys
 
     if not carried:
