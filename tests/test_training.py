@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -52,6 +53,16 @@ def test_clip_higher_is_asymmetric() -> None:
     ({"max_turns": 1}, "needs 2 turns"),
     ({"kl_coef": 0.1}, "set kl_coef: 0"),
     ({"pool_min": 4, "pool_max": 2}, "pool_max"),
+    # Each of these trained and failed later with a traceback, or trained on garbage (CLI probe, 2026-12-07).
+    ({"learning_rate": math.inf}, "learning_rate=inf: must be a finite number"),
+    ({"cost_coef": math.nan}, "cost_coef=nan: must be a finite number"),
+    ({"warm_start_lr": math.nan}, "warm_start_lr=nan: must be a finite number"),
+    ({"eval_lambdas": (math.nan, 100.0)}, "eval_lambdas"),
+    ({"eval_lambdas": (-1.0, 100.0)}, "eval_lambdas"),
+    ({"eval_lambdas": ()}, "need at least one cost weight"),
+    ({"entropy_coef": -1.0}, "entropy_coef=-1.0: must be >= 0"),
+    ({"limit_prompts": -5}, "limit_prompts=-5: must be >= 0"),
+    ({"reward_k": 0.0}, "reward_k=0.0: must be > 0"),
 ])
 def test_bad_configs_say_how_to_fix_them(change, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ConfigError, match=message):
@@ -136,7 +147,28 @@ def test_config_files_read_numbers_by_type(tmp_path) -> None:  # type: ignore[no
     for bad, message in (("learning_rate: fast\n", "learning_rate='fast' is not a float"),
                          ("steps: 2.5\n", "steps=2.5 is not a int"),
                          ("dynamic_sampling: 3\n", "dynamic_sampling=3 is not a bool"),
-                         ("eval_lambdas: [1, x]\n", "eval_lambdas")):
+                         ("eval_lambdas: [1, x]\n", "eval_lambdas"),
+                         # read as the characters "1", "0", "0" before
+                         ("eval_lambdas: \"100\"\n", "eval_lambdas='100' is not a list of numbers"),
+                         ("learning_rate: true\n", "learning_rate=True is not a float"),  # was 1.0
+                         ("steps: 3\nsteps: 5\n", "setting 'steps' is given twice"),  # the last one won
+                         ("max_new_tokens: 7\n", r"\['max_new_tokens'\] only apply to policy: lm"),
+                         ("policy: lm\nlm_model: tiny\nhidden: 7\n", r"\['hidden'\] only apply to policy: compact")):
         path.write_text(bad)
         with pytest.raises(ConfigError, match=message):
             TrainConfig.from_file(path)
+
+
+def test_the_models_a_config_names_must_be_in_its_training_data() -> None:
+    """exclude_models with a typo excluded nothing; excluding every model failed with a KeyError;
+    a pool_min past the catalog was quietly clipped."""
+    from xrouter.common.outcomes import ROUTERBENCH
+    from xrouter_training.train import build_environment
+
+    for change, message in (({"exclude_models": ("no-such-model",)}, r"exclude_models: \['no-such-model'\] are not"),
+                            ({"pool_min": 50}, "pool_min=50: the training data has 11 models")):
+        with pytest.raises(ConfigError, match=message):
+            build_environment(TrainConfig(**change))
+    every = tuple(ReplayEnvironment(ROUTERBENCH).options)
+    with pytest.raises(ConfigError, match="excludes every model"):
+        build_environment(TrainConfig(sources=("routerbench",), exclude_models=every))

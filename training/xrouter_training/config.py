@@ -22,17 +22,48 @@ class ConfigError(ValueError):
     """A configuration that cannot train; the message says what to change."""
 
 
+# Settings only one kind of policy reads: set for the other, they would be silently ignored.
+COMPACT_ONLY = frozenset({
+    "use_descriptors", "use_query", "parallel_calls", "answer_checks", "use_memory", "memory_k",
+    "memory_temperature", "id_dropout", "entropy_coef", "correctness_coef", "cost_coef",
+    "warm_start_epochs", "warm_start_states_per_prompt", "warm_start_lr", "warm_start_weight_decay",
+    "warm_start_held_out", "hidden", "dropout"})
+LM_ONLY = frozenset({
+    "lm_model", "max_new_tokens", "rollout_temperature", "lm_micro_batch", "lm_batch_group", "lm_rollout_engine",
+    "lm_vllm_gpu_memory", "lm_eval_prompts", "lm_tool_prompt", "lm_message_tokens", "router_input_usd_per_mtok",
+    "router_output_usd_per_mtok", "sft_teacher", "sft_episodes", "sft_epochs", "sft_lr", "sft_reward_above",
+    "sft_probe_prompts", "dynamic_sampling_max_groups"})
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"setting {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
     """A setting as its field's type. YAML 1.1 reads ``3e-4`` (no dot) as text, so numbers are
     converted here; a value that is not of the field's type is refused naming the setting."""
     try:
         if name == "eval_lambdas":
+            if not isinstance(value, list) or any(isinstance(x, bool) for x in value):
+                raise ValueError(value)  # a string would be read as its characters
             return tuple(float(x) for x in value)
         if name in ("sources", "exclude_models"):
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ValueError(value)
             return tuple(value)
-        if kind == "float" and not isinstance(value, bool):
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)  # true is not 1.0
             return float(value)
         if (kind == "int" and (isinstance(value, bool) or not isinstance(value, int))) or (
                 kind == "bool" and not isinstance(value, bool)):
@@ -155,6 +186,18 @@ class TrainConfig:
                              output_usd_per_mtok=self.router_output_usd_per_mtok)
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "float" and not math.isfinite(value):
+                raise ConfigError(f"{field.name}={value}: must be a finite number")
+        for name in ("entropy_coef", "cost_coef", "limit_prompts", "reward_cost_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.reward_k <= 0:
+            raise ConfigError(f"reward_k={self.reward_k}: must be > 0 (the reward of a right answer)")
+        if not self.eval_lambdas or not all(math.isfinite(x) and x >= 0 for x in self.eval_lambdas):
+            raise ConfigError(f"eval_lambdas={list(self.eval_lambdas)}: need at least one cost weight, each a finite "
+                              "number >= 0")
         if self.group_size < 2:
             raise ConfigError(f"group_size={self.group_size}: GRPO needs at least 2 episodes per prompt to "
                               "normalise advantages; set group_size >= 2 (8 is the usual choice)")
@@ -289,7 +332,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: pathlib.Path | str) -> TrainConfig:
         try:
-            raw: Any = yaml.safe_load(pathlib.Path(path).read_text())
+            raw: Any = yaml.load(pathlib.Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
         except (OSError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read the config ({error})") from None
         if not isinstance(raw, dict):
@@ -298,6 +341,12 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        policy = raw.get("policy", cls.policy)
+        unread = sorted(set(raw) & (LM_ONLY if policy == "compact" else COMPACT_ONLY if policy == "lm" else set()))
+        if unread:
+            other = "lm" if policy == "compact" else "compact"
+            raise ConfigError(f"{path}: {unread} only apply to policy: {other}, and this config trains policy: "
+                              f"{policy}; remove them")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
         raw = {name: _typed(path, name, value, types[name]) for name, value in raw.items()}
         try:

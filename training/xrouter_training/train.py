@@ -25,7 +25,7 @@ from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy, Turn
 from xrouter_training import distributed, grpo, warm_start
-from xrouter_training.config import TrainConfig
+from xrouter_training.config import ConfigError, TrainConfig
 from xrouter_training.environment import Episode, MixedEnvironment, Prompt, ReplayEnvironment
 
 
@@ -36,13 +36,30 @@ def sample_lambda(config: TrainConfig, rng: random.Random) -> float:
 
 
 def build_environment(config: TrainConfig) -> ReplayEnvironment | MixedEnvironment:
-    """The configured outcome sets as one environment."""
+    """The configured outcome sets as one environment; the models the config names must be in it."""
     reward = RewardConfig(config.reward_k, config.reward_cost_max)
     if config.sources:
-        return MixedEnvironment(config.sources, reward, config.exclude_models)
-    data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
-    kwargs = {"catalog": config.catalog} if config.catalog else {}
-    return ReplayEnvironment(data, reward=reward, **kwargs)
+        env: ReplayEnvironment | MixedEnvironment = MixedEnvironment(config.sources, reward, config.exclude_models)
+    else:
+        data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
+        kwargs = {"catalog": config.catalog} if config.catalog else {}
+        env = ReplayEnvironment(data, reward=reward, **kwargs)
+    replays = env.envs.values() if isinstance(env, MixedEnvironment) else [env]
+    check_models(config, {model for replay in replays for models in replay.answered.values() for model in models})
+    return env
+
+
+def check_models(config: TrainConfig, models: set[str]) -> None:
+    """Refuse an excluded model the data does not hold (a typo would exclude nothing), excluding
+    every model, and a pool_min no pool can reach."""
+    unknown = sorted(set(config.exclude_models) - models)
+    if unknown:
+        raise ConfigError(f"exclude_models: {unknown} are not models of the training data; known: {sorted(models)}")
+    left = models - set(config.exclude_models)
+    if not left:
+        raise ConfigError("exclude_models: excludes every model of the training data; leave at least one")
+    if config.pool_min > len(left):
+        raise ConfigError(f"pool_min={config.pool_min}: the training data has {len(left)} models to draw pools from")
 
 
 def first_per_source(prompts: list[Prompt], limit: int) -> list[Prompt]:
