@@ -15,11 +15,15 @@ from xrouter import cli
       "--lambdas", "0", "--out", "{file}/x"], "Not a directory"),
     (["export-episodes", "--url", "garbage://", "--out", "{tmp}/e.jsonl"], "garbage"),
     (["db", "upgrade", "--url", "sqlite:///{tmp}/x.db", "--revision", "zzzz"], "zzzz"),
+    (["db", "check", "--url", "sqlite:///{file}"], "file is not a database"),  # {file}: text, not SQLite
+    # learn-sim checked its source and checkpoints only after minutes of simulation
+    (["learn-sim", "--start", "{tmp}", "--source", "nosuch", "--out", "{tmp}/o"], "--source: 'nosuch'"),
+    (["learn-sim", "--start", "{tmp}/none", "--source", "llmrouter", "--out", "{tmp}/o"], "--start: "),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
                                             argv: list[str], names: str) -> None:
     file = tmp_path / "a-file"
-    file.write_text("")
+    file.write_text("not a database, not a checkpoint" * 100)
     argv = [a.format(file=file, tmp=tmp_path) for a in argv]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -49,3 +53,23 @@ def test_numbers_out_of_range_are_refused_by_the_parser(capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("corrupt, names", [
+    (lambda d: (d / "manifest.json").write_text("[1, 2]"), "must be a JSON object"),
+    (lambda d: (d / "memory.npz").write_bytes(b"garbage" * 100), "unreadable outcome memory"),
+])
+def test_a_corrupted_checkpoint_is_named_not_a_traceback(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                                                         corrupt, names: str) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from xrouter.router.policy_store import BUNDLED_POLICY
+
+    policy = tmp_path / "policy"
+    shutil.copytree(BUNDLED_POLICY, policy)
+    corrupt(policy)
+    code = cli.main(["eval", "--source", "routerbench", "--policy", str(policy), "--no-knn", "--limit", "2",
+                     "--lambdas", "0", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and names in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json"))

@@ -136,7 +136,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_learn_sim(args: argparse.Namespace) -> int:
+    from xrouter.common.errors import InvalidArgument
+    from xrouter.common.outcomes import SOURCES
+    from xrouter.router.compact.checkpoint import read_manifest
     from xrouter_training.traffic import run
+
+    if args.source not in SOURCES:  # before minutes of simulation, not after
+        raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
+    for flag, checkpoint in (("--start", args.start), ("--ceiling", args.ceiling)):
+        if checkpoint:
+            try:
+                read_manifest(pathlib.Path(checkpoint))
+            except InvalidArgument as error:
+                raise InvalidArgument(flag, str(error).removeprefix("source: ")) from None
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
                  pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
@@ -376,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
 def _input_errors() -> tuple[type[BaseException], ...]:
     import sqlalchemy.exc
 
+    from xrouter.common.errors import XRouterError
+
+    # DatabaseError: a --url naming a file that is not a database; XRouterError: a refusal that
+    # names its field (a checkpoint that is not one, an unknown source).
     errors: list[type[BaseException]] = [OSError, OverflowError, sqlalchemy.exc.ArgumentError,
-                                         sqlalchemy.exc.OperationalError]
+                                         sqlalchemy.exc.OperationalError, sqlalchemy.exc.DatabaseError, XRouterError]
     try:
         from alembic.util.exc import CommandError  # `xrouter db upgrade --revision` that does not exist
         errors.append(CommandError)

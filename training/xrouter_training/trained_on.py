@@ -24,10 +24,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from xrouter.common.errors import InvalidArgument
 from xrouter.common.outcomes import FOLDS, split_of
 
 from xrouter_training.environment import Prompt
@@ -79,9 +81,10 @@ def trained_on(checkpoint: pathlib.Path, data: pathlib.Path, prompts: Sequence[P
 def _manifest(checkpoint: pathlib.Path) -> dict:
     path = pathlib.Path(checkpoint) / "manifest.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}  # loading the checkpoint itself names what is wrong with it
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def _in_memory(checkpoint: pathlib.Path, prompts: Sequence[Prompt]) -> int:
@@ -90,6 +93,9 @@ def _in_memory(checkpoint: pathlib.Path, prompts: Sequence[Prompt]) -> int:
     path = pathlib.Path(checkpoint) / FILE
     if not path.is_file():
         return 0
-    with np.load(path, allow_pickle=False) as saved:
-        keys = set(saved["keys"].astype(np.int64).tolist())
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            keys = set(saved["keys"].astype(np.int64).tolist())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise InvalidArgument("policy", f"{path}: unreadable outcome memory ({error})") from None
     return sum(int.from_bytes(text_key(p.text), "little", signed=True) in keys for p in prompts)

@@ -51,6 +51,9 @@ def read_verified(directory: pathlib.Path, kind: str, label: str, required: Iter
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InvalidArgument("source", f"{path}: unreadable manifest ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256", {}), dict):
+        raise InvalidArgument("source", f"{path}: the manifest must be a JSON object whose sha256 maps file names "
+                                        "to digests")
     if manifest.get("kind") != kind:
         raise InvalidArgument("source", f"{path}: kind {manifest.get('kind')!r} is not {label}")
     checked = digest_required or "manifest_sha256" in manifest

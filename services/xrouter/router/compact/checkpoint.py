@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import shutil
+import zipfile
 from typing import Any
 
 from xrouter.common.errors import InvalidArgument
@@ -86,6 +87,7 @@ def _encoder_file(directory: pathlib.Path, manifest: dict[str, Any]) -> pathlib.
 def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greedy: bool = True) -> CompactPolicy:
     """Verify and load a checkpoint for a catalog; raises InvalidArgument naming what is wrong."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     # Decisions are tiny forwards: extra intra-op threads only contend with the server's own work.
@@ -101,7 +103,7 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
     network = CompactRouter(**manifest["network"])
     try:
         network.load_state_dict(load_file(str(directory / WEIGHTS)))
-    except (RuntimeError, OSError) as error:
+    except (RuntimeError, OSError, SafetensorError) as error:
         raise InvalidArgument("source", f"{directory / WEIGHTS}: weights do not fit the network ({error})") from None
     # Two intra-op threads, which sleep when idle (encoder.py): one request alone encodes on both
     # cores, while concurrent requests encode in parallel on worker threads (CompactPolicy.prepare).
@@ -110,8 +112,8 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
     # encoding on the event loop) → after: router CPU per request 35-46 → 18-19 ms for a 25-token
     # prompt, 82-100 → 49-65 ms for a 200-token one.
     encoder = QueryEncoder(_encoder_file(directory, manifest), threads=min(2, os.cpu_count() or 1))
-    lambda_top = float(manifest.get("lambda_range", [0, math.inf])[1])
-    memory = OutcomeMemory.load(directory / MEMORY) if MEMORY in manifest["sha256"] else None
+    lambda_top = _lambda_top(directory, manifest)
+    memory = _memory(directory) if MEMORY in manifest["sha256"] else None
     policy = CompactPolicy(network, vocabulary, lambda text: encoder.encode([text])[0], memory=memory,
                            version=str(manifest.get("version", "0")), greedy=greedy, lambda_top=lambda_top,
                            use_descriptors=bool(manifest.get("use_descriptors", False)),
@@ -120,6 +122,23 @@ def load_policy(directory: pathlib.Path | str, catalog: list[ModelOption], greed
                            answer_checks=bool(manifest.get("answer_checks", True)), serving_graph=True)
     policy.manifest = manifest  # type: ignore[attr-defined]
     return policy
+
+
+def _lambda_top(directory: pathlib.Path, manifest: dict[str, Any]) -> float:
+    """The top of the trained λ range (beyond it the policy acts as at the top: monotone in λ)."""
+    bounds = manifest.get("lambda_range", [0, math.inf])
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0 for b in bounds) and bounds[0] <= bounds[1]):
+        raise InvalidArgument("source", f"{directory / MANIFEST}: lambda_range {bounds!r} is not [low, high] with "
+                                        "0 <= low <= high")
+    return float(bounds[1])
+
+
+def _memory(directory: pathlib.Path) -> OutcomeMemory:
+    try:
+        return OutcomeMemory.load(directory / MEMORY)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise InvalidArgument("source", f"{directory / MEMORY}: unreadable outcome memory ({error})") from None
 
 
 async def smoke_episode(policy: CompactPolicy, catalog: list[ModelOption]) -> None:
