@@ -181,6 +181,64 @@ def test_a_candidate_that_changes_no_decision_is_published_on_any_evidence() -> 
     assert difference["lower_bound"] == 0.0 and difference["matched_by_one_only"] == 0 and decision == PUBLISH
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda e: {**e, "feedback": {**e["feedback"], "score": 1.5}}, r"line 1: feedback: score must be a number in \[0, 1\]"),
+    (lambda e: {**e, "feedback": {**e["feedback"], "score": "good"}}, "feedback: score must be a number"),
+    (lambda e: {**e, "cost_lambda": -1.0}, "line 1: cost_lambda must be a number >= 0"),
+    (lambda e: {**e, "cost_micro_usd": -5}, "cost_micro_usd must be an integer >= 0"),
+    (lambda e: {**e, "exploration": {**e["exploration"], "first_call_probability": 0}},
+     r"exploration.first_call_probability must be in \(0, 1\]"),
+    (lambda e: {k: v for k, v in e.items() if k != "request_id"}, "request_id must be a non-empty string"),
+    (lambda e: {k: v for k, v in e.items() if k != "settled_at"}, "settled_at must be a non-empty string"),
+    (lambda e: {**e, "calls": [[1, 2]]}, "calls must be a list of objects"),
+    (lambda e: [1, 2], "line 1: not an xrouter.episode/v1 episode"),
+])
+def test_an_episode_the_export_would_never_write_is_refused_naming_line_and_field(tmp_path, change, message) -> None:  # type: ignore[no-untyped-def]
+    """Each was learned as it was (a score of 1.5 reached the candidate's memory), or a traceback."""
+    from xrouter_training.learn import read_episodes
+
+    good = json.loads(export(tmp_path / "e.jsonl", requests=2).read_text().splitlines()[0])
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(change(good)) + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        read_episodes(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_an_unreadable_or_repeated_export_is_refused_naming_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from xrouter_training.learn import read_episodes
+
+    lines = export(tmp_path / "e.jsonl", requests=3).read_text().splitlines()
+    cases = {"dup.jsonl": (lines[0] + "\n" + lines[1] + "\n" + lines[0] + "\n", "line 3: request_id .* also on line 1"),
+             "bad.jsonl": (lines[0] + "\n{nope\n", "line 2: not JSON"),
+             "plain.jsonl.gz": (lines[0] + "\n", "unreadable"),
+             "binary.jsonl": (None, "unreadable")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        if text is None:
+            path.write_bytes(b"\xff\xfe\x00garbage")
+        else:
+            path.write_text(text)
+        with pytest.raises(ValueError, match=f"{path}: {message}"):
+            read_episodes(path)
+
+
+@pytest.mark.parametrize("flags, message", [({"store": "FILE"}, "--store"), ({"configmap": "cm"}, "--configmap"),
+                                            ({"routers": ["no-port"]}, "--router")])
+def test_publishing_flags_are_checked_before_learning(tmp_path, flags, message) -> None:  # type: ignore[no-untyped-def]
+    """They were read only when a candidate passed: a typo waited for the day it mattered."""
+    from xrouter.common.errors import InvalidArgument
+    from xrouter_training.learn import check_publish_flags
+
+    (tmp_path / "FILE").write_text("")
+    arguments = {"store": "", "configmap": "", "routers": [], **flags}
+    if arguments["store"] == "FILE":
+        arguments["store"] = str(tmp_path / "FILE")
+    with pytest.raises(InvalidArgument, match=message):
+        check_publish_flags(arguments["store"], arguments["configmap"], arguments["routers"])
+    check_publish_flags(str(tmp_path / "store"), "cm", ["router-0.router:50051"])
+
+
 def test_learn_cli_defaults_are_the_publish_rules() -> None:
     from xrouter.cli import build_parser
     from xrouter_training import publish_rule

@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import gzip
 import json
 import math
 import pathlib
@@ -41,6 +40,7 @@ from xrouter.router.compact.checkpoint import LEARNED_REQUESTS as LEARNED, load_
 from xrouter.router.compact.memory import FILE as MEMORY
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import ModelOption
+from xrouter_training.episodes_file import read_episodes
 from xrouter_training.publish_rule import CLIP, CONFIDENCE, HOLD_OUT, MARGIN, MIN_MATCHES, PUBLISH, judge
 
 
@@ -147,14 +147,6 @@ def catalog_options(path: str | pathlib.Path = "") -> list[ModelOption]:
                         s.context_tokens) for s in load_catalog(path or DEFAULT_CATALOG).values()]
 
 
-def read_episodes(path: pathlib.Path) -> list[dict[str, Any]]:
-    from xrouter.metering.export import read_jsonl
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return list(read_jsonl(handle))
-
-
 def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, catalog: Sequence[ModelOption],
           hold_out: float = HOLD_OUT, clip: float = CLIP, min_matches: int = MIN_MATCHES,
           confidence: float = CONFIDENCE, margin: float = MARGIN) -> dict[str, Any]:
@@ -223,6 +215,20 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     return record
 
 
+def check_publish_flags(store: str, configmap: str, routers: Sequence[str]) -> None:
+    """The publishing flags, checked whether or not this run's candidate will pass."""
+    from xrouter.common.errors import InvalidArgument
+
+    if store and pathlib.Path(store).exists() and not pathlib.Path(store).is_dir():
+        raise InvalidArgument("--store", f"{store} is not a directory (the checkpoint store)")
+    if configmap and not store:
+        raise InvalidArgument("--configmap", "points the policy ConfigMap at a version in the store: needs --store")
+    for router in routers:
+        host, _, port = router.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgument("--router", f"{router!r} is not HOST:PORT")
+
+
 def run_cli(args: Any) -> int:
     """``xrouter learn`` (arguments in xrouter/cli.py): 0 when it ran (published or not), 2 on bad input,
     1 when publishing a passing candidate failed."""
@@ -234,6 +240,7 @@ def run_cli(args: Any) -> int:
 
     out = pathlib.Path(args.out)
     try:
+        check_publish_flags(args.store, args.configmap, args.router)  # before learning, not only when it passes
         options = catalog_options(args.catalog)
         record = learn(pathlib.Path(args.start), pathlib.Path(args.episodes), out, options, args.hold_out, args.clip,
                        args.min_matches, args.confidence, args.margin)
