@@ -39,6 +39,15 @@ def test_a_lookback_past_year_1_is_refused_by_the_parser(tmp_path: pathlib.Path,
     assert exit_.value.code == 2 and "reaches back before year 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["eval", "--source", "arena", "--policy", "cascade"],
+                                     ["train", "--config", "c.yaml"], ["learn-sim", "--start", "s", "--source", "arena"]])
+def test_an_empty_out_folder_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    """--out "" wrote the results into the current directory."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*command, "--out", ""])
+    assert exit_.value.code == 2 and "argument --out: must name a folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["learn-sim", "--start", "s", "--source", "llmrouter", "--out", "o", "--requests", "0"], "--requests"),
     (["learn-sim", "--start", "s", "--source", "llmrouter", "--out", "o", "--every", "0"], "--every"),

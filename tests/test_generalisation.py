@@ -73,7 +73,7 @@ def test_limit_prompts_takes_the_first_of_each_source(mixed: MixedEnvironment) -
     ({"sources": ("routerbench", "nope")}, r"\['nope'\] are not bundled outcome sets"),
     ({"sources": ("arena", "arena")}, "names a source twice"),
     ({"sources": ("arena",), "data": "x.jsonl.gz"}, "sources and data/catalog both set"),
-    ({"lambda_max": float("nan")}, "lambda range"),
+    ({"lambda_max": float("nan")}, "lambda_max=nan: must be a finite number"),
     ({"lambda_min": -1.0}, "lambda range"),
     ({"id_dropout": 1.0}, "id_dropout=1.0"),
 ])
@@ -109,6 +109,23 @@ def test_the_tiny_mixed_pipeline_trains_bundles_loads_and_routes(tiny_bundle: pa
     for source in SOURCES:
         policy = load_policy(tiny_bundle, options_of(source))
         asyncio.run(smoke_episode(policy, options_of(source)))
+
+
+def test_bundle_refuses_another_config_and_a_folder_that_is_not_a_checkpoint(tiny_bundle: pathlib.Path,
+                                                                             tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The config was only hashed into the provenance (any file passed), and an --out folder that
+    held a training run was deleted to make room (CLI probe, 2026-12-07)."""
+    checkpoint = tiny_bundle.parent / "checkpoint"
+    with pytest.raises(ValueError, match="not the config that trained"):
+        bundle(checkpoint, CONFIGS / "mixed.yaml", tmp_path / "b1")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        bundle(checkpoint, CONFIGS / "mixed-tiny.yaml", run)
+    assert (run / "metrics.jsonl").read_text() == "{}\n"
+    assert bundle(checkpoint, CONFIGS / "mixed-tiny.yaml", tmp_path / "b2") == tmp_path / "b2"
+    assert bundle(checkpoint, CONFIGS / "mixed-tiny.yaml", tmp_path / "b2") == tmp_path / "b2"  # a bundle: replaced
 
 
 def test_a_bundle_whose_encoder_differs_is_refused(tiny_bundle: pathlib.Path, tmp_path) -> None:  # type: ignore[no-untyped-def]

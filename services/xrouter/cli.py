@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "pool into OUT/<source>/, compared in OUT/summary.json and summary.md")
     evaluate.add_argument("--policy", required=True,
                           help="checkpoint directory, or cheapest | cascade | fixed:<model> | random | oracle | knn")
-    evaluate.add_argument("--out", required=True, help="folder for report.json, frontier.png, decisions.jsonl")
+    evaluate.add_argument("--out", type=_folder, required=True, help="folder for report.json, frontier.png, decisions.jsonl")
     evaluate.add_argument("--split", default="validation", help="train | validation | all (default validation)")
     evaluate.add_argument("--fold", type=int, default=0,
                           help="which fifth of the prompts is the validation split, 0-4 (default 0; cross-validation)")
@@ -251,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
     train = sub.add_parser("train", help="train the compact policy with GRPO (CPU here; GPU Job; torchrun)")
     train.add_argument("--config", required=True, help="training config YAML (see training/configs/)")
-    train.add_argument("--out", required=True, help="folder for metrics.jsonl and the checkpoint/")
+    train.add_argument("--out", type=_folder, required=True, help="folder for metrics.jsonl and the checkpoint/")
     train.set_defaults(run=cmd_train)
     generalise = sub.add_parser("generalise", help="leave-one-source-out, leave-one-model-out and ablation runs "
                                 "(train + eval each): OUT/generalisation.json and .md")
     generalise.add_argument("--config", required=True, help="a training config with sources: [...]")
-    generalise.add_argument("--out", required=True)
+    generalise.add_argument("--out", type=_folder, required=True)
     generalise.add_argument("--loso", action="store_true", help="train without each source, evaluate on it")
     generalise.add_argument("--lomo", default="", metavar="MODEL", help="train without MODEL, add it at serve time")
     generalise.add_argument("--ablate", default="", help="comma-separated: query, descriptors, parallel, checks, grpo")
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn_sim.add_argument("--start", required=True, help="checkpoint trained without the source")
     learn_sim.add_argument("--ceiling", default="", help="checkpoint trained with it (drawn as the ceiling)")
     learn_sim.add_argument("--source", required=True, help="a bundled outcome source (e.g. llmrouter)")
-    learn_sim.add_argument("--out", required=True)
+    learn_sim.add_argument("--out", type=_folder, required=True)
     learn_sim.add_argument("--requests", type=_at_least(1), default=500)
     learn_sim.add_argument("--every", type=_at_least(1), default=50, help="evaluate after every N requests")
     learn_sim.add_argument("--epsilon", type=_number(0.0, 1.0), default=0.1, help="exploration rate of the first call")
@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "publish it only if it is not worse on held-back recent traffic")
     learn.add_argument("--start", required=True, help="the serving checkpoint (a compact policy with a memory)")
     learn.add_argument("--episodes", required=True, help="an `xrouter export-episodes` file (.jsonl or .jsonl.gz)")
-    learn.add_argument("--out", required=True, help="folder for the candidate, publish.json and learn.prom")
+    learn.add_argument("--out", type=_folder, required=True, help="folder for the candidate, publish.json and learn.prom")
     learn.add_argument("--catalog", default=os.environ.get("XROUTER_ADAPTERS_CATALOG", ""),
                        help="the serving catalog (default $XROUTER_ADAPTERS_CATALOG, else the bundled one)")
     learn.add_argument("--hold-out", type=_number(0.0, 1.0, open_ends=True), default=0.2,
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = sub.add_parser("bundle", help="write the small shipped copy of a checkpoint (encoder by hash)")
     bundle.add_argument("checkpoint")
     bundle.add_argument("--config", required=True, help="the training config that made it (recorded by hash)")
-    bundle.add_argument("--out", default=str(BUNDLED_POLICY), help=f"default {BUNDLED_POLICY}")
+    bundle.add_argument("--out", type=_folder, default=str(BUNDLED_POLICY), help=f"default {BUNDLED_POLICY}")
     bundle.set_defaults(run=cmd_bundle)
     publish = sub.add_parser("publish", help="copy a checkpoint into the checkpoint store (atomically, verified) "
                              "and point the routers at it (policy-pointer ConfigMap and/or LoadPolicy)")
@@ -341,6 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_key_parsers(sub)  # `keys create|list|rotate|revoke`
     return parser
+
+
+def _folder(text: str) -> str:
+    """An argparse type: an output folder ("" wrote into the current directory; a file failed late)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder (an empty one wrote into the current directory)")
+    if pathlib.Path(text).exists() and not pathlib.Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
 
 
 def _at_least(low: int) -> Callable[[str], int]:

@@ -25,10 +25,19 @@ def data_hashes(sources: list[str]) -> dict[str, str]:
 def bundle(checkpoint: pathlib.Path, config: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """Write the small copy of ``checkpoint`` to ``out`` (replaced atomically: a failed bundle leaves
     the previous one in place)."""
+    from xrouter_training.config import TrainConfig
+
     manifest = read_manifest(checkpoint)  # verifies every hash first
     sources = list(manifest.get("data", {}).get("sources") or [])
     if not sources:
         raise ValueError(f"{checkpoint}: not trained on bundled sources (data.sources is empty)")
+    # The provenance names this config as the one that made the checkpoint: it must be.
+    differ = TrainConfig.from_file(config).differs_from(manifest.get("config") or {})
+    if differ:
+        raise ValueError(f"{config}: not the config that trained {checkpoint} (they differ in {differ})")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"{out}: holds files and is not a checkpoint; the bundle replaces a folder only when it "
+                         "is one")
     manifest.pop("manifest_sha256", None)
     manifest["sha256"] = {name: digest for name, digest in manifest["sha256"].items() if name in (WEIGHTS, MEMORY)}
     manifest["provenance"] = {
