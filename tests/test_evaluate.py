@@ -332,6 +332,34 @@ def test_unusable_inputs_fail_with_the_fix(subset: pathlib.Path, tmp_path: pathl
         EvalConfig(subset, "cheapest", tmp_path / "e", lambdas=(-1.0,))
     assert cli.main(["eval", "--data", str(subset), "--policy", "cheapest", "--lambdas", "x", "--out",
                      str(tmp_path / "f")]) == 2
+    # Each of these ran (CLI probe, 2026-12-07): the flag had no effect, or the message blamed something else.
+    with pytest.raises(EvalError, match="--knn-k: .*--no-knn"):
+        EvalConfig(subset, "cheapest", tmp_path / "i", knn=False, knn_k=5)
+    with pytest.raises(EvalError, match="--fold 3: .*--split all"):
+        EvalConfig(subset, "cheapest", tmp_path / "j", split="all", fold=3)
+    empty = write_rows(tmp_path / "empty.jsonl.gz", [])
+    with pytest.raises(EvalError, match="holds no outcome rows"):
+        run_evaluation(EvalConfig(empty, "cheapest", tmp_path / "k", knn=False, progress=False))
+
+
+def test_a_run_that_fails_midway_leaves_the_earlier_runs_files_as_they_were(
+        subset: pathlib.Path, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing run wrote its decisions.jsonl beside the earlier run's report.json."""
+    from xrouter_training import evaluate
+
+    out = tmp_path / "out"
+    run_evaluation(EvalConfig(subset, "cheapest", out, limit=3, knn=False, progress=False))
+    before = {name: (out / name).read_bytes() for name in ("decisions.jsonl", "report.json")}
+
+    async def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        args[5].write_text('{"half": "written"}\n')  # the decisions file it was given
+        raise RuntimeError("the policy broke midway")
+
+    monkeypatch.setattr(evaluate, "play_all", failing)
+    with pytest.raises(RuntimeError, match="midway"):
+        run_evaluation(EvalConfig(subset, "cheapest", out, limit=3, knn=False, progress=False))
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["decisions.jsonl", "frontier.png", "report.json"]
 
 
 def test_an_lm_checkpoint_is_evaluated_as_the_subject(subset: pathlib.Path, tmp_path: pathlib.Path,

@@ -178,8 +178,15 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
     prompts = selection.prompts
     runs = build_runs(config, env, table, pool, prompts, embedder)
     config.out.mkdir(parents=True, exist_ok=True)
-    records = asyncio.run(play_all(env, runs, prompts, pool, config.max_turns, config.out / "decisions.jsonl",
-                                   config.progress, config.source or ""))
+    # Decisions go to a partial file, renamed once the run is whole: a run that fails midway left
+    # its decisions.jsonl beside an earlier run's report.json, which then described other decisions.
+    partial = config.out / "decisions.jsonl.partial"
+    try:
+        records = asyncio.run(play_all(env, runs, prompts, pool, config.max_turns, partial,
+                                       config.progress, config.source or ""))
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     meta = {"command": command, "source": config.source, "data": str(config.data), "catalog": str(config.catalog),
             "split": config.split, "fold": config.fold, "prompts": len(prompts), "split_prompts": selection.split_prompts,
             "limit": config.limit, "prompts_beyond_limit": selection.beyond_limit,
@@ -193,6 +200,7 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
                            f"recorded cost_usd; {notes['rows_priced_from_catalog']} rows without it priced "
                            "from the catalog at estimated tokens"), **notes}
     report = build_report(meta, records, {r.name: r.group for r in runs})
+    partial.replace(config.out / "decisions.jsonl")
     (config.out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_frontier(report, config.out / "frontier.png")
     return report

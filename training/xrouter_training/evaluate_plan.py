@@ -79,6 +79,11 @@ class EvalConfig:
                             f"({', '.join(BASELINES)})")
         if self.policy == "knn" and not self.knn:
             raise EvalError("--policy knn cannot run with --no-knn")
+        # Flags that would have no effect are refused, not ignored.
+        if not self.knn and self.knn_k is not None:
+            raise EvalError("--knn-k: sets the kNN baseline's k, and --no-knn turns that baseline off")
+        if self.split == "all" and self.fold != 0:
+            raise EvalError(f"--fold {self.fold}: picks the validation fifth, and --split all evaluates every prompt")
 
     def in_split(self, prompt_id: str) -> bool:
         """Whether the prompt is in the evaluated split (of ``fold``)."""
@@ -126,6 +131,8 @@ def scan_data(data: pathlib.Path) -> DataScan:
             scan.costless += row.cost_usd is None
     except (OSError, ValueError, EOFError) as error:  # not gzip, or a line that is not an outcome row
         raise EvalError(f"--data: {error}") from None
+    if not scan.prompts:
+        raise EvalError(f"--data: {data} holds no outcome rows")
     scan.models_without_text = textless_models - with_text
     return scan
 
