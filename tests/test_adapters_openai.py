@@ -157,6 +157,8 @@ def test_catalog_checks_the_new_backends_fields() -> None:
     ]:
         with pytest.raises(CatalogError, match=message.replace("(", r"\(").replace(".", r"\.")):
             parse_catalog({"models": [{**base, **change}]})
+    with pytest.raises(CatalogError, match=r"unknown top-level keys \['defaults'\]"):  # was read as nothing
+        parse_catalog({"models": [base], "defaults": {"timeout_s": 5}})
     spec = parse_catalog({"models": [{**base, "resilience": {"timeout_s": 2, "max_queue": 0}}]})["m"]
     assert spec.policy.timeout_s == 2.0 and spec.policy.max_queue == 0 and spec.policy.max_attempts == 3
 

@@ -294,3 +294,13 @@ def test_publish_decisions_are_scored_against_the_true_apgr() -> None:
                               decision("worse: not published", 0.80, 0.90),
                               decision("not enough held-back evidence", 0.80, 0.60)])
     assert scores == {"decisions": 4, "published": 2, "published_worse": 1, "held_back_better": 1}
+
+
+def test_a_model_to_leave_out_that_no_source_holds_is_refused_before_any_training(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--lomo was checked after the leave-one-source-out runs had trained and evaluated."""
+    from xrouter.cli import main
+
+    out = tmp_path / "gen"
+    assert main(["generalise", "--config", str(CONFIGS / "mixed-tiny.yaml"), "--out", str(out), "--loso",
+                 "--lomo", "no-such-model"]) == 2
+    assert not out.exists() or not any(out.iterdir())

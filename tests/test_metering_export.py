@@ -115,6 +115,17 @@ async def test_settled_and_scored_requests_export_as_episodes(
                      "2025-03-15T12:30:00", "--tenant", "globex"]) == 0
     assert ids(later) == ["q2"]
     assert not list(tmp_path.glob("*.partial"))
+    # A .gz name is gzip (it was plain text that `xrouter learn` then refused), and what the export
+    # writes passes the learner's strict reader, line for line.
+    from xrouter_training.learn import read_episodes
+
+    packed = tmp_path / "episodes.jsonl.gz"
+    assert cli.main(["export-episodes", "--url", database_url, "--out", str(packed)]) == 0
+    assert read_episodes(packed) == read_episodes(out) == [first, second]
+    capsys.readouterr()
+    assert cli.main(["export-episodes", "--url", database_url, "--out", str(tmp_path / "none.jsonl"),
+                     "--since", "2026-01-02", "--until", "2025-01-01"]) == 2
+    assert "is not after --since" in capsys.readouterr().err and not (tmp_path / "none.jsonl").exists()
 
 
 def test_pages_cover_every_episode_once_even_with_equal_times(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:

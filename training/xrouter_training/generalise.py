@@ -102,12 +102,20 @@ def calls_share(decisions: pathlib.Path, subject: str, model: str) -> float:
     return hits / total if total else 0.0
 
 
-def leave_one_model_out(config: TrainConfig, out: pathlib.Path, model: str, lambdas: tuple[float, ...]) -> dict:
+def home_source(config: TrainConfig, model: str) -> str:
+    """The source whose catalog holds ``model`` (checked before any training: --lomo runs last)."""
     from xrouter.adapters.catalog import load_catalog
 
     home = next((name for name in config.sources if model in load_catalog(SOURCES[name].catalog)), None)
     if home is None:
         raise ConfigError(f"--lomo: {model!r} is in no catalog of the sources {list(config.sources)}")
+    return home
+
+
+def leave_one_model_out(config: TrainConfig, out: pathlib.Path, model: str, lambdas: tuple[float, ...]) -> dict:
+    from xrouter.adapters.catalog import load_catalog
+
+    home = home_source(config, model)
     checkpoint = train(dataclasses.replace(config, exclude_models=(model,)), out / f"without-{model.replace('/', '_')}")
     pool = [m for m in load_catalog(SOURCES[home].catalog) if m != model]
     added = evaluate(checkpoint, out / "lomo-added", [home], lambdas)
@@ -181,6 +189,8 @@ def run_cli(args: argparse.Namespace) -> int:
             raise ConfigError("nothing to do: give --loso, --lomo MODEL, --ablate NAME,... and/or --kfold")
         if args.fold0 and not args.kfold:
             raise ConfigError("--fold0: only with --kfold")
+        if args.lomo:
+            home_source(config, args.lomo)  # refused after every other run's training, before
         lambdas = tuple(config.eval_lambdas)
         report: dict = {"config": str(args.config), "lambdas": list(lambdas)}
         if args.loso:

@@ -94,6 +94,9 @@ def parse_catalog(document: Any, source: str = "catalog") -> dict[str, ModelSpec
     """Validate a parsed catalog document; returns models by id in file order."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise CatalogError(f"{source}: expected a mapping with a 'models' list")
+    if set(document) != {"models"}:  # per-model keys are checked too: nothing is read that is not used
+        raise CatalogError(f"{source}: unknown top-level keys {sorted(set(document) - {'models'})}; a catalog holds "
+                           "only 'models'")
     # A KServe model speaks REST unless its entry says otherwise.
     entries = [{"protocol": "rest", **entry} if isinstance(entry, dict) and entry.get("backend") == "kserve"
                else entry for entry in document["models"]]

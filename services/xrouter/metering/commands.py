@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gzip
 import logging
 import os
 import pathlib
@@ -71,7 +72,12 @@ def _when(text: str) -> dt.datetime:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write settled requests as episodes (EXPORT.md) to --out, atomically."""
+    """Write settled requests as episodes (EXPORT.md) to --out, atomically (gzip-compressed when
+    --out ends in .gz, which `xrouter learn` reads as gzip)."""
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        print(f"xrouter export-episodes: --until {args.until.isoformat()} is not after --since "
+              f"{args.since.isoformat()}: the window is empty", file=sys.stderr)
+        return 2
     engine = make_engine(_url(args, pathlib.Path(args.home).resolve() / "metering.db"))
     out = pathlib.Path(args.out)
     partial = out.with_name(out.name + ".partial")
@@ -79,7 +85,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                    scored_only=args.scored_only)
     try:
         migrate.check(engine)
-        with open(partial, "w", encoding="utf-8") as stream:
+        opener = gzip.open if out.suffix == ".gz" else open
+        with opener(partial, "wt", encoding="utf-8") as stream:
             written = export.write_jsonl(
                 engine, stream, progress=lambda n: print(f"  {n} episodes...", file=sys.stderr, flush=True),
                 **filters)
