@@ -219,6 +219,8 @@ def test_unreadable_files_name_the_file(tmp_path: pathlib.Path) -> None:
     ({"cost_usd": float("inf")}, "cost_usd"),
     ({"completion_tokens": -3}, "completion_tokens"),
     ({"cost_estimated": "yes"}, "cost_estimated"),
+    ({"scroe": 1.0}, "scroe"),  # a misspelt field was read as absent
+    ({"source": "another-set"}, "source"),  # one file is one source
 ])
 def test_inconsistent_row_names_file_line_and_field(tmp_path: pathlib.Path, bad: dict, field: str) -> None:
     path = write_rows(tmp_path / "bad.jsonl.gz", [row("p0"), {**row("p1"), **bad}])

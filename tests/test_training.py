@@ -172,3 +172,17 @@ def test_the_models_a_config_names_must_be_in_its_training_data() -> None:
     every = tuple(ReplayEnvironment(ROUTERBENCH).options)
     with pytest.raises(ConfigError, match="excludes every model"):
         build_environment(TrainConfig(sources=("routerbench",), exclude_models=every))
+
+
+def test_rows_of_models_the_catalog_lacks_are_counted_not_dropped_silently(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import gzip
+
+    from xrouter.common.outcomes import ROUTERBENCH
+
+    with gzip.open(ROUTERBENCH, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(next(handle)) for _ in range(30)]
+    rows.append({**rows[0], "model": "no-such-model"})
+    path = tmp_path / "data.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    assert ReplayEnvironment(path).uncatalogued == {"no-such-model": 1}

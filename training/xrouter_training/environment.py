@@ -64,8 +64,12 @@ class ReplayEnvironment:
         self.answered: dict[str, set[str]] = {}  # prompt id → models with a recorded answer
         self.scores: dict[str, dict[str, float]] = {}  # prompt id → model → recorded score
         self.costs: dict[str, dict[str, float]] = {}  # prompt id → model → recorded cost (USD)
+        # Rows of models the catalog does not list: not played, and said so (train prints and records them).
+        self.uncatalogued: dict[str, int] = {}
         for row in read_outcomes(data):
             self.prompts.setdefault(row.prompt_id, Prompt(row.prompt_id, row.task, row.prompt))
+            if row.model not in self.options:
+                self.uncatalogued[row.model] = self.uncatalogued.get(row.model, 0) + 1
             # A row with a score but no text is routable: the replay answers it with a marked placeholder.
             if row.model in self.options:
                 self.answered.setdefault(row.prompt_id, set()).add(row.model)

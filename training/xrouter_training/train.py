@@ -98,6 +98,10 @@ class Trainer:
         torch.set_num_threads(1)  # tiny per-decision forwards: threads cost more than they give
         self.rng = random.Random(config.seed * 1000 + self.rank)
         self.env = env or build_environment(config)
+        replays = self.env.envs.values() if isinstance(self.env, MixedEnvironment) else [self.env]
+        self.uncatalogued = {m: n for replay in replays for m, n in getattr(replay, "uncatalogued", {}).items()}
+        if self.uncatalogued and self.processes.rank == 0:
+            print(f"not trained on (not in the catalog): {self.uncatalogued} rows", flush=True)
         options = [o for o in self.env.options.values() if o.id not in config.exclude_models]
         self.vocabulary = Vocabulary(tuple(o.id for o in options), tuple(sorted({t for o in options for t in o.tags})))
         self.encoder_path = cache_dir() / ONNX_NAME
@@ -272,6 +276,7 @@ class Trainer:
             "version": version, "catalog_hash": catalog_hash(self.env.options.values()),
             "data": {"file": config.data if not config.sources else None, "sources": list(config.sources),
                      "train_prompts": len(self.train_prompts), "exclude_models": list(config.exclude_models),
+                     "rows_of_models_not_in_catalog": self.uncatalogued,
                      "split": f"train (xrouter.common.outcomes.split_of, fold {config.validation_fold})"},
             "use_descriptors": config.use_descriptors, "use_query": config.use_query,
             "parallel_calls": config.parallel_calls, "answer_checks": config.answer_checks,

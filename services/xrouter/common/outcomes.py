@@ -83,6 +83,7 @@ def is_placeholder(text: str | None) -> bool:
 _REQUIRED_TEXT = ("source", "task", "prompt_id", "prompt", "model")
 _OPTIONAL_TEXT = ("gold", "response")
 _OPTIONAL_COUNT = ("prompt_tokens", "completion_tokens")
+_FIELDS = frozenset({*_REQUIRED_TEXT, *_OPTIONAL_TEXT, *_OPTIONAL_COUNT, "score", "cost_usd", "cost_estimated"})
 
 
 def _check_row(row: object) -> tuple[str, str] | None:
@@ -112,6 +113,9 @@ def _check_row(row: object) -> tuple[str, str] | None:
     estimated = row.get("cost_estimated", False)
     if not isinstance(estimated, bool):
         return "cost_estimated", f"must be true or false, got {estimated!r}"
+    unknown = sorted(set(row) - _FIELDS)
+    if unknown:  # a misspelt field ("scroe") was read as absent
+        return unknown[0], f"is not an outcome field; known: {sorted(_FIELDS)}"
     return None
 
 
@@ -125,6 +129,7 @@ def read_outcomes(path: pathlib.Path | str) -> Iterator[Outcome]:
     """
     prompts: dict[str, tuple[str, int]] = {}  # prompt_id -> (prompt text, first line)
     seen: set[tuple[str, str]] = set()
+    first_source: str | None = None
     number = 0
     try:
         with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -138,6 +143,11 @@ def read_outcomes(path: pathlib.Path | str) -> Iterator[Outcome]:
                     field, why = problem
                     raise ValueError(f"{path}:{number}: field {field!r}: {why}" if field
                                      else f"{path}:{number}: {why}")
+                if first_source is None:
+                    first_source = row["source"]
+                elif row["source"] != first_source:  # one file is one outcome source
+                    raise ValueError(f"{path}:{number}: field 'source': {row['source']!r} in a file of source "
+                                     f"{first_source!r} (line 1)")
                 prompt_id, model, prompt = row["prompt_id"], row["model"], row["prompt"]
                 known = prompts.setdefault(prompt_id, (prompt, number))
                 if known[0] != prompt:
