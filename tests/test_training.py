@@ -75,6 +75,9 @@ def test_config_files_reject_unknown_settings(tmp_path) -> None:  # type: ignore
     with pytest.raises(ConfigError, match=r"unknown settings \['learning_rat'\]"):
         TrainConfig.from_file(path)
     assert TrainConfig.from_file(CONFIGS / "routerbench.yaml").group_size == 8
+    path.write_bytes(b"steps: 2\n\xff\xfe\n")  # not UTF-8: the message named no file
+    with pytest.raises(ConfigError, match=f"{path}: cannot read the config"):
+        TrainConfig.from_file(path)
 
 
 def fake_embed(text: str) -> np.ndarray:

@@ -333,8 +333,9 @@ class TrainConfig:
     def from_file(cls, path: pathlib.Path | str) -> TrainConfig:
         try:
             raw: Any = yaml.load(pathlib.Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read the config ({error})") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            # One line: a YAML error's own message spans several (the mark and a caret).
+            raise ConfigError(f"{path}: cannot read the config ({' '.join(str(error).split())})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
         known = {f.name for f in dataclasses.fields(cls)}
