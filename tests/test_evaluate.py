@@ -337,6 +337,11 @@ def test_unusable_inputs_fail_with_the_fix(subset: pathlib.Path, tmp_path: pathl
         EvalConfig(subset, "cheapest", tmp_path / "i", knn=False, knn_k=5)
     with pytest.raises(EvalError, match="--fold 3: .*--split all"):
         EvalConfig(subset, "cheapest", tmp_path / "j", split="all", fold=3)
+    several = tmp_path / "several"
+    several.mkdir()
+    (several / "summary.json").write_text("{}")
+    assert cli.main(["eval", "--data", str(subset), "--policy", "cheapest", "--no-knn", "--out", str(several)]) == 2
+    assert sorted(p.name for p in several.iterdir()) == ["summary.json"]
     empty = write_rows(tmp_path / "empty.jsonl.gz", [])
     with pytest.raises(EvalError, match="holds no outcome rows"):
         run_evaluation(EvalConfig(empty, "cheapest", tmp_path / "k", knn=False, progress=False))

@@ -164,6 +164,9 @@ def run_cli(args: argparse.Namespace) -> int:
         if sources:
             summary, reports = run_sources(config, args.source, command=command_line(config, args.source))
         else:
+            if (config.out / "summary.json").exists():  # its report.json would sit beside that summary
+                raise EvalError(f"--out: {config.out} holds an evaluation of several sources (summary.json); "
+                                "write this one elsewhere")
             report = run_evaluation(config, command=command_line(config))
     except EvalError as error:
         print(f"error: {error}", file=sys.stderr)
