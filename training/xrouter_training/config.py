@@ -186,6 +186,10 @@ class TrainConfig:
                              output_usd_per_mtok=self.router_output_usd_per_mtok)
 
     def __post_init__(self) -> None:
+        problem = self.router_price().problem()
+        if problem is not None:
+            raise ConfigError(f"router_{problem[0]}: {problem[1]}; set it to the router model's self-hosted price "
+                              "per million tokens (what XROUTER_ROUTER_LM_*_USD_PER_MTOK bills when serving)")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.type == "float" and not math.isfinite(value):
@@ -205,10 +209,6 @@ class TrainConfig:
             raise ConfigError(f"clip_low={self.clip_low}, clip_high={self.clip_high}: need 0 < clip_low < 1 and "
                               "clip_high >= clip_low (DAPO uses 0.2 / 0.28)")
         self._check_sources()
-        problem = self.router_price().problem()
-        if problem is not None:
-            raise ConfigError(f"router_{problem[0]}: {problem[1]}; set it to the router model's self-hosted price "
-                              "per million tokens (what XROUTER_ROUTER_LM_*_USD_PER_MTOK bills when serving)")
         if not all(math.isfinite(v) for v in (self.lambda_min, self.lambda_max)) \
                 or not 0 <= self.lambda_min <= self.lambda_max:
             raise ConfigError(f"lambda range [{self.lambda_min}, {self.lambda_max}]: need 0 <= lambda_min <= lambda_max")
