@@ -238,7 +238,7 @@ def test_a_batch_of_settlements_is_written_as_each_alone_would_be(ledger: Ledger
     assert stored.settled_at is not None and stored.settled_at.tzinfo is not None
 
 
-def test_a_settlement_naming_another_tenant_is_refused_and_writes_nothing(ledger: Ledger) -> None:
+def test_a_settlement_naming_another_tenant_is_refused_and_writes_nothing(ledger: Ledger) -> None:  # noqa: F811
     """A request reserved or settled for one tenant cannot be settled for another (the upsert
     overwrote the summary's tenant and released the other tenant's reservation): ALREADY_EXISTS,
     nothing of the batch written, and the owner's own settlement still lands."""
