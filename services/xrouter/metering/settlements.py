@@ -122,11 +122,14 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
     def write(connection: sa.Connection, call_rows: list[dict[str, Any]]) -> set[calls.Key]:
         values = {**unnest.arrays(call_rows, call_processors, "c_"),
                   **unnest.arrays([merged[r] for r in ids], summary_processors, "s_"), "rid": releases}
-        keys = {(r, i) for r, i in connection.exec_driver_sql(statement, values)}
-        others = sorted(r for r, i in keys if i == _ANOTHER_TENANT)
-        if others:  # the caller's rollback undoes what the statement wrote
+        rows = connection.exec_driver_sql(statement, values).all()
+        # A reservation released for another tenant, or a summary the upsert left alone (it holds
+        # another tenant): refused, and the caller's rollback undoes what the statement wrote.
+        stored = {r for r, i, _ in rows if i == _SUMMARY_STORED}
+        others = sorted({r for r, i, t in rows if i == _RELEASED and t != merged[r]["tenant"]} | (set(ids) - stored))
+        if others:
             raise _another_tenant(others[0])
-        return keys
+        return {(r, i) for r, i, _ in rows if i >= 0}
 
     if not carried:
         write(connection, [])
@@ -135,9 +138,9 @@ def _settle_in_one_statement(session: Session, summaries: Sequence[Settlement], 
 
 
 _ONE_STATEMENT: dict[str, tuple[str, unnest.Processors, unnest.Processors]] = {}
-# The call_index the single statement returns for a request whose summary or reservation holds
-# another tenant than its settlement (real call indexes are >= 0).
-_ANOTHER_TENANT = -1
+# The single statement returns the calls it inserted (call_index >= 0), and marked by these
+# call_index values, each reservation it released (with its tenant) and each summary it stored.
+_RELEASED, _SUMMARY_STORED = -1, -2
 # The columns of a call row (CallRecord's fields and when it was received) and of a summary row
 # (values_of's keys): the single statement's shape, fixed so that it is built once.
 _SUMMARY_COLUMNS = ("request_id", "tenant", "strategy", "outcome", "total_cost_micro_usd", "calls", "settled_at",
@@ -154,21 +157,21 @@ def _one_statement(connection: sa.Connection) -> tuple[str, unnest.Processors, u
             connection, LedgerCall.__table__, _CALL_COLUMNS,
             "ON CONFLICT (request_id, call_index) DO NOTHING RETURNING request_id, call_index, cost_micro_usd", "c_")
         upsert, summary_processors = unnest.insert_sql(connection, RequestSummary.__table__, _SUMMARY_COLUMNS,
-                                                       _upsert_tail() + " RETURNING 1", "s_")
+                                                       _upsert_tail() + " RETURNING request_id", "s_")
         table = _RESERVATIONS.name
         _ONE_STATEMENT["sql"] = (
             f"WITH new_calls AS ({insert_calls}), "
             f"released AS (UPDATE {table} AS r SET released = true, consumed_micro_usd = CASE WHEN r.released "
             "THEN r.consumed_micro_usd ELSE r.consumed_micro_usd + COALESCE((SELECT sum(n.cost_micro_usd) "
             "FROM new_calls n WHERE n.request_id = r.request_id), 0) END "
-            "FROM unnest(CAST(%(rid)b AS VARCHAR[])) AS u(rid) WHERE r.request_id = u.rid RETURNING 1), "
-            f"summaries AS ({upsert}), "
-            # Read from the snapshot before the statement's own writes: what another tenant held.
-            "other_tenants AS (SELECT u.rid FROM unnest(CAST(%(s_request_id)b AS VARCHAR[]), "
-            "CAST(%(s_tenant)b AS VARCHAR[])) AS u(rid, tid) WHERE "
-            f"EXISTS (SELECT 1 FROM {RequestSummary.__tablename__} s WHERE s.request_id = u.rid AND s.tenant <> u.tid) "
-            f"OR EXISTS (SELECT 1 FROM {table} r WHERE r.request_id = u.rid AND r.tenant <> u.tid)) "
-            f"SELECT request_id, call_index FROM new_calls UNION ALL SELECT rid, {_ANOTHER_TENANT} FROM other_tenants",
+            "FROM unnest(CAST(%(rid)b AS VARCHAR[])) AS u(rid) WHERE r.request_id = u.rid "
+            "RETURNING r.request_id, r.tenant), "
+            f"summaries AS ({upsert}) "
+            # What the writes return tells whose rows they touched: no extra lookup (a CTE probing
+            # both tables cost 10-20% of settle throughput at concurrency 64).
+            "SELECT request_id, call_index, CAST(NULL AS VARCHAR) FROM new_calls "
+            f"UNION ALL SELECT request_id, {_RELEASED}, tenant FROM released "
+            f"UNION ALL SELECT request_id, {_SUMMARY_STORED}, NULL FROM summaries",
             call_processors, summary_processors)
     return _ONE_STATEMENT["sql"]
 
