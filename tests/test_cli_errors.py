@@ -82,3 +82,10 @@ def test_a_corrupted_checkpoint_is_named_not_a_traceback(tmp_path: pathlib.Path,
     err = capsys.readouterr().err
     assert code == 2 and names in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.json"))
+
+
+@pytest.mark.parametrize("flags", [["--to", "20261207000000-s0"], ["--store", "/tmp/store"]])
+def test_rollback_refuses_half_of_store_and_to(capsys: pytest.CaptureFixture[str], flags: list[str]) -> None:
+    """--to without --store (or the reverse) beside --router was ignored."""
+    assert cli.main(["rollback", "--router", "127.0.0.1:1", *flags]) == 2
+    assert "--store and --to go together" in capsys.readouterr().err

@@ -176,6 +176,10 @@ def rollback_cli(args: argparse.Namespace) -> int:
         print("xrouter rollback: name --router HOST:PORT (repeatable) and/or --store with --to VERSION",
               file=sys.stderr)
         return 2
+    if bool(args.store) != bool(args.to):  # one alone was ignored
+        print("xrouter rollback: --store and --to go together: they point the policy ConfigMap at a version "
+              "in the store", file=sys.stderr)
+        return 2
     try:
         if args.store and args.to:
             target = pathlib.Path(args.store) / args.to
