@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -88,7 +87,7 @@ def _manifest(checkpoint: pathlib.Path) -> dict:
 
 
 def _in_memory(checkpoint: pathlib.Path, prompts: Sequence[Prompt]) -> int:
-    from xrouter.router.compact.memory import FILE, text_key
+    from xrouter.router.compact.memory import FILE, UNREADABLE, text_key
 
     path = pathlib.Path(checkpoint) / FILE
     if not path.is_file():
@@ -96,6 +95,6 @@ def _in_memory(checkpoint: pathlib.Path, prompts: Sequence[Prompt]) -> int:
     try:
         with np.load(path, allow_pickle=False) as saved:
             keys = set(saved["keys"].astype(np.int64).tolist())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except UNREADABLE as error:
         raise InvalidArgument("policy", f"{path}: unreadable outcome memory ({error})") from None
     return sum(int.from_bytes(text_key(p.text), "little", signed=True) in keys for p in prompts)

@@ -12,7 +12,6 @@ import math
 import os
 import pathlib
 import shutil
-import zipfile
 from typing import Any
 
 from xrouter.common.errors import InvalidArgument
@@ -21,7 +20,7 @@ from xrouter.router.checkpoint_manifest import (  # noqa: F401
     MANIFEST, catalog_hash, manifest_digest, read_verified, sha256, write_manifest)
 from xrouter.router.compact.encoder import ONNX_NAME, QueryEncoder, cache_dir
 from xrouter.router.compact.features import Vocabulary
-from xrouter.router.compact.memory import FILE as MEMORY, OutcomeMemory
+from xrouter.router.compact.memory import FILE as MEMORY, UNREADABLE, OutcomeMemory
 from xrouter.router.compact.network import CompactRouter
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import EpisodeState, ModelOption
@@ -137,7 +136,7 @@ def _lambda_top(directory: pathlib.Path, manifest: dict[str, Any]) -> float:
 def _memory(directory: pathlib.Path) -> OutcomeMemory:
     try:
         return OutcomeMemory.load(directory / MEMORY)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    except UNREADABLE as error:
         raise InvalidArgument("source", f"{directory / MEMORY}: unreadable outcome memory ({error})") from None
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import zipfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -61,6 +62,8 @@ CALIBRATION_PRIOR_ROWS = 4.0
 CALIBRATION_Z = 2.0
 DEFAULT_K, DEFAULT_TEMPERATURE = 64, 0.5
 FILE = "memory.npz"
+# What reading a memory.npz that is not one raises (not a zip, pickled arrays, a missing array).
+UNREADABLE = (OSError, ValueError, KeyError, zipfile.BadZipFile)
 
 
 def text_key(text: str) -> bytes:
