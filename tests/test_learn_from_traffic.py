@@ -223,20 +223,19 @@ def test_an_unreadable_or_repeated_export_is_refused_naming_the_file(tmp_path) -
             read_episodes(path)
 
 
-@pytest.mark.parametrize("flags, message", [({"store": "FILE"}, "--store"), ({"configmap": "cm"}, "--configmap"),
-                                            ({"routers": ["no-port"]}, "--router")])
+@pytest.mark.parametrize("flags, message", [({"store": "FILE"}, "--store"), ({"routers": ["no-port"]}, "--router")])
 def test_publishing_flags_are_checked_before_learning(tmp_path, flags, message) -> None:  # type: ignore[no-untyped-def]
     """They were read only when a candidate passed: a typo waited for the day it mattered."""
     from xrouter.common.errors import InvalidArgument
     from xrouter_training.learn import check_publish_flags
 
     (tmp_path / "FILE").write_text("")
-    arguments = {"store": "", "configmap": "", "routers": [], **flags}
+    arguments = {"store": "", "routers": [], **flags}
     if arguments["store"] == "FILE":
         arguments["store"] = str(tmp_path / "FILE")
     with pytest.raises(InvalidArgument, match=message):
-        check_publish_flags(arguments["store"], arguments["configmap"], arguments["routers"])
-    check_publish_flags(str(tmp_path / "store"), "cm", ["router-0.router:50051"])
+        check_publish_flags(arguments["store"], arguments["routers"])
+    check_publish_flags(str(tmp_path / "store"), ["router-0.router:50051"])
 
 
 def test_learn_cli_defaults_are_the_publish_rules() -> None:

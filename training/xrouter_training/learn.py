@@ -215,14 +215,13 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     return record
 
 
-def check_publish_flags(store: str, configmap: str, routers: Sequence[str]) -> None:
-    """The publishing flags, checked whether or not this run's candidate will pass."""
+def check_publish_flags(store: str, routers: Sequence[str]) -> None:
+    """The publishing flags, checked whether or not this run's candidate will pass. (--configmap is
+    not: it defaults from the environment, and without --store nothing is published.)"""
     from xrouter.common.errors import InvalidArgument
 
     if store and pathlib.Path(store).exists() and not pathlib.Path(store).is_dir():
         raise InvalidArgument("--store", f"{store} is not a directory (the checkpoint store)")
-    if configmap and not store:
-        raise InvalidArgument("--configmap", "points the policy ConfigMap at a version in the store: needs --store")
     for router in routers:
         host, _, port = router.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -240,7 +239,7 @@ def run_cli(args: Any) -> int:
 
     out = pathlib.Path(args.out)
     try:
-        check_publish_flags(args.store, args.configmap, args.router)  # before learning, not only when it passes
+        check_publish_flags(args.store, args.router)  # before learning, not only when it passes
         options = catalog_options(args.catalog)
         record = learn(pathlib.Path(args.start), pathlib.Path(args.episodes), out, options, args.hold_out, args.clip,
                        args.min_matches, args.confidence, args.margin)

@@ -44,9 +44,14 @@ def build_environment(config: TrainConfig) -> ReplayEnvironment | MixedEnvironme
         data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
         kwargs = {"catalog": config.catalog} if config.catalog else {}
         env = ReplayEnvironment(data, reward=reward, **kwargs)
-    replays = env.envs.values() if isinstance(env, MixedEnvironment) else [env]
-    check_models(config, {model for replay in replays for models in replay.answered.values() for model in models})
+    check_models(config, {model for replay in replays_of(env) for models in replay.answered.values()
+                          for model in models})
     return env
+
+
+def replays_of(env: ReplayEnvironment | MixedEnvironment) -> list[ReplayEnvironment]:
+    """The one outcome set of each source, as read (before any model was excluded)."""
+    return list(env.envs.values()) if isinstance(env, MixedEnvironment) else [env]
 
 
 def check_models(config: TrainConfig, models: set[str]) -> None:
@@ -98,8 +103,7 @@ class Trainer:
         torch.set_num_threads(1)  # tiny per-decision forwards: threads cost more than they give
         self.rng = random.Random(config.seed * 1000 + self.rank)
         self.env = env or build_environment(config)
-        replays = self.env.envs.values() if isinstance(self.env, MixedEnvironment) else [self.env]
-        self.uncatalogued = {m: n for replay in replays for m, n in getattr(replay, "uncatalogued", {}).items()}
+        self.uncatalogued = {m: n for replay in replays_of(self.env) for m, n in replay.uncatalogued.items()}
         if self.uncatalogued and self.processes.rank == 0:
             print(f"not trained on (not in the catalog): {self.uncatalogued} rows", flush=True)
         options = [o for o in self.env.options.values() if o.id not in config.exclude_models]
