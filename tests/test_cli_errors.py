@@ -89,3 +89,48 @@ def test_rollback_refuses_half_of_store_and_to(capsys: pytest.CaptureFixture[str
     """--to without --store (or the reverse) beside --router was ignored."""
     assert cli.main(["rollback", "--router", "127.0.0.1:1", *flags]) == 2
     assert "--store and --to go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["export-episodes", "--out", "{tmp}/e.jsonl"],
+    ["keys", "list"],
+])
+def test_a_ledger_path_that_does_not_exist_is_refused_and_not_created(
+        tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    # SQLite creates the file it is asked to open: a typo in --url left an empty database behind
+    missing = tmp_path / "no-such-ledger.db"
+    assert cli.main([a.format(tmp=tmp_path) for a in argv] + ["--url", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--url: no ledger at {missing}" in err and not missing.exists()
+    assert cli.main(["db", "check", "--url", f"sqlite:///{missing}"]) == 1  # 1: "not at head", as an empty one
+    assert "run `xrouter db upgrade`" in capsys.readouterr().err and not missing.exists()
+
+
+@pytest.mark.parametrize("lambdas, names", [
+    ("1,,100", "got '' in '1,,100'"), ("1,nan", "got 'nan'"), ("-1", "got '-1'"), ("2e6", "within [0, 1e+06]"),
+    ("", "give one or more cost weights"),
+])
+def test_the_demo_refuses_a_lambda_list_it_cannot_route(capsys: pytest.CaptureFixture[str], lambdas: str,
+                                                       names: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--lambdas", lambdas])
+    assert exit_.value.code == 2 and "argument --lambdas" in (err := capsys.readouterr().err) and names in err
+
+
+def test_eval_refuses_an_empty_item_of_its_lambda_list(tmp_path: pathlib.Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # it was skipped: `--lambdas 0,,100` evaluated two cost weights, not three
+    assert cli.main(["eval", "--source", "arena", "--policy", "cascade", "--no-knn", "--lambdas", "0,,100",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "--lambdas: each cost weight must be a finite number >= 0, got '' in '0,,100'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_lambda_list_is_read_with_commas_spaces_or_both() -> None:
+    from xrouter.common.bounds import lambda_list
+
+    assert lambda_list("0,10,100") == lambda_list("0 10 100") == lambda_list(["0", "10, 100"]) == (0.0, 10.0, 100.0)
+    assert lambda_list("1 ,100") == (1.0, 100.0)
+    for bad in ("0,100,", "inf", "x", "  "):
+        with pytest.raises(ValueError, match="--lambdas"):
+            lambda_list(bad)

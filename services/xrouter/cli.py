@@ -19,6 +19,7 @@ from xrouter.adapters.catalog import CatalogError, load_catalog
 from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.api.common.v1 import common_pb2
 from xrouter.api.router.v1 import router_pb2, router_pb2_grpc
+from xrouter.common import bounds
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.policy_store import BUNDLED_POLICY
 
@@ -92,7 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from xrouter.supervisor import running_stack
 
     models = list(load_catalog(DEFAULT_CATALOG))
-    lambdas = [float(v) for v in args.lambdas.split(",")]
+    lambdas = args.lambdas
     learned = BUNDLED_POLICY.is_dir() and not os.environ.get("XROUTER_ROUTER_POLICY")
     policies = [demo.PolicyFigures(p) for p in ("cheapest", "cascade", *(f"fixed:{m}" for m in models))]
     if learned:  # "" routes with the serving policy: the bundled checkpoint
@@ -215,9 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="API key (default $XROUTER_API_KEY, else the local stack's key)")
     route.set_defaults(run=cmd_route)
     demo = sub.add_parser("demo", help="start the stack, evaluate every policy on held-out prompts, stop")
-    demo.add_argument("--prompts", type=int, default=200)
-    demo.add_argument("--lambdas", default="1,100,1000", help="λ values at which the learned policy is shown")
-    demo.add_argument("--frontier-prompts", type=int, default=150,
+    demo.add_argument("--prompts", type=_at_least(1), default=200)
+    demo.add_argument("--lambdas", type=_lambda_list, default="1,100,1000",
+                      help="λ values at which the learned policy is shown (comma separated)")
+    demo.add_argument("--frontier-prompts", type=_at_least(0), default=150,
                       help="validation prompts per bundled source for the offline frontier beside kNN (0: skip)")
     demo.set_defaults(run=cmd_demo)
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or baseline on recorded outcomes "
@@ -350,6 +352,15 @@ def _folder(text: str) -> str:
     if pathlib.Path(text).exists() and not pathlib.Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
     return text
+
+
+def _lambda_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated cost weights a request may carry (see bounds.lambda_list)."""
+    from xrouter.router.core import MAX_COST_LAMBDA
+    try:
+        return bounds.lambda_list(text, high=MAX_COST_LAMBDA)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--lambdas: ")) from None
 
 
 def _at_least(low: int) -> Callable[[str], int]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from tqdm import tqdm
 
+from xrouter.common import bounds
 from xrouter.common.errors import InvalidArgument
 from xrouter.router.baselines import make_baseline
 from xrouter.router.lm.charge import ROUTER_ROLE
@@ -210,6 +211,6 @@ def _lambdas(values: Sequence[str] | None) -> tuple[float, ...]:
     if not values:
         return DEFAULT_LAMBDAS
     try:
-        return tuple(float(v) for item in values for v in item.split(",") if v.strip())
-    except ValueError:
-        raise EvalError(f"--lambdas: expected numbers (space or comma separated), got {' '.join(values)!r}") from None
+        return bounds.lambda_list(list(values))
+    except ValueError as error:
+        raise EvalError(str(error)) from None

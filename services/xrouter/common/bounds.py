@@ -115,3 +115,25 @@ def check_finite(value: float, field: str, low: float, high: float) -> None:
     """A float within [low, high] (NaN and infinities refused)."""
     if not (math.isfinite(value) and low <= value <= high):
         raise InvalidArgument(field, f"must be a finite number within [{low:g}, {high:g}], got {value}")
+
+
+def lambda_list(items: str | list[str] | tuple[str, ...], option: str = "--lambdas",
+                high: float = math.inf) -> tuple[float, ...]:
+    """Cost weights given on a command line, space or comma separated ("0,10,100" or "0 10 100"):
+    at least one, each a finite number >= 0 (and <= ``high``). An empty item ("0,,100", a trailing comma) is refused
+    rather than skipped: it is more likely a value lost in a shell variable than meant."""
+    text = ",".join([items] if isinstance(items, str) else items)
+    parts = [word for item in text.split(",") for word in (item.split() or [""])] if text.strip() else []
+    if not parts:
+        raise ValueError(f"{option}: give one or more cost weights, got none")
+    values = []
+    for part in parts:
+        try:
+            value = float(part) if part else math.nan
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0 <= value <= high):
+            within = ">= 0" if high == math.inf else f"within [0, {high:g}]"
+            raise ValueError(f"{option}: each cost weight must be a finite number {within}, got {part!r} in {text!r}")
+        values.append(value)
+    return tuple(values)
