@@ -13,6 +13,7 @@ import pathlib
 import sys
 from typing import Any
 
+from xrouter.common.errors import InvalidArgument
 from xrouter.metering import export, migrate
 from xrouter.metering.store import make_engine
 
@@ -26,6 +27,25 @@ def _url(args: argparse.Namespace, fallback: pathlib.Path | None = None) -> str:
     if not url:
         raise SystemExit(f"error: no database: pass --url or set {URL_VARIABLE} "
                          "(e.g. postgresql+psycopg://user@host/db or sqlite:///var/metering.db)")
+    return url
+
+
+def _existing(url: str, args: argparse.Namespace) -> str:
+    """``url``, refused when it names a SQLite file that does not exist: the commands that only read
+    the ledger must not leave an empty database file behind a typo in its path (SQLite creates one
+    on connecting)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - make_engine names a malformed URL itself
+        return url
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") \
+            and not database.startswith("file:") and not pathlib.Path(database).exists():
+        raise InvalidArgument("--url" if args.url else URL_VARIABLE,
+                              f"no ledger at {database}: the SQLite file does not exist; "
+                              "run `xrouter db upgrade` to create it")
     return url
 
 
@@ -43,7 +63,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_db_check(args: argparse.Namespace) -> int:
     """Exit 0 when the schema is at this version's head, 1 (with what to run) otherwise."""
-    engine = make_engine(_url(args))
+    try:
+        url = _existing(_url(args), args)
+    except InvalidArgument as error:  # no schema to check: the same status as an empty one
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    engine = make_engine(url)
     try:
         migrate.check(engine)
     except migrate.SchemaError as error:
@@ -78,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"xrouter export-episodes: --until {args.until.isoformat()} is not after --since "
               f"{args.since.isoformat()}: the window is empty", file=sys.stderr)
         return 2
-    engine = make_engine(_url(args, pathlib.Path(args.home).resolve() / "metering.db"))
+    engine = make_engine(_existing(_url(args, pathlib.Path(args.home).resolve() / "metering.db"), args))
     out = pathlib.Path(args.out)
     partial = out.with_name(out.name + ".partial")
     filters: dict[str, Any] = dict(since=args.since, until=args.until, tenant=args.tenant,

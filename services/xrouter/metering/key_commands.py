@@ -13,13 +13,13 @@ from typing import Any
 
 from xrouter.common.errors import XRouterError
 from xrouter.metering import migrate
-from xrouter.metering.commands import URL_VARIABLE, _url
+from xrouter.metering.commands import URL_VARIABLE, _existing, _url
 from xrouter.metering.ledger import Ledger
 from xrouter.metering.store import make_engine
 
 
 def _ledger(args: argparse.Namespace) -> Ledger:
-    engine = make_engine(_url(args, pathlib.Path(args.home).resolve() / "metering.db"))
+    engine = make_engine(_existing(_url(args, pathlib.Path(args.home).resolve() / "metering.db"), args))
     migrate.check(engine)
     return Ledger(engine, reservation_ttl_s=300)
 
