@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--allow-partial", action="store_true",
                           help="evaluate the prompts every pool model has a recorded outcome for and list the "
                           "others under `skipped` in report.json (default: such prompts fail the run)")
+    evaluate.add_argument("--held-out-tasks", default="",
+                          help="evaluate only these task families (comma separated), with kNN fitted without them: "
+                          "for a checkpoint trained with exclude_tasks (xrouter generalise --lotf)")
     evaluate.add_argument("--allow-seen", action="store_true",
                           help="evaluate a checkpoint on validation prompts it was trained on (refused by default: "
                           "its manifest says which fifth it held out; report.json records the overlap either way)")
@@ -260,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     generalise.add_argument("--config", required=True, help="a training config with sources: [...]")
     generalise.add_argument("--out", type=_folder, required=True)
     generalise.add_argument("--loso", action="store_true", help="train without each source, evaluate on it")
+    generalise.add_argument("--lotf", default="", metavar="SOURCE/TASK,...",
+                            help="train without each task family, evaluate on every prompt of it (e.g. routerbench/mbpp)")
     generalise.add_argument("--lomo", default="", metavar="MODEL", help="train without MODEL, add it at serve time")
     generalise.add_argument("--ablate", default="", help="comma-separated: query, descriptors, parallel, checks, grpo")
     generalise.add_argument("--kfold", action="store_true",

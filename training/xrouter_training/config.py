@@ -57,7 +57,7 @@ def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
             if not isinstance(value, list) or any(isinstance(x, bool) for x in value):
                 raise ValueError(value)  # a string would be read as its characters
             return tuple(float(x) for x in value)
-        if name in ("sources", "exclude_models"):
+        if name in ("sources", "exclude_models", "exclude_tasks"):
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ValueError(value)
             return tuple(value)
@@ -71,7 +71,7 @@ def _typed(path: pathlib.Path | str, name: str, value: Any, kind: str) -> Any:
         return value
     except (TypeError, ValueError):
         expected = {"eval_lambdas": "list of numbers", "sources": "list of names",
-                    "exclude_models": "list of names"}.get(name, kind)
+                    "exclude_models": "list of names", "exclude_tasks": "list of <source>/<task> names"}.get(name, kind)
         raise ConfigError(f"{path}: {name}={value!r} is not a {expected}") from None
 
 
@@ -83,6 +83,9 @@ class TrainConfig:
     # data/catalog; each episode's pool is drawn from its prompt's own source.
     sources: tuple[str, ...] = ()
     exclude_models: tuple[str, ...] = ()  # never in a training pool (the leave-one-model-out proof)
+    # Task families ("<source>/<task>", e.g. "llmrouter/math") of which no prompt is trained on or held
+    # in the outcome memory: the leave-one-task-family-out proof (`xrouter generalise --lotf`).
+    exclude_tasks: tuple[str, ...] = ()
     use_descriptors: bool = True  # the network reads each model's catalog description embedding
     use_query: bool = True  # the network reads the query's embedding (off: an ablation)
     parallel_calls: bool = True  # the policy may call two models in one turn (off: an ablation)
@@ -250,6 +253,8 @@ class TrainConfig:
         if not 0 <= self.id_dropout < 1:
             raise ConfigError(f"id_dropout={self.id_dropout}: need 0 <= id_dropout < 1")
         if not self.sources:
+            if self.exclude_tasks:
+                raise ConfigError("exclude_tasks: names task families of bundled sources; it needs sources: [...]")
             return
         unknown = [name for name in self.sources if name not in SOURCES]
         if unknown:
@@ -261,6 +266,13 @@ class TrainConfig:
                               "own catalogs; remove data/catalog, or remove sources to train on one file")
         if self.policy != "compact":
             raise ConfigError("sources: only the compact policy trains on several outcome sets; use data: for lm")
+        for entry in self.exclude_tasks:
+            name, _, task = entry.partition("/")
+            if name not in self.sources or not task:
+                raise ConfigError(f"exclude_tasks: {entry!r} is not <source>/<task> with a source of sources "
+                                  f"{list(self.sources)}")
+        if len(set(self.exclude_tasks)) != len(self.exclude_tasks):
+            raise ConfigError(f"exclude_tasks: {list(self.exclude_tasks)} names a task twice")
 
     def _check_policy(self) -> None:
         if self.policy not in ("compact", "lm"):
@@ -360,7 +372,7 @@ class TrainConfig:
 
     def differs_from(self, saved: dict[str, Any]) -> list[str]:
         """The settings in which a checkpoint manifest's recorded ``config`` differs from this one
-        (manifests written before folds existed record none: they were trained on fold 0)."""
-        saved = {"validation_fold": 0, **saved}
+        (manifests written before folds or task exclusions existed record none: fold 0, no task left out)."""
+        saved = {"validation_fold": 0, "exclude_tasks": [], **saved}
         wanted = json.loads(json.dumps(dataclasses.asdict(self)))
         return sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))

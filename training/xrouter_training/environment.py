@@ -120,8 +120,9 @@ class MixedEnvironment:
     ReplayEnvironment's, so the trainer and the warm start run on either."""
 
     def __init__(self, sources: Iterable[str], reward: RewardConfig = RewardConfig(),
-                 exclude_models: Iterable[str] = ()) -> None:
-        excluded = set(exclude_models)
+                 exclude_models: Iterable[str] = (), exclude_tasks: Iterable[str] = ()) -> None:
+        """``exclude_tasks``: "<source>/<task>" families whose prompts are left out of every split."""
+        excluded, left_out_tasks = set(exclude_models), set(exclude_tasks)
         self.envs: dict[str, ReplayEnvironment] = {}
         self.options: dict[str, ModelOption] = {}
         self.prompts: dict[str, Prompt] = {}
@@ -130,6 +131,7 @@ class MixedEnvironment:
         self.costs: dict[str, dict[str, float]] = {}
         self.reward_config = reward
         self._source_of_text: dict[str, str] = {}
+        self.tasks: dict[str, set[str]] = {}  # source → its task families, the excluded ones included
         for name in sources:
             bundled = source(name)
             env = self.envs[name] = ReplayEnvironment(bundled.data, bundled.catalog, reward)
@@ -138,10 +140,11 @@ class MixedEnvironment:
                     self.options.setdefault(model, option)
             # A model in two sources' catalogs is one model: every episode describes it the same way.
             env.options = {model: self.options.get(model, option) for model, option in env.options.items()}
+            self.tasks[name] = {prompt.task for prompt in env.prompts.values()}
             for raw, prompt in env.prompts.items():
                 key = f"{name}/{raw}"
                 models = env.answered.get(raw, set()) - excluded
-                if not models:
+                if not models or f"{name}/{prompt.task}" in left_out_tasks:
                     continue
                 self.prompts[key] = dataclasses.replace(prompt, prompt_id=key, source=name)
                 self.answered[key] = models

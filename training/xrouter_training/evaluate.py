@@ -85,7 +85,8 @@ def build_runs(config: EvalConfig, env: ReplayEnvironment, table: OutcomeTable, 
              Run("oracle", "baseline", OraclePolicy(table), sweep)]
     if config.knn:
         embed = embedder or default_embedder(config.progress)
-        train = [p for p in env.split("train", config.fold) if p.prompt_id in table.scores][: config.knn_train_limit]
+        train = [p for p in env.split("train", config.fold)
+                 if p.prompt_id in table.scores and p.task not in config.held_out_tasks][: config.knn_train_limit]
         # Neighbours come from the train split only; the evaluated prompts are embedded as queries.
         router = KnnRouter(embed(train), table, pool, config.knn_k, config.lambdas)
         runs.append(Run("knn", "baseline", KnnPolicy(router, knn_queries(embed, prompts, table), table), sweep))
@@ -110,12 +111,13 @@ def knn_queries(embed: Embedder, prompts: Sequence[Prompt], table: OutcomeTable)
     return embed([dataclasses.replace(prompt, prompt_id=table.prompt_id(prompt.text)) for prompt in prompts])
 
 
-def knn_notes(runs: Sequence[Run]) -> dict:
+def knn_notes(runs: Sequence[Run], held_out_tasks: Sequence[str] = ()) -> dict:
     """How the kNN baseline was built (k, and the leave-one-out utilities it was chosen by)."""
     knn = next((r.policy for r in runs if r.name == "knn"), None)
     if not isinstance(knn, KnnPolicy):
         return {"knn": None}
-    return {"knn": {"trained_on": "train split", "train_prompts": len(knn.router.ids), "k": knn.router.k,
+    fitted = "train split" + (f" without the tasks {list(held_out_tasks)}" if held_out_tasks else "")
+    return {"knn": {"trained_on": fitted, "train_prompts": len(knn.router.ids), "k": knn.router.k,
                     "k_leave_one_out_utility": knn.router.loo_utility or None}}
 
 
@@ -194,9 +196,11 @@ def run_evaluation(config: EvalConfig, embedder: Embedder | None = None, command
             "allow_partial": config.allow_partial, "skipped": selection.skipped_report(),
             "pool": list(pool), "policy": config.policy,
             "subject": subject_name(config, runs), "lambdas": list(config.lambdas),
-            "max_turns": config.max_turns, "seed": config.seed, **knn_notes(runs),
+            "max_turns": config.max_turns, "seed": config.seed, **knn_notes(runs, config.held_out_tasks),
             # On the train split the kNN router finds each query among its own neighbours.
-            "knn_sees_evaluated_prompts": config.knn and config.split != "validation",
+            # kNN is fitted on the train split: it has seen evaluated prompts unless they are all validation
+            # prompts or of task families held out of its fit.
+            "knn_sees_evaluated_prompts": config.knn and config.split != "validation" and not config.held_out_tasks,
             "cost_basis": ("recorded cost_usd" if not notes["rows_priced_from_catalog"] else
                            f"recorded cost_usd; {notes['rows_priced_from_catalog']} rows without it priced "
                            "from the catalog at estimated tokens"), **notes}

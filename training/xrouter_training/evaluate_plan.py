@@ -55,6 +55,9 @@ class EvalConfig:
     knn_train_limit: int | None = None  # fit kNN on the first N train prompts only (quick views); None: all
     fold: int = 0  # which fifth of the prompts is the validation split (outcomes.split_of; cross-validation)
     allow_seen: bool = False  # evaluate a checkpoint on validation prompts it trained on (trained_on.py)
+    # Evaluate only these task families, with kNN fitted on the train split without them: how a
+    # checkpoint trained with exclude_tasks routes a family that neither it nor kNN has seen.
+    held_out_tasks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -212,7 +215,8 @@ class Selection:
 def choose_prompts(scan: DataScan, config: EvalConfig, pool: Sequence[str]) -> Selection:
     """The first ``limit`` prompts of the split; those some pool model cannot answer are skipped,
     which fails the evaluation (naming them) unless ``config.allow_partial``."""
-    split = [p for key, p in sorted(scan.prompts.items()) if config.in_split(key)]
+    split = [p for key, p in sorted(scan.prompts.items())
+             if config.in_split(key) and (not config.held_out_tasks or p.task in config.held_out_tasks)]
     considered = split[: config.limit]
     prompts, skipped = [], []
     for prompt in considered:
@@ -246,6 +250,8 @@ def plan_evaluation(config: EvalConfig) -> tuple[list[str], dict, Selection]:
     """The pool, notes and prompts of one evaluation, checked before any episode is played."""
     scan = scan_data(config.data)
     pool, notes = choose_pool(config, scan)
+    if config.held_out_tasks:
+        notes["held_out_tasks"] = check_held_out_tasks(config, {p.task for p in scan.prompts.values()})
     selection = choose_prompts(scan, config, pool)
     if config.is_checkpoint:
         seen = trained_on(pathlib.Path(config.policy), config.data, selection.prompts)
@@ -257,3 +263,29 @@ def plan_evaluation(config: EvalConfig) -> tuple[list[str], dict, Selection]:
                 "it held out), or pass --allow-seen to run anyway (report.json records it under "
                 "subject_trained_on)")
     return pool, notes, selection
+
+
+def check_held_out_tasks(config: EvalConfig, tasks: set[str]) -> dict:
+    """The held-out families must be the data's, and a checkpoint must not have trained on them (its
+    manifest's exclude_tasks says which it left out); ``allow_seen`` evaluates it anyway, recorded."""
+    unknown = sorted(set(config.held_out_tasks) - tasks)
+    if unknown:
+        raise EvalError(f"--held-out-tasks: {unknown} are not tasks of {config.data}; its tasks: {sorted(tasks)}")
+    note: dict = {"tasks": list(config.held_out_tasks), "knn_fitted_without_them": config.knn}
+    if config.is_checkpoint:
+        from xrouter.common.errors import InvalidArgument
+        from xrouter.router.compact.checkpoint import read_manifest
+
+        try:
+            excluded = read_manifest(pathlib.Path(config.policy)).get("config", {}).get("exclude_tasks", [])
+        except InvalidArgument as error:
+            raise EvalError(f"--policy {config.policy}: {error.message}") from None
+        left_out = {entry.partition("/")[2] for entry in excluded
+                    if config.source is None or entry.partition("/")[0] == config.source}
+        seen = [task for task in config.held_out_tasks if task not in left_out]
+        note.update(checkpoint_excluded=list(excluded), checkpoint_trained_on=seen)
+        if seen and not config.allow_seen:
+            raise EvalError(f"--held-out-tasks: the checkpoint {config.policy} was trained on {seen} (its "
+                            f"exclude_tasks: {list(excluded)}): its figures would not be for families it never "
+                            "saw. Train it with exclude_tasks: [<source>/<task>], or pass --allow-seen")
+    return note

@@ -61,6 +61,7 @@ def command_line(config: EvalConfig, source: str | None = None) -> str:
         *(["--knn-k", str(config.knn_k)] if config.knn and config.knn_k else []),
         *([] if config.knn else ["--no-knn"]), *(["--allow-partial"] if config.allow_partial else []),
         *(["--allow-seen"] if config.allow_seen else []),
+        *(["--held-out-tasks", ",".join(config.held_out_tasks)] if config.held_out_tasks else []),
         "--seed", str(config.seed), "--out", str(config.out)])
 
 
@@ -123,6 +124,8 @@ def run_sources(config: EvalConfig, names: Sequence[str] | str, embedder: Embedd
         {n: s for name in names for n, s in resolve_sources(name, sources).items()}
     if config.models and len(chosen) > 1:
         raise EvalError("--models names one pool; with several sources (each has its own models) leave it out")
+    if config.held_out_tasks and len(chosen) > 1:
+        raise EvalError("--held-out-tasks names task families of one source; with several sources leave it out")
     configs = {name: dataclasses.replace(config, data=pathlib.Path(source.data), catalog=pathlib.Path(source.catalog),
                                          out=config.out / name, source=name)
                for name, source in chosen.items()}
@@ -160,7 +163,10 @@ def run_cli(args: argparse.Namespace) -> int:
                             pathlib.Path(first.catalog if first else args.catalog or DEFAULT_CATALOG),
                             tuple(filter(None, args.models.split(","))), args.limit, not args.no_knn, args.knn_k,
                             args.seed, allow_partial=args.allow_partial, fold=args.fold,
-                            allow_seen=args.allow_seen)
+                            allow_seen=args.allow_seen,
+                            held_out_tasks=tuple(t.strip() for t in args.held_out_tasks.split(",")) if args.held_out_tasks else ())
+        if any(not task for task in config.held_out_tasks):
+            raise EvalError(f"--held-out-tasks: an empty task name in {args.held_out_tasks!r}")
         if sources:
             summary, reports = run_sources(config, args.source, command=command_line(config, args.source))
         else:

@@ -3,6 +3,10 @@
 - Leave one source out (``--loso``): for each bundled source S, train on the others and evaluate on
   S's validation split beside kNN (fitted on S's own train split: it has seen S), the cascade,
   random and the oracle.
+- Leave one task family out (``--lotf SOURCE/TASK,…``): for each, train without any prompt of that
+  family, then evaluate on every prompt of it (none was seen) beside kNN fitted on the source's
+  train split without the family too, the cascade, random and the oracle: how the router does on a
+  kind of request neither has seen (``xrouter eval --held-out-tasks``).
 - Leave one model out (``--lomo MODEL``): train without MODEL in any pool, then evaluate its source
   with MODEL added at serve time from its catalog entry alone, and with the pool that lacks it (the
   policy that never sees it): MODEL's share of calls and both frontiers.
@@ -63,9 +67,10 @@ def train(config: TrainConfig, out: pathlib.Path) -> pathlib.Path:
 
 
 def evaluate(checkpoint: pathlib.Path, out: pathlib.Path, sources: Sequence[str], lambdas: tuple[float, ...],
-             models: tuple[str, ...] = (), fold: int = 0) -> dict:
+             models: tuple[str, ...] = (), fold: int = 0, held_out_tasks: tuple[str, ...] = ()) -> dict:
     config = EvalConfig(data=SOURCES[sources[0]].data, policy=str(checkpoint), out=out, lambdas=lambdas,
-                        catalog=SOURCES[sources[0]].catalog, models=models, allow_partial=True, fold=fold)
+                        catalog=SOURCES[sources[0]].catalog, models=models, allow_partial=True, fold=fold,
+                        split="all" if held_out_tasks else "validation", held_out_tasks=held_out_tasks)
     summary, _ = run_sources(config, list(sources))
     return summary
 
@@ -89,6 +94,32 @@ def leave_one_source_out(config: TrainConfig, out: pathlib.Path, lambdas: tuple[
         summary = evaluate(checkpoint, out / f"without-{held_out}" / "eval", [held_out], lambdas)
         results[held_out] = apgr_rows(summary, "learned, never saw this source")[held_out]
     return results
+
+
+def leave_one_task_out(config: TrainConfig, out: pathlib.Path, families: Sequence[str],
+                       lambdas: tuple[float, ...]) -> dict:
+    results = {}
+    for family in families:
+        name, _, task = family.partition("/")
+        run = out / f"without-task-{name}-{task}".replace(" ", "_")
+        checkpoint = train(dataclasses.replace(config, exclude_tasks=(family,)), run)
+        summary = evaluate(checkpoint, run / "eval", [name], lambdas, held_out_tasks=(task,))
+        row = apgr_rows(summary, "learned, never saw this family")[name]
+        results[family] = {**row, "prompts": summary["sources"][name]["prompts"]}
+    return results
+
+
+def check_families(config: TrainConfig, families: Sequence[str]) -> None:
+    """Each --lotf family is <source>/<task> of a configured source (checked before any training)."""
+    from xrouter.common.outcomes import read_outcomes
+
+    for family in families:
+        name, _, task = family.partition("/")
+        if name not in config.sources or not task:
+            raise ConfigError(f"--lotf: {family!r} is not <source>/<task> with a source of {list(config.sources)}")
+        tasks = {row.task for row in read_outcomes(SOURCES[name].data)}
+        if task not in tasks:
+            raise ConfigError(f"--lotf: {name} has no task {task!r}; its tasks: {sorted(tasks)}")
 
 
 def calls_share(decisions: pathlib.Path, subject: str, model: str) -> float:
@@ -151,6 +182,13 @@ def markdown(report: dict) -> str:
         for source, row in report["leave_one_source_out"].items():
             values = [row.get("learned, never saw this source"), *(row.get(b) for b in BASELINES)]
             lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
+    if "leave_one_task_family_out" in report:
+        lines += ["", "## Leave one task family out (APGR on every prompt of the family; kNN fitted without it too)", "",
+                  "| family (prompts) | learned (never saw it) | kNN (never saw it) | cascade | random | oracle |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for family, row in report["leave_one_task_family_out"].items():
+            values = [row.get("learned, never saw this family"), *(row.get(b) for b in BASELINES)]
+            lines.append(f"| {family} ({row['prompts']}) | " + " | ".join(_fmt(v) for v in values) + " |")
     if "leave_one_model_out" in report:
         r = report["leave_one_model_out"]
         lines += ["", f"## Leave one model out: {r['model']} ({r['source']})", "",
@@ -185,8 +223,11 @@ def run_cli(args: argparse.Namespace) -> int:
         unknown = [n for n in filter(None, args.ablate.split(",")) if n not in ABLATIONS]
         if unknown:
             raise ConfigError(f"--ablate: {unknown} unknown; choose from {sorted(ABLATIONS)}")
-        if not (args.loso or args.lomo or args.ablate or args.kfold):
-            raise ConfigError("nothing to do: give --loso, --lomo MODEL, --ablate NAME,... and/or --kfold")
+        families = [f.strip() for f in args.lotf.split(",")] if args.lotf else []
+        if not (args.loso or args.lomo or args.ablate or args.kfold or families):
+            raise ConfigError("nothing to do: give --loso, --lotf SOURCE/TASK,..., --lomo MODEL, --ablate NAME,... "
+                              "and/or --kfold")
+        check_families(config, families)
         if args.fold0 and not args.kfold:
             raise ConfigError("--fold0: only with --kfold")
         if args.lomo:
@@ -195,6 +236,8 @@ def run_cli(args: argparse.Namespace) -> int:
         report: dict = {"config": str(args.config), "lambdas": list(lambdas)}
         if args.loso:
             report["leave_one_source_out"] = leave_one_source_out(config, out, lambdas)
+        if families:
+            report["leave_one_task_family_out"] = leave_one_task_out(config, out, families, lambdas)
         if args.lomo:
             report["leave_one_model_out"] = leave_one_model_out(config, out, args.lomo, lambdas)
         if args.ablate:

@@ -39,7 +39,9 @@ def build_environment(config: TrainConfig) -> ReplayEnvironment | MixedEnvironme
     """The configured outcome sets as one environment; the models the config names must be in it."""
     reward = RewardConfig(config.reward_k, config.reward_cost_max)
     if config.sources:
-        env: ReplayEnvironment | MixedEnvironment = MixedEnvironment(config.sources, reward, config.exclude_models)
+        env: ReplayEnvironment | MixedEnvironment = MixedEnvironment(config.sources, reward, config.exclude_models,
+                                                                     config.exclude_tasks)
+        check_tasks(config, env.tasks)
     else:
         data = ROUTERBENCH if config.data == "routerbench" else pathlib.Path(config.data)
         kwargs = {"catalog": config.catalog} if config.catalog else {}
@@ -52,6 +54,14 @@ def build_environment(config: TrainConfig) -> ReplayEnvironment | MixedEnvironme
 def replays_of(env: ReplayEnvironment | MixedEnvironment) -> list[ReplayEnvironment]:
     """The one outcome set of each source, as read (before any model was excluded)."""
     return list(env.envs.values()) if isinstance(env, MixedEnvironment) else [env]
+
+
+def check_tasks(config: TrainConfig, tasks: dict[str, set[str]]) -> None:
+    """Refuse an excluded task family its source does not hold (a typo would exclude nothing)."""
+    for entry in config.exclude_tasks:
+        name, _, task = entry.partition("/")
+        if task not in tasks[name]:
+            raise ConfigError(f"exclude_tasks: {entry!r}: {name} has no task {task!r}; its tasks: {sorted(tasks[name])}")
 
 
 def check_models(config: TrainConfig, models: set[str]) -> None:
@@ -280,6 +290,7 @@ class Trainer:
             "version": version, "catalog_hash": catalog_hash(self.env.options.values()),
             "data": {"file": config.data if not config.sources else None, "sources": list(config.sources),
                      "train_prompts": len(self.train_prompts), "exclude_models": list(config.exclude_models),
+                     "exclude_tasks": list(config.exclude_tasks),
                      "rows_of_models_not_in_catalog": self.uncatalogued,
                      "split": f"train (xrouter.common.outcomes.split_of, fold {config.validation_fold})"},
             "use_descriptors": config.use_descriptors, "use_query": config.use_query,

@@ -72,7 +72,9 @@ def trained_on(checkpoint: pathlib.Path, data: pathlib.Path, prompts: Sequence[P
     data_source = bundled_source_of(data)
     by_split = 0
     if data_source is not None and data_source in sources and fold is not None and 0 <= int(fold) < FOLDS:
-        by_split = sum(split_of(p.prompt_id, int(fold)) == "train" for p in prompts)
+        left_out = {entry.partition("/")[2] for entry in config.get("exclude_tasks") or ()
+                    if entry.partition("/")[0] == data_source}  # task families it never trained on
+        by_split = sum(split_of(p.prompt_id, int(fold)) == "train" and p.task not in left_out for p in prompts)
     return TrainedOn(len(prompts), by_split, _in_memory(checkpoint, prompts), sources,
                      None if fold is None else int(fold), data_source)
 
