@@ -71,6 +71,7 @@ def test_leave_one_task_family_out_trains_without_it_and_evaluates_every_prompt_
     summary = json.loads((held_out_run / "generalisation.json").read_text())["leave_one_task_family_out"]
     row = summary["routerbench/mbpp"]
     assert row["prompts"] == 289 and {"learned, never saw this family", "knn", "oracle"} <= set(row)
+    assert row["margin_over_knn"]["prompts"] == 289
     assert "| routerbench/mbpp (289) |" in (held_out_run / "generalisation.md").read_text()
 
 

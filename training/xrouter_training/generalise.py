@@ -105,7 +105,8 @@ def leave_one_task_out(config: TrainConfig, out: pathlib.Path, families: Sequenc
         checkpoint = train(dataclasses.replace(config, exclude_tasks=(family,)), run)
         summary = evaluate(checkpoint, run / "eval", [name], lambdas, held_out_tasks=(task,))
         row = apgr_rows(summary, "learned, never saw this family")[name]
-        results[family] = {**row, "prompts": summary["sources"][name]["prompts"]}
+        entry = summary["sources"][name]
+        results[family] = {**row, "prompts": entry["prompts"], "margin_over_knn": entry["apgr_margin"].get("knn")}
     return results
 
 
@@ -174,6 +175,11 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _spread(margin: dict | None) -> str:
+    """A paired-bootstrap APGR margin (margin.py) as "+0.012 (-0.010 to +0.034)"."""
+    return "-" if margin is None else f"{margin['margin']:+.3f} ({margin['interval'][0]:+.3f} to {margin['interval'][1]:+.3f})"
+
+
 def markdown(report: dict) -> str:
     lines = []
     if "leave_one_source_out" in report:
@@ -184,11 +190,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
     if "leave_one_task_family_out" in report:
         lines += ["", "## Leave one task family out (APGR on every prompt of the family; kNN fitted without it too)", "",
-                  "| family (prompts) | learned (never saw it) | kNN (never saw it) | cascade | random | oracle |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| family (prompts) | learned (never saw it) | kNN (never saw it) | cascade | random | oracle "
+                  "| learned − kNN (90% interval) |", "|---|---:|---:|---:|---:|---:|---|"]
         for family, row in report["leave_one_task_family_out"].items():
             values = [row.get("learned, never saw this family"), *(row.get(b) for b in BASELINES)]
-            lines.append(f"| {family} ({row['prompts']}) | " + " | ".join(_fmt(v) for v in values) + " |")
+            lines.append(f"| {family} ({row['prompts']}) | " + " | ".join(_fmt(v) for v in values)
+                         + f" | {_spread(row.get('margin_over_knn'))} |")
     if "leave_one_model_out" in report:
         r = report["leave_one_model_out"]
         lines += ["", f"## Leave one model out: {r['model']} ({r['source']})", "",
@@ -200,10 +207,8 @@ def markdown(report: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
         for source, row in report["cross_validation"].items():
             values = [row["apgr"].get(name) for name in (kfold.SUBJECT, *BASELINES)]
-            margin = row["margin_over_knn"]
-            spread = "-" if margin is None else \
-                f"{margin['margin']:+.3f} ({margin['interval'][0]:+.3f} to {margin['interval'][1]:+.3f})"
-            lines.append(f"| {source} | {row['prompts']} | " + " | ".join(_fmt(v) for v in values) + f" | {spread} |")
+            lines.append(f"| {source} | {row['prompts']} | " + " | ".join(_fmt(v) for v in values)
+                         + f" | {_spread(row['margin_over_knn'])} |")
     if "ablations" in report:
         sources = sorted({s for r in report["ablations"].values() for s in r["apgr"]})
         lines += ["", "## Ablations (APGR per source, validation split)", "",
