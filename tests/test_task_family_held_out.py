@@ -120,3 +120,25 @@ def test_a_family_to_leave_out_is_checked_before_any_training(tmp_path: pathlib.
                  "--lotf", "routerbench/nope"]) == 2
     assert "--lotf: routerbench has no task 'nope'" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_learning_a_new_family_from_traffic_serves_and_evaluates_only_that_family(held_out_run: pathlib.Path,
+                                                                                  tmp_path: pathlib.Path) -> None:
+    from xrouter_training.traffic import run
+
+    start = held_out_run / "without-task-routerbench-mbpp" / "checkpoint"
+    report = run(start, None, "routerbench", tmp_path, requests=6, every=3, epsilon=0.5, seed=1, task="mbpp")
+    env = MixedEnvironment(["routerbench"])
+    mbpp_validation = sum(p.task == "mbpp" and len(env.answered[p.prompt_id]) == len(env.options)
+                          for p in env.split("validation"))
+    assert report["task"] == "mbpp" and report["traffic"] == 6 and report["validation_prompts"] == mbpp_validation
+    assert [row["requests"] for row in report["curve"]] == [0, 3, 6]
+    with pytest.raises(ValueError, match="no prompt of 'nope'"):
+        run(start, None, "routerbench", tmp_path, requests=6, every=3, task="nope")
+
+
+def test_learn_sim_refuses_a_task_its_source_lacks_before_simulating(tmp_path: pathlib.Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["learn-sim", "--start", str(tmp_path), "--source", "arena", "--task", "mbpp",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--task: arena has no task 'mbpp'; its tasks: ['chat']" in capsys.readouterr().err

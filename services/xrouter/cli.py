@@ -144,6 +144,12 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
 
     if args.source not in SOURCES:  # before minutes of simulation, not after
         raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
+    if args.task:
+        from xrouter.common.outcomes import read_outcomes
+
+        tasks = {row.task for row in read_outcomes(SOURCES[args.source].data)}
+        if args.task not in tasks:
+            raise InvalidArgument("--task", f"{args.source} has no task {args.task!r}; its tasks: {sorted(tasks)}")
     for flag, checkpoint in (("--start", args.start), ("--ceiling", args.ceiling)):
         if checkpoint:
             try:
@@ -153,9 +159,9 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
                  pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
-                 args.publish_gate)
+                 args.publish_gate, args.task or None)
     ceiling = report.get("ceiling", {}).get("apgr")
-    print(f"{args.source}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
+    print(f"{args.source}{'/' + args.task if args.task else ''}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
           f"{report['traffic']} requests" + (f" (ceiling {ceiling:.3f})" if ceiling is not None else "")
           + f"; {args.out}/traffic_learning.json and .png")
     return 0
@@ -286,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn_sim.add_argument("--verdicts", choices=("returned", "called"), default="returned",
                            help="returned: a verdict on the answer given (thumbs); called: every answered call "
                            "scored (requests with a reference)")
+    learn_sim.add_argument("--task", default="", help="serve and evaluate only this task family of the source "
+                           "(a start trained with exclude_tasks: [SOURCE/TASK])")
     learn_sim.add_argument("--publish-gate", action="store_true",
                            help="learn as `xrouter learn` does every EVERY requests: a candidate serves only if the "
                            "publish rule passes on the newest 20%% of the verdicts not yet learned")

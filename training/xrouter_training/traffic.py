@@ -66,14 +66,17 @@ def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> 
 
 async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
                    epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned",
-                   publish_gate: bool = False, on_verdict: Callable[..., None] | None = None) -> dict:
+                   publish_gate: bool = False, on_verdict: Callable[..., None] | None = None,
+                   task: str | None = None) -> dict:
     """``verdicts``: "returned" — the score of the answer the user got (a thumbs up/down); "called" —
     every answered call scored (a request carrying a reference, scored by the reward service).
     ``publish_gate``: what the product does (``xrouter learn`` every ``every`` requests): the verdicts
     not yet learned, less the newest 20% held back, go into a candidate, which serves only if the
     publish rule passes on the held-back ones; otherwise they wait for the next run.
     ``on_verdict(policy, text, outcomes, explored)``: called with each request's verdicts before the
-    serving policy learns them (``explored``: its first call was drawn by exploration)."""
+    serving policy learns them (``explored``: its first call was drawn by exploration).
+    ``task``: serve and evaluate only the source's prompts of this task family (the start trained
+    without it, ``exclude_tasks``: a platform team's new kind of traffic on models the router knows)."""
     if verdicts not in ("returned", "called"):
         raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
     if publish_gate and verdicts != "returned":
@@ -82,6 +85,10 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     options = list(env.options.values())
     pool = sorted(env.options)
     validation, traffic = complete_prompts(env, "validation", pool), complete_prompts(env, "train", pool)
+    if task is not None:
+        validation, traffic = ([p for p in prompts if p.task == task] for prompts in (validation, traffic))
+        if not validation or not traffic:
+            raise ValueError(f"task: {source} has no prompt of {task!r} in both splits")
     random.Random(seed).shuffle(traffic)
     traffic = traffic[:requests]
     gap = references(env, validation, pool)
@@ -141,7 +148,7 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
                     policy = candidate
                     behaviour.policy = policy
             await measure(served)
-    report = {"source": source, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
+    report = {"source": source, "task": task, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
               "verdicts": verdicts, "publish_gate": publish_gate, "publish_decisions": decisions,
               "publish_scores": score_decisions(decisions),
               "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
@@ -198,10 +205,10 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 def run(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, out: pathlib.Path, requests: int = 500,
         every: int = 50, epsilon: float = 0.1, seed: int = 0, verdicts: str = "returned",
-        publish_gate: bool = False) -> dict:
+        publish_gate: bool = False, task: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed, verdicts=verdicts,
-                                  publish_gate=publish_gate))
+                                  publish_gate=publish_gate, task=task))
     (out / "traffic_learning.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "traffic_learning.png")
     return report
