@@ -272,3 +272,25 @@ def _write_catalog(path: pathlib.Path) -> None:
                "output_usd_per_mtok": str(o.output_usd_per_mtok), "context_tokens": o.context_tokens,
                "max_output_tokens": 4096, "description": o.description, "tags": list(o.tags)} for o in pool()]
     path.write_text(yaml.safe_dump({"models": models}))
+
+
+def test_a_verdict_on_a_known_model_is_local_evidence_on_a_new_one_a_calibration(tiny_bundle) -> None:  # noqa: F811
+    """Traffic of a new kind on a model the memory knows teaches where that model is right (local
+    evidence); a model the memory holds no recorded row of can only be calibrated."""
+    from xrouter.router.compact.memory import CALIBRATION, EVIDENCE, LOCAL_MEAN
+
+    policy = load_policy(tiny_bundle, pool())
+    memory = policy.memory
+    text = "Translate into Klingon: the ledger balances."
+    before = memory.features(policy.query_vector(text), "another text", [CHEAP, NEWCOMER])
+    rows, known = len(memory), memory.recorded_rows_of(CHEAP)
+    assert known > 0 and memory.recorded_rows_of(NEWCOMER) == 0
+    for n in range(3):
+        policy.record_verdicts(f"{text} ({n})", pool(), {CHEAP: 1.0, NEWCOMER: 1.0})
+    assert len(memory) == rows + 6  # one row of local evidence, one of calibration, per request
+    assert memory.recorded_rows_of(CHEAP) == known + 3 and memory.recorded_rows_of(NEWCOMER) == 0
+    assert np.isnan(memory.residuals[:, memory.column[CHEAP]]).all()  # no residual: nothing calibrated
+    assert (~np.isnan(memory.residuals[:, memory.column[NEWCOMER]])).sum() == 3
+    after = memory.features(policy.query_vector(text), "another text", [CHEAP, NEWCOMER])
+    assert after[0, EVIDENCE] > before[0, EVIDENCE] + 2 and after[0, LOCAL_MEAN] > before[0, LOCAL_MEAN]
+    assert after[1, EVIDENCE] == before[1, EVIDENCE] == 0.0 and after[0, CALIBRATION] == 0.0

@@ -7,7 +7,8 @@ not worse on traffic it never learned from.
    messages, or a bundled data set's item named by ``prompt``). Every other episode is counted
    under the reason it was not used; none is dropped silently.
 2. Oldest first, the newest ``hold_out`` share is held back. The rest go into a copy of the start
-   checkpoint's outcome memory with the network's own predictions (``record_verdicts``), which is
+   checkpoint's outcome memory (``record_verdicts``: local evidence on a model the memory knows, a
+   calibration residual on one it does not), which is
    how a compact policy learns without a gradient step: same trainer, same checkpoint format.
    Episodes whose verdicts the start already holds (its ``learned_requests.json``: a daily run over
    the last 7 days starts from yesterday's candidate) are counted as skipped, never learned twice.

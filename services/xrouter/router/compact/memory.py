@@ -20,10 +20,13 @@ kNN router it recovered 0.57 of the gap where temperature 0.5 and k = 64 recover
 
 Why a memory and not only weights: a platform team's own traffic, and models added after training,
 are learned by adding rows (``add``) — the routing changes at the next request, without a gradient
-step (issue: the router learns from its own traffic). A served verdict (a row added with the
-network's prediction) counts once: through its model's calibration, never as local evidence. As
-local evidence too it was counted twice, and a few dozen verdicts scattered over a model's prompts
-made its "local" mean a noisy global one that outweighed the network's per-prompt prediction. Rows of the prompt being decided are left out
+step (issue: the router learns from its own traffic). A served verdict counts once, one of two
+ways (``CompactPolicy.record_verdicts`` chooses): on a model the memory holds recorded rows of, as
+one more recorded row (local evidence: traffic of a new kind teaches where a known model is right);
+on a model it holds none of, as a row added with the network's prediction, which only calibrates
+that model (never local evidence: a few dozen verdicts scattered over a new model's prompts made its
+"local" mean a noisy global one that outweighed the network's per-prompt prediction, and counted
+both ways a verdict counted twice). Rows of the prompt being decided are left out
 (matched by text hash), so training on prompts that are in the memory sees exactly what serving an
 unseen prompt sees: neighbours, never the answer itself.
 
@@ -108,6 +111,14 @@ class OutcomeMemory:
     def rows_of(self, model: str) -> int:
         """How many rows record ``model``."""
         return int(self._global_totals()[1][self.column[model]]) if model in self.column else 0
+
+    def recorded_rows_of(self, model: str) -> int:
+        """How many rows record ``model`` as local evidence (offline rows and served verdicts on a
+        model the memory knew), not as calibration residuals."""
+        if model not in self.column:
+            return 0
+        column = self.column[model]
+        return int((~np.isnan(self.scores[:, column]) & np.isnan(self.residuals[:, column])).sum())
 
     def add(self, text: str, vector: np.ndarray, outcomes: Mapping[str, float],
             predicted: Mapping[str, float] | None = None) -> None:

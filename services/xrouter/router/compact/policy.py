@@ -129,13 +129,21 @@ class CompactPolicy:
 
     def record_verdicts(self, text: str, pool: Sequence[ModelOption], outcomes: Mapping[str, float]) -> None:
         """Add served verdicts ({model: score in [0, 1]} on the prompt ``text``, models of ``pool``) to
-        the outcome memory, with the network's own prediction for each (before the memory's local
-        evidence and calibration), so that their residuals calibrate those models."""
+        the outcome memory. A verdict on a model the memory holds recorded rows of is local evidence,
+        as a recorded row is: the model is known, and what traffic adds is where it is right (a new
+        kind of prompt). A verdict on a model it holds none of goes in with the network's own
+        prediction (before the memory's say), so that its residual calibrates that model: a new
+        model's few verdicts are scattered, and what they can show is how far its prior is off."""
         if self.memory is None:
             raise ValueError("this policy has no outcome memory to learn verdicts into")
-        judged = [option for option in pool if option.id in outcomes]
-        predicted = dict(zip((o.id for o in judged), self.network_prediction(text, judged), strict=True))
-        self.memory.add(text, self.query_vector(text), outcomes, predicted)
+        new = [o for o in pool if o.id in outcomes and not self.memory.recorded_rows_of(o.id)]
+        local = {model: score for model, score in outcomes.items() if model not in {o.id for o in new}}
+        vector = self.query_vector(text)
+        if local:
+            self.memory.add(text, vector, local)
+        if new:
+            predicted = dict(zip((o.id for o in new), self.network_prediction(text, new), strict=True))
+            self.memory.add(text, vector, {o.id: outcomes[o.id] for o in new}, predicted)
         self.forget_memory_cache()
 
     def network_prediction(self, text: str, pool: Sequence[ModelOption]) -> list[float]:
