@@ -57,7 +57,8 @@ def held_out_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return out
 
 
-def test_leave_one_task_family_out_trains_without_it_and_evaluates_every_prompt_of_it(held_out_run: pathlib.Path) -> None:
+def test_leave_one_task_family_out_trains_without_it_and_evaluates_every_prompt_of_it(
+        held_out_run: pathlib.Path) -> None:
     run = held_out_run / "without-task-routerbench-mbpp"
     manifest = json.loads((run / "checkpoint" / "manifest.json").read_text())
     assert manifest["config"]["exclude_tasks"] == ["routerbench/mbpp"]

@@ -161,7 +161,8 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
                  pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
                  args.publish_gate, args.task or None)
     ceiling = report.get("ceiling", {}).get("apgr")
-    print(f"{args.source}{'/' + args.task if args.task else ''}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
+    served = f"{args.source}/{args.task}" if args.task else args.source
+    print(f"{served}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
           f"{report['traffic']} requests" + (f" (ceiling {ceiling:.3f})" if ceiling is not None else "")
           + f"; {args.out}/traffic_learning.json and .png")
     return 0

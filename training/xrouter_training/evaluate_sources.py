@@ -164,7 +164,8 @@ def run_cli(args: argparse.Namespace) -> int:
                             tuple(filter(None, args.models.split(","))), args.limit, not args.no_knn, args.knn_k,
                             args.seed, allow_partial=args.allow_partial, fold=args.fold,
                             allow_seen=args.allow_seen,
-                            held_out_tasks=tuple(t.strip() for t in args.held_out_tasks.split(",")) if args.held_out_tasks else ())
+                            held_out_tasks=tuple(t.strip() for t in args.held_out_tasks.split(","))
+                            if args.held_out_tasks else ())
         if any(not task for task in config.held_out_tasks):
             raise EvalError(f"--held-out-tasks: an empty task name in {args.held_out_tasks!r}")
         if sources:

@@ -177,7 +177,10 @@ def _fmt(value: float | None) -> str:
 
 def _spread(margin: dict | None) -> str:
     """A paired-bootstrap APGR margin (margin.py) as "+0.012 (-0.010 to +0.034)"."""
-    return "-" if margin is None else f"{margin['margin']:+.3f} ({margin['interval'][0]:+.3f} to {margin['interval'][1]:+.3f})"
+    if margin is None:
+        return "-"
+    low, high = margin["interval"]
+    return f"{margin['margin']:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 def markdown(report: dict) -> str:
@@ -189,7 +192,8 @@ def markdown(report: dict) -> str:
             values = [row.get("learned, never saw this source"), *(row.get(b) for b in BASELINES)]
             lines.append(f"| {source} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in values) + " |")
     if "leave_one_task_family_out" in report:
-        lines += ["", "## Leave one task family out (APGR on every prompt of the family; kNN fitted without it too)", "",
+        lines += ["", "## Leave one task family out (APGR on every prompt of the family; kNN fitted without it too)",
+                  "",
                   "| family (prompts) | learned (never saw it) | kNN (never saw it) | cascade | random | oracle "
                   "| learned − kNN (90% interval) |", "|---|---:|---:|---:|---:|---:|---|"]
         for family, row in report["leave_one_task_family_out"].items():
