@@ -10,7 +10,10 @@ generalise --loso`` trains), else it is trained here with the default config les
 
     .venv/bin/python -m bench.traffic_learning [--quick] [--source llmrouter] [--requests 500]
 
-Writes bench-results/traffic_learning.json and traffic_learning.png.
+Writes bench-results/traffic_learning.json and traffic_learning.png. With ``--task TASK`` the start
+is trained without that task family of the source only (``runs/lotf/without-task-<source>-<task>``,
+what ``xrouter generalise --lotf`` trains), and the traffic is that family's prompts: known models,
+a new kind of request. Then bench-results/traffic_learning_<source>_<task>.json and .png.
 """
 
 from __future__ import annotations
@@ -26,19 +29,23 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results"
 
 
-def start_checkpoint(source: str, explicit: str | None, quick: bool) -> pathlib.Path:
+def start_checkpoint(source: str, explicit: str | None, quick: bool, task: str | None = None) -> pathlib.Path:
     from xrouter_training.config import TrainConfig
     from xrouter_training.train import Trainer
 
     if explicit:
         return pathlib.Path(explicit)
     name = "mixed-tiny.yaml" if quick else "mixed.yaml"
-    out = ROOT / "runs" / ("bench-tiny" if quick else "gen") / f"without-{source}"
+    config = TrainConfig.from_file(ROOT / "training" / "configs" / name)
+    if task:
+        out = ROOT / "runs" / ("bench-tiny" if quick else "lotf") / f"without-task-{source}-{task}"
+        config = dataclasses.replace(config, exclude_tasks=(f"{source}/{task}",))
+    else:
+        out = ROOT / "runs" / ("bench-tiny" if quick else "gen") / f"without-{source}"
+        config = dataclasses.replace(config, sources=tuple(s for s in config.sources if s != source))
     if (out / "checkpoint" / "manifest.json").exists():
         return out / "checkpoint"
-    config = TrainConfig.from_file(ROOT / "training" / "configs" / name)
-    config = dataclasses.replace(config, sources=tuple(s for s in config.sources if s != source))
-    print(f"training the start: {name} without {source} -> {out}", flush=True)
+    print(f"training the start: {name} without {source}{'/' + task if task else ''} -> {out}", flush=True)
     return asyncio.run(Trainer(config, out).run())
 
 
@@ -49,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.traffic_learning", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny start policy, 40 requests (smoke run)")
     parser.add_argument("--source", default="llmrouter")
-    parser.add_argument("--start", help="checkpoint trained without the source")
+    parser.add_argument("--task", help="one task family of the source: a start trained without that family only")
+    parser.add_argument("--start", help="checkpoint trained without the source (the family, with --task)")
     parser.add_argument("--ceiling", help="checkpoint trained with it (default: the bundled policy)")
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--every", type=int, default=50)
@@ -58,17 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="learn as `xrouter learn` does every EVERY requests (publish only if not worse)")
     args = parser.parse_args(argv)
     requests, every = (40, 20) if args.quick else (args.requests, args.every)
-    start = start_checkpoint(args.source, args.start, args.quick)
+    start = start_checkpoint(args.source, args.start, args.quick, args.task)
     ceiling = pathlib.Path(args.ceiling) if args.ceiling else BUNDLED_POLICY
     staging = RESULTS / "traffic_learning"
-    report = run(start, ceiling, args.source, staging, requests, every, args.epsilon, publish_gate=args.publish_gate)
-    for name in ("traffic_learning.json", "traffic_learning.png"):
-        shutil.move(staging / name, RESULTS / name)
+    report = run(start, ceiling, args.source, staging, requests, every, args.epsilon, publish_gate=args.publish_gate,
+                 task=args.task)
+    stem = f"traffic_learning_{args.source}_{args.task}" if args.task else "traffic_learning"
+    for suffix in (".json", ".png"):
+        shutil.move(staging / f"traffic_learning{suffix}", RESULTS / f"{stem}{suffix}")
     staging.rmdir()
     best = max(report["curve"], key=lambda row: row["apgr"])
     target = 0.95 * report["ceiling"]["apgr"]
     reached = next((row["requests"] for row in report["curve"] if row["apgr"] >= target), None)
-    print(f"{args.source}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
+    print(f"{args.source}{'/' + args.task if args.task else ''}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
           f"{report['curve'][-1]['apgr']:.3f} (best {best['apgr']:.3f}); ceiling {report['ceiling']['apgr']:.3f}; "
           f"95% of the ceiling " + (f"reached after {reached} requests" if reached is not None else "not reached"))
     if args.publish_gate:
@@ -76,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"publish rule: {scores['published']} of {scores['decisions']} candidates published; "
               f"{scores['published_worse']} of those worse on the validation prompts, "
               f"{scores['held_back_better']} better ones held back")
-    print(f"wrote {RESULTS / 'traffic_learning.json'} and traffic_learning.png")
+    print(f"wrote {RESULTS / (stem + '.json')} and {stem}.png")
     return 0
 
 

@@ -187,16 +187,18 @@ def plot(report: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     xs = [row["requests"] for row in report["curve"]]
+    unseen = "family" if report.get("task") else "source"
+    served = f"{report['source']}/{report['task']}" if report.get("task") else report["source"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(xs, [row["apgr"] for row in report["curve"]], marker="o", label="learning from traffic (memory)")
-    ax.axhline(report["frozen_start_apgr"], color="grey", linestyle=":", label="frozen start (never saw the source)")
+    ax.axhline(report["frozen_start_apgr"], color="grey", linestyle=":", label=f"frozen start (never saw the {unseen})")
     if "ceiling" in report:
         ceiling = report["ceiling"]["apgr"]
-        ax.axhline(ceiling, color="green", linestyle="--", label="ceiling (trained with the source)")
+        ax.axhline(ceiling, color="green", linestyle="--", label=f"ceiling (trained with the {unseen})")
         ax.axhline(0.95 * ceiling, color="green", linestyle=":", linewidth=0.8, label="95% of the ceiling")
     ax.set_xlabel("requests served (with feedback)")
     ax.set_ylabel(f"APGR on {report['validation_prompts']} validation prompts")
-    ax.set_title(f"{report['source']}: learning from its own traffic (ε = {report['epsilon']:g})")
+    ax.set_title(f"{served}: learning from its own traffic (ε = {report['epsilon']:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
