@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench.eval_throughput",
     "bench.memory_kernel",
     "bench.traffic_learning",
+    "bench.traffic_learning_family",
     "bench.streaming_ttft",
     "bench.fresh_prompts",
     "bench.router_profile",
