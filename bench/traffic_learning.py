@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = max(report["curve"], key=lambda row: row["apgr"])
     target = 0.95 * report["ceiling"]["apgr"]
     reached = next((row["requests"] for row in report["curve"] if row["apgr"] >= target), None)
-    print(f"{args.source}{'/' + args.task if args.task else ''}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
+    served = f"{args.source}/{args.task}" if args.task else args.source
+    print(f"{served}: frozen start APGR {report['frozen_start_apgr']:.3f}; after {report['traffic']} requests "
           f"{report['curve'][-1]['apgr']:.3f} (best {best['apgr']:.3f}); ceiling {report['ceiling']['apgr']:.3f}; "
           f"95% of the ceiling " + (f"reached after {reached} requests" if reached is not None else "not reached"))
     if args.publish_gate:

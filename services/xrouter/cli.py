@@ -145,9 +145,9 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     if args.source not in SOURCES:  # before minutes of simulation, not after
         raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
     if args.task:
-        from xrouter.common.outcomes import read_outcomes
+        from xrouter.common.outcomes import tasks_of
 
-        tasks = {row.task for row in read_outcomes(SOURCES[args.source].data)}
+        tasks = tasks_of(args.source)
         if args.task not in tasks:
             raise InvalidArgument("--task", f"{args.source} has no task {args.task!r}; its tasks: {sorted(tasks)}")
     for flag, checkpoint in (("--start", args.start), ("--ceiling", args.ceiling)):

@@ -16,7 +16,7 @@ from xrouter.common.outcomes import FOLDS, read_outcomes, split_of
 
 from xrouter_training.environment import Prompt
 from xrouter_training.eval_baselines import placeholders_supported
-from xrouter_training.trained_on import trained_on
+from xrouter_training.trained_on import left_out_tasks, trained_on
 
 # λ is in reward per dollar; a gpt-4-1106 call on RouterBench costs about $0.005, so λ from 0 to
 # about 1000 spans "cost is irrelevant" to "one call costs as much as a correct answer is worth".
@@ -280,8 +280,7 @@ def check_held_out_tasks(config: EvalConfig, tasks: set[str]) -> dict:
             excluded = read_manifest(pathlib.Path(config.policy)).get("config", {}).get("exclude_tasks", [])
         except InvalidArgument as error:
             raise EvalError(f"--policy {config.policy}: {error.message}") from None
-        left_out = {entry.partition("/")[2] for entry in excluded
-                    if config.source is None or entry.partition("/")[0] == config.source}
+        left_out = left_out_tasks(excluded, config.source)
         seen = [task for task in config.held_out_tasks if task not in left_out]
         note.update(checkpoint_excluded=list(excluded), checkpoint_trained_on=seen)
         if seen and not config.allow_seen:

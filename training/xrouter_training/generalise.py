@@ -112,13 +112,13 @@ def leave_one_task_out(config: TrainConfig, out: pathlib.Path, families: Sequenc
 
 def check_families(config: TrainConfig, families: Sequence[str]) -> None:
     """Each --lotf family is <source>/<task> of a configured source (checked before any training)."""
-    from xrouter.common.outcomes import read_outcomes
+    from xrouter.common.outcomes import tasks_of
 
     for family in families:
         name, _, task = family.partition("/")
         if name not in config.sources or not task:
             raise ConfigError(f"--lotf: {family!r} is not <source>/<task> with a source of {list(config.sources)}")
-        tasks = {row.task for row in read_outcomes(SOURCES[name].data)}
+        tasks = tasks_of(name)
         if task not in tasks:
             raise ConfigError(f"--lotf: {name} has no task {task!r}; its tasks: {sorted(tasks)}")
 

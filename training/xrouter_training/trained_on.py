@@ -72,11 +72,16 @@ def trained_on(checkpoint: pathlib.Path, data: pathlib.Path, prompts: Sequence[P
     data_source = bundled_source_of(data)
     by_split = 0
     if data_source is not None and data_source in sources and fold is not None and 0 <= int(fold) < FOLDS:
-        left_out = {entry.partition("/")[2] for entry in config.get("exclude_tasks") or ()
-                    if entry.partition("/")[0] == data_source}  # task families it never trained on
+        left_out = left_out_tasks(config.get("exclude_tasks") or (), data_source)
         by_split = sum(split_of(p.prompt_id, int(fold)) == "train" and p.task not in left_out for p in prompts)
     return TrainedOn(len(prompts), by_split, _in_memory(checkpoint, prompts), sources,
                      None if fold is None else int(fold), data_source)
+
+
+def left_out_tasks(exclude_tasks: Sequence[str], source: str | None) -> set[str]:
+    """The task families of ``source`` (any source when None) that a training config's
+    ``exclude_tasks`` ("<source>/<task>" entries) left out."""
+    return {entry.partition("/")[2] for entry in exclude_tasks if source is None or entry.partition("/")[0] == source}
 
 
 def _manifest(checkpoint: pathlib.Path) -> dict:

@@ -62,6 +62,11 @@ def source(name: str) -> Source:
         raise ValueError(f"unknown outcome source {name!r} (known: {', '.join(SOURCES)})") from None
 
 
+def tasks_of(name: str) -> set[str]:
+    """The task families of the bundled outcome set ``name`` (one pass over its rows)."""
+    return {row.task for row in read_outcomes(source(name).data)}
+
+
 # --- rows without recorded text -------------------------------------------------------------------
 
 _PLACEHOLDER_PREFIX = "[xrouter replay: no recorded text; "

@@ -137,7 +137,8 @@ class CompactPolicy:
         if self.memory is None:
             raise ValueError("this policy has no outcome memory to learn verdicts into")
         new = [o for o in pool if o.id in outcomes and not self.memory.recorded_rows_of(o.id)]
-        local = {model: score for model, score in outcomes.items() if model not in {o.id for o in new}}
+        new_ids = {o.id for o in new}
+        local = {model: score for model, score in outcomes.items() if model not in new_ids}
         vector = self.query_vector(text)
         if local:
             self.memory.add(text, vector, local)
