@@ -493,6 +493,23 @@ def test_the_metering_spool_survives_pod_loss_and_memory_budgets_take_one_replic
     assert metering["spec"]["replicas"] == 3 and container_env(metering, replicated)["XROUTER_METERING_BUDGETS"] == "database"
 
 
+def test_metering_reads_the_catalog_the_adapters_serve() -> None:
+    """A budget naming a model the catalog lacks is refused (metering/catalog_models.py): metering
+    mounts the adapters' catalog ConfigMap where its setting points, with or without a spool."""
+    for overrides in ((), ("metering.spool.enabled=false",), ("catalog.existingConfigMap=team-models",)):
+        docs = render("default", *overrides)
+        mounted = {}
+        for component_name in ("adapters", "metering"):
+            (workload,) = [d for d in workloads(docs) if component(d) == component_name]
+            pod = workload["spec"]["template"]["spec"]
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "catalog"]
+            (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "catalog"]
+            path = container_env(workload, docs)[f"XROUTER_{component_name.upper()}_CATALOG"]
+            assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"]
+            mounted[component_name] = (volume["configMap"]["name"], path)
+        assert mounted["metering"] == mounted["adapters"], overrides
+
+
 def test_router_processes_value_reaches_the_router_and_the_schema_bounds_it() -> None:
     """router.processes → XROUTER_ROUTER_PROCESSES (several router processes per pod, beside the HPA's replicas)."""
     for value_set, sets, expected in (("default", (), "1"), ("full", (), "2"), ("default", ("router.processes=4",), "4")):

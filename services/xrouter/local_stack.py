@@ -57,8 +57,9 @@ class InProcessStack:
         self.providers = {name: self._provider(name) for name in ("adapters", "metering", "reward", "router")}
         core.trace_with(self.providers["adapters"])
         self.servers: dict[str, GrpcServer] = {}
+        catalog_models = frozenset(core.catalog)  # a budget may name only these (metering/catalog_models.py)
         for name, register in (("adapters", adapters_server.register(core)),
-                               ("metering", metering_server.register(self.ledger))):
+                               ("metering", metering_server.register(self.ledger, models=lambda: catalog_models))):
             self.servers[name] = GrpcServer(name, register, self.providers[name], tls=self.tls)
             await self.servers[name].start()
         self._channels: list[grpc.aio.Channel] = []

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from xrouter.adapters.settings import DEFAULT_CATALOG
 from xrouter.api.metering.v1 import metering_pb2, metering_pb2_grpc
 
 SERVICES = ("adapters", "metering", "reward", "router")  # start order: the router needs the others
@@ -38,8 +39,11 @@ def stack_env(home: pathlib.Path) -> dict[str, dict[str, str]]:
     target = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     return {
         "adapters": {"XROUTER_ADAPTERS_PORT": str(ports["adapters"])},
+        # Metering checks a budget's model against the catalog the adapters serve.
         "metering": {"XROUTER_METERING_PORT": str(ports["metering"]),
-                     "XROUTER_METERING_DATABASE_URL": f"sqlite:///{home / 'metering.db'}"},
+                     "XROUTER_METERING_DATABASE_URL": f"sqlite:///{home / 'metering.db'}",
+                     "XROUTER_METERING_CATALOG": os.environ.get("XROUTER_METERING_CATALOG")
+                     or os.environ.get("XROUTER_ADAPTERS_CATALOG", str(DEFAULT_CATALOG))},
         "reward": {"XROUTER_REWARD_PORT": str(ports["reward"])},
         # /metrics has its own port: the public HTTP face does not serve every tenant's spend.
         "router": {"XROUTER_ROUTER_PORT": str(ports["router"]), "XROUTER_ROUTER_HTTP_PORT": str(http_port),

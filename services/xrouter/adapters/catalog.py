@@ -144,6 +144,22 @@ def _check_backend_fields(spec: ModelSpec, where: str) -> None:
                            f"not the credential itself")
 
 
+def model_ids(path: pathlib.Path | str) -> frozenset[str]:
+    """The model ids a catalog file lists, for a service that only names models (metering's
+    budgets): the entries are not validated further, and no tokenizer is loaded; the adapters,
+    which serve the file, refuse a bad one at their start."""
+    try:
+        document = yaml.safe_load(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise CatalogError(f"{path}: cannot read the catalog: {error}") from None
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in entries):
+        raise CatalogError(f"{path}: expected a mapping with a 'models' list of entries with a string 'id'")
+    if not entries:
+        raise CatalogError(f"{path}: the catalog lists no models")
+    return frozenset(entry["id"] for entry in entries)
+
+
 def load_catalog(path: pathlib.Path | str) -> dict[str, ModelSpec]:
     """Read and validate a catalog file."""
     try:

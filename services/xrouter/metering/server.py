@@ -24,6 +24,7 @@ from xrouter.metering import metrics, migrate
 from xrouter.metering.auth import Authenticator, Identity, Permission, Role
 from xrouter.metering.admission import MemoryAdmission
 from xrouter.metering.batching import GroupCommit, RecordBatcher
+from xrouter.metering.catalog_models import CatalogModels, check_budget_model
 from xrouter.metering.durability import StoreGuard, is_store_down
 from xrouter.metering.ledger import CallRecord, FeedbackRecord, Ledger, Settlement, validate_score
 from xrouter.metering.settings import MeteringSettings
@@ -131,8 +132,10 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
     """Authenticate, authorize, then proto → ledger → proto. Ledger calls block on the database, so
     they run in worker threads; domain errors propagate to the DomainErrorInterceptor."""
 
-    def __init__(self, guard: StoreGuard, authenticator: Authenticator) -> None:
+    def __init__(self, guard: StoreGuard, authenticator: Authenticator,
+                 models: Callable[[], frozenset[str]] | None = None) -> None:
         self._guard = guard
+        self._models = models  # the catalog's model ids a budget may name (None: any name)
         self._ledger = guard.ledger
         self._auth = authenticator
         self._records = RecordBatcher(guard)
@@ -252,6 +255,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                                   f"{request.limit_micro_usd}")
         hard = None if request.limit_micro_usd == -1 else request.limit_micro_usd
         soft = request.soft_limit_micro_usd if request.HasField("soft_limit_micro_usd") else None
+        if self._models is not None and request.model:
+            known = await asyncio.to_thread(self._models)
+            check_budget_model(request.model, known, removing=hard is None and soft is None)
         await self._db(self._ledger.set_budget, request.tenant, period, hard, soft, request.model)
         if self._guard.totals is not None:
             self._guard.totals.set_budget(request.tenant, period, hard, soft, request.model)
@@ -284,15 +290,16 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                                                  key_id=identity.key_id)
 
 
-def register(ledger: Ledger, authenticator: Authenticator | None = None,
-             guard: StoreGuard | None = None) -> Register:
+def register(ledger: Ledger, authenticator: Authenticator | None = None, guard: StoreGuard | None = None,
+             models: Callable[[], frozenset[str]] | None = None) -> Register:
     """How to add the metering servicer to a server; the callback returns the service names.
-    Defaults: no authentication (loopback embedded use) and no spool."""
+    Defaults: no authentication (loopback embedded use), no spool, and budgets on any model name
+    (``models``: the catalog's model ids, read when a budget is set)."""
     guard = guard or StoreGuard(ledger, None)
     authenticator = authenticator or Authenticator.off(lambda digest: guard.call(ledger.find_tenant_key, digest))
 
     def add(server: grpc.aio.Server) -> list[str]:
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(guard, authenticator), server)
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(MeteringServicer(guard, authenticator, models), server)
         return [SERVICE]
     return add
 
@@ -316,7 +323,8 @@ async def serve(config: MeteringSettings) -> None:
         # Replays what a previous run left in the spool, then loads the budget totals (memory mode).
         serving = await asyncio.to_thread(guard.check)
         provider = telemetry.tracer_provider("xrouter-metering")
-        server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard), provider,
+        models = CatalogModels(config.catalog) if config.catalog else None
+        server = GrpcServer("metering", register(ledger, authenticator_for(config, guard), guard, models), provider,
                             host=config.host, port=config.port, tls=config.tls(), health_port=config.health_port)
         if config.metrics_port:
             from prometheus_client import start_http_server

@@ -7,9 +7,11 @@ from typing import Literal
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from xrouter.adapters.catalog import CatalogError
 from xrouter.common.settings import Port, Settings, SettingsError, env
 from xrouter.common.tls import TlsFiles
 from xrouter.metering.auth import parse_key_hashes
+from xrouter.metering.catalog_models import CatalogModels
 
 SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -50,6 +52,9 @@ class MeteringSettings(Settings):
     # A plaintext port serving only grpc.health.v1 (0: none), for kubelet probes, which cannot
     # speak TLS to the service port.
     health_port: Port = env("XROUTER_METERING_HEALTH_PORT", 0)
+    # The model catalog the adapters serve (catalog_models.py): SetBudget then refuses a model it
+    # does not list. Empty: any model name is accepted, and a misspelt one matches no call.
+    catalog: str = env("XROUTER_METERING_CATALOG", "")
 
     def tls(self) -> TlsFiles:
         """The TLS files of this service (all empty: plaintext)."""
@@ -72,6 +77,11 @@ class MeteringSettings(Settings):
             raise SettingsError(
                 f"XROUTER_METERING_AUTH=off is allowed only on a loopback address, but XROUTER_METERING_HOST is "
                 f"{self.host!r}: set XROUTER_METERING_AUTH=required and XROUTER_METERING_SERVICE_KEY_SHA256")
+        if self.catalog:
+            try:
+                CatalogModels(self.catalog)()
+            except CatalogError as error:
+                raise SettingsError(f"XROUTER_METERING_CATALOG: {error}") from None
         service, _ = self.key_hashes()
         if self.auth == "required" and not service:
             raise SettingsError("XROUTER_METERING_AUTH=required needs XROUTER_METERING_SERVICE_KEY_SHA256 "
