@@ -28,6 +28,10 @@ from xrouter.supervisor import stack_env
 MONTH = metering_pb2.BUDGET_PERIOD_MONTH
 
 
+def budget(limit: int, model: str = "") -> metering_pb2.SetBudgetRequest:
+    return metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=limit, model=model)
+
+
 def write_catalog(path: pathlib.Path, *ids: str) -> pathlib.Path:
     path.write_text("models:\n" + "".join(f"  - id: {model}\n    backend: replay\n    dataset: x\n" for model in ids))
     return path
@@ -62,31 +66,30 @@ def budgets(ledger: Ledger) -> set[tuple[str, str]]:
 
 async def test_a_misspelt_model_is_refused_naming_the_field_and_the_model_meant(stub, ledger: Ledger) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.SetBudget(metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=5, model="gpt-4-1106"))
+        await stub.SetBudget(budget(5, "gpt-4-1106"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("model: 'gpt-4-1106' is not a model of the catalog")
     assert "did you mean 'gpt-4-1106-preview'" in refused.value.details()
     assert budgets(ledger) == set()  # nothing stored
 
-    await stub.SetBudget(metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=5,
-                                                       model="gpt-4-1106-preview"))
-    await stub.SetBudget(metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=9))  # all models
+    await stub.SetBudget(budget(5, "gpt-4-1106-preview"))
+    await stub.SetBudget(budget(9))  # all models
     assert budgets(ledger) == {("acme", "gpt-4-1106-preview"), ("acme", "")}
 
 
 async def test_a_budget_on_a_model_dropped_from_the_catalog_can_still_be_removed(stub, ledger: Ledger) -> None:  # type: ignore[no-untyped-def] # noqa: F811
     ledger.set_budget("acme", "month", 5, model="claude-v1")  # set while the catalog listed it
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # changing it is refused ...
-        await stub.SetBudget(metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=7, model="claude-v1"))
+        await stub.SetBudget(budget(7, "claude-v1"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # ... removing it (no hard and no soft limit) is not
-    await stub.SetBudget(metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=-1, model="claude-v1"))
+    await stub.SetBudget(budget(-1, "claude-v1"))
     assert budgets(ledger) == set()
 
 
 async def test_a_model_added_to_the_catalog_file_is_budgetable_without_a_restart(  # type: ignore[no-untyped-def]
         stub, ledger: Ledger, catalog: pathlib.Path) -> None:  # noqa: F811
-    request = metering_pb2.SetBudgetRequest(tenant="acme", period=MONTH, limit_micro_usd=5, model="qwen2.5-7b")
+    request = budget(5, "qwen2.5-7b")
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.SetBudget(request)
     write_catalog(catalog, "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat", "qwen2.5-7b")
