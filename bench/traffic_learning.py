@@ -64,14 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epsilon", type=float, default=0.1)
     parser.add_argument("--publish-gate", action="store_true",
                         help="learn as `xrouter learn` does every EVERY requests (publish only if not worse)")
+    parser.add_argument("--fine-tune-epochs", type=int, default=0,
+                        help="also fit the network to the verdicts so far every --fine-tune-every requests")
+    parser.add_argument("--fine-tune-every", type=int, default=100)
     args = parser.parse_args(argv)
     requests, every = (40, 20) if args.quick else (args.requests, args.every)
     start = start_checkpoint(args.source, args.start, args.quick, args.task)
     ceiling = pathlib.Path(args.ceiling) if args.ceiling else BUNDLED_POLICY
     staging = RESULTS / "traffic_learning"
     report = run(start, ceiling, args.source, staging, requests, every, args.epsilon, publish_gate=args.publish_gate,
-                 task=args.task)
+                 task=args.task, fine_tune_epochs=args.fine_tune_epochs,
+                 fine_tune_every=min(args.fine_tune_every, requests))
     stem = f"traffic_learning_{args.source}_{args.task}" if args.task else "traffic_learning"
+    stem += "_fine_tuned" if args.fine_tune_epochs else ""
     for suffix in (".json", ".png"):
         shutil.move(staging / f"traffic_learning{suffix}", RESULTS / f"{stem}{suffix}")
     staging.rmdir()

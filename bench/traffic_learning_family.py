@@ -5,7 +5,8 @@ when absent; ``--quick``: the tiny config, a smoke run whose figures mean nothin
 
     .venv/bin/python -m bench.traffic_learning_family [--quick] [--source llmrouter] [--task code]
 
-Writes bench-results/traffic_learning_<source>_<task>.json and .png (bench/traffic_learning.py)."""
+Writes bench-results/traffic_learning_<source>_<task>.json and .png (bench/traffic_learning.py), and
+``..._fine_tuned.json`` / ``.png`` for the same run with the network fine-tuned on the verdicts."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default="llmrouter")
     parser.add_argument("--task", default="code")
     args = parser.parse_args(argv)
-    return traffic_learning.main(["--source", args.source, "--task", args.task, *(["--quick"] if args.quick else [])])
+    # Twice: the outcome memory alone, then with the network fine-tuned on the verdicts every 100
+    # requests (fine_tune.py), side by side on the same start and traffic.
+    common = ["--source", args.source, "--task", args.task, "--every", "100", *(["--quick"] if args.quick else [])]
+    return traffic_learning.main(common) or traffic_learning.main([*common, "--fine-tune-epochs", "40"])
 
 
 if __name__ == "__main__":

@@ -408,6 +408,7 @@ def test_learning_cronjob_starts_from_the_serving_checkpoint_and_publishes_into_
     args = build_parser().parse_args(command[1:])
     assert (args.hold_out, args.min_matches, args.confidence, args.margin) == (
         publish_rule.HOLD_OUT, publish_rule.MIN_MATCHES, publish_rule.CONFIDENCE, publish_rule.MARGIN)
+    assert args.fine_tune_epochs == 40  # the network learns too, not only the memory (fine_tune.py)
     start = next(e for e in learn["env"] if e["name"] == "XROUTER_LEARN_START")
     assert start["valueFrom"]["configMapKeyRef"] == {"name": "xrouter-policy", "key": "checkpoint"}
     (claim,) = [c for c in find(docs, "PersistentVolumeClaim") if "checkpoints" in c["metadata"]["name"]]

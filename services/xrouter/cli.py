@@ -142,6 +142,8 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     from xrouter.router.compact.checkpoint import read_manifest
     from xrouter_training.traffic import run
 
+    if args.fine_tune_epochs and args.publish_gate:
+        raise InvalidArgument("--fine-tune-epochs", "not with --publish-gate (the gated simulation fine-tunes nothing)")
     if args.source not in SOURCES:  # before minutes of simulation, not after
         raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
     if args.task:
@@ -159,7 +161,7 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
                  pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
-                 args.publish_gate, args.task or None)
+                 args.publish_gate, args.task or None, args.fine_tune_epochs, args.fine_tune_every)
     ceiling = report.get("ceiling", {}).get("apgr")
     served = f"{args.source}/{args.task}" if args.task else args.source
     print(f"{served}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
@@ -298,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     learn_sim.add_argument("--publish-gate", action="store_true",
                            help="learn as `xrouter learn` does every EVERY requests: a candidate serves only if the "
                            "publish rule passes on the newest 20%% of the verdicts not yet learned")
+    learn_sim.add_argument("--fine-tune-epochs", type=_at_least(0), default=0,
+                           help="also fit the network to every verdict so far (from the start's weights, the start's "
+                           "own training data replayed beside them) every --fine-tune-every requests; 0: the outcome "
+                           "memory alone learns")
+    learn_sim.add_argument("--fine-tune-every", type=_at_least(1), default=100)
     learn_sim.set_defaults(run=cmd_learn_sim)
     learn = sub.add_parser("learn", help="learn the verdicts of exported traffic into a copy of a checkpoint; "
                            "publish it only if it is not worse on held-back recent traffic")
@@ -315,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one-sided confidence of the bootstrap lower bound on candidate - serving value")
     learn.add_argument("--margin", type=_number(0.0, 1e6), default=0.02,
                        help="how far below the serving policy's value (reward units) that lower bound may lie")
+    learn.add_argument("--fine-tune-epochs", type=_at_least(0), default=0,
+                       help="also fit the candidate's network to the learned verdicts, the start's own training data "
+                       "replayed beside them (training/xrouter_training/fine_tune.py); 0: the outcome memory alone "
+                       "learns. The chart's learning CronJob uses learning.fineTuneEpochs")
     learn.add_argument("--store", default="", help="publish a passing candidate into this checkpoint store")
     learn.add_argument("--configmap", default=os.environ.get("XROUTER_TRAIN_POLICY_CONFIGMAP", ""))
     learn.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", ""))

@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from xrouter.router.checkpoint_manifest import sha256, write_manifest
-from xrouter.router.compact.checkpoint import LEARNED_REQUESTS as LEARNED, load_policy, read_manifest
+from xrouter.router.compact.checkpoint import LEARNED_REQUESTS as LEARNED, WEIGHTS, load_policy, read_manifest
 from xrouter.router.compact.memory import FILE as MEMORY
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.policy import ModelOption
@@ -118,24 +118,49 @@ def hold_back(used: Sequence[Lesson], hold_out: float = HOLD_OUT) -> tuple[list[
     return list(used[:cut]), list(used[cut:])
 
 
+def _fine_tune(start: pathlib.Path, candidate: CompactPolicy, train: Sequence[Lesson], pool: Sequence[ModelOption],
+               epochs: int) -> dict[str, Any] | None:
+    """The candidate's network fitted to the learned verdicts (None: not asked); too few verdicts
+    to fine-tune on is said in the record, not skipped silently."""
+    if not epochs:
+        return None
+    if len(train) < 2:
+        return {"skipped": f"{len(train)} verdict(s) to learn: fine-tuning needs at least two"}
+    import asyncio
+
+    from xrouter_training.fine_tune import Verdicts, fine_tune, replay_environment
+
+    verdicts = [Verdicts(lesson.text, {lesson.returned_model: lesson.verdict}) for lesson in train]
+    report = asyncio.run(fine_tune(candidate, verdicts, pool, replay_environment(read_manifest(start)), epochs))
+    return {key: value for key, value in report.items() if not isinstance(value, dict)}
+
+
 def write_candidate(start: pathlib.Path, policy: CompactPolicy, out: pathlib.Path, learned: int,
-                    requests: Mapping[str, str]) -> pathlib.Path:
+                    requests: Mapping[str, str], fine_tuned: Mapping[str, Any] | None = None) -> pathlib.Path:
     """A copy of ``start`` whose memory holds the learned verdicts, and ``requests`` (the ids whose
-    verdicts it holds); manifest last (never half-written)."""
+    verdicts it holds), with the policy's own weights when they were fine-tuned; manifest last
+    (never half-written)."""
     manifest = read_manifest(start)
     target = out / "checkpoint"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
+    weights = fine_tuned is not None and "skipped" not in fine_tuned
     for name in manifest["sha256"]:
-        if name not in (MEMORY, LEARNED):
+        if name not in (MEMORY, LEARNED) and not (weights and name == WEIGHTS):
             shutil.copyfile(start / name, target / name)
     (target / LEARNED).write_text(json.dumps({"request_ids": dict(requests)}, sort_keys=True))
     hashes = {**manifest["sha256"], MEMORY: sha256(policy.memory.save(target)), LEARNED: sha256(target / LEARNED)}
+    if weights:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in policy.network.state_dict().items()}, str(target / WEIGHTS))
+        hashes[WEIGHTS] = sha256(target / WEIGHTS)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
     fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     write_manifest(target, {**fields, "sha256": hashes, "version": f"{manifest['version']}.learn{stamp}",
-                            "learned_from_traffic": {"start": manifest["version"], "verdicts": learned}})
+                            "learned_from_traffic": {"start": manifest["version"], "verdicts": learned,
+                                                     "fine_tuned": dict(fine_tuned) if fine_tuned else None}})
     return target
 
 
@@ -150,8 +175,10 @@ def catalog_options(path: str | pathlib.Path = "") -> list[ModelOption]:
 
 def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, catalog: Sequence[ModelOption],
           hold_out: float = HOLD_OUT, clip: float = CLIP, min_matches: int = MIN_MATCHES,
-          confidence: float = CONFIDENCE, margin: float = MARGIN) -> dict[str, Any]:
-    """Steps 1-3 of the module docstring; returns the publish record (also written to OUT)."""
+          confidence: float = CONFIDENCE, margin: float = MARGIN, fine_tune_epochs: int = 0) -> dict[str, Any]:
+    """Steps 1-3 of the module docstring; returns the publish record (also written to OUT).
+    ``fine_tune_epochs``: also fit the candidate's network to the learned verdicts (fine_tune.py;
+    0: the memory alone learns)."""
     if not 0 < hold_out < 1:
         raise ValueError(f"hold_out={hold_out}: a share strictly between 0 and 1")
     if not (math.isfinite(clip) and clip >= 1):
@@ -160,6 +187,8 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
         raise ValueError(f"confidence={confidence}: a probability in [0.5, 1)")
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin={margin}: a reward difference of at least 0")
+    if fine_tune_epochs < 0:
+        raise ValueError(f"fine_tune_epochs={fine_tune_epochs}: 0 (memory only) or more")
     used, skipped = lessons(read_episodes(episodes_path))
     out.mkdir(parents=True, exist_ok=True)
     # The export window overlaps the last run's (a daily job over the last 7 days): verdicts the start
@@ -182,11 +211,12 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
     pool = list(catalog)
     for lesson in train:
         candidate.record_verdicts(lesson.text, [known[lesson.returned_model]], {lesson.returned_model: lesson.verdict})
+    tuned = _fine_tune(start, candidate, train, pool, fine_tune_epochs)
     # Ids settled before this export's window cannot come back in a later export (windows move
     # forward), so they are forgotten: the list stays as long as one window.
     remembered = {request_id: at for request_id, at in already.items() if at >= window_start}
     remembered.update((lesson.request_id, lesson.settled_at) for lesson in train)
-    target = write_candidate(start, candidate, out, len(train), remembered)
+    target = write_candidate(start, candidate, out, len(train), remembered, tuned)
     before, after, difference, decision = judge(serving, candidate, pool, held_out, clip, min_matches, confidence,
                                                 margin)
     passed = decision == PUBLISH
@@ -196,7 +226,7 @@ def learn(start: pathlib.Path, episodes_path: pathlib.Path, out: pathlib.Path, c
                 "minus the serving policy's self-normalised importance-weighted value (verdict - lambda*cost, weights "
                 f"1/behaviour probability clipped at {clip}) is >= -{margin}",
         "start": str(start), "candidate": str(target), "episodes": str(episodes_path),
-        "learned_verdicts": len(train), "held_out": len(held_out),
+        "learned_verdicts": len(train), "held_out": len(held_out), "fine_tuned": tuned,
         "skipped": {reason: {"count": len(ids), "request_ids": ids[:20]} for reason, ids in skipped.items()},
         "serving": before, "candidate_value": after, "difference": difference,
         "decision": decision,
@@ -243,7 +273,7 @@ def run_cli(args: Any) -> int:
         check_publish_flags(args.store, args.router)  # before learning, not only when it passes
         options = catalog_options(args.catalog)
         record = learn(pathlib.Path(args.start), pathlib.Path(args.episodes), out, options, args.hold_out, args.clip,
-                       args.min_matches, args.confidence, args.margin)
+                       args.min_matches, args.confidence, args.margin, args.fine_tune_epochs)
     except (ValueError, OSError, CatalogError, InvalidArgument) as error:
         print(f"xrouter learn: {getattr(error, 'message', error)}", file=sys.stderr)
         return 2
@@ -254,6 +284,11 @@ def run_cli(args: Any) -> int:
           f"{record['decision']}; {out / 'publish.json'}", flush=True)
     for reason, skipped in record["skipped"].items():
         print(f"  not used: {skipped['count']} episode(s): {reason}")
+    tuned = record["fine_tuned"]
+    if tuned:
+        print(f"  fine-tuning: {tuned['skipped']}" if "skipped" in tuned else
+              f"  fine-tuned on {tuned['lessons']} verdicts and {tuned['replayed_prompts']} replayed prompts "
+              f"(epoch {tuned['best_epoch']} of {tuned['epochs']} kept)")
     if record["decision"] != PUBLISH or not args.store:
         return 0
     try:

@@ -27,12 +27,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from xrouter.router.compact.checkpoint import load_policy
+from xrouter.router.compact.checkpoint import load_policy, read_manifest
 from xrouter.router.compact.memory import OutcomeMemory
 from xrouter.router.compact.policy import CompactPolicy
 from xrouter.router.exploration import ExploringPolicy
 from xrouter.router.policy import ModelOption
 from xrouter_training.environment import MixedEnvironment, Prompt
+from xrouter_training.fine_tune import Verdicts, fine_tune, replay_environment
 from xrouter_training.learn import Lesson, hold_back
 from xrouter_training.publish_rule import PUBLISH, judge
 from xrouter_training.metrics import CurvePoint, GapMetrics, Reference
@@ -67,7 +68,7 @@ def complete_prompts(env: MixedEnvironment, split: str, pool: Sequence[str]) -> 
 async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, requests: int, every: int,
                    epsilon: float, seed: int, lambdas: Sequence[float] = LAMBDAS, verdicts: str = "returned",
                    publish_gate: bool = False, on_verdict: Callable[..., None] | None = None,
-                   task: str | None = None) -> dict:
+                   task: str | None = None, fine_tune_epochs: int = 0, fine_tune_every: int = 100) -> dict:
     """``verdicts``: "returned" — the score of the answer the user got (a thumbs up/down); "called" —
     every answered call scored (a request carrying a reference, scored by the reward service).
     ``publish_gate``: what the product does (``xrouter learn`` every ``every`` requests): the verdicts
@@ -76,7 +77,9 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     ``on_verdict(policy, text, outcomes, explored)``: called with each request's verdicts before the
     serving policy learns them (``explored``: its first call was drawn by exploration).
     ``task``: serve and evaluate only the source's prompts of this task family (the start trained
-    without it, ``exclude_tasks``: a platform team's new kind of traffic on models the router knows)."""
+    without it, ``exclude_tasks``: a platform team's new kind of traffic on models the router knows).
+    ``fine_tune_epochs``: also fit the network to every verdict so far, from the start's weights,
+    every ``fine_tune_every`` requests (fine_tune.py; 0: the memory alone learns)."""
     if verdicts not in ("returned", "called"):
         raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
     if publish_gate and verdicts != "returned":
@@ -94,6 +97,12 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     gap = references(env, validation, pool)
     policy = _learner(start, options)
     behaviour = ExploringPolicy(policy, epsilon, seed)
+    if fine_tune_epochs and publish_gate:
+        raise ValueError("fine_tune_epochs: learning behind the publish gate fine-tunes no network here")
+    replay = replay_environment(read_manifest(start)) if fine_tune_epochs else None
+    start_weights = {k: v.clone() for k, v in policy.network.state_dict().items()}
+    heard: list[Verdicts] = []  # every verdict so far (fine-tuning refits them all from the start)
+    fine_tunes: list[dict] = []
     rng = random.Random(seed + 1)
     curve = []
     learned: list[Lesson] = []  # publish_gate: verdicts the serving policy holds, and those waiting
@@ -125,9 +134,15 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
                 on_verdict(policy, prompt.text, outcomes, first is not None and first.explored)
             if not publish_gate:
                 policy.record_verdicts(prompt.text, options, outcomes)
+                heard.append(Verdicts(prompt.text, outcomes))
             elif first is not None:
                 waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
                                       episode.score, cost_lambda, episode.cost_usd, first.probability))
+        if fine_tune_epochs and len(heard) >= 2 and served % fine_tune_every == 0:
+            policy.network.load_state_dict(start_weights)
+            fine_tunes.append({"requests": served, **await fine_tune(policy, heard, options, replay, fine_tune_epochs,
+                                                                     seed)})
+            print(f"  fine-tuned on {len(heard)} verdicts (epoch {fine_tunes[-1]['best_epoch']} kept)", flush=True)
         if served % every == 0 or served == len(traffic):
             if publish_gate and waiting:
                 train, held_out = hold_back(waiting)
@@ -150,6 +165,8 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             await measure(served)
     report = {"source": source, "task": task, "start": str(start), "epsilon": epsilon, "every": every, "seed": seed,
               "verdicts": verdicts, "publish_gate": publish_gate, "publish_decisions": decisions,
+              "fine_tune_epochs": fine_tune_epochs, "fine_tune_every": fine_tune_every,
+              "fine_tunes": [{k: v for k, v in f.items() if k != "weights"} for f in fine_tunes],
               "publish_scores": score_decisions(decisions),
               "lambdas": list(lambdas), "validation_prompts": len(validation), "traffic": len(traffic),
               "weak": vars(gap.weak), "strong": vars(gap.strong), "curve": curve,
@@ -190,7 +207,8 @@ def plot(report: dict, path: pathlib.Path) -> None:
     unseen = "family" if report.get("task") else "source"
     served = f"{report['source']}/{report['task']}" if report.get("task") else report["source"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(xs, [row["apgr"] for row in report["curve"]], marker="o", label="learning from traffic (memory)")
+    how = "memory and fine-tuning" if report.get("fine_tune_epochs") else "memory"
+    ax.plot(xs, [row["apgr"] for row in report["curve"]], marker="o", label=f"learning from traffic ({how})")
     ax.axhline(report["frozen_start_apgr"], color="grey", linestyle=":", label=f"frozen start (never saw the {unseen})")
     if "ceiling" in report:
         ceiling = report["ceiling"]["apgr"]
@@ -207,10 +225,12 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 def run(start: pathlib.Path, ceiling: pathlib.Path | None, source: str, out: pathlib.Path, requests: int = 500,
         every: int = 50, epsilon: float = 0.1, seed: int = 0, verdicts: str = "returned",
-        publish_gate: bool = False, task: str | None = None) -> dict:
+        publish_gate: bool = False, task: str | None = None, fine_tune_epochs: int = 0,
+        fine_tune_every: int = 100) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(simulate(start, ceiling, source, requests, every, epsilon, seed, verdicts=verdicts,
-                                  publish_gate=publish_gate, task=task))
+                                  publish_gate=publish_gate, task=task, fine_tune_epochs=fine_tune_epochs,
+                                  fine_tune_every=fine_tune_every))
     (out / "traffic_learning.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "traffic_learning.png")
     return report

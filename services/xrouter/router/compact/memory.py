@@ -145,6 +145,23 @@ class OutcomeMemory:
         self._rows.clear()
         self._totals = self._residual_sums = None
 
+    def has_residual(self, text: str, model: str) -> bool:
+        """Whether a served verdict on ``model`` for ``text`` calibrates that model (a residual row)."""
+        if model not in self.column:
+            return False
+        rows = self.keys == int.from_bytes(text_key(text), "little", signed=True)
+        return bool((~np.isnan(self.residuals[rows, self.column[model]])).any())
+
+    def set_residuals(self, text: str, residuals: Mapping[str, float]) -> None:
+        """Replace the residuals of ``text``'s served verdicts (after the network they were measured
+        against has changed: ``fine_tune.recalibrate``)."""
+        rows = self.keys == int.from_bytes(text_key(text), "little", signed=True)
+        for model, residual in residuals.items():
+            column = self.column[model]
+            judged = rows & ~np.isnan(self.residuals[:, column])
+            self.residuals[judged, column] = residual
+        self._residual_sums = None
+
     def features(self, query: np.ndarray, text: str, models: Sequence[str]) -> np.ndarray:
         """[len(models), MEMORY_FEATURES] (see the constants above), zeros for a model the memory holds
         nothing on. Rows of ``text`` itself are skipped, in the local and the global figures.

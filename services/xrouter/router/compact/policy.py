@@ -150,16 +150,26 @@ class CompactPolicy:
     def network_prediction(self, text: str, pool: Sequence[ModelOption]) -> list[float]:
         """The network's probability that each model of ``pool`` answers ``text`` right, from the
         query, the catalog and the memory's neighbourhood, without its local evidence or calibration."""
+        out = self._first_decision(text, pool, without_memory_say=True)
+        return torch.sigmoid(out["correct"][0, :len(pool)]).tolist()
+
+    def predicted_costs(self, text: str, pool: Sequence[ModelOption]) -> list[float]:
+        """The network's predicted cost (USD) of calling each model of ``pool`` on ``text``."""
+        out = self._first_decision(text, pool)
+        return (torch.expm1(out["log_cost"][0, :len(pool)].clamp(min=0, max=30)) / 1e6).tolist()
+
+    def _first_decision(self, text: str, pool: Sequence[ModelOption],
+                        without_memory_say: bool = False) -> dict[str, torch.Tensor]:
         state = EpisodeState([("user", text)], list(pool), 0.0, None, 2, 0)
         memory_x = self.memory_features(text, [o.id for o in pool])
-        if memory_x is not None:
+        if memory_x is not None and without_memory_say:
             memory_x = memory_x.copy()
             memory_x[:, [EVIDENCE, CALIBRATION]] = 0.0
         arrays = encode_state(state, self.vocabulary, self.lambda_top, self.answer_checks, memory_x)
         batch = pad_decisions([self._query(text)], [arrays], [False], len(self.vocabulary.tags),
                               None if not self.use_descriptors else [self.descriptors(list(pool))])
         with torch.inference_mode():
-            return torch.sigmoid(self._forward(batch)["correct"][0, :len(pool)]).tolist()
+            return self._forward(batch)
 
     def forget_memory_cache(self) -> None:
         """After the memory gained rows: lookups already made are stale."""
