@@ -95,14 +95,6 @@ def test_too_little_to_fine_tune_is_refused(tiny_bundle, lessons: int, epochs: i
         asyncio.run(fine_tune(policy, verdicts, pool(), None, epochs=epochs))
 
 
-def test_learn_sim_refuses_fine_tuning_behind_the_publish_gate(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from xrouter.cli import main
-
-    code = main(["learn-sim", "--start", str(tmp_path), "--source", "llmrouter", "--out", str(tmp_path / "o"),
-                 "--publish-gate", "--fine-tune-epochs", "5"])
-    assert code == 2 and "--fine-tune-epochs" in capsys.readouterr().err
-
-
 def test_xrouter_learn_fine_tunes_the_candidate_and_writes_its_weights(tiny_bundle, tmp_path, monkeypatch) -> None:  # noqa: F811
     """The product path: ``xrouter learn --fine-tune-epochs`` writes a candidate whose weights are
     its own (hashed in its manifest, loadable), and whose network now favours the newcomer the
@@ -149,3 +141,19 @@ def test_learn_records_too_few_verdicts_to_fine_tune_instead_of_skipping_silentl
     assert record["fine_tuned"] == {"skipped": "1 verdict(s) to learn: fine-tuning needs at least two"}
     assert read_manifest(tmp_path / "out" / "checkpoint")["sha256"]["policy.safetensors"] == \
         read_manifest(tiny_bundle)["sha256"]["policy.safetensors"]
+
+
+@pytest.mark.parametrize("publish_gate", [False, True])
+def test_the_simulation_fine_tunes_with_and_without_the_publish_gate(tiny_bundle, tmp_path, monkeypatch,  # noqa: F811
+                                                                     publish_gate: bool) -> None:
+    from xrouter_training import fine_tune as module
+    from xrouter_training.traffic import run
+
+    monkeypatch.setattr(module, "REPLAY_PROMPTS", 20)
+    report = run(tiny_bundle, None, "arena", tmp_path, requests=8, every=4, epsilon=0.5, seed=1,
+                 publish_gate=publish_gate, fine_tune_epochs=3, fine_tune_every=4)
+    assert [row["requests"] for row in report["curve"]] == [0, 4, 8]
+    assert [f["requests"] for f in report["fine_tunes"]] == [4, 8]  # every candidate (gate) or every 4 requests
+    assert all(f["replayed_prompts"] == 20 and f["epochs"] == 3 for f in report["fine_tunes"])
+    saved = json.loads((tmp_path / "traffic_learning.json").read_text())
+    assert saved["verdicts"] == "returned" and saved["fine_tune_epochs"] == 3

@@ -142,8 +142,6 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     from xrouter.router.compact.checkpoint import read_manifest
     from xrouter_training.traffic import run
 
-    if args.fine_tune_epochs and args.publish_gate:
-        raise InvalidArgument("--fine-tune-epochs", "not with --publish-gate (the gated simulation fine-tunes nothing)")
     if args.source not in SOURCES:  # before minutes of simulation, not after
         raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
     if args.task:
@@ -303,8 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     learn_sim.add_argument("--fine-tune-epochs", type=_at_least(0), default=0,
                            help="also fit the network to every verdict so far (from the start's weights, the start's "
                            "own training data replayed beside them) every --fine-tune-every requests; 0: the outcome "
-                           "memory alone learns")
-    learn_sim.add_argument("--fine-tune-every", type=_at_least(1), default=100)
+                           "memory alone learns; with --publish-gate, each candidate is fine-tuned as `xrouter learn` "
+                           "does")
+    learn_sim.add_argument("--fine-tune-every", type=_at_least(1), default=100,
+                           help="without --publish-gate: requests between fine-tunes")
     learn_sim.set_defaults(run=cmd_learn_sim)
     learn = sub.add_parser("learn", help="learn the verdicts of exported traffic into a copy of a checkpoint; "
                            "publish it only if it is not worse on held-back recent traffic")

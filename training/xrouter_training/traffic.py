@@ -79,7 +79,8 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     ``task``: serve and evaluate only the source's prompts of this task family (the start trained
     without it, ``exclude_tasks``: a platform team's new kind of traffic on models the router knows).
     ``fine_tune_epochs``: also fit the network to every verdict so far, from the start's weights,
-    every ``fine_tune_every`` requests (fine_tune.py; 0: the memory alone learns)."""
+    every ``fine_tune_every`` requests (fine_tune.py; 0: the memory alone learns); behind the publish
+    gate, each candidate is fine-tuned on the verdicts it learns, as ``xrouter learn`` does."""
     if verdicts not in ("returned", "called"):
         raise ValueError(f"verdicts must be 'returned' or 'called', got {verdicts!r}")
     if publish_gate and verdicts != "returned":
@@ -97,8 +98,6 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
     gap = references(env, validation, pool)
     policy = _learner(start, options)
     behaviour = ExploringPolicy(policy, epsilon, seed)
-    if fine_tune_epochs and publish_gate:
-        raise ValueError("fine_tune_epochs: learning behind the publish gate fine-tunes no network here")
     replay = replay_environment(read_manifest(start)) if fine_tune_epochs else None
     start_weights = {k: v.clone() for k, v in policy.network.state_dict().items()}
     heard: list[Verdicts] = []  # every verdict so far (fine-tuning refits them all from the start)
@@ -138,7 +137,7 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             elif first is not None:
                 waiting.append(Lesson(f"r{served}", f"{served:08d}", prompt.text, first.model, answered,
                                       episode.score, cost_lambda, episode.cost_usd, first.probability))
-        if fine_tune_epochs and len(heard) >= 2 and served % fine_tune_every == 0:
+        if fine_tune_epochs and not publish_gate and len(heard) >= 2 and served % fine_tune_every == 0:
             policy.network.load_state_dict(start_weights)
             fine_tunes.append({"requests": served, **await fine_tune(policy, heard, options, replay, fine_tune_epochs,
                                                                      seed)})
@@ -147,8 +146,14 @@ async def simulate(start: pathlib.Path, ceiling: pathlib.Path | None, source: st
             if publish_gate and waiting:
                 train, held_out = hold_back(waiting)
                 candidate = _learner(start, options)
+                candidate.reuse_encodings(policy)
                 for lesson in learned + train:
                     candidate.record_verdicts(lesson.text, options, {lesson.returned_model: lesson.verdict})
+                if fine_tune_epochs and len(learned + train) >= 2:  # as `xrouter learn --fine-tune-epochs`
+                    taught = [Verdicts(lesson.text, {lesson.returned_model: lesson.verdict})
+                              for lesson in learned + train]
+                    fine_tunes.append({"requests": served, **await fine_tune(candidate, taught, options, replay,
+                                                                             fine_tune_epochs, seed)})
                 before, after, difference, decision = judge(policy, candidate, options, held_out)
                 # What the rule cannot see, the simulation can: both policies' true APGR on the
                 # validation prompts, so each decision can be scored (a worse candidate published?).

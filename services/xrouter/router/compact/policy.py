@@ -74,6 +74,12 @@ class CompactPolicy:
             self._keep_query(text, self._embed(text))
         return self._queries[text]
 
+    def reuse_encodings(self, other: CompactPolicy) -> None:
+        """Share ``other``'s cache of query vectors (a candidate built from the same checkpoint,
+        same encoder: a simulation's candidates would otherwise encode the same prompts again)."""
+        if other.use_query == self.use_query:
+            self._queries = other._queries
+
     def _keep_query(self, text: str, vector: np.ndarray) -> None:
         self._queries[text] = vector if self.use_query else np.zeros_like(vector)
         if len(self._queries) > 4096:  # bounded memory (~6 MiB of vectors)
