@@ -66,15 +66,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="learn as `xrouter learn` does every EVERY requests (publish only if not worse)")
     parser.add_argument("--fine-tune-epochs", type=int, default=0,
                         help="also fit the network to the verdicts so far every --fine-tune-every requests")
-    parser.add_argument("--fine-tune-every", type=int, default=100)
+    parser.add_argument("--fine-tune-every", type=int, default=None, help="default 100; not with --publish-gate")
     args = parser.parse_args(argv)
+    if args.fine_tune_every is not None and (not args.fine_tune_epochs or args.publish_gate):
+        parser.error("--fine-tune-every: only with --fine-tune-epochs and without --publish-gate")
     requests, every = (40, 20) if args.quick else (args.requests, args.every)
     start = start_checkpoint(args.source, args.start, args.quick, args.task)
     ceiling = pathlib.Path(args.ceiling) if args.ceiling else BUNDLED_POLICY
     staging = RESULTS / "traffic_learning"
     report = run(start, ceiling, args.source, staging, requests, every, args.epsilon, publish_gate=args.publish_gate,
                  task=args.task, fine_tune_epochs=args.fine_tune_epochs,
-                 fine_tune_every=min(args.fine_tune_every, requests))
+                 fine_tune_every=min(args.fine_tune_every or 100, requests))
     stem = f"traffic_learning_{args.source}_{args.task}" if args.task else "traffic_learning"
     stem += "_fine_tuned" if args.fine_tune_epochs else ""
     for suffix in (".json", ".png"):

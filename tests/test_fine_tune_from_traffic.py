@@ -157,3 +157,12 @@ def test_the_simulation_fine_tunes_with_and_without_the_publish_gate(tiny_bundle
     assert all(f["replayed_prompts"] == 20 and f["epochs"] == 3 for f in report["fine_tunes"])
     saved = json.loads((tmp_path / "traffic_learning.json").read_text())
     assert saved["verdicts"] == "returned" and saved["fine_tune_epochs"] == 3
+
+
+@pytest.mark.parametrize("flags", [["--fine-tune-every", "50"],
+                                   ["--fine-tune-epochs", "5", "--fine-tune-every", "50", "--publish-gate"]])
+def test_a_fine_tune_interval_that_would_be_ignored_is_refused(tmp_path, capsys, flags) -> None:  # type: ignore[no-untyped-def]
+    from xrouter.cli import main
+
+    code = main(["learn-sim", "--start", str(tmp_path), "--source", "llmrouter", "--out", str(tmp_path / "o"), *flags])
+    assert code == 2 and "--fine-tune-every" in capsys.readouterr().err

@@ -142,6 +142,9 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
     from xrouter.router.compact.checkpoint import read_manifest
     from xrouter_training.traffic import run
 
+    if args.fine_tune_every is not None and (not args.fine_tune_epochs or args.publish_gate):
+        raise InvalidArgument("--fine-tune-every", "only with --fine-tune-epochs and without --publish-gate (behind "
+                              "the gate each candidate, built every --every requests, is fine-tuned)")
     if args.source not in SOURCES:  # before minutes of simulation, not after
         raise InvalidArgument("--source", f"{args.source!r} is not a bundled outcome source; known: {sorted(SOURCES)}")
     if args.task:
@@ -159,7 +162,7 @@ def cmd_learn_sim(args: argparse.Namespace) -> int:
 
     report = run(pathlib.Path(args.start), pathlib.Path(args.ceiling) if args.ceiling else None, args.source,
                  pathlib.Path(args.out), args.requests, args.every, args.epsilon, args.seed, args.verdicts,
-                 args.publish_gate, args.task or None, args.fine_tune_epochs, args.fine_tune_every)
+                 args.publish_gate, args.task or None, args.fine_tune_epochs, args.fine_tune_every or 100)
     ceiling = report.get("ceiling", {}).get("apgr")
     served = f"{args.source}/{args.task}" if args.task else args.source
     print(f"{served}: APGR {report['frozen_start_apgr']:.3f} frozen -> {report['curve'][-1]['apgr']:.3f} after "
@@ -303,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "own training data replayed beside them) every --fine-tune-every requests; 0: the outcome "
                            "memory alone learns; with --publish-gate, each candidate is fine-tuned as `xrouter learn` "
                            "does")
-    learn_sim.add_argument("--fine-tune-every", type=_at_least(1), default=100,
-                           help="without --publish-gate: requests between fine-tunes")
+    learn_sim.add_argument("--fine-tune-every", type=_at_least(1), default=None,
+                           help="requests between fine-tunes (default 100; with --publish-gate a candidate, "
+                           "fine-tuned, every --every requests instead)")
     learn_sim.set_defaults(run=cmd_learn_sim)
     learn = sub.add_parser("learn", help="learn the verdicts of exported traffic into a copy of a checkpoint; "
                            "publish it only if it is not worse on held-back recent traffic")
