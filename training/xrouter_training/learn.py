@@ -8,8 +8,8 @@ not worse on traffic it never learned from.
    under the reason it was not used; none is dropped silently.
 2. Oldest first, the newest ``hold_out`` share is held back. The rest go into a copy of the start
    checkpoint's outcome memory (``record_verdicts``: local evidence on a model the memory knows, a
-   calibration residual on one it does not), which is
-   how a compact policy learns without a gradient step: same trainer, same checkpoint format.
+   calibration residual on one it does not); with ``fine_tune_epochs`` the candidate's network is
+   also fitted to them (fine_tune.py: the warm start's loss). Same trainer, same checkpoint format.
    Episodes whose verdicts the start already holds (its ``learned_requests.json``: a daily run over
    the last 7 days starts from yesterday's candidate) are counted as skipped, never learned twice.
 3. Candidate and start are compared on the held-back episodes by the publish rule

@@ -11,9 +11,10 @@ requests the greedy policy is evaluated on the source's validation prompts (neve
 grid: APGR against the frozen start and the ceiling (the policy trained with the source), plotted
 against requests served.
 
-Why the memory and not gradient steps: a verdict on (prompt, model) is a label for that pair
-whichever policy chose it, so adding it needs no importance weight and no second training stack,
-and the next request already routes with it."""
+Why the memory first: a verdict on (prompt, model) is a label for that pair whichever policy chose
+it, so adding it needs no importance weight and no second training stack, and the next request
+already routes with it. The memory alone stalls far below the ceiling on a new kind of traffic,
+though: ``--fine-tune-epochs`` also fits the network to the verdicts (fine_tune.py)."""
 
 from __future__ import annotations
 
