@@ -352,7 +352,10 @@ async def test_routers_follow_the_pointer_under_live_traffic(stack, router, emul
     assert {"compact@a-1", "compact@b-2"} <= {s.policy for s in traffic.served}
     assert watcher.last.outcome == "refused" and "sha256 does not match" in watcher.last.message
     assert await policy_of(router) == router_pb2.PolicyInfo(kind="compact", version="b-2", source=published["b"])
-    assert traffic.served[-1].policy == "compact@b-2"
+    # (Failed once in a fresh-clone run on a busy machine, 2026-12-08, not reproduced in isolation:
+    # the timeline of the last replies says whether a late pointer event briefly re-loaded a-1.)
+    assert traffic.served[-1].policy == "compact@b-2", [(round(s.started, 2), round(s.finished, 2), s.policy)
+                                                         for s in traffic.served[-12:]]
     (record,) = [r for r in caplog.records if "refused" in r.getMessage()]
     assert str(bad) in record.getMessage() and "still serving compact@b-2" in record.getMessage()
     assert pointer_loads("refused") == refused_before + 1
